@@ -1,0 +1,1 @@
+"""The three-stage DeepSpeed curriculum (stages, data, engine loop, checkpoints)."""

@@ -1,0 +1,1 @@
+"""Inference tasks, metrics, connector comparison and the efficiency benchmark."""

@@ -1,0 +1,157 @@
+"""PALConfig: the wrapped LLM's config plus how each audio encoder is connected to it.
+
+Example:
+    >>> from transformers import LlamaConfig
+    >>> config = PALConfig(
+    ...     text_config=LlamaConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4),
+    ...     encoder_dims={"sslam": 768, "whisper": 512},
+    ...     connector="pal", routes={"sslam": "lal", "whisper": "plits"}, lal_start_layer=1,
+    ... )
+    >>> config.lal_layer_indices()
+    [1, 2, 3]
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+CONNECTORS = ("plits", "lal", "pal")
+ROUTES = ("plits", "lal")
+# Keyword arguments that Hugging Face itself passes to every config; anything else unknown is a typo.
+_HF_CONFIG_KWARGS = {
+    "model_type", "name_or_path", "_name_or_path", "_commit_hash", "output_attentions", "attn_implementation",
+    "experts_implementation", "torch_dtype", "num_labels", "per_layer_config",
+}
+
+
+@strict
+class PALConfig(PreTrainedConfig):
+    r"""
+    text_config: the wrapped causal LM's config (Llama, Qwen2 or Mistral family).
+    encoder_dims: `{encoder name: D_e}`, the width of each encoder's output tokens, in a fixed order.
+    connector: "plits" routes every encoder through PLITS, "lal" every encoder through LAL, "pal" follows `routes`
+        and/or `n_summary` (DESIGN.md "The connectors").
+    routes: for "pal", `{encoder name: "plits" | "lal"}`; every encoder must be named.
+    projector: the PLITS projector, "mlp" (LLaVA-style two-layer MLP) or "qformer" (latent queries cross-attending
+        to the encoder tokens).
+    mlp_downsample: the MLP projector concatenates this many consecutive tokens before projecting (1 = none).
+    qformer_latents / qformer_layers / qformer_heads / qformer_dim: the latent-query projector's size;
+        `qformer_dim=None` uses the LLM hidden size.
+    n_summary: PAL's single-encoder form: this many latent summary tokens per LAL-routed encoder go through PLITS
+        while the full sequence goes through LAL (pal-spec §5). 0 turns summaries off.
+    lal_start_layer: first LLM layer (0-indexed) that receives audio keys/values; earlier layers are the untouched
+        LLM ("delayed integration", pal-spec §3 H1). Ignored when `lal_layers` is given.
+    lal_layers: an explicit list of audio layers (0-indexed), instead of `lal_start_layer`.
+    lal_rope: "prefix" rotates audio keys as if the audio stood just before the text (the PLITS layout, pal-spec
+        §4.3 option i); "none" leaves audio keys position-free (option ii).
+    lal_projection: P_l, "linear" (an independent linear map of the encoder output per layer) or "mlp" (a shared
+        two-layer MLP trunk followed by one linear head per layer).
+    lora: PEFT LoRA settings attached to the LLM, `{"r", "alpha", "dropout", "target_modules"}`; None for none.
+    """
+
+    model_type = "pal"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    text_config: dict | PreTrainedConfig | None = None
+    encoder_dims: dict | None = None
+    connector: Literal["plits", "lal", "pal"] = "lal"
+    routes: dict | None = None
+    projector: Literal["mlp", "qformer"] = "mlp"
+    mlp_downsample: int = 1
+    qformer_latents: int = 32
+    qformer_layers: int = 2
+    qformer_heads: int = 4
+    qformer_dim: int | None = None
+    n_summary: int = 0
+    lal_start_layer: int = 0
+    lal_layers: list | None = None
+    lal_rope: Literal["prefix", "none"] = "prefix"
+    lal_projection: Literal["linear", "mlp"] = "linear"
+    lora: dict | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        unknown = sorted(k for k in kwargs if k not in _HF_CONFIG_KWARGS)
+        if unknown:
+            known = sorted(f for f in self.__dataclass_fields__ if not f.startswith("_"))
+            raise ValueError(f"unknown PALConfig key(s) {unknown}; known keys: {known}.")
+        super().__post_init__(**kwargs)
+        # Generation and saving look for tied embeddings on the top-level config.
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        self.encoder_dims = dict(self.encoder_dims or {})
+        self.validate_connector()
+
+    def validate_connector(self) -> None:
+        """Raise a ValueError naming the bad value and the choices."""
+        for key, choices in (("connector", CONNECTORS), ("projector", ("mlp", "qformer")),
+                             ("lal_rope", ("prefix", "none")), ("lal_projection", ("linear", "mlp"))):
+            if getattr(self, key) not in choices:
+                raise ValueError(f"{key} = {getattr(self, key)!r}: expected one of {choices}.")
+        for name, dim in self.encoder_dims.items():
+            if not isinstance(dim, int) or dim <= 0:
+                raise ValueError(f"encoder_dims[{name!r}] = {dim!r}: expected a positive int, the encoder's width D_e.")
+        if self.connector == "pal":
+            routes = dict(self.routes or {})
+            if not routes and self.n_summary == 0:
+                raise ValueError(
+                    "connector='pal' needs `routes` ({encoder: 'plits'|'lal'}) and/or `n_summary` > 0; "
+                    "use connector='lal' or 'plits' for a single route."
+                )
+            unknown = sorted(set(routes) - set(self.encoder_dims))
+            missing = sorted(set(self.encoder_dims) - set(routes)) if routes else []
+            if unknown or missing:
+                raise ValueError(
+                    f"routes name encoders {unknown} that are not in encoder_dims, and leave out {missing}; "
+                    f"route every encoder of {list(self.encoder_dims)} exactly once."
+                )
+            for name, route in routes.items():
+                if route not in ROUTES:
+                    raise ValueError(f"routes[{name!r}] = {route!r}: expected one of {ROUTES}.")
+        elif self.routes:
+            raise ValueError(f"routes are only read with connector='pal', not {self.connector!r}; drop them.")
+        if self.mlp_downsample < 1:
+            raise ValueError(f"mlp_downsample = {self.mlp_downsample}: expected an int >= 1.")
+        if self.n_summary < 0:
+            raise ValueError(f"n_summary = {self.n_summary}: expected an int >= 0.")
+        num_layers = self.text_config.num_hidden_layers
+        if self.lal_layers is not None:
+            bad = [i for i in self.lal_layers if not isinstance(i, int) or not 0 <= i < num_layers]
+            if bad or len(set(self.lal_layers)) != len(self.lal_layers):
+                raise ValueError(
+                    f"lal_layers = {self.lal_layers}: expected distinct layer indices in [0, {num_layers - 1}]."
+                )
+        elif self.lal_start_layer < 0:
+            raise ValueError(f"lal_start_layer = {self.lal_start_layer}: expected an int >= 0.")
+
+    def route_of(self, name: str) -> str:
+        """Which path encoder `name` takes into the LLM: "plits" or "lal"."""
+        if self.connector == "pal":
+            return (self.routes or {}).get(name, "lal")
+        return self.connector
+
+    def encoders_on(self, route: str) -> list[str]:
+        """The encoders routed through `route`, in `encoder_dims` order."""
+        return [name for name in self.encoder_dims if self.route_of(name) == route]
+
+    def summary_encoders(self) -> list[str]:
+        """Encoders that also send `n_summary` latent tokens through PLITS (PAL's single-encoder form)."""
+        return self.encoders_on("lal") if self.connector == "pal" and self.n_summary > 0 else []
+
+    def lal_layer_indices(self) -> list[int]:
+        """The LLM layers that receive audio keys/values (empty when nothing is routed through LAL)."""
+        if not self.encoders_on("lal"):
+            return []
+        if self.lal_layers is not None:
+            return sorted(self.lal_layers)
+        return list(range(self.lal_start_layer, self.text_config.num_hidden_layers))
+
+    def has_plits_tokens(self) -> bool:
+        """True when the prompt must hold an `<audio>` placeholder for in-sequence audio tokens."""
+        return bool(self.encoders_on("plits") or self.summary_encoders())
+
+
+__all__ = ["PALConfig"]

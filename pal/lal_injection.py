@@ -1,0 +1,258 @@
+"""How LAL injects audio into a Hugging Face decoder: extra keys/values in the LLM's own self-attention.
+
+For each audio layer l (pal-spec §4.2):
+    A_l = P_l(E)                                  layer-specific projection of the frozen encoder tokens
+    K_a = k_proj_l(input_norm_l(A_l)),  V_a = v_proj_l(input_norm_l(A_l))      the layer's own norm and projections
+    attention(Q_text, [K_a ; K_text], [V_a ; V_text]) with mask [all real audio | causal text], one softmax.
+Text tokens are the only queries, the residual stream and every FFN see text positions only, and audio is never
+updated between layers. Layers outside the audio set run the untouched LLM.
+
+Mechanics. The audio keys/values are computed once per forward (or once at prefill when generating) and handed down
+through the decoder's `**kwargs` to the attention backend. We register two attention implementations, `lal_sdpa` and
+`lal_eager`, which prepend the layer's audio K/V and widen the mask, then call Hugging Face's own `sdpa` / `eager`
+function. Nothing of the LLM is subclassed or renamed: checkpoint keys stay the LLM's, LoRA on k_proj/v_proj applies
+to audio keys too, and a layer that gets no audio runs exactly the bare LLM's code.
+
+RoPE. With `rope="prefix"` the b-th example's n_b real audio tokens sit at positions -n_b .. -1 and its text starts at
+0. Attention scores depend only on position differences, so this is exactly the layout "audio just before the text"
+(pal-spec §4.3, option i), while the text keeps the positions the bare LLM would give it.
+
+Notation: B batch, T text (query) length, S key length, N_a audio tokens, D_e encoder width, d LLM hidden size,
+H_kv key/value heads, D_h head dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+from transformers.models.llama.modeling_llama import eager_attention_forward, rotate_half
+
+# ----------------------------------------------------------------------------------------------------------------------
+# P_l: the per-layer projections of the encoder output
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class LALProjection(nn.Module):
+    """P_l for one encoder and every audio layer l: `heads[str(l)](trunk(E))`.
+
+    `kind="linear"`: the trunk is the identity and each head is an independent Linear(D_e, d), so each layer receives
+    its own projection of the original encoder features. `kind="mlp"`: a shared Linear-GELU-Linear trunk to d, then a
+    Linear(d, d) head per layer.
+    """
+
+    def __init__(self, encoder_dim: int, hidden_size: int, layers: list[int], kind: str = "linear"):
+        super().__init__()
+        if kind == "linear":
+            self.trunk = nn.Identity()
+            head_in = encoder_dim
+        elif kind == "mlp":
+            self.trunk = nn.Sequential(
+                nn.Linear(encoder_dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+            )
+            head_in = hidden_size
+        else:
+            raise ValueError(f"lal_projection = {kind!r}: expected 'linear' or 'mlp'.")
+        self.heads = nn.ModuleDict({str(layer): nn.Linear(head_in, hidden_size) for layer in layers})
+
+    def forward(self, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+        """tokens [B, N_e, D_e] → {layer: A_l [B, N_e, d]}."""
+        shared = self.trunk(tokens)
+        return {int(layer): head(shared) for layer, head in self.heads.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Audio keys/values, computed once and carried through the cache during generation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LALAudioKV:
+    """Audio keys/values for every audio layer, ready to prepend to that layer's text keys/values.
+
+    keys[l], values[l]: [B, H_kv, N_a, D_h] (keys already rotated when RoPE is on); mask: [B, N_a], True = real token.
+    """
+
+    keys: dict[int, torch.Tensor]
+    values: dict[int, torch.Tensor]
+    mask: torch.Tensor
+
+    def index_select(self, index: torch.Tensor) -> "LALAudioKV":
+        """Rows `index` of the batch (beam reordering, batch selection)."""
+        pick = lambda t: t.index_select(0, index.to(t.device))  # noqa: E731
+        return LALAudioKV(
+            {l: pick(k) for l, k in self.keys.items()}, {l: pick(v) for l, v in self.values.items()}, pick(self.mask)
+        )
+
+    def repeat_interleave(self, repeats: int) -> "LALAudioKV":
+        rep = lambda t: t.repeat_interleave(repeats, dim=0)  # noqa: E731
+        return LALAudioKV(
+            {l: rep(k) for l, k in self.keys.items()}, {l: rep(v) for l, v in self.values.items()}, rep(self.mask)
+        )
+
+
+class PALCache(DynamicCache):
+    """A DynamicCache that also holds LAL's audio keys/values, so they are computed once at prefill.
+
+    Beam search and batch expansion reorder the audio rows together with the text cache.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lal_audio: LALAudioKV | None = None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.lal_audio is not None:
+            self.lal_audio = self.lal_audio.index_select(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.lal_audio is not None:
+            self.lal_audio = self.lal_audio.repeat_interleave(repeats)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.lal_audio is not None:
+            self.lal_audio = self.lal_audio.index_select(indices)
+
+
+def prefix_audio_positions(mask: torch.Tensor) -> torch.Tensor:
+    """RoPE positions of the audio tokens for the "prefix" layout: mask [B, N_a] → positions [B, N_a].
+
+    The j-th real token of an example with n real tokens gets position j - n (so -n .. -1); padding gets 0 and is
+    masked out of attention anyway.
+    """
+    real = mask.long()
+    positions = real.cumsum(-1) - 1 - real.sum(-1, keepdim=True)
+    return positions.masked_fill(~mask, 0)
+
+
+def compute_audio_kv(
+    llm: nn.Module, projected: dict[int, torch.Tensor], mask: torch.Tensor, rope: str = "prefix"
+) -> LALAudioKV:
+    """Turn per-layer projected audio into that layer's keys/values with the layer's own norm and k/v projections.
+
+    Args:
+        llm: the wrapped `*ForCausalLM` (its `model.layers[l]` and `model.rotary_emb` are used, never modified).
+        projected: {layer l: A_l [B, N_a, d]}.
+        mask: [B, N_a], True where the audio token is real.
+        rope: "prefix" rotates keys to positions -n_b .. -1; "none" leaves them unrotated.
+    Returns:
+        LALAudioKV with keys/values [B, H_kv, N_a, D_h] per layer.
+    """
+    decoder = llm.model
+    keys, values = {}, {}
+    cos_sin = None
+    if rope == "prefix" and projected:
+        any_audio = next(iter(projected.values()))
+        cos_sin = decoder.rotary_emb(any_audio, prefix_audio_positions(mask))  # each [B, N_a, D_h]
+    for layer_idx, audio in projected.items():
+        layer = decoder.layers[layer_idx]
+        attn = layer.self_attn
+        batch, num_audio, _ = audio.shape
+        normed = layer.input_layernorm(audio)
+        k = attn.k_proj(normed).view(batch, num_audio, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, N_a, D_h]
+        v = attn.v_proj(normed).view(batch, num_audio, -1, attn.head_dim).transpose(1, 2)
+        if cos_sin is not None:
+            cos, sin = (t.unsqueeze(1) for t in cos_sin)  # [B, 1, N_a, D_h]
+            k = k * cos + rotate_half(k) * sin  # the LLM's RoPE (Llama's apply_rotary_pos_emb, keys only)
+        keys[layer_idx], values[layer_idx] = k, v
+    return LALAudioKV(keys, values, mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The attention backends: prepend audio K/V, widen the mask, then run Hugging Face's own sdpa / eager
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _widen_mask(
+    attention_mask: torch.Tensor | None, audio_mask: torch.Tensor, query: torch.Tensor, text_keys: int
+) -> torch.Tensor:
+    """Mask [B|1, 1, T, S_text] (bool: True = attend, or additive float) → [B, 1, T, N_a + S_text].
+
+    Every text query sees every real audio key; the text part is the LLM's own (causal, padding) mask.
+    `None` means the backend would have run plain causal attention, which we spell out here.
+    """
+    batch, _, q_len, _ = query.shape
+    if attention_mask is None:
+        offset = text_keys - q_len  # cached tokens before the first query
+        attention_mask = torch.ones(q_len, text_keys, dtype=torch.bool, device=query.device).tril(offset)[None, None]
+    audio_part = audio_mask[:, None, None, :].expand(batch, 1, q_len, audio_mask.shape[-1])
+    if attention_mask.dtype != torch.bool:
+        blocked = torch.finfo(attention_mask.dtype).min
+        audio_part = torch.zeros((), dtype=attention_mask.dtype, device=query.device).masked_fill(~audio_part, blocked)
+        audio_part = audio_part.expand(batch, 1, q_len, audio_mask.shape[-1])
+    text_part = attention_mask.expand(batch, 1, q_len, attention_mask.shape[-1])
+    return torch.cat([audio_part, text_part], dim=-1)
+
+
+def _lal_attention(base_attention):
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, lal_audio=None, **kwargs):
+        """query [B, H, T, D_h], key/value [B, H_kv, S, D_h]; audio K/V of this layer, if any, go in front."""
+        if lal_audio is None or module.layer_idx not in lal_audio.keys:
+            return base_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        audio_k, audio_v = lal_audio.keys[module.layer_idx], lal_audio.values[module.layer_idx]
+        mask = _widen_mask(attention_mask, lal_audio.mask, query, key.shape[2])
+        key = torch.cat([audio_k.to(key.dtype), key], dim=2)  # [B, H_kv, N_a + S, D_h]
+        value = torch.cat([audio_v.to(value.dtype), value], dim=2)
+        return base_attention(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+
+    return attention
+
+
+LAL_BACKENDS = {"sdpa": "lal_sdpa", "eager": "lal_eager"}
+AttentionInterface.register("lal_sdpa", _lal_attention(sdpa_attention_forward))
+AttentionInterface.register("lal_eager", _lal_attention(eager_attention_forward))
+AttentionMaskInterface.register("lal_sdpa", sdpa_mask)
+AttentionMaskInterface.register("lal_eager", eager_mask)
+
+
+def enable_lal_attention(llm: nn.Module, backend: str | None = None) -> None:
+    """Switch the LLM to the LAL-aware version of its attention backend ("sdpa" or "eager").
+
+    Without `lal_audio` in the forward kwargs, the LAL backends are exactly the plain ones.
+    """
+    current = llm.config._attn_implementation or "eager"
+    backend = backend or {v: k for k, v in LAL_BACKENDS.items()}.get(current, current)
+    if backend not in LAL_BACKENDS:
+        raise ValueError(
+            f"attention backend {backend!r} cannot carry LAL audio keys; choose one of {sorted(LAL_BACKENDS)}."
+        )
+    llm.config._attn_implementation = LAL_BACKENDS[backend]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The LAL connector: every LAL-routed encoder's P_l, concatenated along the token axis
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class LALConnector(nn.Module):
+    """Per-encoder per-layer projections P_l; produces the audio K/V for every audio layer.
+
+    Several LAL encoders (e.g. SSLAM and CLAP) share one audio key sequence per layer: their tokens are concatenated.
+    """
+
+    def __init__(self, encoder_dims: dict[str, int], hidden_size: int, layers: list[int], kind: str, rope: str):
+        super().__init__()
+        self.layers = list(layers)
+        self.rope = rope
+        self.projections = nn.ModuleDict(
+            {name: LALProjection(dim, hidden_size, self.layers, kind) for name, dim in encoder_dims.items()}
+        )
+
+    def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]], llm: nn.Module) -> LALAudioKV:
+        """audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} → audio K/V for every audio layer."""
+        per_layer: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        masks = []
+        for name, projection in self.projections.items():
+            tokens, mask = audio[name]
+            for layer, projected in projection(tokens).items():
+                per_layer[layer].append(projected)
+            masks.append(mask)
+        projected = {layer: torch.cat(parts, dim=1) for layer, parts in per_layer.items()}  # [B, N_a, d]
+        return compute_audio_kv(llm, projected, torch.cat(masks, dim=1), self.rope)

@@ -1,0 +1,231 @@
+"""PALForConditionalGeneration: a Hugging Face causal LM that listens to frozen audio encoders.
+
+Audio arrives as encoder outputs, `{encoder name: (tokens [B, N_e, D_e], mask [B, N_e])}` (the ensemble's output
+type), and enters the LLM by the route the config gives each encoder:
+  - PLITS (`plits.py`): projected tokens replace the prompt's `<audio>` placeholder positions;
+  - LAL (`lal_injection.py`): per-layer projections become extra keys/values of the LLM's own self-attention;
+  - PAL: some encoders one way, some the other, plus optional summary tokens via PLITS.
+The wrapped LLM (`self.llm`) is unmodified: its checkpoint keys, weights and code path are the bare model's.
+
+Notation: B batch, T text length (with PLITS placeholders), N_e encoder tokens, D_e encoder width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from encoders.outputs import EncoderOutputs
+
+from .configuration_pal import PALConfig
+from .lal_injection import LALConnector, PALCache, enable_lal_attention
+from .llm import check_supported_llm, load_llm
+from .plits import PLITSConnector, splice_audio_tokens
+from .trainable import attach_lora
+
+AudioFeatures = EncoderOutputs  # {name: (tokens [B, N_e, D_e], mask [B, N_e])}
+
+
+class PALPreTrainedModel(PreTrainedModel):
+    config_class = PALConfig
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _skip_keys_device_placement = ["past_key_values"]
+
+
+class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
+    """The audio LLM: `self.llm` (any supported HF causal LM) plus `self.plits` and/or `self.lal` connectors."""
+
+    def __init__(self, config: PALConfig, llm: nn.Module | None = None):
+        super().__init__(config)
+        self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.text_config)
+        check_supported_llm(self.llm)
+        enable_lal_attention(self.llm)
+        if config.lora:
+            attach_lora(self.llm, config.lora)
+        self.plits = PLITSConnector(config) if config.has_plits_tokens() else None
+        lal_encoders = config.encoders_on("lal")
+        self.lal = (
+            LALConnector(
+                {name: config.encoder_dims[name] for name in lal_encoders},
+                config.text_config.hidden_size,
+                config.lal_layer_indices(),
+                config.lal_projection,
+                config.lal_rope,
+            )
+            if lal_encoders and config.lal_layer_indices()
+            else None
+        )
+        self.post_init()
+
+    @classmethod
+    def from_llm(cls, llm_path=None, *, dtype: torch.dtype = torch.float32, **connector) -> "PALForConditionalGeneration":
+        """Wrap the LLM in a local folder (None: the embedded SmolLM2) with freshly initialised connectors.
+
+        `connector` holds PALConfig fields, e.g. `encoder_dims={"sslam": 768}, connector="lal", lal_start_layer=4`.
+        """
+        llm = load_llm(llm_path, dtype=dtype)
+        config = PALConfig(text_config=llm.config.to_dict(), **connector)
+        return cls(config, llm=llm).to(dtype)
+
+    # Generation and resizing go through the LLM's own embeddings.
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.llm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.llm.get_output_embeddings()
+
+    def check_audio(self, audio: AudioFeatures, batch_size: int) -> AudioFeatures:
+        """Validate names, widths and batch sizes; zero padded tokens so they cannot leak (e.g. NaN) into outputs."""
+        expected = self.config.encoder_dims
+        if set(audio) != set(expected):
+            raise ValueError(
+                f"audio features name encoders {sorted(audio)}, but this model was built for {sorted(expected)}: "
+                "pass exactly one (tokens, mask) pair per configured encoder."
+            )
+        checked = {}
+        for name, pair in audio.items():
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"audio[{name!r}] must be a (tokens [B, N, D], mask [B, N]) pair.")
+            tokens, mask = pair
+            if tokens.dim() != 3 or tokens.shape[-1] != expected[name]:
+                raise ValueError(
+                    f"audio[{name!r}] tokens have shape {tuple(tokens.shape)}; expected [B, N, {expected[name]}] "
+                    f"(the encoder width in config.encoder_dims)."
+                )
+            if tokens.shape[0] != batch_size or tuple(mask.shape) != tuple(tokens.shape[:2]):
+                raise ValueError(
+                    f"audio[{name!r}] has batch {tokens.shape[0]} and mask {tuple(mask.shape)}, but the text batch is "
+                    f"{batch_size}: give one audio row per text row and a [B, N] mask."
+                )
+            mask = mask.to(device=tokens.device, dtype=torch.bool)
+            if not mask.any(-1).all():
+                row = int((~mask.any(-1)).nonzero()[0])
+                raise ValueError(f"audio[{name!r}] row {row} has no real token (its mask is all False).")
+            checked[name] = (tokens.masked_fill(~mask.unsqueeze(-1), 0).to(self.dtype), mask)
+        return checked
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio: AudioFeatures | None = None,
+        audio_token_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """
+        Args:
+            input_ids: [B, T], with PLITS placeholder positions already expanded by `PALProcessor`.
+            attention_mask: [B, T_past + T], 1 for real tokens (left or right padding).
+            audio: {encoder name: (tokens [B, N_e, D_e], mask [B, N_e])}; only needed on the first (prefill) call.
+            audio_token_mask: [B, T], True at PLITS placeholder positions.
+            labels: [B, T], -100 where no loss is taken (prompt, audio placeholders, padding).
+        Returns:
+            CausalLMOutputWithPast with logits [B, T, V] (or the last `logits_to_keep`) and a `PALCache`.
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.llm.get_input_embeddings()(input_ids)
+        batch = inputs_embeds.shape[0]
+        if audio is not None:
+            audio = self.check_audio(audio, batch)
+
+        # PLITS: projected tokens go where the prompt holds placeholders.
+        has_placeholders = audio_token_mask is not None and bool(audio_token_mask.any())
+        if self.plits is not None and audio is not None:
+            if not has_placeholders:
+                raise ValueError(
+                    "PLITS audio was given but the prompt has no `<audio>` placeholder: put `<audio>` where the audio "
+                    "belongs and build the inputs with PALProcessor."
+                )
+            tokens, mask = self.plits(audio)
+            inputs_embeds = splice_audio_tokens(inputs_embeds, audio_token_mask.bool(), tokens, mask)
+        elif has_placeholders:
+            raise ValueError(
+                "the inputs hold audio placeholder positions but no PLITS audio was given"
+                + (": pass `audio`." if self.plits is not None else ": this model routes no encoder through PLITS.")
+            )
+
+        # LAL: audio keys/values, computed once and kept in the cache while generating.
+        if use_cache is None:
+            use_cache = self.config.text_config.use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = PALCache(config=self.llm.config)
+        lal_audio = getattr(past_key_values, "lal_audio", None)
+        if self.lal is not None and audio is not None and lal_audio is None:
+            lal_audio = self.lal(audio, self.llm)
+            if use_cache:
+                if not isinstance(past_key_values, PALCache):
+                    raise ValueError(
+                        f"LAL audio needs a PALCache to be reused while decoding, got {type(past_key_values).__name__}: "
+                        "pass `past_key_values=PALCache(config=model.llm.config)` or let the model create it."
+                    )
+                past_key_values.lal_audio = lal_audio
+
+        if position_ids is None and attention_mask is not None:
+            # Padding-aware positions (left padding puts each example's first real token at 0), as generate() does.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+
+        return self.llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            lal_audio=lal_audio,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Generation: audio is consumed at prefill; LAL keys/values then live in the PALCache.
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def generate(self, input_ids=None, audio: AudioFeatures | None = None, audio_token_mask=None, **kwargs):
+        """`GenerationMixin.generate` with audio features (greedy, sampling and beam search all work)."""
+        if kwargs.get("past_key_values") is None and kwargs.get("use_cache", True):
+            kwargs["past_key_values"] = PALCache(config=self.llm.config)
+        return super().generate(input_ids=input_ids, audio=audio, audio_token_mask=audio_token_mask, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, is_first_iteration=False, **kwargs):
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, is_first_iteration=is_first_iteration, **kwargs
+        )
+        if not is_first_iteration and inputs.get("past_key_values") is not None:
+            # After prefill the audio lives in the cache (LAL) or in the cached sequence (PLITS).
+            inputs.pop("audio", None)
+            inputs.pop("audio_token_mask", None)
+        elif inputs.get("audio_token_mask") is not None and inputs.get("input_ids") is not None:
+            # Without a cache every step re-reads the whole sequence; generated tokens are never audio.
+            flags = inputs["audio_token_mask"]
+            grown = inputs["input_ids"].shape[1] - flags.shape[1]
+            inputs["audio_token_mask"] = nn.functional.pad(flags, (0, grown), value=False) if grown > 0 else flags
+        return inputs
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        audio = model_kwargs.pop("audio", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        if audio is not None:
+            audio = {
+                name: (t.repeat_interleave(expand_size, dim=0), m.repeat_interleave(expand_size, dim=0))
+                for name, (t, m) in audio.items()
+            }
+        model_kwargs["audio"] = audio
+        return input_ids, model_kwargs
+
+
+__all__ = ["PALForConditionalGeneration", "PALPreTrainedModel", "AudioFeatures"]

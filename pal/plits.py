@@ -1,0 +1,85 @@
+"""PLITS: projected audio tokens take the place of the `<audio>` placeholder in the prompt (pal-spec §2).
+
+The tokens then pass through every LLM layer, attention and FFN alike (the LLaVA / Pengi baseline). In PAL's
+single-encoder form the same path carries `n_summary` latent summary tokens of an LAL-routed encoder (pal-spec §5).
+
+Placeholder convention: the processor expands each prompt's `<audio>` into exactly as many placeholder positions as
+the example has real PLITS tokens and marks them in `audio_token_mask`; the model writes the projected tokens there.
+Streams are laid out in a fixed order: PLITS encoders in config order, then summary tokens in config order.
+
+Notation: B batch, T sequence length, N_p PLITS tokens, d LLM hidden size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .configuration_pal import PALConfig
+from .projectors import MLPProjector, QFormerProjector
+
+
+def build_projector(config: PALConfig, encoder_dim: int, num_latents: int | None = None) -> nn.Module:
+    """The configured PLITS projector; `num_latents` forces a latent-query projector of that size (summaries)."""
+    hidden = config.text_config.hidden_size
+    if num_latents is not None or config.projector == "qformer":
+        return QFormerProjector(
+            encoder_dim, hidden, num_latents or config.qformer_latents, config.qformer_layers,
+            config.qformer_heads, config.qformer_dim,
+        )
+    return MLPProjector(encoder_dim, hidden, config.mlp_downsample)
+
+
+def plits_token_counts(config: PALConfig, audio_masks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Real PLITS tokens per example [B] from each encoder's mask [B, N_e]: what `<audio>` must expand to.
+
+    MLP projector: ceil(n / mlp_downsample) per PLITS encoder; latent-query projector: qformer_latents; each summary
+    encoder adds n_summary.
+    """
+    counts = 0
+    for name in config.encoders_on("plits"):
+        real = audio_masks[name].long().sum(-1)
+        if config.projector == "qformer":
+            counts = counts + torch.full_like(real, config.qformer_latents)
+        else:
+            counts = counts + (real + config.mlp_downsample - 1) // config.mlp_downsample
+    for name in config.summary_encoders():
+        counts = counts + torch.full_like(audio_masks[name].long().sum(-1), config.n_summary)
+    return counts
+
+
+class PLITSConnector(nn.Module):
+    def __init__(self, config: PALConfig):
+        super().__init__()
+        dims = config.encoder_dims
+        self.projectors = nn.ModuleDict({name: build_projector(config, dims[name]) for name in config.encoders_on("plits")})
+        self.summaries = nn.ModuleDict(
+            {name: build_projector(config, dims[name], config.n_summary) for name in config.summary_encoders()}
+        )
+
+    def streams(self) -> list[tuple[str, nn.Module]]:
+        """(encoder name, projector) in placeholder order."""
+        return list(self.projectors.items()) + list(self.summaries.items())
+
+    def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} → (tokens [B, N_p, d], mask [B, N_p])."""
+        outputs = [proj(*audio[name]) for name, proj in self.streams()]
+        return torch.cat([t for t, _ in outputs], dim=1), torch.cat([m for _, m in outputs], dim=1)
+
+
+def splice_audio_tokens(
+    inputs_embeds: torch.Tensor, audio_token_mask: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Write each example's real PLITS tokens, in order, into its placeholder positions.
+
+    inputs_embeds [B, T, d], audio_token_mask [B, T], tokens [B, N_p, d], mask [B, N_p] → [B, T, d].
+    """
+    expected, found = mask.sum(-1), audio_token_mask.sum(-1)
+    if not torch.equal(expected.cpu(), found.cpu()):
+        row = int((expected != found).nonzero()[0])
+        raise ValueError(
+            f"example {row} has {int(found[row])} audio placeholder positions but {int(expected[row])} PLITS audio "
+            "tokens: build the inputs with PALProcessor, which expands `<audio>` to the right count for this model."
+        )
+    real = tokens[mask].to(inputs_embeds.dtype)  # [sum of real tokens, d], row-major like masked_scatter fills
+    return inputs_embeds.masked_scatter(audio_token_mask.unsqueeze(-1), real)

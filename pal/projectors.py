@@ -1,0 +1,81 @@
+"""Projectors that map encoder tokens into the LLM's embedding width, for PLITS and PAL summary tokens.
+
+- `MLPProjector`: LLaVA-1.5 / Pengi style Linear-GELU-Linear, optionally concatenating k consecutive tokens first
+  (token downsampling, as Qwen2-Audio and SALMONN shorten their audio sequences).
+- `QFormerProjector`: a fixed number of learnable latent queries cross-attend to the encoder tokens (the
+  latent-token connector of PAL's v1 baseline, pal-spec §2; Perceiver / Q-Former family), then a linear map to d.
+
+Both take padded tokens plus a mask and return tokens plus a mask; padding never leaks into real outputs, so a padded
+batch gives what each example gives alone.
+
+Notation: B batch, N_e encoder tokens, D_e encoder width, d LLM hidden size, Q latent queries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLPProjector(nn.Module):
+    def __init__(self, encoder_dim: int, hidden_size: int, downsample: int = 1):
+        super().__init__()
+        self.downsample = downsample
+        self.net = nn.Sequential(
+            nn.Linear(encoder_dim * downsample, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [B, N_e, D_e], mask [B, N_e] (real tokens first) → ([B, ceil(N_e/k), d], mask [B, ceil(N_e/k)])."""
+        batch, num, dim = tokens.shape
+        k = self.downsample
+        if k > 1:
+            pad = (-num) % k
+            tokens = nn.functional.pad(tokens, (0, 0, 0, pad))  # zero tokens complete the last group
+            tokens = tokens.reshape(batch, (num + pad) // k, k * dim)  # [B, N_e/k, k·D_e]
+        lengths = (mask.sum(-1) + k - 1) // k  # a group is real if it holds any real token
+        out_mask = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
+        return self.net(tokens), out_mask
+
+
+class QFormerBlock(nn.Module):
+    """Pre-norm cross-attention from latents to encoder tokens, then a GELU MLP, both residual."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.norm_latents = nn.LayerNorm(dim)
+        self.norm_tokens = nn.LayerNorm(dim)
+        self.cross_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, latents: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """latents [B, Q, D], tokens [B, N_e, D], mask [B, N_e] → latents [B, Q, D]."""
+        kv = self.norm_tokens(tokens)
+        attended, _ = self.cross_attn(self.norm_latents(latents), kv, kv, key_padding_mask=~mask, need_weights=False)
+        latents = latents + attended
+        return latents + self.mlp(self.norm_mlp(latents))
+
+
+class QFormerProjector(nn.Module):
+    def __init__(self, encoder_dim: int, hidden_size: int, num_latents: int, num_layers: int, num_heads: int,
+                 dim: int | None = None):
+        super().__init__()
+        dim = dim or hidden_size
+        if dim % num_heads:
+            raise ValueError(f"qformer_dim {dim} is not divisible by qformer_heads {num_heads}.")
+        self.num_latents = num_latents
+        self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
+        self.input_proj = nn.Linear(encoder_dim, dim)
+        self.blocks = nn.ModuleList(QFormerBlock(dim, num_heads) for _ in range(num_layers))
+        self.norm_out = nn.LayerNorm(dim)
+        self.output_proj = nn.Linear(dim, hidden_size)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [B, N_e, D_e], mask [B, N_e] → (latent tokens [B, Q, d], all-True mask [B, Q])."""
+        x = self.input_proj(tokens)
+        latents = self.latents.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        for block in self.blocks:
+            latents = block(latents, x, mask)
+        out = self.output_proj(self.norm_out(latents))
+        return out, torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)

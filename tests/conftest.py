@@ -1,0 +1,114 @@
+"""Tiny, seeded, deterministic models for the model-core tests (hidden ≤ 128, ≤ 4 layers, sequences ≤ 128)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from pal import PALConfig, PALForConditionalGeneration
+
+VOCAB = 97
+
+
+def tiny_llm_config(family: str = "llama"):
+    common = dict(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+    if family == "llama":
+        return LlamaConfig(**common, tie_word_embeddings=True)
+    if family == "qwen2":
+        return Qwen2Config(**common, tie_word_embeddings=False)
+    raise ValueError(family)
+
+
+def tiny_llm(family: str = "llama", seed: int = 0):
+    torch.manual_seed(seed)
+    cls = LlamaForCausalLM if family == "llama" else Qwen2ForCausalLM
+    return cls(tiny_llm_config(family)).eval()
+
+
+CONNECTORS = {
+    "plits": dict(encoder_dims={"sslam": 24}, connector="plits"),
+    "plits_qformer": dict(encoder_dims={"sslam": 24}, connector="plits", projector="qformer", qformer_latents=3,
+                          qformer_layers=1, qformer_heads=2, qformer_dim=32),
+    "lal": dict(encoder_dims={"sslam": 24}, connector="lal", lal_start_layer=1),
+    "pal": dict(encoder_dims={"sslam": 24, "whisper": 16}, connector="pal",
+                routes={"sslam": "lal", "whisper": "plits"}, lal_start_layer=1, mlp_downsample=2),
+    "pal_summary": dict(encoder_dims={"sslam": 24}, connector="pal", n_summary=2, lal_start_layer=2,
+                        qformer_layers=1, qformer_heads=2),
+}
+
+
+def tiny_pal(connector: str = "lal", family: str = "llama", seed: int = 0, **overrides):
+    """A PAL model around a tiny random LLM, plus an untouched copy of that LLM (the reference)."""
+    llm = tiny_llm(family, seed)
+    bare = copy.deepcopy(llm)
+    options = {**CONNECTORS[connector], **overrides}
+    config = PALConfig(text_config=llm.config.to_dict(), **options)
+    torch.manual_seed(seed + 1)
+    model = PALForConditionalGeneration(config, llm=llm).eval()
+    bare.config._attn_implementation = "sdpa"
+    return model, bare
+
+
+def random_audio(config: PALConfig, lengths: list[int], seed: int = 0):
+    """{name: (tokens [B, N, D_e], mask [B, N])} with `lengths[b]` real tokens (each encoder scales them a bit)."""
+    gen = torch.Generator().manual_seed(seed)
+    audio = {}
+    for k, (name, dim) in enumerate(config.encoder_dims.items()):
+        real = [n + 2 * k for n in lengths]
+        width = max(real)
+        tokens = torch.randn(len(lengths), width, dim, generator=gen)
+        mask = torch.arange(width)[None, :] < torch.tensor(real)[:, None]
+        tokens = tokens.masked_fill(~mask[..., None], 7.0)  # garbage in padding must not matter
+        audio[name] = (tokens, mask)
+    return audio
+
+
+def slice_audio(audio, row: int):
+    """One example's audio with its padding cut off, as if it had been encoded alone."""
+    out = {}
+    for name, (tokens, mask) in audio.items():
+        n = int(mask[row].sum())
+        out[name] = (tokens[row : row + 1, :n], mask[row : row + 1, :n])
+    return out
+
+
+def build_inputs(model, texts: list[list[int]], audio, padding_side: str = "left"):
+    """Token rows with `<audio>` expanded as PALProcessor does: [prefix 3 tokens][placeholders][rest]."""
+    from pal.plits import plits_token_counts
+
+    counts = (
+        plits_token_counts(model.config, {n: m for n, (_, m) in audio.items()}).tolist()
+        if model.config.has_plits_tokens()
+        else [0] * len(texts)
+    )
+    rows, flags = [], []
+    for ids, n in zip(texts, counts):
+        rows.append(ids[:3] + [0] * n + ids[3:])
+        flags.append([False] * 3 + [True] * n + [False] * (len(ids) - 3))
+    width = max(len(r) for r in rows)
+
+    def pad(row, value):
+        filler = [value] * (width - len(row))
+        return filler + row if padding_side == "left" else row + filler
+
+    return dict(
+        input_ids=torch.tensor([pad(r, 0) for r in rows]),
+        attention_mask=torch.tensor([pad([1] * len(r), 0) for r in rows]),
+        audio_token_mask=torch.tensor([pad(f, False) for f in flags]),
+    )
+
+
+def random_texts(lengths: list[int], seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (n,), generator=gen).tolist() for n in lengths]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)

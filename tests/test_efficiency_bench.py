@@ -1,0 +1,35 @@
+"""The efficiency benchmark: the §4.4 FLOP formula against the spec's worked example, and the JSON report shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval.efficiency import layer_flops
+from pal.cli import main
+
+
+@pytest.mark.parametrize("n_a,plits_gflop,lal_gflop", [(64, 23.7, 16.0), (512, 81.2, 18.4), (1500, 219.7, 23.6)])
+def test_layer_flops_match_pal_spec_worked_example(n_a, plits_gflop, lal_gflop):
+    """pal-spec §4.4 table: Llama-3.2-1B dimensions (d=2048, d_kv=512, d_ff=8192), N_t=128."""
+    dims = dict(d=2048, d_kv=512, d_ff=8192)
+    assert layer_flops("plits", n_a, 128, **dims) / 1e9 == pytest.approx(plits_gflop, abs=0.06)
+    assert layer_flops("lal", n_a, 128, **dims) / 1e9 == pytest.approx(lal_gflop, abs=0.06)
+
+
+def test_bench_efficiency_json_report(tmp_path, capsys):
+    assert main(["bench", "efficiency", "--preset", "tiny", "--audio-tokens", "32", "--json", "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {(r["connector"], r["audio_tokens"]) for r in report["results"]} == {
+        (c, 32) for c in ("plits", "lal", "pal")
+    }
+    for r in report["results"]:
+        for key in ("train_step_s", "peak_mem_mb", "prefill_s", "decode_token_s"):
+            assert r[key] > 0 if key != "peak_mem_mb" else r[key] >= 0
+        assert r["text_tokens"] == 16
+    ratio = report["ratios"]["lal/plits@32"]
+    by = {(r["connector"], r["audio_tokens"]): r for r in report["results"]}
+    assert ratio["train_throughput"] == pytest.approx(by["plits", 32]["train_step_s"] / by["lal", 32]["train_step_s"])
+    assert ratio["flop_bound"] > 1
+    assert json.loads((tmp_path / "efficiency.json").read_text())["results"] == report["results"]

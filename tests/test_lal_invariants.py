@@ -1,0 +1,151 @@
+"""LAL invariants (DESIGN.md "The connectors"), each checked against the bare HF LLM or a formula written here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import random_audio, random_texts, tiny_pal
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_lal_without_audio_equals_bare_llm(family):
+    model, bare = tiny_pal("lal", family)
+    ids = torch.tensor(random_texts([12, 12]))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, bare(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_lal_start_layer_past_last_layer_equals_bare_llm(family):
+    model, bare = tiny_pal("lal", family, lal_start_layer=4)  # the tiny LLM has layers 0..3
+    assert model.lal is None and model.config.lal_layer_indices() == []
+    ids = torch.tensor(random_texts([10, 10]))
+    audio = random_audio(model.config, [5, 3])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, audio=audio).logits, bare(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("connector", ["lal", "pal"])
+def test_ffn_never_sees_an_audio_position(connector):
+    model, _ = tiny_pal(connector)
+    ids = torch.tensor(random_texts([9, 9]))
+    audio = random_audio(model.config, [6, 4])
+    from conftest import build_inputs
+
+    inputs = build_inputs(model, ids.tolist(), audio)
+    text_len = inputs["input_ids"].shape[1]  # PAL's in-sequence PLITS tokens are part of the text sequence
+    seen = []
+    hooks = [layer.mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+             for layer in model.llm.model.layers]
+    with torch.no_grad():
+        model(**inputs, audio=audio)
+        assert seen == [text_len] * 4
+        seen.clear()
+        model.generate(**inputs, audio=audio, max_new_tokens=3, do_sample=False)
+    for h in hooks:
+        h.remove()
+    assert seen[:4] == [text_len] * 4 and set(seen[4:]) == {1}
+
+
+def _rope(x, positions, theta):
+    """Rotary embedding, half-split convention of Llama/Qwen2: x [S, H, D], positions [S]."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    angle = positions.double()[:, None] * inv_freq[None, :]  # [S, D/2]
+    cos, sin = angle.cos()[:, None, :], angle.sin()[:, None, :]
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def _reference_layer_attention(layer, x, audio, config, rope: bool):
+    """pal-spec §4.2 for one example: softmax(Q [K_a; K_t]^T / sqrt(D_h) + mask) [V_a; V_t] W_o.
+
+    x: normed text states [T, d]; audio: layer-projected, not yet normed [N_a, d]; rope: audio keys rotated
+    ("prefix") or not ("none"). Float64 throughout.
+    """
+    attn = layer.self_attn
+    proj = {n: getattr(attn, f"{n}_proj") for n in "qkvo"}
+
+    def linear(n, inp):  # x W^T + b, with the bias where the family has one (Qwen2's q/k/v)
+        out = inp @ proj[n].weight.double().T
+        return out + proj[n].bias.double() if proj[n].bias is not None else out
+
+    norm = layer.input_layernorm
+    audio_n = audio / torch.sqrt(audio.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.double()
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    hd = config.hidden_size // heads
+    t, n_a = x.shape[0], audio.shape[0]
+    q = linear("q", x).view(t, heads, hd)
+    k = linear("k", torch.cat([audio_n, x])).view(n_a + t, kv_heads, hd)
+    v = linear("v", torch.cat([audio_n, x])).view(n_a + t, kv_heads, hd)
+    theta = config.rope_parameters["rope_theta"]
+    q = _rope(q, torch.arange(t), theta)
+    if rope:  # "prefix": audio at -n_a .. -1, just before the text at 0 .. t-1
+        k = _rope(k, torch.cat([torch.arange(-n_a, 0), torch.arange(t)]), theta)
+    else:  # "none": audio keys carry no position; text keys are rotated as in the bare LLM
+        k = torch.cat([k[:n_a], _rope(k[n_a:], torch.arange(t), theta)])
+    group = heads // kv_heads
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [S, H, D]
+    scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(hd)
+    allowed = torch.cat([torch.ones(t, n_a, dtype=torch.bool), torch.ones(t, t, dtype=torch.bool).tril()], dim=1)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    out = torch.einsum("hts,shd->thd", scores.softmax(-1), v).reshape(t, heads * hd)
+    return linear("o", out)
+
+
+@pytest.mark.parametrize("family,rope", [("llama", "prefix"), ("qwen2", "prefix"), ("llama", "none")])
+def test_lal_layer_attention_matches_formula(family, rope):
+    model, _ = tiny_pal("lal", family, lal_rope=rope)
+    layer_idx = 2
+    layer = model.llm.model.layers[layer_idx]
+    if family == "qwen2":  # Qwen2's q/k/v carry biases, zero at init: make them count
+        for n in "qkv":
+            torch.nn.init.normal_(getattr(layer.self_attn, f"{n}_proj").bias, std=0.5)
+    ids = torch.tensor(random_texts([11, 11]))
+    audio = random_audio(model.config, [6, 3])
+    captured = {}
+
+    def hook(module, args, kwargs, out):
+        captured["x"], captured["out"] = kwargs["hidden_states"], out[0]
+
+    handle = layer.self_attn.register_forward_hook(hook, with_kwargs=True)
+    with torch.no_grad():
+        model(input_ids=ids, audio=audio)
+    handle.remove()
+    tokens, mask = audio["sslam"]
+    head = model.lal.projections["sslam"].heads[str(layer_idx)]
+    for row in range(2):
+        real = tokens[row, : int(mask[row].sum())]
+        with torch.no_grad():
+            projected = head(real).double()
+        expected = _reference_layer_attention(
+            layer, captured["x"][row].double(), projected, model.config.text_config, rope == "prefix"
+        )
+        torch.testing.assert_close(captured["out"][row].double(), expected, atol=2e-5, rtol=1e-4)
+
+
+def test_layers_before_start_layer_are_the_bare_llm():
+    model, bare = tiny_pal("lal", lal_start_layer=2)
+    ids = torch.tensor(random_texts([10, 10]))
+    audio = random_audio(model.config, [6, 4])
+    with torch.no_grad():
+        ours = model(input_ids=ids, audio=audio, output_hidden_states=True).hidden_states
+        ref = bare(input_ids=ids, output_hidden_states=True).hidden_states
+    # hidden_states[0] is the embedding output, hidden_states[i + 1] the output of layer i.
+    for i in range(3):
+        assert torch.equal(ours[i], ref[i]), f"layer {i - 1} output differs before start_layer"
+    assert not torch.allclose(ours[3], ref[3]), "layer 2 (the first audio layer) should see the audio"
+
+
+def test_explicit_layer_list_injects_only_there():
+    model, bare = tiny_pal("lal", lal_layers=[1, 3])
+    assert sorted(model.lal.layers) == [1, 3]
+    ids = torch.tensor(random_texts([8, 8]))
+    audio = random_audio(model.config, [5, 5])
+    with torch.no_grad():
+        ours = model(input_ids=ids, audio=audio, output_hidden_states=True).hidden_states
+        ref = bare(input_ids=ids, output_hidden_states=True).hidden_states
+    assert torch.equal(ours[1], ref[1]) and not torch.allclose(ours[2], ref[2])

@@ -1,0 +1,57 @@
+"""Only the selected parameter groups receive gradients; frozen ones are bit-identical after an optimizer step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import build_inputs, random_audio, random_texts, tiny_pal
+from pal import set_trainable
+from pal.trainable import TRAINABLE_GROUPS
+
+CASES = [
+    ("lal", ["connector"], lambda n: n.startswith("lal.")),
+    ("pal", ["connector", "llm_attention"], lambda n: n.startswith(("lal.", "plits.")) or ".self_attn." in n),
+    ("plits", ["plits", "llm_ffn"], lambda n: n.startswith("plits.") or ".mlp." in n),
+    ("lal", ["connector", "lora"], lambda n: n.startswith("lal.") or ".lora_" in n),
+    ("lal", ["llm"], lambda n: n.startswith("llm.")),
+]
+
+
+@pytest.mark.parametrize("connector,groups,expect_trained", CASES)
+def test_only_selected_groups_train(connector, groups, expect_trained):
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "k_proj", "v_proj"]} if "lora" in groups else None
+    model, _ = tiny_pal(connector, lora=lora)
+    model.train()
+    counts = set_trainable(model, groups)
+    assert all(n > 0 for n in counts.values())
+    texts = random_texts([8, 6])
+    audio = random_audio(model.config, [5, 4])
+    batch = build_inputs(model, texts, audio)
+    labels = batch["input_ids"].masked_fill(batch["audio_token_mask"] | (batch["attention_mask"] == 0), -100)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # LoRA's B starts at zero, so A gets no gradient on the first step; a larger lr and two steps move both.
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        loss = model(**batch, audio=audio, labels=labels).loss
+        loss.backward()
+        for name, p in model.named_parameters():
+            if not expect_trained(name):
+                assert p.grad is None, f"frozen parameter {name} received a gradient"
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, p in model.named_parameters():
+        if expect_trained(name):
+            assert p.requires_grad and not torch.equal(p, before[name]), f"{name} should have trained"
+        else:
+            assert torch.equal(p, before[name]), f"frozen parameter {name} changed"
+
+
+def test_unknown_or_empty_group_is_an_error():
+    model, _ = tiny_pal("lal")
+    with pytest.raises(ValueError, match="unknown trainable group.*choose from"):
+        set_trainable(model, ["connector", "adapters"])
+    with pytest.raises(ValueError, match="attach LoRA first"):
+        set_trainable(model, ["lora"])
+    assert "connector" in TRAINABLE_GROUPS
