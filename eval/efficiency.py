@@ -73,13 +73,24 @@ def layer_flops(connector: str, n_a: int, n_t: int, d: int, d_kv: int, d_ff: int
     return n_q * per_token + n_a * 4 * d * d_kv + 4 * n_q * (n_a + n_q) * d
 
 
-def model_flops(connector: str, n_a: int, n_t: int, dims: dict, n_s: int = 0) -> float:
-    """Forward FLOPs of every layer plus the LM head over every in-sequence position (logits for all of them)."""
-    d, d_ff = dims["hidden_size"], dims["intermediate_size"]
+def model_flops(connector: str, n_a: int, n_t: int, dims: dict, n_s: int = 0, encoder_dim: int = 0) -> float:
+    """Forward FLOPs of every layer plus the LM head over every in-sequence position (logits for all of them).
+
+    With `encoder_dim`, the connector's own projections are added (§4.4 leaves them out): the PLITS MLP
+    (D_e→d→d, once), LAL's per-layer P_l (D_e→d in every layer), and PAL's latent-query input projection.
+    """
+    d, d_ff, layers = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"]
     d_kv = dims["num_key_value_heads"] * d // dims["num_attention_heads"]
     seq = n_a + n_t if connector == "plits" else n_t + (n_s if connector == "pal" else 0)
-    head = 2 * d * dims["vocab_size"] * seq
-    return dims["num_hidden_layers"] * layer_flops(connector, n_a, n_t, d, d_kv, d_ff, n_s) + head
+    flops = layers * layer_flops(connector, n_a, n_t, d, d_kv, d_ff, n_s) + 2 * d * dims["vocab_size"] * seq
+    if encoder_dim:
+        if connector == "plits":
+            flops += 2 * n_a * (encoder_dim * d + d * d)
+        else:
+            flops += layers * 2 * n_a * encoder_dim * d
+        if connector == "pal":
+            flops += 2 * n_a * (encoder_dim * d + 2 * d * d)  # summary latents: input projection and K/V
+    return flops
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -210,6 +221,9 @@ def compute_ratios(results: list[dict], s: BenchSettings) -> dict:
             bound = model_flops("plits", n_a, s.text_tokens, dims) / model_flops(
                 other, n_a, s.text_tokens, dims, s.n_summary
             )
+            bound_with_connector = model_flops("plits", n_a, s.text_tokens, dims, 0, s.encoder_dim) / model_flops(
+                other, n_a, s.text_tokens, dims, s.n_summary, s.encoder_dim
+            )
             speedup = base["train_step_s"] / r["train_step_s"]
             ratios[f"{other}/plits@{n_a}"] = dict(
                 train_throughput=speedup,
@@ -217,6 +231,7 @@ def compute_ratios(results: list[dict], s: BenchSettings) -> dict:
                 prefill_speedup=base["prefill_s"] / r["prefill_s"],
                 decode_speedup=base["decode_token_s"] / r["decode_token_s"],
                 flop_bound=bound,
+                flop_bound_with_connector=bound_with_connector,
                 speedup_over_flop_bound=speedup / bound,
             )
     return ratios
@@ -265,11 +280,13 @@ def format_table(report: dict) -> str:
             f"{r['tokens_per_s']:8.0f} {r['peak_mem_mb']:8.0f} {r['prefill_s']:9.3f} {1e3 * r['decode_token_s']:13.1f}"
         )
     lines.append("")
-    lines.append(f"{'ratio':16s} {'throughput':>10s} {'memory':>7s} {'prefill':>8s} {'decode':>7s} {'FLOP bound':>10s} {'/bound':>7s}")
+    lines.append(f"{'ratio':16s} {'throughput':>10s} {'memory':>7s} {'prefill':>8s} {'decode':>7s} "
+                 f"{'FLOP bound':>10s} {'/bound':>7s} {'bound+conn':>10s}")
     for name, r in report["ratios"].items():
         lines.append(
             f"{name:16s} {r['train_throughput']:9.2f}x {r['peak_mem']:6.2f}x {r['prefill_speedup']:7.2f}x "
-            f"{r['decode_speedup']:6.2f}x {r['flop_bound']:9.2f}x {r['speedup_over_flop_bound']:7.2f}"
+            f"{r['decode_speedup']:6.2f}x {r['flop_bound']:9.2f}x {r['speedup_over_flop_bound']:7.2f} "
+            f"{r['flop_bound_with_connector']:9.2f}x"
         )
     lines.append("")
     for n_a, f in report["flop_ratio_lal_over_plits"].items():

@@ -1,0 +1,135 @@
+"""Load released SSLAM weights without fairseq (sslam-spec §9).
+
+Accepted inputs:
+  - a fairseq pre-training checkpoint `.pt` (student weights at the top of `ckpt["model"]`; the `_ema` teacher and the
+    pre-training decoder are ignored);
+  - the fine-tuned checkpoint (`model.` prefix; its classification `fc_norm` / `head` are ignored);
+  - a folder with `model.safetensors` (our export, or a Hugging Face copy such as `ta012/SSLAM_pretrain`, whose key
+    names were never inspected: any prefix in front of the released names is detected and stripped);
+  - a `.safetensors` file with the released names (e.g. the parity fixture, stored as float16).
+With no config, the architecture is read off the tensors: depth from the block count, width from the patch
+projection, heads from the head dimension 64, MLP width from fc1.
+`.pt` files are read with `torch.load(weights_only=True)`; a file that needs full unpickling is refused unless the
+caller says it trusts it (`trust_checkpoint=True`, `--trust-checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .model import SSLAMConfig, SSLAMEncoder
+
+ANCHOR = "modality_encoders.IMAGE.local_encoder.proj.weight"
+HEAD_DIM = 64  # every released EAT / SSLAM size uses 64-dim heads
+# Keys of the released files that the encoder does not use, and why.
+IGNORED = (
+    (re.compile(r"^_ema\."), "EMA teacher (feature extraction uses the student)"),
+    (re.compile(r"^modality_encoders\.IMAGE\.decoder\."), "pre-training decoder"),
+    (re.compile(r"^(fc_norm|head)\."), "fine-tuning classification head"),
+)
+
+
+def _read_pt(path: Path, trust_checkpoint: bool) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust_checkpoint:
+            raise ValueError(
+                f"{path} holds pickled non-tensor objects that torch.load(weights_only=True) refuses ({err}). "
+                "Unpickling can run code: if you trust this file (e.g. the released SSLAM checkpoint you downloaded), "
+                "pass --trust-checkpoint (trust_checkpoint=True), or convert it once with `pal sslam export`."
+            ) from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict or a fairseq checkpoint with a 'model' entry.")
+    flat = {}
+    for key, value in state.items():
+        if key == "_ema" and isinstance(value, dict):  # fairseq keeps the teacher as a nested dict
+            flat.update({f"_ema.{k}": v for k, v in value.items()})
+        elif torch.is_tensor(value):
+            flat[key] = value
+    return flat
+
+
+def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> tuple[dict, dict | None]:
+    """Raw tensors from a checkpoint file or folder, plus a config dict if one is stored beside them."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"SSLAM checkpoint {path} does not exist.")
+    config = None
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            config = json.loads((path / "config.json").read_text())
+        candidates = [path / "model.safetensors", path / "pytorch_model.bin"] + sorted(path.glob("*.pt"))
+        files = [c for c in candidates if c.is_file()]
+        if not files:
+            raise FileNotFoundError(f"{path} has no model.safetensors, pytorch_model.bin or .pt file.")
+        path = files[0]
+    if path.suffix == ".safetensors":
+        return load_file(path), config
+    return _read_pt(path, trust_checkpoint), config
+
+
+def to_encoder_keys(state: dict) -> tuple[dict, dict[str, str]]:
+    """Strip any wrapper prefix (`model.`, `encoder.`, ...) and drop unused keys. Returns (state, {ignored: why})."""
+    prefixes = {k[: -len(ANCHOR)] for k in state if k.endswith(ANCHOR) and not k.startswith("_ema.")}
+    if len(prefixes) != 1:
+        raise ValueError(
+            f"cannot find the SSLAM patch projection `{ANCHOR}` (with any prefix) exactly once among "
+            f"{len(state)} keys; is this an SSLAM / EAT checkpoint?"
+        )
+    prefix = prefixes.pop()
+    out, ignored = {}, {}
+    for key, value in state.items():
+        name = key[len(prefix):] if key.startswith(prefix) else key
+        reason = next((why for pattern, why in IGNORED if pattern.search(name)), None)
+        if reason:
+            ignored[key] = reason
+        else:
+            out[name] = value
+    return out, ignored
+
+
+def infer_config(state: dict, num_mel_bins: int = 128) -> SSLAMConfig:
+    """Read the architecture off the tensors (released names, prefix already stripped)."""
+    proj = state[ANCHOR]
+    dim, patch = proj.shape[0], proj.shape[-1]
+    depth = len({m.group(1) for k in state if (m := re.match(r"blocks\.(\d+)\.attn\.qkv\.weight$", k))})
+    positions = state.get("modality_encoders.IMAGE.fixed_positional_encoder.positions")
+    freq_patches = num_mel_bins // patch
+    max_time = positions.shape[1] // freq_patches if positions is not None else 768
+    mlp = state["blocks.0.mlp.fc1.weight"].shape[0] if depth else 4 * dim
+    return SSLAMConfig(embed_dim=dim, depth=depth, num_heads=dim // HEAD_DIM, mlp_dim=mlp, patch_size=patch,
+                       num_mel_bins=num_mel_bins, max_time_patches=max_time)
+
+
+def load_sslam(path: str | Path, config: SSLAMConfig | None = None, trust_checkpoint: bool = False) -> SSLAMEncoder:
+    """Build the encoder and load the student weights; unknown or missing keys are an error that lists them."""
+    state, stored_config = read_state_dict(path, trust_checkpoint)
+    state, _ = to_encoder_keys(state)
+    if config is None:
+        config = SSLAMConfig(**stored_config) if stored_config else infer_config(state)
+    model = SSLAMEncoder(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match an SSLAM encoder of depth {config.depth}, width {config.embed_dim}: "
+            f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}, "
+            f"unexpected keys {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}."
+        )
+    bad = [k for k in expected if expected[k].shape != state[k].shape]
+    if bad:
+        raise ValueError(
+            f"{path}: shape mismatch for {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in bad[:10]]}."
+        )
+    model.load_state_dict({k: v.float() for k, v in state.items()})  # float16 checkpoints upcast exactly
+    return model.eval()

@@ -1,0 +1,60 @@
+"""From waveforms to SSLAM tokens: front-end + frozen encoder, with a choice of layer and pooling.
+
+Output per clip (time-major, as the official code orders them): the CLS token, then the patches `1 + F_p·t + f`.
+With `long_audio="split"`, a clip's windows are encoded separately and their token sequences concatenated
+(CLS₁, patches₁, CLS₂, patches₂, ...), so rows of a batch can differ in length: the mask marks the real tokens.
+
+Notation: B clips, N tokens, D width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .frontend import FrontendConfig, model_inputs
+from .model import SSLAMEncoder, pool_tokens
+
+
+@dataclass
+class SSLAMFeatures:
+    """Frozen SSLAM feature extraction. `layer`: which hidden state (0 = after the context norm, depth = last)."""
+
+    model: SSLAMEncoder
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    layer: int | None = None
+    batch_windows: int = 8  # windows per encoder call, to bound memory
+
+    def __post_init__(self):
+        depth = self.model.config.depth
+        if self.layer is not None and not 0 <= self.layer <= depth:
+            raise ValueError(f"layer = {self.layer}: expected 0..{depth} (0 = before block 1, {depth} = last block).")
+        self.model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def windows(self, spec: torch.Tensor) -> torch.Tensor:
+        """Normalised windows [W, T, M] → tokens [W, 1 + N, D] of the chosen layer."""
+        layer = self.model.config.depth if self.layer is None else self.layer
+        outs = []
+        for chunk in spec.split(self.batch_windows):
+            outs.append(self.model(chunk.to(next(self.model.parameters()).device)).hidden_states[layer])
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def __call__(self, waveforms: list[torch.Tensor], pool: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+        """Mono 16 kHz clips → (tokens [B, N_max, D], mask [B, N_max]); pooled: ([B, D], all-True [B])."""
+        spec, counts = model_inputs(waveforms, self.frontend)
+        tokens = self.windows(spec)
+        per_clip = list(tokens.split(counts))  # each [W_i, 1 + N, D]
+        if pool != "none":
+            pooled = torch.stack([pool_tokens(w, pool).mean(0) for w in per_clip])
+            return pooled, torch.ones(len(per_clip), dtype=torch.bool)
+        rows = [w.reshape(-1, w.shape[-1]) for w in per_clip]
+        longest = max(r.shape[0] for r in rows)
+        out = tokens.new_zeros(len(rows), longest, tokens.shape[-1])
+        mask = torch.zeros(len(rows), longest, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            out[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = True
+        return out, mask
