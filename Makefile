@@ -31,6 +31,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/pal bench efficiency
+	$(BIN)/pal bench encoders
 
 clean:
 	rm -rf $(VENV) build *.egg-info

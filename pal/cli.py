@@ -18,6 +18,32 @@ def _bench_efficiency(args) -> int:
     return efficiency.main(args)
 
 
+def _sslam_extract(args) -> int:
+    from encoders.sslam.extract import extract_to_npz
+
+    shapes = extract_to_npz(args.checkpoint, args.audio, args.out, layer=args.layer, pool=args.pool,
+                            long_audio=args.long_audio, trust_checkpoint=args.trust_checkpoint)
+    print(f"wrote {len(shapes)} arrays to {args.out} (e.g. {next(iter(shapes.items()))})")
+    return 0
+
+
+def _features(args) -> int:
+    from encoders.ensemble import EnsembleConfig
+    from encoders.feature_cache import FeatureCache, read_manifest
+
+    cache = FeatureCache(args.out, EnsembleConfig.from_yaml(args.config))
+    stats = cache.build(read_manifest(args.manifest), batch_size=args.batch_size)
+    print(f"feature cache {args.out}: {stats['cached']} clips cached ({stats['added']} new), "
+          f"{stats['bad']} unreadable (listed under \"bad\" in {args.out}/index.json)")
+    return 0
+
+
+def _bench_encoders(args) -> int:
+    from eval import encoder_bench
+
+    return encoder_bench.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pal", description="Audio LLMs the PAL way (LAL, PLITS and the PAL hybrid).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder")
     demo.set_defaults(func=_demo)
 
+    features = commands.add_parser("features", help="precompute frozen-encoder tokens for a manifest")
+    features.add_argument("--manifest", required=True, help='JSONL with an "audio" path per line')
+    features.add_argument("--config", required=True, help="encoder ensemble YAML (see configs/encoders/)")
+    features.add_argument("--out", required=True, help="cache folder (resumes if it exists)")
+    features.add_argument("--batch-size", type=int, default=8)
+    features.set_defaults(func=_features)
+
+    sslam = commands.add_parser("sslam", help="the SSLAM encoder")
+    sslam_commands = sslam.add_subparsers(dest="sslam", required=True)
+    extract = sslam_commands.add_parser("extract", help="SSLAM features of audio files into an .npz")
+    extract.add_argument("--checkpoint", required=True, help=".pt, .safetensors or a folder of SSLAM weights")
+    extract.add_argument("--audio", required=True, nargs="+", help="audio files (any format soundfile reads)")
+    extract.add_argument("--out", required=True, help="output .npz; keys are the audio files' stems")
+    extract.add_argument("--layer", type=int, default=None, help="hidden state to return (0..depth; default last)")
+    extract.add_argument("--pool", choices=["none", "cls", "mean"], default="none")
+    extract.add_argument("--long-audio", choices=["truncate", "split"], default="truncate",
+                         help="audio over 10.24 s: keep the first window (reference) or encode every window")
+    extract.add_argument("--trust-checkpoint", action="store_true",
+                         help="allow full unpickling of a .pt that weights_only refuses (only for files you trust)")
+    extract.set_defaults(func=_sslam_extract)
+
     bench = commands.add_parser("bench", help="benchmarks")
     which = bench.add_subparsers(dest="bench", required=True)
     efficiency = which.add_parser("efficiency", help="PLITS vs LAL vs PAL: train step, memory, prefill, decode")
@@ -35,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(efficiency)
     efficiency.set_defaults(func=_bench_efficiency)
+    encoders = which.add_parser("encoders", help="fbank vs ASTFeatureExtractor, SSLAM clips/s, feature cache")
+    from eval.encoder_bench import add_arguments as add_encoder_arguments
+
+    add_encoder_arguments(encoders)
+    encoders.set_defaults(func=_bench_encoders)
     return parser
 
 
@@ -42,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # AudioError is a ValueError
         print(f"pal: error: {err}", file=sys.stderr)
         return 2
 

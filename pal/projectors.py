@@ -38,6 +38,26 @@ class MLPProjector(nn.Module):
         return self.net(tokens), out_mask
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention from latent queries to encoder tokens; padded tokens are masked out."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, latents: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """latents [B, Q, D], tokens [B, N_e, D], mask [B, N_e] → [B, Q, D]."""
+        def heads(x):  # [B, L, D] → [B, H, L, D/H]
+            return x.view(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
+
+        out = nn.functional.scaled_dot_product_attention(
+            heads(self.q_proj(latents)), heads(self.k_proj(tokens)), heads(self.v_proj(tokens)),
+            attn_mask=mask[:, None, None, :],
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(latents.shape))
+
+
 class QFormerBlock(nn.Module):
     """Pre-norm cross-attention from latents to encoder tokens, then a GELU MLP, both residual."""
 
@@ -45,15 +65,13 @@ class QFormerBlock(nn.Module):
         super().__init__()
         self.norm_latents = nn.LayerNorm(dim)
         self.norm_tokens = nn.LayerNorm(dim)
-        self.cross_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.cross_attn = CrossAttention(dim, num_heads)
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, latents: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """latents [B, Q, D], tokens [B, N_e, D], mask [B, N_e] → latents [B, Q, D]."""
-        kv = self.norm_tokens(tokens)
-        attended, _ = self.cross_attn(self.norm_latents(latents), kv, kv, key_padding_mask=~mask, need_weights=False)
-        latents = latents + attended
+        latents = latents + self.cross_attn(self.norm_latents(latents), self.norm_tokens(tokens), mask)
         return latents + self.mlp(self.norm_mlp(latents))
 
 

@@ -33,3 +33,11 @@ def test_bench_efficiency_json_report(tmp_path, capsys):
     assert ratio["train_throughput"] == pytest.approx(by["plits", 32]["train_step_s"] / by["lal", 32]["train_step_s"])
     assert ratio["flop_bound"] > 1
     assert json.loads((tmp_path / "efficiency.json").read_text())["results"] == report["results"]
+
+
+def test_bench_encoders_json_report(capsys):
+    assert main(["bench", "encoders", "--sslam", "tiny", "--batch", "2", "--repeats", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fbank_speedup"] == pytest.approx(report["fbank_ast_s"] / report["fbank_ours_s"])
+    assert report["cache_speedup"] == pytest.approx(report["features_on_the_fly_s"] / report["features_cached_s"])
+    assert report["sslam_clips_per_s"] > 0 and report["batch"] == 2

@@ -32,6 +32,14 @@ class SSLAMFeatures:
             raise ValueError(f"layer = {self.layer}: expected 0..{depth} (0 = before block 1, {depth} = last block).")
         self.model.eval().requires_grad_(False)
 
+    @property
+    def dim(self) -> int:
+        return self.model.config.embed_dim
+
+    @property
+    def sample_rate(self) -> int:
+        return self.frontend.sample_rate
+
     @torch.no_grad()
     def windows(self, spec: torch.Tensor) -> torch.Tensor:
         """Normalised windows [W, T, M] → tokens [W, 1 + N, D] of the chosen layer."""

@@ -1,0 +1,120 @@
+"""The encoder ensemble: named frozen encoders from config, one call → `{name: (tokens [B, N_e, D_e], mask [B, N_e])}`.
+
+Example YAML (`configs/encoders/*.yaml`):
+
+    encoders:
+      sslam:   {type: sslam, path: /models/SSLAM_pretrain/checkpoint_last.pt, trust_checkpoint: true}
+      clap:    {type: clap, path: /models/clap-htsat-unfused}
+      whisper: {type: whisper, path: /models/whisper-base}
+    dtype: float32
+    device: cpu
+
+`preset` (instead of `path`) builds a randomly initialised encoder of that size (SSLAM: tiny | small | vitb), for
+tests and for the demo before its own pre-training. Every encoder is frozen: eval mode, no gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .audio import load_audio, resample
+from .outputs import EncoderOutputs
+from .typed_config import from_dict, load_yaml
+
+
+@dataclass
+class EncoderSpec:
+    type: Literal["sslam", "clap", "whisper"]
+    path: str | None = None  # checkpoint file or folder (local; nothing is downloaded)
+    preset: str | None = None  # SSLAM size for a randomly initialised encoder, when no path is given
+    layer: int | None = None  # hidden state to use (None = last)
+    long_audio: Literal["truncate", "split"] = "truncate"  # SSLAM: audio past 10.24 s
+    trust_checkpoint: bool = False  # SSLAM .pt files that need full unpickling
+
+
+@dataclass
+class EnsembleConfig:
+    encoders: dict[str, EncoderSpec] = field(default_factory=dict)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+
+    @classmethod
+    def from_yaml(cls, path) -> "EnsembleConfig":
+        return load_yaml(cls, path)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EnsembleConfig":
+        return from_dict(cls, data)
+
+
+def build_encoder(spec: EncoderSpec) -> nn.Module:
+    """One frozen member: a callable waveforms → (tokens, mask) with `.dim` and `.sample_rate`."""
+    if spec.type == "sslam":
+        from .sslam.checkpoint import load_sslam
+        from .sslam.features import SSLAMFeatures
+        from .sslam.frontend import FrontendConfig
+        from .sslam.model import PRESETS, SSLAMEncoder
+
+        if spec.path:
+            model = load_sslam(spec.path, trust_checkpoint=spec.trust_checkpoint)
+        elif spec.preset in PRESETS:
+            with torch.random.fork_rng():  # a preset is a fixed random network, so caches can identify it
+                torch.manual_seed(0)
+                model = SSLAMEncoder(PRESETS[spec.preset])
+        else:
+            raise ValueError(f"an sslam encoder needs `path` or a `preset` from {sorted(PRESETS)}.")
+        return SSLAMFeatures(model, FrontendConfig(long_audio=spec.long_audio), layer=spec.layer)
+    if not spec.path:
+        raise ValueError(f"a {spec.type} encoder needs `path`: a local Hugging Face folder.")
+    if spec.type == "clap":
+        from .clap import ClapEncoder
+
+        return ClapEncoder.from_pretrained(spec.path)
+    from .whisper import WhisperEncoder
+
+    return WhisperEncoder.from_pretrained(spec.path, layer=spec.layer)
+
+
+class AudioEncoderEnsemble:
+    """Frozen encoders by name. `ensemble(waveforms)` or `ensemble.encode_files(paths)` → EncoderOutputs."""
+
+    def __init__(self, config: EnsembleConfig, members: dict[str, object] | None = None):
+        if not config.encoders and not members:
+            raise ValueError("the ensemble config names no encoder: add at least one under `encoders:`.")
+        self.config = config
+        self.dtype = getattr(torch, config.dtype)
+        self.members = members if members is not None else {n: build_encoder(s) for n, s in config.encoders.items()}
+        for member in self.members.values():
+            module = getattr(member, "model", member)
+            module.to(device=config.device, dtype=self.dtype).eval().requires_grad_(False)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """{name: D_e}, what `PALConfig.encoder_dims` takes."""
+        return {name: int(member.dim) for name, member in self.members.items()}
+
+    @torch.no_grad()
+    def _encode(self, member, clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, mask = member([c.to(device=self.config.device, dtype=torch.float32) for c in clips])
+        return tokens.to(self.dtype), mask
+
+    def __call__(self, waveforms: list[torch.Tensor], sample_rate: int = 16000) -> EncoderOutputs:
+        """Mono clips at `sample_rate` → {name: (tokens [B, N_e, D_e], mask [B, N_e])}; resampled per encoder."""
+        out = {}
+        for name, member in self.members.items():
+            clips = waveforms if member.sample_rate == sample_rate else [
+                torch.from_numpy(resample(w.cpu().numpy(), sample_rate, member.sample_rate)) for w in waveforms
+            ]
+            out[name] = self._encode(member, clips)
+        return out
+
+    def encode_files(self, paths: list[str | Path]) -> EncoderOutputs:
+        """Read each file at each encoder's own sample rate (one resampling from the source), then encode."""
+        rates = {member.sample_rate for member in self.members.values()}
+        per_rate = {rate: [load_audio(p, sample_rate=rate) for p in paths] for rate in rates}
+        return {name: self._encode(member, per_rate[member.sample_rate]) for name, member in self.members.items()}

@@ -1,0 +1,184 @@
+"""Feature cache: every encoder's tokens for a manifest, precomputed once into sharded safetensors.
+
+Layout of a cache folder:
+    index.json                 {"encoders": {name: encoder hash}, "entries": {audio hash: shard file}, "bad": {...}}
+    shard-00000.safetensors    tensors "<name>/<encoder hash>/<audio hash>": the real tokens [n, D_e]
+Entries are keyed by (audio content hash, encoder configuration hash): editing an audio file or changing an encoder
+(its settings or its weights file) makes the old entries unreachable, and reading with a different configuration is
+an error rather than silently stale features. Building resumes: finished shards are kept, and each shard and the
+index are written atomically. Unreadable audio is skipped, counted and listed under "bad" in the index.
+
+Notation: B clips, N_e tokens, D_e width.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .audio import AudioError, load_audio
+from .ensemble import AudioEncoderEnsemble, EnsembleConfig, EncoderSpec
+from .outputs import EncoderOutputs
+
+INDEX = "index.json"
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (of every file, in name order, for a folder), first 16 hex digits."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        digest.update(f.name.encode())
+        with open(f, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def encoder_hash(spec: EncoderSpec, dtype: str) -> str:
+    """Identifies an encoder: its settings, the dtype, and the content of its weights file or folder."""
+    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode() + dtype.encode())
+    if spec.path:
+        digest.update(file_hash(spec.path).encode())
+    return digest.hexdigest()[:16]
+
+
+def read_manifest(path: str | Path) -> list[Path]:
+    """Audio paths of a JSONL manifest (`{"audio": ...}` per line; relative paths are relative to the manifest)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist.")
+    audio = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from None
+        if not isinstance(row, dict) or "audio" not in row:
+            raise ValueError(f"{path}:{number}: each line needs an \"audio\" path.")
+        audio.append((path.parent / row["audio"]).resolve() if not Path(row["audio"]).is_absolute()
+                     else Path(row["audio"]))
+    return audio
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+class FeatureCache:
+    def __init__(self, root: str | Path, config: EnsembleConfig):
+        self.root = Path(root)
+        self.config = config
+        self.hashes = {name: encoder_hash(spec, config.dtype) for name, spec in config.encoders.items()}
+        index_path = self.root / INDEX
+        self.index = json.loads(index_path.read_text()) if index_path.is_file() else {
+            "encoders": dict(self.hashes), "entries": {}, "bad": {}
+        }
+        stale = {n: (self.index["encoders"].get(n), h) for n, h in self.hashes.items()
+                 if self.index["encoders"].get(n) != h}
+        if stale:
+            raise ValueError(
+                f"feature cache {self.root} was built for other encoder configurations {stale} "
+                "(cached hash, current hash): rebuild it with `pal features` into a new folder."
+            )
+        self._shards: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------------------------------------ building
+
+    def build(self, audio: list[Path], ensemble: AudioEncoderEnsemble | None = None, batch_size: int = 8,
+              shard_size: int = 256, progress: bool = True) -> dict:
+        """Encode every not-yet-cached file; returns {"cached", "added", "bad"} counts."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        todo, seen = [], set(self.index["entries"])
+        for path in audio:
+            key = file_hash(path) if path.is_file() else None
+            if key is None:
+                self.index["bad"][str(path)] = "no such audio file"
+            elif key not in seen:
+                todo.append((path, key))
+                seen.add(key)
+        added = 0
+        if todo:
+            ensemble = ensemble or AudioEncoderEnsemble(self.config)
+            rates = {m.sample_rate for m in ensemble.members.values()}
+            shard_id = len(list(self.root.glob("shard-*.safetensors")))
+            bar = tqdm(total=len(todo), desc="features", unit="clip", disable=not progress)
+            for start in range(0, len(todo), shard_size):
+                tensors, keys = {}, []
+                for b in range(start, min(start + shard_size, len(todo)), batch_size):
+                    batch = todo[b : b + batch_size]
+                    loaded, good = [], []
+                    for path, key in batch:  # read one by one so a bad file costs only itself
+                        try:
+                            loaded.append({rate: load_audio(path, sample_rate=rate) for rate in rates})
+                            good.append(key)
+                        except AudioError as err:
+                            self.index["bad"][str(path)] = str(err)
+                    for key, row in zip(good, self._encode(ensemble, loaded)):
+                        for name, tokens in row.items():
+                            tensors[f"{name}/{self.hashes[name]}/{key}"] = tokens.contiguous()
+                        keys.append(key)
+                    bar.update(len(batch))
+                if tensors:
+                    shard = f"shard-{shard_id:05d}.safetensors"
+                    tmp = self.root / (shard + ".tmp")
+                    save_file(tensors, str(tmp))
+                    os.replace(tmp, self.root / shard)
+                    self.index["entries"].update({k: shard for k in keys})
+                    added += len(keys)
+                    shard_id += 1
+                _write_json(self.root / INDEX, self.index)  # resume point after every shard
+            bar.close()
+        _write_json(self.root / INDEX, self.index)
+        return {"cached": len(self.index["entries"]), "added": added, "bad": len(self.index["bad"])}
+
+    @staticmethod
+    def _encode(ensemble: AudioEncoderEnsemble, loaded: list[dict]) -> list[dict[str, torch.Tensor]]:
+        """Clips ({sample rate: waveform} each) → per clip {name: its real tokens [n, D_e]}."""
+        if not loaded:
+            return []
+        per_name = {}
+        for name, member in ensemble.members.items():
+            tokens, mask = ensemble._encode(member, [clip[member.sample_rate] for clip in loaded])
+            per_name[name] = [t[m].cpu() for t, m in zip(tokens, mask)]
+        return [{name: per_name[name][i] for name in per_name} for i in range(len(loaded))]
+
+    # ------------------------------------------------------------------------------------------------- reading
+
+    def __contains__(self, path) -> bool:
+        return Path(path).is_file() and file_hash(path) in self.index["entries"]
+
+    def get(self, paths: list[str | Path]) -> EncoderOutputs:
+        """Cached features of these files, padded into a batch: {name: (tokens [B, N_e, D_e], mask [B, N_e])}."""
+        rows = []
+        for path in paths:
+            key = file_hash(path) if Path(path).is_file() else None
+            shard = self.index["entries"].get(key) if key else None
+            if shard is None:
+                raise KeyError(f"{path} is not in the feature cache {self.root}: run `pal features` on its manifest.")
+            if shard not in self._shards:
+                self._shards[shard] = load_file(self.root / shard)
+            rows.append({n: self._shards[shard][f"{n}/{h}/{key}"] for n, h in self.hashes.items()})
+        out = {}
+        dtype = getattr(torch, self.config.dtype)
+        for name in self.hashes:
+            longest = max(r[name].shape[0] for r in rows)
+            tokens = torch.zeros(len(rows), longest, rows[0][name].shape[-1], dtype=dtype)
+            mask = torch.zeros(len(rows), longest, dtype=torch.bool)
+            for i, r in enumerate(rows):
+                tokens[i, : r[name].shape[0]] = r[name]
+                mask[i, : r[name].shape[0]] = True
+            out[name] = (tokens, mask)
+        return out

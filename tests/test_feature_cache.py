@@ -1,0 +1,81 @@
+"""The feature cache: identical features to encoding on the fly, resume, stale detection, bad files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+from encoders.feature_cache import FeatureCache
+from pal.cli import main
+
+CONFIG = {"encoders": {"sslam": {"type": "sslam", "preset": "tiny", "long_audio": "split"}}}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, seconds in enumerate((1.0, 12.0, 3.0)):
+        soundfile.write(tmp_path / f"clip{i}.wav", (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32),
+                        16000)
+        rows.append({"audio": f"clip{i}.wav"})
+    (tmp_path / "broken.wav").write_bytes(b"garbage")
+    rows.append({"audio": "broken.wav"})
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    return tmp_path, manifest
+
+
+def test_cached_features_equal_on_the_fly_features(corpus):
+    root, manifest = corpus
+    config = EnsembleConfig.from_dict(CONFIG)
+    (root / "enc.yaml").write_text(json.dumps(CONFIG))  # JSON is valid YAML
+    assert main(["features", "--manifest", str(manifest), "--config", str(root / "enc.yaml"),
+                 "--out", str(root / "cache"), "--batch-size", "2"]) == 0
+    index = json.loads((root / "cache" / "index.json").read_text())
+    assert len(index["entries"]) == 3 and list(index["bad"]) == [str(root / "broken.wav")]
+    cache = FeatureCache(root / "cache", config)
+    paths = [root / f"clip{i}.wav" for i in range(3)]
+    cached = cache.get(paths)
+    fresh = AudioEncoderEnsemble(config).encode_files(paths)
+    tokens, mask = cached["sslam"]
+    assert mask.sum(-1).tolist() == [513, 1026, 513]  # the 12 s clip is split into two windows
+    torch.testing.assert_close(tokens, fresh["sslam"][0], atol=1e-5, rtol=0)
+    assert torch.equal(mask, fresh["sslam"][1])
+
+
+def test_resume_skips_cached_clips(corpus):
+    root, manifest = corpus
+    config = EnsembleConfig.from_dict(CONFIG)
+    from encoders.feature_cache import read_manifest
+
+    paths = read_manifest(manifest)
+    first = FeatureCache(root / "cache", config).build(paths[:1], progress=False)
+    second = FeatureCache(root / "cache", config).build(paths, progress=False)
+    assert (first["added"], second["added"], second["cached"], second["bad"]) == (1, 2, 3, 1)
+
+
+def test_stale_cache_is_detected(corpus):
+    root, manifest = corpus
+    from encoders.feature_cache import read_manifest
+
+    FeatureCache(root / "cache", EnsembleConfig.from_dict(CONFIG)).build(read_manifest(manifest)[:1], progress=False)
+    other = {"encoders": {"sslam": {"type": "sslam", "preset": "tiny", "long_audio": "truncate"}}}
+    with pytest.raises(ValueError, match="built for other encoder configurations"):
+        FeatureCache(root / "cache", EnsembleConfig.from_dict(other))
+
+
+def test_changed_audio_is_not_served_from_the_cache(corpus):
+    root, manifest = corpus
+    from encoders.feature_cache import read_manifest
+
+    cache = FeatureCache(root / "cache", EnsembleConfig.from_dict(CONFIG))
+    cache.build(read_manifest(manifest)[:1], progress=False)
+    soundfile.write(root / "clip0.wav", np.zeros(16000, dtype=np.float32), 16000)
+    with pytest.raises(KeyError, match="not in the feature cache"):
+        cache.get([root / "clip0.wav"])
