@@ -2,7 +2,8 @@
 
 For each connector and audio length N_a, on an LLM with SmolLM2-135M's dimensions (random weights), batch 2 and
 N_t = 128 text tokens, each variant in its own subprocess (so memory high-water marks do not mix):
-  - train_step_s: forward + backward of the LM loss (every parameter trainable), median over repeats;
+  - train_step_s: forward + backward of the LM loss (every parameter trainable), minimum over repeats (the
+    estimate least disturbed by other load: run-to-run spread on our shared 2-core machines is ±30 %);
   - tokens_per_s: B·(N_a + N_t) / train_step_s;
   - peak_mem_mb: the step's own peak, i.e. the process's peak RSS during the step minus its RSS before it, with the
     weights and gradient buffers already allocated (they are the same for every connector; see static_mem_mb);
@@ -17,7 +18,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -166,7 +166,7 @@ def measure(connector: str, n_a: int, s: BenchSettings) -> dict:
         start = time.perf_counter()
         train_step()
         times.append(time.perf_counter() - start)
-    step = statistics.median(times[1:]) if s.repeats else times[0]
+    step = min(times[1:]) if s.repeats else times[0]  # the minimum is the estimate least disturbed by other load
 
     model.eval()
     prompt = {k: v for k, v in batch.items() if k != "labels"}
@@ -187,7 +187,7 @@ def measure(connector: str, n_a: int, s: BenchSettings) -> dict:
     return dict(
         connector=connector, audio_tokens=n_a, text_tokens=s.text_tokens, batch=s.batch,
         train_step_s=step, tokens_per_s=s.batch * (n_a + s.text_tokens) / step, peak_mem_mb=peak,
-        static_mem_mb=static, prefill_s=statistics.median(prefill), decode_token_s=statistics.median(decode),
+        static_mem_mb=static, prefill_s=min(prefill), decode_token_s=min(decode),
         bf16=use_bf16(s.precision), threads=torch.get_num_threads(),
     )
 

@@ -159,10 +159,16 @@ class SSLAMOutput:
 
 
 class SSLAMEncoder(nn.Module):
-    def __init__(self, config: SSLAMConfig | None = None):
+    """The encoder; with `with_decoder=True` it also holds the pre-training decoder at its released key names."""
+
+    def __init__(self, config: SSLAMConfig | None = None, with_decoder: bool = False):
         super().__init__()
         self.config = config or SSLAMConfig()
         self.modality_encoders = nn.ModuleDict({"IMAGE": ImageEncoder(self.config)})
+        if with_decoder:
+            from .decoder import Decoder2d
+
+            self.image.decoder = Decoder2d(self.config)
         self.blocks = nn.ModuleList(Block(self.config) for _ in range(self.config.depth))
 
     @property
@@ -182,16 +188,23 @@ class SSLAMEncoder(nn.Module):
             )
         return x + table[:, : x.shape[1]]
 
-    def encode_tokens(self, x: torch.Tensor) -> SSLAMOutput:
-        """Patches with positions [B, N', D] (all or only the visible ones) → prepend CLS, context norm, blocks."""
+    def contextualize(self, x: torch.Tensor) -> torch.Tensor:
+        """Patches with positions [B, N', D] → [CLS ; patches] after the context norm [B, 1 + N', D]."""
         cls = self.image.extra_tokens.expand(x.shape[0], -1, -1)
-        x = self.image.context_encoder.norm(torch.cat([cls, x], dim=1))
+        return self.image.context_encoder.norm(torch.cat([cls, x], dim=1))
+
+    def run_blocks(self, x: torch.Tensor) -> SSLAMOutput:
+        """Context-normed tokens [B, 1 + N', D] through every block."""
         hidden, taps = [x], []
         for block in self.blocks:
             x, tap = block(x)
             hidden.append(x)
             taps.append(tap)
         return SSLAMOutput(x, hidden, taps)
+
+    def encode_tokens(self, x: torch.Tensor) -> SSLAMOutput:
+        """Patches with positions [B, N', D] (all, or only the visible ones) → CLS, context norm, blocks."""
+        return self.run_blocks(self.contextualize(x))
 
     def forward(self, spec: torch.Tensor) -> SSLAMOutput:
         """spec: normalised log-mel [B, T, F] (T a multiple of 16) → SSLAMOutput with [B, 1 + T/16·F/16, D]."""
