@@ -38,10 +38,42 @@ def _features(args) -> int:
     return 0
 
 
+def _bench_sslam(args) -> int:
+    from eval import sslam_pretrain_bench
+
+    return sslam_pretrain_bench.main(args)
+
+
 def _bench_encoders(args) -> int:
     from eval import encoder_bench
 
     return encoder_bench.main(args)
+
+
+def _sslam_pretrain(args) -> int:
+    from encoders.sslam.pretrain_recipe import PretrainConfig, SSLAMPretrainRecipe
+
+    config = PretrainConfig.from_yaml(args.config)
+    if args.manifest:
+        config.data.manifest = args.manifest
+    if args.stage:
+        config.objective.stage = args.stage
+    if args.init:
+        config.init = args.init
+    recipe = SSLAMPretrainRecipe(config, args.out, resume=args.resume, max_steps=args.max_steps)
+    recipe.setup()
+    result = recipe.train()
+    recipe.cleanup()
+    if recipe.rank == 0:
+        print(f"sslam pre-training done: {result}")
+    return 0
+
+
+def _sslam_export(args) -> int:
+    from encoders.sslam.pretrain_recipe import export_student
+
+    print(f"exported the student encoder to {export_student(args.checkpoint, args.out)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="allow full unpickling of a .pt that weights_only refuses (only for files you trust)")
     extract.set_defaults(func=_sslam_extract)
 
+    pretrain = sslam_commands.add_parser("pretrain", help="SSLAM / EAT self-supervised pre-training on DeepSpeed")
+    pretrain.add_argument("--config", required=True, help="recipe YAML (configs/sslam/*.yaml)")
+    pretrain.add_argument("--out", required=True, help="run folder: logs, checkpoints, bad-file reports")
+    pretrain.add_argument("--manifest", help='JSONL with an "audio" path per line (overrides data.manifest)')
+    pretrain.add_argument("--stage", type=int, choices=[1, 2], help="override objective.stage")
+    pretrain.add_argument("--init", help="stage 2: a stage-1 run folder or a released fairseq checkpoint")
+    pretrain.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    pretrain.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (schedule unchanged)")
+    pretrain.set_defaults(func=_sslam_pretrain)
+    export = sslam_commands.add_parser("export", help="a pre-training checkpoint's student as loadable safetensors")
+    export.add_argument("--checkpoint", required=True, help="a run folder (its latest checkpoint) or a checkpoint folder")
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=_sslam_export)
+
     bench = commands.add_parser("bench", help="benchmarks")
     which = bench.add_subparsers(dest="bench", required=True)
     efficiency = which.add_parser("efficiency", help="PLITS vs LAL vs PAL: train step, memory, prefill, decode")
@@ -87,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_encoder_arguments(encoders)
     encoders.set_defaults(func=_bench_encoders)
+    sslam_bench = which.add_parser("sslam", help="SSLAM pre-training throughput (clips/s) of one training step")
+    from eval.sslam_pretrain_bench import add_arguments as add_sslam_arguments
+
+    add_sslam_arguments(sslam_bench)
+    sslam_bench.set_defaults(func=_bench_sslam)
     return parser
 
 

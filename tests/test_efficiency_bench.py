@@ -41,3 +41,10 @@ def test_bench_encoders_json_report(capsys):
     assert report["fbank_speedup"] == pytest.approx(report["fbank_ast_s"] / report["fbank_ours_s"])
     assert report["cache_speedup"] == pytest.approx(report["features_on_the_fly_s"] / report["features_cached_s"])
     assert report["sslam_clips_per_s"] > 0 and report["batch"] == 2
+
+
+def test_bench_sslam_pretraining_json_report(capsys):
+    assert main(["bench", "sslam", "--preset", "tiny", "--batch", "2", "--clones", "2", "--steps", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["clips_per_s"] == pytest.approx(report["batch"] / report["step_s"])
+    assert report["official"] == {"clips_per_update": 48, "stage1": 400000, "stage2": 200000}

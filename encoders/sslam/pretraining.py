@@ -167,12 +167,14 @@ class SSLAMPretrainer(nn.Module):
         n_seq, n_patches = masks.shape
 
         # Student: visible tokens only (MAE-style), then the decoder with noise at masked patches.
-        tokens = self.student.embed(views).repeat_interleave(clones, dim=0)  # [n, N, D]
+        dtype = self.student.image.local_encoder.proj.weight.dtype  # bf16 under DeepSpeed bf16
+        tokens = self.student.embed(views.to(dtype)).repeat_interleave(clones, dim=0)  # [n, N, D]
         visible = tokens[~masks].view(n_seq, -1, tokens.shape[-1])  # ascending patch order per row
         encoded = self.student.encode_tokens(visible).last_hidden_state  # [n, 1 + N_vis, D]
         noise = draws.noise
         if noise is None:
             noise = torch.randn(n_seq, int(masks[0].sum()), tokens.shape[-1], device=spec.device) * o.decoder_noise_std
+        noise = noise.to(device=spec.device)
         decoder_in = tokens.new_zeros(tokens.shape)
         decoder_in[~masks] = encoded[:, 1:].reshape(-1, tokens.shape[-1])
         decoder_in[masks] = noise.reshape(-1, tokens.shape[-1]).to(decoder_in.dtype)
