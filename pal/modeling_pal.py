@@ -82,7 +82,9 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         return self.llm.get_output_embeddings()
 
     def check_audio(self, audio: AudioFeatures, batch_size: int) -> AudioFeatures:
-        """Validate names, widths and batch sizes; zero padded tokens so they cannot leak (e.g. NaN) into outputs."""
+        """Validate names, widths and batch sizes; zero padded tokens so they cannot leak (e.g. NaN) into outputs.
+
+        A row whose masks are all False is a text-only example: it sees no audio on any route."""
         expected = self.config.encoder_dims
         if set(audio) != set(expected):
             raise ValueError(
@@ -104,10 +106,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                     f"audio[{name!r}] has batch {tokens.shape[0]} and mask {tuple(mask.shape)}, but the text batch is "
                     f"{batch_size}: give one audio row per text row and a [B, N] mask."
                 )
-            mask = mask.to(device=tokens.device, dtype=torch.bool)
-            if not mask.any(-1).all():
-                row = int((~mask.any(-1)).nonzero()[0])
-                raise ValueError(f"audio[{name!r}] row {row} has no real token (its mask is all False).")
+            mask = mask.to(device=tokens.device, dtype=torch.bool)  # an all-False row is a text-only example
             checked[name] = (tokens.masked_fill(~mask.unsqueeze(-1), 0).to(self.dtype), mask)
         return checked
 

@@ -34,17 +34,17 @@ def plits_token_counts(config: PALConfig, audio_masks: dict[str, torch.Tensor]) 
     """Real PLITS tokens per example [B] from each encoder's mask [B, N_e]: what `<audio>` must expand to.
 
     MLP projector: ceil(n / mlp_downsample) per PLITS encoder; latent-query projector: qformer_latents; each summary
-    encoder adds n_summary.
+    encoder adds n_summary. A row without audio (all False) gets none.
     """
     counts = 0
     for name in config.encoders_on("plits"):
         real = audio_masks[name].long().sum(-1)
         if config.projector == "qformer":
-            counts = counts + torch.full_like(real, config.qformer_latents)
+            counts = counts + (real > 0).long() * config.qformer_latents
         else:
             counts = counts + (real + config.mlp_downsample - 1) // config.mlp_downsample
     for name in config.summary_encoders():
-        counts = counts + torch.full_like(audio_masks[name].long().sum(-1), config.n_summary)
+        counts = counts + (audio_masks[name].long().sum(-1) > 0).long() * config.n_summary
     return counts
 
 

@@ -1,12 +1,16 @@
-"""PALProcessor: prompts (plain text or chat messages with an `<audio>` placeholder) → model inputs.
+"""PALProcessor: prompts or whole conversations (with an `<audio>` placeholder) → model inputs.
 
 `<audio>` is not added to the vocabulary (the LLM's embeddings and logits stay exactly the bare model's). Instead each
 prompt's `<audio>` expands into as many placeholder positions as the example has real PLITS tokens, flagged in
 `audio_token_mask`; the model writes the projected audio there. A model that routes everything through LAL has no
-in-sequence audio, and `<audio>` simply disappears from the prompt.
+in-sequence audio, and `<audio>` simply disappears from the prompt. A row without audio (a text-only example in a
+mixed batch: its encoder masks are all False) expands `<audio>` to nothing as well.
 
-Output keys: input_ids [B, T], attention_mask [B, T], audio_token_mask [B, T], labels [B, T] (when answers are
-given: -100 everywhere but the answer), audio (passed through).
+Labels: -100 everywhere except the assistant turns (every assistant turn of a conversation), so the loss is taken on
+what the model should say, including the chat template's end-of-turn tokens.
+
+Output keys: input_ids [B, T], attention_mask [B, T], audio_token_mask [B, T], labels [B, T] (when there are
+assistant turns), audio (passed through).
 """
 
 from __future__ import annotations
@@ -30,81 +34,104 @@ class PALProcessor:
         # The placeholder id is only a filler: the model overwrites those embeddings.
         self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
 
-    def render(self, prompt, answer: str | None = None, chat: bool = True) -> tuple[str, str]:
-        """The prompt text as the LLM sees it (chat template applied), and the answer text that follows it."""
-        if not chat:
-            return prompt, answer or ""
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        head = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if answer is None:
-            return head, ""
-        full = self.tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": answer}], tokenize=False
-        )
-        if not full.startswith(head):
-            raise ValueError("the chat template renders the answer turn in a way that changes the prompt; cannot mask it.")
-        return head, full[len(head):]
+    # ------------------------------------------------------------------------------------------------ rendering
+    def segments(self, messages: list[dict], add_generation_prompt: bool = True) -> list[tuple[str, bool]]:
+        """A conversation as (text, is_assistant) pieces whose concatenation is the chat-template rendering.
+
+        Each assistant turn is cut out by rendering the conversation up to it with and without that turn.
+        """
+        template = self.tokenizer.apply_chat_template
+        out, done = [], ""
+        for i, message in enumerate(messages):
+            if message.get("role") != "assistant":
+                continue
+            head = template(messages[:i], tokenize=False, add_generation_prompt=True)
+            full = template(messages[: i + 1], tokenize=False)
+            if not (head.startswith(done) and full.startswith(head)):
+                raise ValueError("the chat template re-renders earlier turns when a turn is added; cannot mask labels.")
+            out += [(head[len(done):], False), (full[len(head):], True)]
+            done = full
+        if messages and messages[-1].get("role") != "assistant":
+            head = template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            if not head.startswith(done):
+                raise ValueError("the chat template re-renders earlier turns; cannot build the prompt.")
+            out.append((head[len(done):], False))
+        return [(text, target) for text, target in out if text]
 
     def _encode(self, text: str, first: bool, chat: bool) -> list[int]:
         # A chat template writes its own BOS; raw prompts get the tokenizer's special tokens at the start only.
         return self.tokenizer(text, add_special_tokens=first and not chat)["input_ids"]
 
+    def encode(self, segments: list[tuple[str, bool]], audio_tokens: int, plits_names: list[str], row: int,
+               chat: bool = True) -> tuple[list[int], list[int], list[bool]]:
+        """Segments → (ids, labels, audio flags), `<audio>` expanded to `audio_tokens` placeholder positions."""
+        ids, labels, flags = [], [], []
+        placeholders = sum(text.count(AUDIO_PLACEHOLDER) for text, target in segments if not target)
+        if placeholders > 1:
+            raise ValueError(f"prompt {row} holds {placeholders} `<audio>` placeholders; one audio per example.")
+        if audio_tokens and not placeholders:
+            raise ValueError(
+                f"prompt {row} has no `<audio>` placeholder, but this model routes {plits_names} through PLITS: "
+                "add `<audio>` where the audio belongs in the prompt."
+            )
+        for text, target in segments:
+            pieces = [text] if target else text.split(AUDIO_PLACEHOLDER)
+            for k, piece in enumerate(pieces):
+                if k:  # the placeholder stood between piece k-1 and piece k
+                    ids += [self.pad_id] * audio_tokens
+                    labels += [IGNORE_INDEX] * audio_tokens
+                    flags += [True] * audio_tokens
+                part = self._encode(piece, first=not ids, chat=chat)
+                if target and not chat and self.tokenizer.eos_token_id is not None:
+                    part = part + [self.tokenizer.eos_token_id]
+                ids += part
+                labels += part if target else [IGNORE_INDEX] * len(part)
+                flags += [False] * len(part)
+        return ids, labels, flags
+
+    # ------------------------------------------------------------------------------------------------ batching
     def __call__(self, prompts, audio=None, answers: list[str] | None = None, chat: bool = True) -> dict:
-        """prompts: list of strings or of chat-message lists; audio: {name: (tokens, mask)} with one row per prompt."""
+        """prompts: strings or chat-message lists (a conversation's assistant turns become labels); answers: one
+        assistant reply per prompt, appended; audio: {name: (tokens, mask)} with one row per prompt."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
             prompts = [prompts]
         if answers is not None and len(answers) != len(prompts):
             raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts: give one answer per prompt.")
-        needs_audio_tokens = self.config.has_plits_tokens() and audio is not None
-        counts = plits_token_counts(self.config, {n: m for n, (_, m) in audio.items()}) if needs_audio_tokens else None
-
-        rows, label_rows, audio_rows = [], [], []
+        plits_names = self.config.encoders_on("plits") + self.config.summary_encoders()
+        counts = [0] * len(prompts)
+        if audio is not None and plits_names:
+            counts = plits_token_counts(self.config, {n: m for n, (_, m) in audio.items()}).tolist()
+        rows = []
         for i, prompt in enumerate(prompts):
-            head, tail = self.render(prompt, answers[i] if answers is not None else None, chat)
-            pieces = head.split(AUDIO_PLACEHOLDER)
-            if len(pieces) > 2:
-                raise ValueError(f"prompt {i} holds {len(pieces) - 1} `<audio>` placeholders; one audio per example.")
-            if needs_audio_tokens and len(pieces) == 1:
-                raise ValueError(
-                    f"prompt {i} has no `<audio>` placeholder, but this model routes "
-                    f"{self.config.encoders_on('plits') + self.config.summary_encoders()} through PLITS: add `<audio>` "
-                    "where the audio belongs in the prompt."
-                )
-            ids = self._encode(pieces[0], first=True, chat=chat)
-            is_audio = [False] * len(ids)
-            if len(pieces) == 2:
-                n = int(counts[i]) if counts is not None else 0
-                ids += [self.pad_id] * n
-                is_audio += [True] * n
-                ids += self._encode(pieces[1], first=False, chat=chat)
-                is_audio += [False] * (len(ids) - len(is_audio))
-            labels = [IGNORE_INDEX] * len(ids)
-            if tail:
-                answer_ids = self._encode(tail, first=False, chat=chat)
-                if not chat and self.tokenizer.eos_token_id is not None:
-                    answer_ids.append(self.tokenizer.eos_token_id)
-                ids += answer_ids
-                labels += answer_ids
-                is_audio += [False] * len(answer_ids)
-            rows.append(ids)
-            label_rows.append(labels)
-            audio_rows.append(is_audio)
+            answer = answers[i] if answers is not None else None
+            if chat:
+                messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+                if answer is not None:
+                    messages = messages + [{"role": "assistant", "content": answer}]
+                segments = self.segments(messages)
+            else:
+                segments = [(prompt, False)] + ([(answer, True)] if answer else [])
+            rows.append(self.encode(segments, int(counts[i]), plits_names, i, chat))
+        batch = self.pad(rows)
+        if audio is not None:
+            batch["audio"] = audio
+        return batch
 
-        width = max(len(r) for r in rows)
+    def pad(self, rows: list[tuple[list[int], list[int], list[bool]]]) -> dict:
+        """Pad (ids, labels, flags) rows on the processor's padding side into tensors."""
+        width = max(len(ids) for ids, _, _ in rows)
 
         def pad(row, value):
             filler = [value] * (width - len(row))
             return filler + row if self.padding_side == "left" else row + filler
 
         batch = {
-            "input_ids": torch.tensor([pad(r, self.pad_id) for r in rows]),
-            "attention_mask": torch.tensor([pad([1] * len(r), 0) for r in rows]),
-            "audio_token_mask": torch.tensor([pad(r, False) for r in audio_rows]),
+            "input_ids": torch.tensor([pad(ids, self.pad_id) for ids, _, _ in rows]),
+            "attention_mask": torch.tensor([pad([1] * len(ids), 0) for ids, _, _ in rows]),
+            "audio_token_mask": torch.tensor([pad(flags, False) for _, _, flags in rows]),
         }
-        if answers is not None:
-            batch["labels"] = torch.tensor([pad(r, IGNORE_INDEX) for r in label_rows])
-        if audio is not None:
-            batch["audio"] = audio
+        if any(l != IGNORE_INDEX for _, labels, _ in rows for l in labels):
+            batch["labels"] = torch.tensor([pad(labels, IGNORE_INDEX) for _, labels, _ in rows])
         return batch
 
     def decode(self, sequences: torch.Tensor, prompt_length: int) -> list[str]:

@@ -90,10 +90,16 @@ class QFormerProjector(nn.Module):
         self.output_proj = nn.Linear(dim, hidden_size)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [B, N_e, D_e], mask [B, N_e] → (latent tokens [B, Q, d], all-True mask [B, Q])."""
+        """tokens [B, N_e, D_e], mask [B, N_e] → (latent tokens [B, Q, d], mask [B, Q]).
+
+        A row without audio (text-only example) yields no real latent; its keys are unmasked only to keep the
+        softmax finite, and its outputs are masked out.
+        """
+        has_audio = mask.any(-1)  # [B]
+        safe_mask = mask | ~has_audio[:, None]
         x = self.input_proj(tokens)
         latents = self.latents.unsqueeze(0).expand(tokens.shape[0], -1, -1)
         for block in self.blocks:
-            latents = block(latents, x, mask)
+            latents = block(latents, x, safe_mask)
         out = self.output_proj(self.norm_out(latents))
-        return out, torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
+        return out, has_audio[:, None].expand(-1, out.shape[1])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from pal import PALConfig, PALForConditionalGeneration
 
 VOCAB = 97
+# The shared fixtures live in ../shared beside the checkout (CI puts them there); PAL_SHARED overrides.
+SHARED = Path(os.environ.get("PAL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def tiny_llm_config(family: str = "llama"):

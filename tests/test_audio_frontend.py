@@ -13,7 +13,9 @@ from encoders.audio import AudioError, load_audio
 from encoders.kaldi_fbank import kaldi_fbank, num_frames
 from encoders.sslam.frontend import FrontendConfig, model_inputs
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sslam_reference"
+from conftest import SHARED
+
+FIXTURE = SHARED / "fixtures" / "sslam_reference"
 
 
 def _tone(rate: int, seconds: float, freq: float = 440.0) -> np.ndarray:

@@ -85,3 +85,20 @@ def test_beam_search_keeps_audio_rows_with_their_beams(connector):
             alone = build_inputs(model, [texts[row]], alone_audio)
             single = model.generate(**alone, audio=alone_audio, **kwargs)[0, alone["input_ids"].shape[1] :]
             assert single.tolist() == out[row].tolist()
+
+
+@pytest.mark.parametrize("connector", CONNECTORS)
+def test_text_only_row_in_an_audio_batch_is_the_bare_llm(connector):
+    """A row whose audio masks are all False sees no audio: its logits equal the bare LLM's on its tokens."""
+    model, bare = tiny_pal(connector)
+    texts = random_texts([9, 7], seed=11)
+    audio = random_audio(model.config, [5, 3], seed=11)
+    for name, (tokens, mask) in audio.items():
+        mask[1] = False
+    batch = build_inputs(model, texts, audio, padding_side="right")
+    assert not batch["audio_token_mask"][1].any()
+    with torch.no_grad():
+        ours = model(**batch, audio=audio).logits[1, :7]
+        ref = bare(input_ids=torch.tensor([texts[1]])).logits[0]
+    assert torch.isfinite(model(**batch, audio=audio).logits).all()
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

@@ -45,14 +45,6 @@ def test_mismatched_batch_size():
         model(input_ids=torch.tensor(random_texts([6])), audio=audio)
 
 
-def test_audio_row_with_no_real_token():
-    model, _ = tiny_pal("lal")
-    tokens, mask = random_audio(model.config, [4, 4])["sslam"]
-    mask[1] = False
-    with pytest.raises(ValueError, match="row 1 has no real token"):
-        model(input_ids=torch.tensor(random_texts([6, 6])), audio={"sslam": (tokens, mask)})
-
-
 def test_unsupported_llm_architecture():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50))
     with pytest.raises(ValueError, match="'gpt2' is not supported.*Llama, Qwen2 or Mistral"):

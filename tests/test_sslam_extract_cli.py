@@ -9,7 +9,9 @@ import soundfile
 
 from pal.cli import main
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sslam_reference"
+from conftest import SHARED
+
+FIXTURE = SHARED / "fixtures" / "sslam_reference"
 
 
 def _write_inputs(tmp_path):

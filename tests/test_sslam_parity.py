@@ -17,7 +17,9 @@ from encoders.sslam.checkpoint import load_sslam
 from encoders.sslam.features import SSLAMFeatures
 from encoders.sslam.frontend import FrontendConfig, model_inputs
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sslam_reference"
+from conftest import SHARED
+
+FIXTURE = SHARED / "fixtures" / "sslam_reference"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from encoders.sslam.model import SSLAMConfig
 from encoders.sslam.pretraining import Draws, EMATeacher, ObjectiveConfig, SSLAMPretrainer, load_pretraining_weights
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sslam_pretrain_reference"
+from conftest import SHARED
+
+FIXTURE = SHARED / "fixtures" / "sslam_pretrain_reference"
 
 
 @pytest.fixture(scope="module")
