@@ -113,8 +113,14 @@ class AudioEncoderEnsemble:
             out[name] = self._encode(member, clips)
         return out
 
+    def load(self, path: str | Path) -> dict[int, torch.Tensor]:
+        """One file read at each encoder's own sample rate (one resampling from the source); AudioError if bad."""
+        return {rate: load_audio(path, sample_rate=rate) for rate in {m.sample_rate for m in self.members.values()}}
+
+    def encode_loaded(self, clips: list[dict[int, torch.Tensor]]) -> EncoderOutputs:
+        """Clips as returned by `load` → {name: (tokens [B, N_e, D_e], mask [B, N_e])}."""
+        return {name: self._encode(member, [c[member.sample_rate] for c in clips])
+                for name, member in self.members.items()}
+
     def encode_files(self, paths: list[str | Path]) -> EncoderOutputs:
-        """Read each file at each encoder's own sample rate (one resampling from the source), then encode."""
-        rates = {member.sample_rate for member in self.members.values()}
-        per_rate = {rate: [load_audio(p, sample_rate=rate) for p in paths] for rate in rates}
-        return {name: self._encode(member, per_rate[member.sample_rate]) for name, member in self.members.items()}
+        return self.encode_loaded([self.load(p) for p in paths])

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .audio import AudioError, load_audio
+from .audio import AudioError
 from .ensemble import AudioEncoderEnsemble, EnsembleConfig, EncoderSpec
 from .outputs import EncoderOutputs
 
@@ -112,7 +112,6 @@ class FeatureCache:
         added = 0
         if todo:
             ensemble = ensemble or AudioEncoderEnsemble(self.config)
-            rates = {m.sample_rate for m in ensemble.members.values()}
             shard_id = len(list(self.root.glob("shard-*.safetensors")))
             bar = tqdm(total=len(todo), desc="features", unit="clip", disable=not progress)
             for start in range(0, len(todo), shard_size):
@@ -122,7 +121,7 @@ class FeatureCache:
                     loaded, good = [], []
                     for path, key in batch:  # read one by one so a bad file costs only itself
                         try:
-                            loaded.append({rate: load_audio(path, sample_rate=rate) for rate in rates})
+                            loaded.append(ensemble.load(path))
                             good.append(key)
                         except AudioError as err:
                             self.index["bad"][str(path)] = str(err)
@@ -146,14 +145,12 @@ class FeatureCache:
 
     @staticmethod
     def _encode(ensemble: AudioEncoderEnsemble, loaded: list[dict]) -> list[dict[str, torch.Tensor]]:
-        """Clips ({sample rate: waveform} each) → per clip {name: its real tokens [n, D_e]}."""
+        """Loaded clips → per clip {name: its real tokens [n, D_e]}."""
         if not loaded:
             return []
-        per_name = {}
-        for name, member in ensemble.members.items():
-            tokens, mask = ensemble._encode(member, [clip[member.sample_rate] for clip in loaded])
-            per_name[name] = [t[m].cpu() for t, m in zip(tokens, mask)]
-        return [{name: per_name[name][i] for name in per_name} for i in range(len(loaded))]
+        features = ensemble.encode_loaded(loaded)
+        return [{name: tokens[i][mask[i]].cpu() for name, (tokens, mask) in features.items()}
+                for i in range(len(loaded))]
 
     # ------------------------------------------------------------------------------------------------- reading
 

@@ -76,6 +76,19 @@ def _sslam_export(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from curriculum.config import CurriculumConfig
+    from curriculum.recipe import CurriculumRecipe
+
+    recipe = CurriculumRecipe(CurriculumConfig.from_yaml(args.config), out=args.out, stage=args.stage,
+                              resume=args.resume, max_steps=args.max_steps)
+    recipe.setup()
+    for result in recipe.run():
+        if recipe.rank == 0:
+            print(f"stage {result}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pal", description="Audio LLMs the PAL way (LAL, PLITS and the PAL hybrid).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--llm", default=None, help="a local Hugging Face causal-LM folder (default: SmolLM2-135M)")
     demo.add_argument("--out", default="runs/demo", help="output folder")
     demo.set_defaults(func=_demo)
+
+    train = commands.add_parser("train", help="the three-stage curriculum on DeepSpeed")
+    train.add_argument("--config", required=True, help="curriculum YAML (configs/pal/*.yaml)")
+    train.add_argument("--stage", type=int, help="run only this stage (1-based); default: every unfinished stage")
+    train.add_argument("--resume", action="store_true", help="continue each stage from its latest checkpoint")
+    train.add_argument("--max-steps", type=int, help="stop each stage after this many steps (schedule unchanged)")
+    train.add_argument("--out", help="run folder (default: the config's `out`)")
+    train.set_defaults(func=_train)
 
     features = commands.add_parser("features", help="precompute frozen-encoder tokens for a manifest")
     features.add_argument("--manifest", required=True, help='JSONL with an "audio" path per line')
