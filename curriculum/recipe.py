@@ -160,6 +160,7 @@ class CurriculumRecipe:
         bad_total, last_loss = 0, float("nan")
         bar = tqdm(total=stop, initial=start, desc=f"stage {k + 1} ({stage.name})", disable=self.rank != 0, unit="step")
         for step in range(start, stop):
+            torch.manual_seed(self.config.seed * 1_000_003 + k * 100_003 + step)  # dropout: same draws after resume
             lr = cosine_lr(step, stage.optim.lr, stage.optim.warmup_steps, total, stage.optim.min_lr)
             for group_ in optimizer.param_groups:
                 group_["lr"] = lr

@@ -185,3 +185,33 @@ def test_unknown_config_key(tmp_path):
         CurriculumConfig.from_dict({"model": {}, "stages": [{"name": "a", "data": [{"manifest": "x"}],
                                                              "trainable": ["connector"], "steps": 1,
                                                              "learning_rate": 1.0}]})
+
+
+RECIPES = sorted((ROOT / "configs" / "pal").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_shipped_recipe_runs_one_step_with_tiny_stand_ins(recipe, workdir, tmp_path):
+    """Real-scale recipes name local folders we do not have: swap in the tiny LLM, tiny encoders under the same
+    names and the test manifest, keep everything else (connector, routes, LoRA, stages), run one step of stage 1."""
+    from curriculum.config import CurriculumConfig, DataSource
+    from curriculum.recipe import CurriculumRecipe
+    from encoders.ensemble import EnsembleConfig
+
+    config = CurriculumConfig.from_yaml(recipe)
+    names = list(config.model.ensemble_config(ROOT).encoders)
+    config.model.llm = str(workdir / "llm")
+    config.model.encoders = {"encoders": {n: {"type": "sslam", "preset": "tiny"} for n in names}}
+    assert EnsembleConfig.from_dict(config.model.encoders).encoders.keys() == set(names)
+    connector = dict(config.model.connector)
+    if "lal_start_layer" in connector:
+        connector["lal_start_layer"] = 1  # the tiny LLM has 2 layers
+    config.model.connector = connector
+    for stage in config.stages:
+        stage.data = [DataSource(manifest=str(workdir / "train.jsonl"))]
+        stage.val_manifest, stage.num_samples, stage.precision, stage.batch_size = None, 0, "fp32", 2
+        stage.deepspeed = str(ROOT / "configs" / "deepspeed" / "zero2.json")
+    recipe_run = CurriculumRecipe(config, out=tmp_path / "run", stage=1, max_steps=1)
+    recipe_run.setup()
+    result = recipe_run.run()[0]
+    assert result["steps"] == 1 and np.isfinite(result["loss"])
