@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/pal bench efficiency
 	$(BIN)/pal bench encoders
 	$(BIN)/pal bench sslam
+	$(BIN)/pal bench curriculum
 
 clean:
 	rm -rf $(VENV) build *.egg-info

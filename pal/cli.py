@@ -38,6 +38,12 @@ def _features(args) -> int:
     return 0
 
 
+def _bench_curriculum(args) -> int:
+    from eval import curriculum_bench
+
+    return curriculum_bench.main(args)
+
+
 def _bench_sslam(args) -> int:
     from eval import sslam_pretrain_bench
 
@@ -159,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sslam_arguments(sslam_bench)
     sslam_bench.set_defaults(func=_bench_sslam)
+    curriculum_bench = which.add_parser("curriculum", help="one curriculum step: PLITS/LAL/PAL, with/without cache")
+    from eval.curriculum_bench import add_arguments as add_curriculum_arguments
+
+    add_curriculum_arguments(curriculum_bench)
+    curriculum_bench.set_defaults(func=_bench_curriculum)
     return parser
 
 

@@ -48,3 +48,10 @@ def test_bench_sslam_pretraining_json_report(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["clips_per_s"] == pytest.approx(report["batch"] / report["step_s"])
     assert report["official"] == {"clips_per_update": 48, "stage1": 400000, "stage2": 200000}
+
+
+def test_curriculum_step_measurement():
+    from eval.curriculum_bench import measure
+
+    result = measure("pal", cached=True, batch=1, repeats=0)
+    assert result["examples_per_s"] == pytest.approx(1 / result["step_s"]) and result["peak_mem_mb"] >= 0
