@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from encoders.ensemble import EnsembleConfig
-from encoders.typed_config import from_dict, load_yaml
+from encoders.typed_config import YamlConfig
 
 
 @dataclass
@@ -91,17 +91,10 @@ class ModelConfig:
 
 
 @dataclass
-class CurriculumConfig:
+class CurriculumConfig(YamlConfig):
     model: ModelConfig
     stages: list[StageConfig]
     feature_cache: str | None = None  # a `pal features` folder: encoder tokens are read instead of computed
     seed: int = 0
     out: str = "runs/curriculum"
 
-    @classmethod
-    def from_yaml(cls, path) -> "CurriculumConfig":
-        return load_yaml(cls, path)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CurriculumConfig":
-        return from_dict(cls, data)

@@ -24,7 +24,7 @@ from torch import nn
 
 from .audio import load_audio, resample
 from .outputs import EncoderOutputs
-from .typed_config import from_dict, load_yaml
+from .typed_config import YamlConfig
 
 
 @dataclass
@@ -38,18 +38,11 @@ class EncoderSpec:
 
 
 @dataclass
-class EnsembleConfig:
+class EnsembleConfig(YamlConfig):
     encoders: dict[str, EncoderSpec] = field(default_factory=dict)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
 
-    @classmethod
-    def from_yaml(cls, path) -> "EnsembleConfig":
-        return load_yaml(cls, path)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "EnsembleConfig":
-        return from_dict(cls, data)
 
 
 def build_encoder(spec: EncoderSpec) -> nn.Module:

@@ -62,3 +62,15 @@ def load_yaml(cls, path: str | Path):
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     return from_dict(cls, data, where=str(path))
+
+
+class YamlConfig:
+    """Mixin for a dataclass config: `Cls.from_yaml(path)` and `Cls.from_dict(mapping)`, both strict."""
+
+    @classmethod
+    def from_yaml(cls, path):
+        return load_yaml(cls, path)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return from_dict(cls, data)

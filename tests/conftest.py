@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,25 @@ from pal import PALConfig, PALForConditionalGeneration
 VOCAB = 97
 # The shared fixtures live in ../shared beside the checkout (CI puts them there); PAL_SHARED overrides.
 SHARED = Path(os.environ.get("PAL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_pal(*args, nproc: int = 1, wait: bool = True, port: int = 29500):
+    """`pal ARGS` in a fresh process (under torchrun for nproc > 1), as a user would launch it; asserts success."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1" if nproc > 1 else "2"}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "pal.cli", *args]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(port + os.getpid() % 1000), "-m", "pal.cli", *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
 
 
 def tiny_llm_config(family: str = "llama"):

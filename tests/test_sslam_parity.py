@@ -6,7 +6,6 @@ cells exact; model input 5e-4; end to end 1e-4.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -11,7 +11,7 @@ import torch
 from encoders.sslam.decoder import Decoder2d
 from encoders.sslam.masking import inverse_block_mask
 from encoders.sslam.model import PRESETS, SSLAMConfig
-from encoders.sslam.pretraining import Draws, EMATeacher, ObjectiveConfig, SSLAMPretrainer, d2v_loss, ema_decay_at, make_targets
+from encoders.sslam.pretraining import EMATeacher, ObjectiveConfig, SSLAMPretrainer, d2v_loss, ema_decay_at, make_targets
 from encoders.sslam.source_retention import (draw_window_starts, mixed_patch_rows, mixed_positions, partial_mixture,
                                              srl_targets)
 

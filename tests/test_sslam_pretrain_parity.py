@@ -8,7 +8,6 @@ within the fixture README's tolerances. Then the faithful-reproduction switches 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -5,10 +5,7 @@ skipped and reported, and the export loads as an encoder."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +15,8 @@ import soundfile
 import torch
 import yaml
 from safetensors.torch import load_file
+
+from conftest import run_pal
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "sslam" / "tiny.yaml"
@@ -51,19 +50,7 @@ def _config(tmp: Path, **changes) -> Path:
 
 
 def _pal(*args, nproc: int = 1, wait: bool = True):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1" if nproc > 1 else "2"}
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(29500 + os.getpid() % 1000), "-m", "pal.cli", *args]
-    else:
-        cmd = [sys.executable, "-m", "pal.cli", *args]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
+    return run_pal(*args, nproc=nproc, wait=wait, port=29500)
 
 
 def _log(run: Path) -> list[dict]:

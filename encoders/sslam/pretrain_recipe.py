@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..audio import AudioError, load_audio
 from ..training import (JsonlLog, cosine_lr, deepspeed_config, latest_tag, param_groups, save_checkpoint,
                         setup_distributed, checkpoint_root)
-from ..typed_config import from_dict, load_yaml
+from ..typed_config import YamlConfig
 from .frontend import FrontendConfig, model_inputs
 from .masking import inverse_block_mask
 from .model import PRESETS, SSLAMConfig
@@ -85,7 +85,7 @@ class CheckpointSection:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(YamlConfig):
     model: ModelSection = field(default_factory=ModelSection)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataSection = field(default_factory=DataSection)
@@ -96,13 +96,6 @@ class PretrainConfig:
     log_every: int = 10
     seed: int = 0
 
-    @classmethod
-    def from_yaml(cls, path) -> "PretrainConfig":
-        return load_yaml(cls, path)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PretrainConfig":
-        return from_dict(cls, data)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
