@@ -161,7 +161,7 @@ class Collator:
             except AudioError as err:
                 bad.append((example.id, str(err)))
         if not (paths or clips):
-            return None, kept, bad
+            return self.no_audio(len(kept)), kept, bad
         features = self.cache.get(paths) if self.cache is not None else self.ensemble.encode_loaded(clips)
         return self._scatter(features, rows), kept, bad
 
@@ -174,6 +174,14 @@ class Collator:
         if "labels" not in batch:
             return None, bad + [(e.id, "no assistant tokens after templating") for e in kept]
         return batch, bad
+
+    def no_audio(self, rows: int) -> dict | None:
+        """Features for a batch without audio: one masked-out token per encoder and row. The model then runs its
+        connectors as for any batch, which ZeRO-3 needs on every rank (peer projects hang here otherwise)."""
+        dims = self.ensemble.dims if self.ensemble is not None else None
+        if not rows or not dims:
+            return None
+        return {name: (torch.zeros(rows, 1, dim), torch.zeros(rows, 1, dtype=torch.bool)) for name, dim in dims.items()}
 
     @staticmethod
     def _scatter(features: dict, rows: list[int | None]) -> dict:

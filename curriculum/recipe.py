@@ -7,8 +7,9 @@ checkpoint every N steps (every trainable tensor, atomically, keep last k), and 
 folder (`<out>/stage<k>-<name>/final`) that `PALForConditionalGeneration.from_pretrained` and the next stage load.
 
 Exact resume: batches are a function of (seed, stage, step); DeepSpeed restores weights and optimizer state.
-ZeRO-3: a batch without audio on some rank still runs the connector modules (their output times zero), so every rank
-gathers the same parameters and none hangs (a known failure of peer projects).
+ZeRO-3: a batch without audio still goes through the connectors (with masked-out audio), and a batch whose examples
+were all skipped repeats the last good one with zero weight, so every rank calls the same modules in the same order
+and none hangs (a known failure of peer projects).
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ class CurriculumRecipe:
 
         group = 16 if stage.group_by_length else 1
         bad_total, last_loss = 0, float("nan")
+        self.last_batch = None
         bar = tqdm(total=stop, initial=start, desc=f"stage {k + 1} ({stage.name})", disable=self.rank != 0, unit="step")
         for step in range(start, stop):
             torch.manual_seed(self.config.seed * 1_000_003 + k * 100_003 + step)  # dropout: same draws after resume
@@ -196,32 +198,20 @@ class CurriculumRecipe:
         return {"stage": k + 1, "name": stage.name, "steps": stop, "loss": last_loss, "bad_samples": bad_total}
 
     def micro_step(self, engine, batch: dict | None) -> torch.Tensor:
-        """One forward; an empty batch (every example skipped) gives a zero loss that still touches every module."""
-        module = engine.module
+        """One forward. A micro-batch whose every example was skipped repeats the last good one with its loss times
+        zero: every rank still runs the same modules (ZeRO-3), and no update comes from it."""
+        scale = 1.0
         if batch is None:
-            return self.connector_touch(module) + sum(p.sum() * 0.0 for p in module.parameters() if p.requires_grad)
+            batch, scale = self.last_batch, 0.0
+        else:
+            self.last_batch = batch
+        if batch is None:
+            raise RuntimeError("the first micro-batch of this stage has no usable example: check bad_samples*.jsonl.")
         inputs = {k: v.to(engine.device) for k, v in batch.items() if torch.is_tensor(v)}
         audio = batch.get("audio")
         if audio is not None:
             inputs["audio"] = {n: (t.to(engine.device), m.to(engine.device)) for n, (t, m) in audio.items()}
-        loss = engine(**inputs, use_cache=False).loss
-        if audio is None:  # keep ZeRO-3 ranks in step: the connectors run on every rank
-            loss = loss + self.connector_touch(module)
-        return loss
-
-    @staticmethod
-    def connector_touch(module) -> torch.Tensor:
-        """0 × (connector outputs on one zero token): the connectors' parameters take part in every step."""
-        zero = torch.zeros((), device=module.device)
-        dims = module.config.encoder_dims
-        audio = {n: (torch.zeros(1, 1, d, device=module.device, dtype=module.dtype),
-                     torch.ones(1, 1, dtype=torch.bool, device=module.device)) for n, d in dims.items()}
-        if module.plits is not None:
-            zero = zero + module.plits(audio)[0].sum() * 0.0
-        if module.lal is not None:
-            kv = module.lal(audio, module.llm)
-            zero = zero + sum(t.sum() for t in kv.keys.values()) * 0.0
-        return zero
+        return engine(**inputs, use_cache=False).loss * scale
 
     @torch.no_grad()
     def evaluate(self, engine, val: StageData, collate, processor, stage, stage_dir: Path, step: int, log) -> None:

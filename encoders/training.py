@@ -87,17 +87,31 @@ def deepspeed_config(base: str | Path | dict | None, *, micro_batch: int, grad_a
 
 
 class JsonlLog:
-    """Append-only JSON-lines log (rank 0 writes; other ranks hold a no-op)."""
+    """Append-only JSON-lines log (rank 0 writes; other ranks hold a no-op), mirrored to TensorBoard when the
+    `tensorboard` package is installed (numeric fields of records that carry a `step`)."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
+        self.board = None
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.board = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.board = None
 
     def write(self, **record) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        if self.board is not None and "step" in record:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.board.add_scalar(key, value, record["step"])
+            self.board.flush()
 
 
 def checkpoint_root(out: Path) -> Path:

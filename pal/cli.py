@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The `deepspeed` launcher appends --local_rank=N; LOCAL_RANK is in the environment as well, which we use.
+    argv = [a for a in argv if not a.startswith(("--local_rank", "--local-rank"))]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -59,10 +59,10 @@ class LALProjection(nn.Module):
             raise ValueError(f"lal_projection = {kind!r}: expected 'linear' or 'mlp'.")
         self.heads = nn.ModuleDict({str(layer): nn.Linear(head_in, hidden_size) for layer in layers})
 
-    def forward(self, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
-        """tokens [B, N_e, D_e] → {layer: A_l [B, N_e, d]}."""
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """tokens [B, N_e, D_e] → {str(layer): A_l [B, N_e, d]} (string keys: ZeRO-3's hooks read output names)."""
         shared = self.trunk(tokens)
-        return {int(layer): head(shared) for layer, head in self.heads.items()}
+        return {layer: head(shared) for layer, head in self.heads.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ class LALConnector(nn.Module):
         for name, projection in self.projections.items():
             tokens, mask = audio[name]
             for layer, projected in projection(tokens).items():
-                per_layer[layer].append(projected)
+                per_layer[int(layer)].append(projected)
             masks.append(mask)
         projected = {layer: torch.cat(parts, dim=1) for layer, parts in per_layer.items()}  # [B, N_a, d]
         return compute_audio_kv(llm, projected, torch.cat(masks, dim=1), self.rope)

@@ -143,13 +143,16 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         # PLITS: projected tokens go where the prompt holds placeholders.
         has_placeholders = audio_token_mask is not None and bool(audio_token_mask.any())
         if self.plits is not None and audio is not None:
-            if not has_placeholders:
+            # Runs even when every row is text-only (all masks False): under ZeRO-3 every rank must call the same
+            # modules in the same order, whatever its batch holds.
+            tokens, mask = self.plits(audio)
+            if bool(mask.any()) and not has_placeholders:
                 raise ValueError(
                     "PLITS audio was given but the prompt has no `<audio>` placeholder: put `<audio>` where the audio "
                     "belongs and build the inputs with PALProcessor."
                 )
-            tokens, mask = self.plits(audio)
-            inputs_embeds = splice_audio_tokens(inputs_embeds, audio_token_mask.bool(), tokens, mask)
+            flags = audio_token_mask.bool() if audio_token_mask is not None else torch.zeros_like(input_ids, dtype=torch.bool)
+            inputs_embeds = splice_audio_tokens(inputs_embeds, flags, tokens, mask)
         elif has_placeholders:
             raise ValueError(
                 "the inputs hold audio placeholder positions but no PLITS audio was given"

@@ -63,7 +63,7 @@ def _config(root: Path, **stage_changes) -> Path:
                   "connector": {"connector": "pal", "n_summary": 4, "lal_start_layer": 1, "qformer_layers": 1,
                                 "qformer_heads": 2},
                   "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
-        "stages": [stage("connector", ["connector"]), stage("lora", ["connector", "lora"]),
+        "stages": [stage("connector", ["connector"]), {**stage("lora", ["connector", "lora"]), "precision": "bf16"},
                    stage("everything", ["connector", "llm"])],
         "seed": 0,
     }
@@ -130,6 +130,28 @@ def test_kill_and_resume_equals_uninterrupted_with_lora_and_connector_kept(workd
     b = load_file(killed / "stage2-lora" / "final" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from step {step}: weights differ"
+
+
+def test_zero3_two_ranks_with_text_only_batches_on_one_rank(workdir):
+    """ZeRO-3 gathers parameters per module call: a rank whose batch has no audio must still run the connectors,
+    or the ranks wait on each other forever (a known failure of peer projects)."""
+    from curriculum.data import StageData
+
+    rows = [json.loads(line) for line in (workdir / "train.jsonl").read_text().splitlines()]
+    mixed = [r for r in rows if "audio" in r][:2] + [r for r in rows if "audio" not in r] * 2
+    (workdir / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in mixed))
+    config = _config(workdir, steps=4, batch_size=1, zero_stage=3, eval_every=0, num_samples=0, group_by_length=False,
+                     val_manifest=None)
+    text = yaml.safe_load(config.read_text())
+    for stage in text["stages"]:
+        stage["data"] = [{"manifest": str(workdir / "mixed.jsonl")}]
+    config.write_text(yaml.safe_dump(text))
+    data = StageData([(str(workdir / "mixed.jsonl"), 1.0)], seed=0, stage=0)
+    has_audio = [[data.example(r).audio is not None for r in data.global_batch(step, 2, 1)] for step in range(4)]
+    assert any(a != b for a, b in has_audio), "no step mixes an audio rank with a text-only rank"
+    out = workdir / "zero3"
+    run_pal("train", "--config", str(config), "--out", str(out), "--stage", "1", nproc=2, port=29700)
+    assert (out / "stage1-connector" / "final" / "model.safetensors").is_file()
 
 
 def test_two_ranks(workdir):

@@ -73,7 +73,8 @@ def test_stage1_then_stage2_losses_decrease_and_export_loads(corpus, tmp_path):
     assert bad and all(b["audio"].endswith("broken.wav") and "unreadable" in b["error"] for b in bad)
     assert log[-1]["bad_files"] == len(bad)
 
-    _pal("sslam", "pretrain", "--config", str(_config(tmp_path, **{"objective.utterance_target": "last"})),
+    stage2_config = _config(tmp_path, **{"objective.utterance_target": "last", "deepspeed.precision": "bf16"})
+    _pal("sslam", "pretrain", "--config", str(stage2_config),
          "--out", str(stage2), "--manifest", str(corpus / "train.jsonl"), "--stage", "2", "--init", str(stage1),
          "--max-steps", "30")
     log2 = _log(stage2)
