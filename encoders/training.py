@@ -50,12 +50,14 @@ def cosine_lr(step: int, peak: float, warmup: int, total: int, min_lr: float = 0
 
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
     """The one weight-decay policy. `decay_all=True` decays every trainable tensor (the official SSLAM optimiser's
-    effective behaviour, sslam-spec §8); False exempts biases and 1-D tensors (norms, CLS), as intended there."""
+    effective behaviour, sslam-spec §8); False exempts biases and vectors (norms, and single tokens such as CLS,
+    whose shape is [1, 1, D]), as intended there."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if decay_all or (param.dim() >= 2 and not name.endswith(".bias")) else no_decay).append(param)
+        vector = param.numel() == param.shape[-1]  # 1-D, or a single row like the CLS token
+        (decay if decay_all or not (vector or name.endswith(".bias")) else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

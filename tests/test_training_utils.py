@@ -1,0 +1,47 @@
+"""Shared training plumbing: the weight-decay policy (with the official SSLAM quirk as a switch), the schedule and
+the manifest formats."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from encoders.sslam.model import PRESETS
+from encoders.sslam.pretrain_recipe import read_audio_manifest
+from encoders.sslam.pretraining import SSLAMPretrainer
+from encoders.training import cosine_lr, param_groups
+
+
+def test_weight_decay_policy_faithful_and_intended():
+    model = SSLAMPretrainer(PRESETS["tiny"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    faithful = param_groups(model, 0.05, decay_all=True)
+    assert len(faithful) == 1 and faithful[0]["weight_decay"] == 0.05 and len(faithful[0]["params"]) == len(trainable)
+    intended = param_groups(model, 0.05, decay_all=False)
+    decayed, exempt = intended[0]["params"], intended[1]["params"]
+    assert intended[1]["weight_decay"] == 0.0 and len(decayed) + len(exempt) == len(trainable)
+    assert all(p.numel() > p.shape[-1] for p in decayed) and all(p.numel() == p.shape[-1] for p in exempt)
+    cls = model.student.image.extra_tokens  # [1, 1, D]: a single token, exempt like the norms and biases
+    assert any(p is cls for p in exempt) and any(p is cls for p in faithful[0]["params"])
+    positions = model.student.image.fixed_positional_encoder.positions
+    assert not any(p is positions for p in decayed + exempt)  # frozen: never in the optimizer
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0, 1.0, 10, 110) == 0.0
+    assert cosine_lr(5, 1.0, 10, 110) == pytest.approx(0.5)
+    assert cosine_lr(10, 1.0, 10, 110) == pytest.approx(1.0)
+    assert cosine_lr(60, 1.0, 10, 110) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert cosine_lr(110, 1.0, 10, 110, min_lr=0.1) == pytest.approx(0.1)
+
+
+def test_fairseq_tsv_and_jsonl_manifests(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "train.tsv").write_text(f"{tmp_path}\na.wav\t32000\nsub/b.wav\t32000\n")
+    assert read_audio_manifest(tmp_path / "train.tsv") == [tmp_path / "a.wav", tmp_path / "sub" / "b.wav"]
+    (tmp_path / "train.jsonl").write_text('{"audio": "a.wav"}\n')
+    assert read_audio_manifest(tmp_path / "train.jsonl") == [(tmp_path / "a.wav").resolve()]
+    (tmp_path / "bad.jsonl").write_text('{"audio": "a.wav"}\n{"path": "x"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: each line needs an \"audio\" path"):
+        read_audio_manifest(tmp_path / "bad.jsonl")
