@@ -222,7 +222,7 @@ class CurriculumRecipe:
             batch, _ = collate([val.example(r) for r in refs])
             if batch is not None:
                 losses.append(float(self.micro_step(engine, batch)))
-        if self.rank == 0 and stage.num_samples:
+        if stage.num_samples:  # on every rank: under ZeRO-3 each forward is a collective; rank 0 writes
             examples = [val.example(r) for r in val.global_batch(0, stage.num_samples, 1)]
             audio, kept, _ = collate.features(examples)
             gen = PALProcessor(processor.tokenizer, processor.config, padding_side="left")
@@ -232,11 +232,12 @@ class CurriculumRecipe:
             if audio is not None:
                 audio = {n: (t.to(engine.device), m.to(engine.device)) for n, (t, m) in audio.items()}
             out = engine.module.generate(**inputs, audio=audio, max_new_tokens=32, do_sample=False,
-                                         pad_token_id=gen.pad_id)
-            with open(stage_dir / "samples.jsonl", "a") as f:
-                for e, text in zip(kept, gen.decode(out, inputs["input_ids"].shape[1])):
-                    f.write(json.dumps({"step": step, "id": e.id, "reference": e.messages[-1]["content"],
-                                        "generated": text}) + "\n")
+                                         pad_token_id=gen.pad_id, synced_gpus=stage.zero_stage == 3 and self.world > 1)
+            if self.rank == 0:
+                with open(stage_dir / "samples.jsonl", "a") as f:
+                    for e, text in zip(kept, gen.decode(out, inputs["input_ids"].shape[1])):
+                        f.write(json.dumps({"step": step, "id": e.id, "reference": e.messages[-1]["content"],
+                                            "generated": text}) + "\n")
         if losses:
             log.write(step=step, val_loss=sum(losses) / len(losses))
         engine.train()

@@ -140,8 +140,7 @@ def test_zero3_two_ranks_with_text_only_batches_on_one_rank(workdir):
     rows = [json.loads(line) for line in (workdir / "train.jsonl").read_text().splitlines()]
     mixed = [r for r in rows if "audio" in r][:2] + [r for r in rows if "audio" not in r] * 2
     (workdir / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in mixed))
-    config = _config(workdir, steps=4, batch_size=1, zero_stage=3, eval_every=0, num_samples=0, group_by_length=False,
-                     val_manifest=None)
+    config = _config(workdir, steps=4, batch_size=1, zero_stage=3, eval_every=2, num_samples=1, group_by_length=False)
     text = yaml.safe_load(config.read_text())
     for stage in text["stages"]:
         stage["data"] = [{"manifest": str(workdir / "mixed.jsonl")}]
@@ -152,6 +151,8 @@ def test_zero3_two_ranks_with_text_only_batches_on_one_rank(workdir):
     out = workdir / "zero3"
     run_pal("train", "--config", str(config), "--out", str(out), "--stage", "1", nproc=2, port=29700)
     assert (out / "stage1-connector" / "final" / "model.safetensors").is_file()
+    samples = (out / "stage1-connector" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 2  # evaluations at steps 2 and 4, one sample each, written once (rank 0)
 
 
 def test_two_ranks(workdir):
