@@ -151,7 +151,8 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                     "PLITS audio was given but the prompt has no `<audio>` placeholder: put `<audio>` where the audio "
                     "belongs and build the inputs with PALProcessor."
                 )
-            flags = audio_token_mask.bool() if audio_token_mask is not None else torch.zeros_like(input_ids, dtype=torch.bool)
+            flags = (audio_token_mask.bool() if audio_token_mask is not None
+                     else torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device))
             inputs_embeds = splice_audio_tokens(inputs_embeds, flags, tokens, mask)
         elif has_placeholders:
             raise ValueError(
