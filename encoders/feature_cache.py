@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -30,15 +31,25 @@ from .outputs import EncoderOutputs
 INDEX = "index.json"
 
 
-def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (of every file, in name order, for a folder), first 16 hex digits."""
-    digest = hashlib.sha256()
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes (of every file, in name order, for a folder), first 16 hex digits.
+
+    Memoised on (path, size, modification time), so a cache lookup per training step does not re-read the audio;
+    an edited file gets a new entry.
+    """
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        digest.update(f.name.encode())
-        with open(f, "rb") as handle:
-            while block := handle.read(chunk):
+    stamps = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _hash_files(stamps)
+
+
+@lru_cache(maxsize=1 << 16)
+def _hash_files(stamps: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in stamps:
+        digest.update(Path(name).name.encode())
+        with open(name, "rb") as handle:
+            while block := handle.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()[:16]
 
