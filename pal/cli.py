@@ -66,6 +66,7 @@ def _sslam_pretrain(args) -> int:
         config.objective.stage = args.stage
     if args.init:
         config.init = args.init
+    config.trust_checkpoint = config.trust_checkpoint or args.trust_checkpoint
     recipe = SSLAMPretrainRecipe(config, args.out, resume=args.resume, max_steps=args.max_steps)
     recipe.setup()
     result = recipe.train()
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--manifest", help='JSONL with an "audio" path per line (overrides data.manifest)')
     pretrain.add_argument("--stage", type=int, choices=[1, 2], help="override objective.stage")
     pretrain.add_argument("--init", help="stage 2: a stage-1 run folder or a released fairseq checkpoint")
+    pretrain.add_argument("--trust-checkpoint", action="store_true",
+                          help="allow full unpickling of an --init .pt that weights_only refuses (files you trust)")
     pretrain.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     pretrain.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (schedule unchanged)")
     pretrain.set_defaults(func=_sslam_pretrain)

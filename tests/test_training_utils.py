@@ -45,3 +45,20 @@ def test_fairseq_tsv_and_jsonl_manifests(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"audio": "a.wav"}\n{"path": "x"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: each line needs an \"audio\" path"):
         read_audio_manifest(tmp_path / "bad.jsonl")
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_shipped_yaml_loads_into_its_typed_config(path):
+    from curriculum.config import CurriculumConfig
+    from encoders.ensemble import EnsembleConfig
+    from encoders.sslam.pretrain_recipe import PretrainConfig
+
+    kind = {"pal": CurriculumConfig, "encoders": EnsembleConfig, "sslam": PretrainConfig}[path.parent.name]
+    config = kind.from_yaml(path)
+    if kind is PretrainConfig:
+        assert config.model.build().embed_dim > 0 and config.objective.stage in (1, 2)
+    if kind is CurriculumConfig:
+        assert len(config.stages) == 3 and config.model.ensemble_config(ROOT).encoders

@@ -77,8 +77,8 @@ def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> tuple[d
     return _read_pt(path, trust_checkpoint), config
 
 
-def to_encoder_keys(state: dict) -> tuple[dict, dict[str, str]]:
-    """Strip any wrapper prefix (`model.`, `encoder.`, ...) and drop unused keys. Returns (state, {ignored: why})."""
+def strip_prefix(state: dict) -> dict:
+    """Remove any wrapper prefix (`model.`, `encoder.`, ...) in front of the released names; `_ema.` keys stay."""
     prefixes = {k[: -len(ANCHOR)] for k in state if k.endswith(ANCHOR) and not k.startswith("_ema.")}
     if len(prefixes) != 1:
         raise ValueError(
@@ -86,12 +86,16 @@ def to_encoder_keys(state: dict) -> tuple[dict, dict[str, str]]:
             f"{len(state)} keys; is this an SSLAM / EAT checkpoint?"
         )
     prefix = prefixes.pop()
+    return {k[len(prefix):] if prefix and k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def to_encoder_keys(state: dict) -> tuple[dict, dict[str, str]]:
+    """Strip any wrapper prefix and drop the keys the encoder does not use. Returns (state, {ignored: why})."""
     out, ignored = {}, {}
-    for key, value in state.items():
-        name = key[len(prefix):] if key.startswith(prefix) else key
+    for name, value in strip_prefix(state).items():
         reason = next((why for pattern, why in IGNORED if pattern.search(name)), None)
         if reason:
-            ignored[key] = reason
+            ignored[name] = reason
         else:
             out[name] = value
     return out, ignored

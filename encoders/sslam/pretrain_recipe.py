@@ -93,6 +93,7 @@ class PretrainConfig(YamlConfig):
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     init: str | None = None  # stage 2: a stage-1 run folder, or a released fairseq .pt (student + _ema)
+    trust_checkpoint: bool = False  # allow full unpickling of an `init` .pt that weights_only refuses
     log_every: int = 10
     seed: int = 0
 
@@ -236,12 +237,9 @@ class SSLAMPretrainRecipe:
             state = load_file(tag_dir / "student.safetensors")
             state.update({f"_ema.{k}": v for k, v in load_file(tag_dir / "teacher.safetensors").items()})
         else:
-            from .checkpoint import read_state_dict
+            from .checkpoint import read_state_dict, strip_prefix
 
-            state, _ = read_state_dict(path, trust_checkpoint=True)
-            prefix = next(k[: -len("modality_encoders.IMAGE.local_encoder.proj.weight")] for k in state
-                          if k.endswith("modality_encoders.IMAGE.local_encoder.proj.weight") and not k.startswith("_ema."))
-            state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+            state = strip_prefix(read_state_dict(path, trust_checkpoint=self.config.trust_checkpoint)[0])
         load_pretraining_weights(self.model, self.teacher, state)
 
     # -------------------------------------------------------------------------------------------------------- draws
