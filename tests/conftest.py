@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 from pal import PALConfig, PALForConditionalGeneration
 
@@ -47,12 +48,14 @@ def tiny_llm_config(family: str = "llama"):
         return LlamaConfig(**common, tie_word_embeddings=True)
     if family == "qwen2":
         return Qwen2Config(**common, tie_word_embeddings=False)
+    if family == "mistral":
+        return MistralConfig(**common, tie_word_embeddings=False, sliding_window=None)
     raise ValueError(family)
 
 
 def tiny_llm(family: str = "llama", seed: int = 0):
     torch.manual_seed(seed)
-    cls = LlamaForCausalLM if family == "llama" else Qwen2ForCausalLM
+    cls = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "mistral": MistralForCausalLM}[family]
     return cls(tiny_llm_config(family)).eval()
 
 

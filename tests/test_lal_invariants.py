@@ -10,7 +10,7 @@ import torch
 from conftest import random_audio, random_texts, tiny_pal
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
 def test_lal_without_audio_equals_bare_llm(family):
     model, bare = tiny_pal("lal", family)
     ids = torch.tensor(random_texts([12, 12]))
@@ -96,7 +96,8 @@ def _reference_layer_attention(layer, x, audio, config, rope: bool):
     return linear("o", out)
 
 
-@pytest.mark.parametrize("family,rope", [("llama", "prefix"), ("qwen2", "prefix"), ("llama", "none")])
+@pytest.mark.parametrize("family,rope", [("llama", "prefix"), ("qwen2", "prefix"), ("mistral", "prefix"),
+                                         ("llama", "none")])
 def test_lal_layer_attention_matches_formula(family, rope):
     model, _ = tiny_pal("lal", family, lal_rope=rope)
     layer_idx = 2
