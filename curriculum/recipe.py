@@ -79,16 +79,13 @@ class CurriculumRecipe:
             m = self.config.model
             torch.manual_seed(self.config.seed)
             return PALForConditionalGeneration.from_llm(
-                None if m.llm == "default" else m.llm, encoder_dims=self.ensemble_dims(), lora=m.lora,
+                None if m.llm == "default" else m.llm, encoder_dims=self.ensemble.dims, lora=m.lora,
                 dtype=getattr(torch, m.dtype), **m.connector,
             )
         previous = self.stage_dir(k - 1) / "final"
         if not (previous / "config.json").is_file():
             raise FileNotFoundError(f"stage {k + 1} starts from {previous}, which does not exist: run stage {k} first.")
         return PALForConditionalGeneration.from_pretrained(previous, dtype=torch.float32)
-
-    def ensemble_dims(self) -> dict[str, int]:
-        return self.ensemble.dims
 
     def tokenizer(self, k: int):
         source = self.stage_dir(k - 1) / "final" if k > 0 else None

@@ -136,10 +136,9 @@ def _peak_rss_mb() -> float:
 
 
 def use_bf16(precision: str) -> bool:
+    """"auto": bf16 autocast where the CPU has native bf16 (AVX-512 BF16), fp32 elsewhere."""
     if precision == "auto":
-        return bool(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")().startswith("AVX512")) and (
-            torch.cpu._is_avx512_bf16_supported() if hasattr(torch.cpu, "_is_avx512_bf16_supported") else False
-        )
+        return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
     return precision == "bf16"
 
 

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+# `pal bench NAME`: each module has `add_arguments(parser)` and `main(args)`.
+BENCHMARKS = {
+    "efficiency": ("eval.efficiency", "PLITS vs LAL vs PAL: train step, memory, prefill, decode"),
+    "encoders": ("eval.encoder_bench", "fbank vs ASTFeatureExtractor, SSLAM clips/s, feature cache"),
+    "sslam": ("eval.sslam_pretrain_bench", "SSLAM pre-training throughput (clips/s) of one training step"),
+    "curriculum": ("eval.curriculum_bench", "one curriculum step: PLITS/LAL/PAL, with/without cache"),
+}
 
 
 def _demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(args)
-
-
-def _bench_efficiency(args) -> int:
-    from eval import efficiency
-
-    return efficiency.main(args)
 
 
 def _sslam_extract(args) -> int:
@@ -36,24 +39,6 @@ def _features(args) -> int:
     print(f"feature cache {args.out}: {stats['cached']} clips cached ({stats['added']} new), "
           f"{stats['bad']} unreadable (listed under \"bad\" in {args.out}/index.json)")
     return 0
-
-
-def _bench_curriculum(args) -> int:
-    from eval import curriculum_bench
-
-    return curriculum_bench.main(args)
-
-
-def _bench_sslam(args) -> int:
-    from eval import sslam_pretrain_bench
-
-    return sslam_pretrain_bench.main(args)
-
-
-def _bench_encoders(args) -> int:
-    from eval import encoder_bench
-
-    return encoder_bench.main(args)
 
 
 def _sslam_pretrain(args) -> int:
@@ -153,26 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks")
     which = bench.add_subparsers(dest="bench", required=True)
-    efficiency = which.add_parser("efficiency", help="PLITS vs LAL vs PAL: train step, memory, prefill, decode")
-    from eval.efficiency import add_arguments
-
-    add_arguments(efficiency)
-    efficiency.set_defaults(func=_bench_efficiency)
-    encoders = which.add_parser("encoders", help="fbank vs ASTFeatureExtractor, SSLAM clips/s, feature cache")
-    from eval.encoder_bench import add_arguments as add_encoder_arguments
-
-    add_encoder_arguments(encoders)
-    encoders.set_defaults(func=_bench_encoders)
-    sslam_bench = which.add_parser("sslam", help="SSLAM pre-training throughput (clips/s) of one training step")
-    from eval.sslam_pretrain_bench import add_arguments as add_sslam_arguments
-
-    add_sslam_arguments(sslam_bench)
-    sslam_bench.set_defaults(func=_bench_sslam)
-    curriculum_bench = which.add_parser("curriculum", help="one curriculum step: PLITS/LAL/PAL, with/without cache")
-    from eval.curriculum_bench import add_arguments as add_curriculum_arguments
-
-    add_curriculum_arguments(curriculum_bench)
-    curriculum_bench.set_defaults(func=_bench_curriculum)
+    for name, (module, help_text) in BENCHMARKS.items():
+        benchmark = importlib.import_module(module)
+        sub = which.add_parser(name, help=help_text)
+        benchmark.add_arguments(sub)
+        sub.set_defaults(func=benchmark.main)
     return parser
 
 
