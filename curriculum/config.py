@@ -1,43 +1,56 @@
 """The curriculum config: the model, then stages 1-3, each a YAML section (DESIGN.md "Curriculum").
 
     model:
-      llm: models/Llama-3.2-1B          # a local HF causal-LM folder; "default" = the embedded SmolLM2-135M
-      encoders: configs/encoders/pal-ensemble.yaml   # an ensemble YAML, or the mapping inline
+      llm: ../../models/Llama-3.2-1B     # a local HF causal-LM folder; "default" = the embedded SmolLM2-135M
+      encoders: ../encoders/pal-ensemble.yaml   # an ensemble YAML, or the mapping inline
       connector: {connector: pal, routes: {sslam: lal, clap: lal, whisper: plits}, lal_start_layer: 4}
       lora: {r: 8, alpha: 16, target_modules: [q_proj, k_proj, v_proj, o_proj]}
     stages:
       - name: connector
-        data: [{manifest: data/cls_caption.jsonl, weight: 1.0}]
+        data: [{manifest: ../../data/cls_caption.jsonl, weight: 1.0}]
         trainable: [connector]
         ...
 
-Typed dataclasses: an unknown key anywhere is an error naming it and the known keys.
+Typed dataclasses: an unknown key, a value of the wrong type or out of range is an error naming the file, the key
+path and what is expected (encoders/typed_config.py). Relative paths of inputs (LLM folder, encoders, manifests,
+DeepSpeed JSON, feature cache) resolve against the folder of the YAML; `out` is an output and resolves against the
+working directory, like `--out`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Literal
 
 from encoders.ensemble import EnsembleConfig
-from encoders.typed_config import YamlConfig
+from encoders.typed_config import YamlConfig, bounded, path_field
 
 
 @dataclass
 class DataSource:
-    manifest: str
-    weight: float = 1.0  # sampling weight in the stage's mixture
+    manifest: str = path_field(None)
+    weight: float = bounded(1.0, gt=0)  # sampling weight in the stage's mixture
+
+    def __post_init__(self):
+        if self.manifest is None:
+            raise ValueError("`manifest` is missing: give the path of a JSONL manifest.")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    lr: float = bounded(1e-4, gt=0)
+    weight_decay: float = bounded(0.0, ge=0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_steps: int = 0  # linear warm-up, then cosine to min_lr
-    min_lr: float = 0.0
-    grad_clip: float = 1.0
+    eps: float = bounded(1e-8, gt=0)
+    warmup_steps: int = bounded(0, ge=0)  # linear warm-up, then cosine to min_lr
+    min_lr: float = bounded(0.0, ge=0)
+    grad_clip: float = bounded(1.0, ge=0)  # 0: no clipping
+
+    def __post_init__(self):
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas = {self.betas}: expected two numbers in [0, 1).")
+        if self.min_lr > self.lr:
+            raise ValueError(f"optim.min_lr = {self.min_lr} is above optim.lr = {self.lr}.")
 
 
 @dataclass
@@ -46,55 +59,65 @@ class StageConfig:
     data: list[DataSource]
     trainable: list[str]  # parameter groups (pal/trainable.py): connector, lora, llm, llm_attention, ...
     optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int | None = None  # optimizer steps; or
-    epochs: float | None = None  # passes over the stage's data (steps derived from it)
-    batch_size: int = 4  # examples per rank per micro-step
-    gradient_accumulation_steps: int = 1
-    precision: str = "bf16"  # bf16 | fp32
-    deepspeed: str | None = "configs/deepspeed/zero2.json"
-    zero_stage: int = 2  # 0-3
-    val_manifest: str | None = None
-    eval_every: int = 0  # validation loss and generated samples every N steps (0: at the end only)
-    val_batches: int = 4
-    num_samples: int = 2  # generated samples written at each evaluation
-    checkpoint_every: int = 100
-    keep_last: int = 2
-    log_every: int = 10
+    steps: int | None = bounded(None, ge=1)  # optimizer steps; or
+    epochs: float | None = bounded(None, gt=0)  # passes over the stage's data (steps derived from it)
+    batch_size: int = bounded(4, ge=1)  # examples per rank per micro-step
+    gradient_accumulation_steps: int = bounded(1, ge=1)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    deepspeed: str | None = path_field(None)  # a DeepSpeed JSON (configs/deepspeed/); None: DeepSpeed's defaults
+    zero_stage: Literal[0, 1, 2, 3] | None = None  # None: the DeepSpeed file's zero_optimization.stage, else 2
+    val_manifest: str | None = path_field(None)
+    eval_every: int = bounded(0, ge=0)  # validation loss and generated samples every N steps (0: at the end only)
+    val_batches: int = bounded(4, ge=1)
+    num_samples: int = bounded(2, ge=0)  # generated samples written at each evaluation
+    checkpoint_every: int = bounded(100, ge=1)
+    keep_last: int = bounded(2, ge=0)  # 0 keeps every checkpoint
+    log_every: int = bounded(10, ge=1)
     group_by_length: bool = True
 
     def __post_init__(self):
         if (self.steps is None) == (self.epochs is None):
             raise ValueError(f"stage {self.name!r}: give exactly one of `steps` or `epochs`.")
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"stage {self.name!r}: precision {self.precision!r}; expected 'bf16' or 'fp32'.")
         if not self.data:
             raise ValueError(f"stage {self.name!r}: `data` lists no manifest.")
+        if not self.trainable:
+            raise ValueError(f"stage {self.name!r}: `trainable` names no parameter group.")
 
 
 @dataclass
 class ModelConfig:
-    llm: str = "default"
-    encoders: str | dict | None = None  # ensemble YAML path or mapping
+    llm: str = path_field("default", keep=("default",))
+    encoders: str | EnsembleConfig | None = path_field(None)  # ensemble YAML path or the mapping inline
     connector: dict = field(default_factory=dict)  # PALConfig fields (encoder_dims come from the ensemble)
     lora: dict | None = None
-    dtype: str = "float32"  # weights before DeepSpeed casts them (bf16 stages cast to bf16)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # weights before DeepSpeed casts them (bf16 stages: bf16)
+    # Longest training sequence in tokens, audio placeholders included (None: the LLM's max_position_embeddings).
+    max_length: int | None = bounded(None, ge=8)
+    # An example over max_length: "reject" stops before training and lists the lines; "truncate" cuts the end
+    # of the conversation (counted and reported; an example whose prompt alone is too long is skipped).
+    too_long: Literal["reject", "truncate"] = "reject"
 
-    def ensemble_config(self, base: Path | None = None) -> EnsembleConfig:
+    def ensemble_config(self) -> EnsembleConfig:
         if self.encoders is None:
             raise ValueError("model.encoders is missing: give an ensemble YAML path or an inline mapping.")
+        if isinstance(self.encoders, EnsembleConfig):
+            return self.encoders
         if isinstance(self.encoders, dict):
             return EnsembleConfig.from_dict(self.encoders)
-        path = Path(self.encoders)
-        if not path.is_absolute() and base is not None and not path.exists():
-            path = base / path
-        return EnsembleConfig.from_yaml(path)
+        return EnsembleConfig.from_yaml(self.encoders)
 
 
 @dataclass
 class CurriculumConfig(YamlConfig):
     model: ModelConfig
     stages: list[StageConfig]
-    feature_cache: str | None = None  # a `pal features` folder: encoder tokens are read instead of computed
-    seed: int = 0
+    feature_cache: str | None = path_field(None)  # a `pal features` folder: encoder tokens are read, not computed
+    seed: int = bounded(0, ge=0)
     out: str = "runs/curriculum"
 
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError("`stages` is empty: give at least one stage.")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names {names} repeat: each stage needs its own name (it names its folder).")

@@ -1,38 +1,52 @@
 """The three-stage curriculum recipe (`pal train`): one class, the same code for every stage; stages differ in data.
 
-Per stage (torchtune lifecycle): build the model (stage 1: the LLM plus fresh connectors; later stages: the previous
-stage's consolidated fp32 weights, loaded before DeepSpeed wraps the model), select the trainable groups, wrap with
-DeepSpeed (bf16 or fp32, ZeRO 0-3), train with warm-up + cosine, evaluate (validation loss and generated samples),
-checkpoint every N steps (every trainable tensor, atomically, keep last k), and finish with a `save_pretrained`
-folder (`<out>/stage<k>-<name>/final`) that `PALForConditionalGeneration.from_pretrained` and the next stage load.
+Lifecycle (torchtune style): `setup()` validates everything every stage will need before any training (the model and
+connector settings against the LLM, every stage's manifests, validation manifests and DeepSpeed file, the lengths of
+the templated conversations, the output folder), then `run()` trains each stage:
+build the model (stage 1: the LLM plus fresh connectors; later stages: the previous stage's `final/`, loaded before
+DeepSpeed wraps the model), select the trainable groups, wrap with DeepSpeed (bf16 or fp32, ZeRO 0-3), train in train
+mode with warm-up + cosine, evaluate (validation loss and generated samples), checkpoint every N steps (trainable
+tensors and optimizer state only, atomically, keep last k; encoders/checkpointing.py), and finish with a
+`save_pretrained` folder (`<out>/stage<k>-<name>/final`) built from the fp32 master weights.
 
-Exact resume: batches are a function of (seed, stage, step); DeepSpeed restores weights and optimizer state.
-ZeRO-3: a batch without audio still goes through the connectors (with masked-out audio), and a batch whose examples
-were all skipped repeats the last good one with zero weight, so every rank calls the same modules in the same order
-and none hangs (a known failure of peer projects).
+A run folder remembers what trained it: each stage records a hash of its effective config (the settings that change
+its weights, chained through the stages before it). A finished stage with the same hash is skipped; a different hash,
+or an unfinished stage without `--resume`, is refused unless `--restart` asks to start over.
+
+Exact resume: batches are a function of (seed, stage, step); DeepSpeed restores weights and optimizer state from the
+newest intact checkpoint. Samples that fail at run time are skipped, counted and listed with manifest, line, id and
+reason in `bad_samples.rank*.jsonl`. ZeRO-3: a batch without audio still goes through the connectors (with masked-out
+audio), and a batch whose examples were all skipped repeats the last good one with zero weight, so every rank calls
+the same modules in the same order and none hangs (a known failure of peer projects).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import os
-import shutil
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from encoders.checkpointing import (CheckpointError, clear_run, has_checkpoints, load_latest_checkpoint, newest_intact,
+                                    save_checkpoint, trainable_fp32_state)
 from encoders.ensemble import AudioEncoderEnsemble
-from encoders.training import (JsonlLog, checkpoint_root, cosine_lr, deepspeed_config, latest_tag, param_groups,
-                               save_checkpoint, setup_distributed)
-from pal import PALForConditionalGeneration, PALProcessor, set_trainable
-from pal.llm import load_tokenizer
+from encoders.safe_write import atomic_write_json, check_writable, disk_errors
+from encoders.training import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
+                               setup_distributed)
+from pal import TRAINABLE_GROUPS, PALConfig, PALForConditionalGeneration, PALProcessor, set_trainable
+from pal.llm import load_tokenizer, resolve_llm_path
+from pal.trainable import LORA_KEYS
 
 from .config import CurriculumConfig, StageConfig
-from .data import Collator, StageData
+from .data import Collator, ManifestError, StageData, check_lengths, validate_manifest
+
+STAGE_RECORD = "stage.json"
 
 
 def plot_losses(log_path: Path, png: Path, title: str) -> None:
@@ -61,12 +75,18 @@ def plot_losses(log_path: Path, png: Path, title: str) -> None:
 
 class CurriculumRecipe:
     def __init__(self, config: CurriculumConfig, out: str | Path | None = None, stage: int | None = None,
-                 resume: bool = False, max_steps: int | None = None):
+                 resume: bool = False, restart: bool = False, max_steps: int | None = None,
+                 source: str | Path | None = None):
         self.config = config
         self.out = Path(out or config.out)
-        self.resume, self.max_steps = resume, max_steps
+        self.resume, self.restart, self.max_steps = resume, restart, max_steps
+        self.source = str(source or "the curriculum config")  # named in errors
+        if resume and restart:
+            raise ValueError("--resume continues a run and --restart discards it: pass one of them.")
         if stage is not None and not 1 <= stage <= len(config.stages):
             raise ValueError(f"--stage {stage}: this curriculum has stages 1..{len(config.stages)}.")
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"--max-steps {max_steps}: expected an integer >= 1.")
         self.stages = [stage - 1] if stage is not None else list(range(len(config.stages)))
 
     # -------------------------------------------------------------------------------------------------- helpers
@@ -96,6 +116,27 @@ class CurriculumRecipe:
         llm = self.config.model.llm
         return load_tokenizer(None if llm == "default" else llm)
 
+    def stage_hash(self, k: int) -> str:
+        """Identifies what stage k's weights depend on: the model section, its own training settings (not logging,
+        evaluation or checkpoint cadence), its DeepSpeed file's content, the seed, the feature cache, and the
+        settings of the stages before it."""
+        stage = asdict(self.config.stages[k])
+        for key in ("val_manifest", "eval_every", "val_batches", "num_samples", "checkpoint_every", "keep_last",
+                    "log_every"):
+            stage.pop(key)
+        deepspeed = Path(stage["deepspeed"]) if stage["deepspeed"] else None
+        stage["deepspeed"] = deepspeed.read_text() if deepspeed and deepspeed.is_file() else str(deepspeed)
+        record = {"model": asdict(self.config.model), "stage": stage, "seed": self.config.seed,
+                  "feature_cache": self.config.feature_cache, "previous": self.stage_hash(k - 1) if k else None}
+        return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def stage_record(self, k: int) -> dict | None:
+        path = self.stage_dir(k) / STAGE_RECORD
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
     # ---------------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         self.rank, self.world = setup_distributed()
@@ -108,52 +149,170 @@ class CurriculumRecipe:
         # The ensemble is built either way: its dims configure the connectors (presets are cheap; real weights load
         # once). With a feature cache it never encodes.
         self.ensemble = AudioEncoderEnsemble(ensemble_config)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.validate()
+        self.states = {k: self.stage_state(k) for k in self.stages}
+        redo = [k for k in self.stages if self.states[k] != "finished"]
+        stale = [k for k in self.stages if redo and k > redo[0] and self.states[k] != "new"]
+        if stale:
+            raise ValueError(
+                f"stage {redo[0] + 1} will train again, so what {[self.stage_dir(k).name for k in stale]} learned from "
+                "it would be stale: pass --restart to retrain them too, or choose another --out."
+            )
         if self.rank == 0:
-            (self.out / "curriculum.json").write_text(json.dumps(asdict(self.config), indent=2, default=str))
+            check_writable(self.out)
+            atomic_write_json(self.out / "curriculum.json", asdict(self.config))
+
+    def validate(self) -> None:
+        """Everything the stages will need, checked before stage 1 trains; every problem found is reported at once."""
+        from transformers import AutoConfig
+
+        m = self.config.model
+        text_config = AutoConfig.from_pretrained(resolve_llm_path(None if m.llm == "default" else m.llm),
+                                                 local_files_only=True)
+        try:
+            pal_config = PALConfig(text_config=text_config.to_dict(), encoder_dims=self.ensemble.dims, **m.connector)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{self.source}: model.connector: {err}") from None
+        unrouted = [n for n in pal_config.encoders_on("lal") if not pal_config.lal_layer_indices()]
+        if unrouted:
+            raise ValueError(f"{self.source}: model.connector: no LLM layer receives LAL audio (lal_start_layer = "
+                             f"{pal_config.lal_start_layer} of {text_config.num_hidden_layers} layers), so encoders "
+                             f"{unrouted} would be ignored; lower lal_start_layer or route them through plits.")
+        if m.lora is not None and set(m.lora) - LORA_KEYS:
+            raise ValueError(f"{self.source}: model.lora: unknown key(s) {sorted(set(m.lora) - LORA_KEYS)}; "
+                             f"known keys: {sorted(LORA_KEYS)}.")
+        self.max_length = m.max_length or int(text_config.max_position_embeddings)
+        processor = PALProcessor(self.tokenizer(0), pal_config, padding_side="right")
+
+        problems, validated = [], {}
+
+        def examples(path: str | None, what: str):
+            if path not in validated:
+                try:
+                    found = validate_manifest(path, min_seconds=self.ensemble.min_seconds)
+                    validated[path] = check_lengths(found, processor, self.max_length, m.too_long)
+                except ManifestError as err:
+                    problems.append(f"{what}: {err}")
+                    validated[path] = None
+            return validated[path]
+
+        self.ds_configs, self.data, self.val_data, self.notes = {}, {}, {}, []
+        for k in self.stages:
+            stage, where = self.config.stages[k], f"{self.source}: stages[{k}] ({self.config.stages[k].name})"
+            bad_groups = [g for g in stage.trainable if g not in TRAINABLE_GROUPS]
+            if bad_groups:
+                problems.append(f"{where}.trainable: unknown group(s) {bad_groups}; choose from "
+                                f"{sorted(TRAINABLE_GROUPS)}.")
+            if "lora" in stage.trainable and not m.lora:
+                problems.append(f"{where}.trainable names `lora`, but model.lora is not set: no adapter to train.")
+            try:
+                ds = deepspeed_config(stage.deepspeed, micro_batch=stage.batch_size, precision=stage.precision,
+                                      grad_accum=stage.gradient_accumulation_steps, zero_stage=stage.zero_stage,
+                                      grad_clip=stage.optim.grad_clip)
+                check_deepspeed_config(ds, f"{where}.deepspeed ({stage.deepspeed})")
+                self.ds_configs[k] = ds
+            except (ValueError, FileNotFoundError) as err:
+                problems.append(f"{where}.deepspeed: {err}")
+            sources = [(examples(s.manifest, f"{where}.data"), s.weight) for s in stage.data]
+            val = examples(stage.val_manifest, f"{where}.val_manifest") if stage.val_manifest else None
+            if k > 0 and k - 1 not in self.stages and not (self.stage_dir(k - 1) / "final" / "config.json").is_file():
+                problems.append(f"{where}: starts from {self.stage_dir(k - 1) / 'final'}, which does not exist; "
+                                f"run stage {k} first.")
+            if all(e is not None for e, _ in sources) and not (stage.val_manifest and val is None):
+                self.data[k] = StageData([(e[0], w) for e, w in sources], self.config.seed, k)
+                self.val_data[k] = StageData([(val[0], 1.0)], self.config.seed + 1, k) if val else None
+        if self.cache is not None:
+            missing = sorted({e.audio for found in validated.values() if found for e in found[0]
+                              if e.audio and e.audio not in self.cache})
+            if missing:
+                problems.append(f"{len(missing)} audio file(s) are not in the feature cache {self.cache.root} (e.g. "
+                                f"{missing[:3]}): run `pal features` on their manifests, or drop `feature_cache`.")
+        if problems:
+            raise ManifestError(f"{self.source}: nothing was trained; fix these first:\n" + "\n".join(problems))
+        self.notes = [note for found in validated.values() if found for note in found[1]]
+        if self.rank == 0:
+            for note in self.notes:
+                print(f"pal train: {note}")
+
+    # ---------------------------------------------------------------------------------------------------- stages
+    def stage_state(self, k: int) -> str:
+        """"finished", "started" or "new"; raises if the folder was trained with another config, or from another run
+        of the stage before it, or holds an unfinished run and neither --resume nor --restart was given."""
+        if self.restart:
+            return "new"
+        stage_dir, record = self.stage_dir(k), self.stage_record(k)
+        if record is not None:
+            if record.get("hash") != self.stage_hash(k):
+                raise ValueError(
+                    f"{stage_dir} was trained with a different config (hash {record.get('hash')}, now "
+                    f"{self.stage_hash(k)}: this stage's settings or an earlier stage's changed). Pass --restart to "
+                    "train it again from the start, or choose another --out."
+                )
+            previous = self.stage_record(k - 1) if k else None
+            if k and record.get("previous_run") != (previous or {}).get("run"):
+                raise ValueError(f"{stage_dir} was trained from another run of {self.stage_dir(k - 1).name}: pass "
+                                 "--restart to train it again from the current one.")
+        if (stage_dir / "final" / "config.json").is_file():
+            return "finished"
+        if has_checkpoints(stage_dir):
+            if not self.resume:
+                raise ValueError(f"{stage_dir} holds checkpoints of an unfinished run: pass --resume to continue it, "
+                                 "or --restart to start over.")
+            return "started"
+        return "new"
 
     def run(self) -> list[dict]:
         results = []
         for k in self.stages:
-            if (self.stage_dir(k) / "final" / "config.json").is_file() and len(self.stages) > 1:
-                results.append({"stage": k + 1, "skipped": "already finished"})
+            state = self.states[k]
+            if state == "finished":
+                results.append({"stage": k + 1, "skipped": "already finished with this config"})
                 continue
-            results.append(self.run_stage(k))
+            if self.restart and self.rank == 0:
+                clear_run(self.stage_dir(k))
+            torch.distributed.barrier()
+            results.append(self.run_stage(k, resume=state == "started"))
         return results
 
     # ---------------------------------------------------------------------------------------------------- stage
-    def run_stage(self, k: int) -> dict:
+    def run_stage(self, k: int, resume: bool = False) -> dict:
         import deepspeed
 
         stage: StageConfig = self.config.stages[k]
         stage_dir = self.stage_dir(k)
+        if self.rank == 0:
+            check_writable(stage_dir)
+            previous = self.stage_record(k - 1) if k else None
+            run_id = (self.stage_record(k) or {}).get("run") if resume else None
+            atomic_write_json(stage_dir / STAGE_RECORD, {
+                "hash": self.stage_hash(k), "run": run_id or uuid.uuid4().hex[:12],
+                "previous_run": (previous or {}).get("run"), "config": asdict(stage)})
         model = self.build_model(k)
         counts = set_trainable(model, stage.trainable)
         trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
         processor = PALProcessor(self.tokenizer(k), model.config, padding_side="right")
-        collate = Collator(processor, ensemble=self.ensemble, cache=self.cache)
-        data = StageData([(s.manifest, s.weight) for s in stage.data], self.config.seed, k)
+        m = self.config.model
+        collate = Collator(processor, self.ensemble, self.cache, self.max_length, m.too_long)
+        val_collate = Collator(processor, self.ensemble, self.cache, self.max_length, m.too_long)
+        data, val = self.data[k], self.val_data[k]
         per_step = stage.batch_size * self.world * stage.gradient_accumulation_steps
         total = stage.steps or max(1, math.ceil(stage.epochs * len(data) / per_step))
         stop = min(total, self.max_steps) if self.max_steps else total
 
         optimizer = torch.optim.AdamW(param_groups(model, stage.optim.weight_decay, decay_all=False),
                                       lr=stage.optim.lr, betas=tuple(stage.optim.betas), eps=stage.optim.eps)
-        ds = deepspeed_config(stage.deepspeed, micro_batch=stage.batch_size, precision=stage.precision,
-                              grad_accum=stage.gradient_accumulation_steps, zero_stage=stage.zero_stage,
-                              grad_clip=stage.optim.grad_clip)
-        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_configs[k])
         start = 0
-        tag = latest_tag(stage_dir) if self.resume else None
-        if tag is not None:
-            engine.load_checkpoint(str(checkpoint_root(stage_dir)), tag=tag)
-            start = json.loads((checkpoint_root(stage_dir) / tag / "trainer_state.json").read_text())["step"]
+        if resume:
+            tag_dir = load_latest_checkpoint(engine, stage_dir, self.rank)
+            start = json.loads((tag_dir / "trainer_state.json").read_text())["step"]
+        engine.train()  # from_pretrained returns eval mode: dropout (LoRA's included) must be on from the first step
         log = JsonlLog(stage_dir / "log.jsonl", self.rank == 0)
         if self.rank == 0 and start == 0:
             log.write(event="start", stage=k + 1, name=stage.name, trainable=counts, total_steps=total,
-                      world_size=self.world)
-        val = StageData([(stage.val_manifest, 1.0)], self.config.seed + 1, k) if stage.val_manifest else None
+                      world_size=self.world, notes=self.notes)
 
+        zero3 = self.ds_configs[k]["zero_optimization"]["stage"] == 3
         group = 16 if stage.group_by_length else 1
         bad_total, last_loss = 0, float("nan")
         self.last_batch = None
@@ -171,9 +330,7 @@ class CurriculumRecipe:
                 batch, bad = collate(mine)
                 if bad:
                     bad_total += len(bad)
-                    with open(stage_dir / f"bad_samples.rank{self.rank}.jsonl", "a") as f:
-                        for example_id, problem in bad:
-                            f.write(json.dumps({"step": step, "id": example_id, "problem": problem}) + "\n")
+                    self.report_bad(stage_dir, step, bad)
                 loss = self.micro_step(engine, batch)
                 engine.backward(loss)
                 engine.step()
@@ -184,15 +341,23 @@ class CurriculumRecipe:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.3f}")
             if done % stage.log_every == 0 or done == stop:
-                log.write(step=done, lr=lr, loss=last_loss, bad_samples=bad_total)
+                log.write(step=done, lr=lr, loss=last_loss, bad_samples=bad_total, **collate.counts)
             if val is not None and ((stage.eval_every and done % stage.eval_every == 0) or done == stop):
-                self.evaluate(engine, val, collate, processor, stage, stage_dir, done, log)
+                self.evaluate(engine, val, val_collate, processor, stage, stage_dir, done, log, zero3)
             if done % stage.checkpoint_every == 0 or done == stop:
                 self.checkpoint(engine, stage_dir, done, stage.keep_last, trainable_names)
         bar.close()
         if stop == total:
-            self.finish(engine, k, stage_dir, trainable_names, processor)
-        return {"stage": k + 1, "name": stage.name, "steps": stop, "loss": last_loss, "bad_samples": bad_total}
+            self.finish(k, stage_dir, processor)
+        if bad_total and self.rank == 0:
+            print(f"stage {k + 1}: {bad_total} sample(s) skipped; see {stage_dir}/bad_samples.rank*.jsonl")
+        return {"stage": k + 1, "name": stage.name, "steps": stop, "loss": last_loss, "bad_samples": bad_total,
+                **collate.counts}
+
+    def report_bad(self, stage_dir: Path, step: int, bad) -> None:
+        with disk_errors(stage_dir), open(stage_dir / f"bad_samples.rank{self.rank}.jsonl", "a") as f:
+            for example, problem in bad:
+                f.write(json.dumps({"step": step, **example.where(), "problem": problem}) + "\n")
 
     def micro_step(self, engine, batch: dict | None) -> torch.Tensor:
         """One forward. A micro-batch whose every example was skipped repeats the last good one with its loss times
@@ -211,7 +376,8 @@ class CurriculumRecipe:
         return engine(**inputs, use_cache=False).loss * scale
 
     @torch.no_grad()
-    def evaluate(self, engine, val: StageData, collate, processor, stage, stage_dir: Path, step: int, log) -> None:
+    def evaluate(self, engine, val: StageData, collate, processor, stage, stage_dir: Path, step: int, log,
+                 zero3: bool) -> None:
         engine.eval()
         losses = []
         for b in range(stage.val_batches):
@@ -219,9 +385,9 @@ class CurriculumRecipe:
             batch, _ = collate([val.example(r) for r in refs])
             if batch is not None:
                 losses.append(float(self.micro_step(engine, batch)))
-        if stage.num_samples:  # on every rank: under ZeRO-3 each forward is a collective; rank 0 writes
-            examples = [val.example(r) for r in val.global_batch(0, stage.num_samples, 1)]
-            audio, kept, _ = collate.features(examples)
+        examples = [val.example(r) for r in val.global_batch(0, stage.num_samples, 1)] if stage.num_samples else []
+        audio, kept, _ = collate.features(examples)
+        if kept:  # on every rank: under ZeRO-3 each forward is a collective; rank 0 writes
             gen = PALProcessor(processor.tokenizer, processor.config, padding_side="left")
             inputs = gen([e.messages[:-1] for e in kept], audio)
             audio = inputs.pop("audio", None)
@@ -229,9 +395,9 @@ class CurriculumRecipe:
             if audio is not None:
                 audio = {n: (t.to(engine.device), m.to(engine.device)) for n, (t, m) in audio.items()}
             out = engine.module.generate(**inputs, audio=audio, max_new_tokens=32, do_sample=False,
-                                         pad_token_id=gen.pad_id, synced_gpus=stage.zero_stage == 3 and self.world > 1)
+                                         pad_token_id=gen.pad_id, synced_gpus=zero3 and self.world > 1)
             if self.rank == 0:
-                with open(stage_dir / "samples.jsonl", "a") as f:
+                with disk_errors(stage_dir), open(stage_dir / "samples.jsonl", "a") as f:
                     for e, text in zip(kept, gen.decode(out, inputs["input_ids"].shape[1])):
                         f.write(json.dumps({"step": step, "id": e.id, "reference": e.messages[-1]["content"],
                                             "generated": text}) + "\n")
@@ -240,41 +406,37 @@ class CurriculumRecipe:
         engine.train()
 
     def checkpoint(self, engine, stage_dir: Path, step: int, keep_last: int, trainable_names: list[str]) -> None:
-        """DeepSpeed state plus `trainable.safetensors`: every trainable tensor (connector, LoRA, unfrozen LLM)."""
-        import deepspeed
-
-        params = dict(engine.module.named_parameters())
+        """DeepSpeed state (trainables and optimizer) plus `trainable.safetensors`: the fp32 master of every trainable
+        tensor (connector, LoRA, unfrozen LLM), gathered on every rank and written by rank 0."""
 
         def extra(tag_dir: Path):
-            (tag_dir / "trainer_state.json").write_text(json.dumps({"step": step, "seed": self.config.seed}))
+            masters = trainable_fp32_state(engine, trainable_names, self.rank)
+            if self.rank == 0:
+                save_file(masters, str(tag_dir / "trainable.safetensors"))
+                (tag_dir / "trainer_state.json").write_text(json.dumps({"step": step, "seed": self.config.seed}))
 
-        tag_dir = save_checkpoint(engine, stage_dir, step, extra, keep_last, self.rank)
-        # ZeRO-3 partitions parameters: gather them to write full tensors.
-        chosen = [params[n] for n in trainable_names]
-        with deepspeed.zero.GatheredParameters(chosen, modifier_rank=None):
-            if self.rank == 0 and tag_dir.is_dir():
-                tensors = {n: params[n].detach().float().cpu().contiguous() for n in trainable_names}
-                save_file(tensors, str(tag_dir / "trainable.safetensors"))
-        torch.distributed.barrier()
+        save_checkpoint(engine, stage_dir, step, extra, keep_last, self.rank)
 
-    def finish(self, engine, k: int, stage_dir: Path, trainable_names: list[str], processor) -> None:
-        """Consolidated fp32 weights → `final/` (save_pretrained + tokenizer) and the loss-curve PNG."""
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
+    def finish(self, k: int, stage_dir: Path, processor) -> None:
+        """The newest checkpoint's fp32 masters over the stage's starting weights → `final/` (save_pretrained +
+        tokenizer + the stage record) and the loss-curve PNG."""
         torch.distributed.barrier()
         if self.rank == 0:
-            tag = latest_tag(stage_dir)
-            fp32 = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root(stage_dir)), tag=tag)
+            tag_dir = newest_intact(stage_dir)
+            if tag_dir is None:
+                raise CheckpointError(f"{stage_dir} has no intact checkpoint to build final/ from.")
+            trained = load_file(tag_dir / "trainable.safetensors")
             model = self.build_model(k)  # frozen tensors from the fp32 source, never the bf16 engine copies
-            trained = {n: fp32[n] for n in trainable_names}
-            missing = model.load_state_dict(trained, strict=False).unexpected_keys
-            if missing:
-                raise RuntimeError(f"consolidated weights carry unknown keys {missing[:5]}")
+            unexpected = model.load_state_dict(trained, strict=False).unexpected_keys
+            if unexpected:
+                raise RuntimeError(f"trained weights carry unknown keys {unexpected[:5]}")
             final, tmp = stage_dir / "final", stage_dir / "final.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp)
-            processor.tokenizer.save_pretrained(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            with disk_errors(final):
+                clear_run(tmp)
+                model.save_pretrained(tmp)
+                processor.tokenizer.save_pretrained(tmp)
+                (tmp / STAGE_RECORD).write_text((stage_dir / STAGE_RECORD).read_text())
+                clear_run(final)
+                tmp.rename(final)
             plot_losses(stage_dir / "log.jsonl", stage_dir / "loss.png", f"stage {k + 1}: {self.config.stages[k].name}")
         torch.distributed.barrier()

@@ -4,8 +4,9 @@ Resampling uses `scipy.signal.resample_poly` (a polyphase Kaiser-windowed FIR), 
 SSLAM code used torchaudio's sinc resampler, which does not run here (environment.md). Resampled features therefore
 differ slightly from the reference for non-16 kHz files; 16 kHz files are untouched.
 
-Bad audio raises `AudioError` naming the file and the problem: missing, unreadable or corrupt, empty, NaN/inf
-samples, or longer than `max_seconds`.
+Bad audio raises `AudioError` naming the file and the problem: missing, a folder, unreadable or corrupt, empty,
+NaN/inf samples, shorter than the caller's minimum (SSLAM needs one 25 ms fbank frame) or longer than `max_seconds`.
+`audio_header_problem` checks what the header tells (readable, length) without decoding, for manifest validation.
 """
 
 from __future__ import annotations
@@ -34,12 +35,36 @@ def resample(waveform: np.ndarray, orig_rate: int, target_rate: int = TARGET_SAM
     return resample_poly(waveform, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
+def audio_header_problem(path: str | Path, min_seconds: float = 0.0, max_seconds: float = MAX_SECONDS) -> str | None:
+    """What is wrong with an audio file judging by its header (no decoding), or None."""
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except Exception as err:  # LibsndfileError / RuntimeError / TypeError for bad bytes
+        return f"audio {path} is not a readable audio file ({err})."
+    if info.frames == 0 or info.samplerate <= 0:
+        return f"audio {path} holds no samples."
+    seconds = info.frames / info.samplerate if info.frames > 0 else None  # -1: the header does not tell
+    if seconds is not None and seconds > max_seconds:
+        return f"audio {path} is {seconds:.0f} s long, over the {max_seconds:.0f} s limit; cut it."
+    if seconds is not None and seconds < min_seconds:
+        return (f"audio {path} is {seconds * 1000:.1f} ms long, shorter than the {min_seconds * 1000:.0f} ms the "
+                "encoders need (SSLAM: one 25 ms fbank frame).")
+    return None
+
+
 def load_audio(path: str | Path, sample_rate: int = TARGET_SAMPLE_RATE, max_seconds: float = MAX_SECONDS,
-               remove_dc: bool = True) -> torch.Tensor:
-    """Read a file → mono float32 waveform [S] at `sample_rate`, with its mean removed (sslam-spec §2.1)."""
+               remove_dc: bool = True, min_samples: int = 0) -> torch.Tensor:
+    """Read a file → mono float32 waveform [S] at `sample_rate`, with its mean removed (sslam-spec §2.1).
+
+    `min_samples`: the shortest usable waveform at `sample_rate` (e.g. 400 for one 25 ms fbank frame at 16 kHz).
+    """
     import soundfile
 
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file.")
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file.")
     try:
@@ -60,5 +85,8 @@ def load_audio(path: str | Path, sample_rate: int = TARGET_SAMPLE_RATE, max_seco
         raise AudioError(f"{path}: the audio contains NaN or infinite samples.")
     mono = data.mean(axis=1)  # channel mean, as the official dataset does
     mono = resample(mono, rate, sample_rate)
+    if mono.shape[0] < min_samples:
+        raise AudioError(f"{path}: {mono.shape[0] / sample_rate * 1000:.1f} ms long, shorter than the "
+                         f"{min_samples / sample_rate * 1000:.0f} ms needed (one 25 ms fbank frame); skip or pad it.")
     waveform = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
     return waveform - waveform.mean() if remove_dc else waveform

@@ -24,16 +24,17 @@ from torch import nn
 
 from .audio import load_audio, resample
 from .outputs import EncoderOutputs
-from .typed_config import YamlConfig
+from .typed_config import YamlConfig, bounded, path_field
 
 
 @dataclass
 class EncoderSpec:
     type: Literal["sslam", "clap", "whisper"]
-    path: str | None = None  # checkpoint file or folder (local; nothing is downloaded)
+    path: str | None = path_field(None)  # checkpoint file or folder (local; relative to the YAML naming it)
     preset: str | None = None  # SSLAM size for a randomly initialised encoder, when no path is given
-    layer: int | None = None  # hidden state to use (None = last)
-    long_audio: Literal["truncate", "split"] = "truncate"  # SSLAM: audio past 10.24 s
+    layer: int | None = bounded(None, ge=0)  # hidden state to use (None = last)
+    # Audio past the encoder's window (SSLAM 10.24 s, Whisper 30 s): keep the first window, or encode every window.
+    long_audio: Literal["truncate", "split"] = "truncate"
     trust_checkpoint: bool = False  # SSLAM .pt files that need full unpickling
 
 
@@ -67,10 +68,10 @@ def build_encoder(spec: EncoderSpec) -> nn.Module:
     if spec.type == "clap":
         from .clap import ClapEncoder
 
-        return ClapEncoder.from_pretrained(spec.path)
+        return ClapEncoder.from_pretrained(spec.path, long_audio=spec.long_audio)
     from .whisper import WhisperEncoder
 
-    return WhisperEncoder.from_pretrained(spec.path, layer=spec.layer)
+    return WhisperEncoder.from_pretrained(spec.path, layer=spec.layer, long_audio=spec.long_audio)
 
 
 class AudioEncoderEnsemble:
@@ -106,9 +107,28 @@ class AudioEncoderEnsemble:
             out[name] = self._encode(member, clips)
         return out
 
+    @property
+    def min_seconds(self) -> float:
+        """The shortest clip every member can encode (SSLAM: one 25 ms fbank frame)."""
+        return max(getattr(m, "min_samples", 1) / m.sample_rate for m in self.members.values())
+
     def load(self, path: str | Path) -> dict[int, torch.Tensor]:
-        """One file read at each encoder's own sample rate (one resampling from the source); AudioError if bad."""
-        return {rate: load_audio(path, sample_rate=rate) for rate in {m.sample_rate for m in self.members.values()}}
+        """One file read at each encoder's own sample rate (one resampling from the source); AudioError if bad,
+        including a clip too short for one of the members."""
+        clip = {}
+        for rate in {m.sample_rate for m in self.members.values()}:
+            shortest = max(getattr(m, "min_samples", 1) for m in self.members.values() if m.sample_rate == rate)
+            clip[rate] = load_audio(path, sample_rate=rate, min_samples=shortest)
+        return clip
+
+    def long_audio_events(self, clip: dict[int, torch.Tensor]) -> list[str]:
+        """What happens to a loaded clip past a member's window, as counter keys, e.g. "long_audio_whisper_split"."""
+        events = []
+        for name, member in self.members.items():
+            window = getattr(member, "window_samples", None)
+            if window and clip[member.sample_rate].shape[-1] > window:
+                events.append(f"long_audio_{name}_{'truncated' if member.long_audio == 'truncate' else 'split'}")
+        return events
 
     def encode_loaded(self, clips: list[dict[int, torch.Tensor]]) -> EncoderOutputs:
         """Clips as returned by `load` → {name: (tokens [B, N_e, D_e], mask [B, N_e])}."""

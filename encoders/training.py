@@ -1,9 +1,5 @@
 """Training plumbing shared by the SSLAM pre-training recipe and the curriculum: DeepSpeed on one CPU process or many
-GPUs, the learning-rate schedule, the weight-decay policy, JSONL logs and checkpoints that survive a kill.
-
-Checkpoints: DeepSpeed writes `<out>/checkpoints/<tag>/`; we add our own files to the tag folder, and only then
-point `<out>/checkpoints/latest` at it (written atomically by rank 0). A kill during a save therefore leaves `latest`
-on the previous complete checkpoint. Older tags beyond `keep_last` are deleted after `latest` moves.
+GPUs, the learning-rate schedule, the weight-decay policy and JSONL logs. Checkpoints live in `checkpointing.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -64,28 +59,67 @@ def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list
     return groups
 
 
+# Keys the recipes set themselves: a DeepSpeed file that sets them too would be silently overridden or conflict.
+_RECIPE_OWNED = {"optimizer": "the stage's `optim` section", "scheduler": "the stage's `optim` section (warm-up + cosine)",
+                 "fp16": "`precision` (fp16 is refused on CPU; use bf16)"}
+
+
 def deepspeed_config(base: str | Path | dict | None, *, micro_batch: int, grad_accum: int, precision: str,
-                     zero_stage: int, grad_clip: float) -> dict:
-    """A DeepSpeed JSON (file or dict) with the recipe's values written over it."""
+                     zero_stage: int | None, grad_clip: float) -> dict:
+    """A DeepSpeed JSON (file or dict) with the recipe's values written over it.
+
+    `zero_stage=None` takes the file's `zero_optimization.stage` (2 if the file has none); a stage given both in the
+    recipe and in the file must agree. Errors name the file and the key.
+    """
+    where = f"DeepSpeed config {base}" if isinstance(base, (str, Path)) else "the DeepSpeed config"
     if isinstance(base, (str, Path)):
         path = Path(base)
         if not path.is_file():
             raise FileNotFoundError(f"DeepSpeed config {path} does not exist (see configs/deepspeed/).")
-        config = json.loads(path.read_text())
+        try:
+            config = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{where} is not valid JSON ({err}).") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{where}: expected a JSON object of settings, got {type(config).__name__}.")
     else:
         config = dict(base or {})
+    owned = sorted(set(config) & set(_RECIPE_OWNED))
+    if owned:
+        raise ValueError(f"{where} sets {owned}, which the recipe owns: remove them and use "
+                         + "; ".join(_RECIPE_OWNED[k] for k in owned) + ".")
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"precision = {precision!r}: expected 'bf16' or 'fp32' (fp16 is refused on CPU).")
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ValueError(f"{where}: zero_optimization = {zero!r}: expected an object.")
+    in_file = zero.get("stage")
+    if zero_stage is not None and in_file is not None and in_file != zero_stage:
+        raise ValueError(f"zero_stage = {zero_stage} disagrees with {where}'s zero_optimization.stage = {in_file}: "
+                         "drop one of them.")
     config.update(
         train_micro_batch_size_per_gpu=micro_batch,
         gradient_accumulation_steps=grad_accum,
         gradient_clipping=grad_clip,
-        bf16={"enabled": precision == "bf16"},
-        fp16={"enabled": False},
+        bf16={**config.get("bf16", {}), "enabled": precision == "bf16"},
     )
-    config.setdefault("zero_optimization", {})["stage"] = zero_stage
+    config["zero_optimization"] = {**zero, "stage": zero_stage if zero_stage is not None else in_file if in_file
+                                   is not None else 2}
+    config.setdefault("zero_allow_untested_optimizer", True)  # the recipes pass torch's AdamW
     config.setdefault("steps_per_print", 10**9)  # we log ourselves
     return config
+
+
+def check_deepspeed_config(config: dict, where: str) -> None:
+    """Validate a merged DeepSpeed config with DeepSpeed's own parser (needs torch.distributed initialised), so a bad
+    file fails before any training with the file named, not as an assert deep inside `deepspeed.initialize`."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    try:
+        DeepSpeedConfig(json.loads(json.dumps(config)))
+    except Exception as err:  # pydantic ValidationError, AssertionError, ValueError: all mean a bad setting
+        lines = [line for line in str(err).splitlines() if line.strip() and "errors.pydantic.dev" not in line]
+        raise ValueError(f"{where} is not a valid DeepSpeed config: {' '.join(lines)[:600]}") from None
 
 
 class JsonlLog:
@@ -114,31 +148,3 @@ class JsonlLog:
                 if key != "step" and isinstance(value, (int, float)):
                     self.board.add_scalar(key, value, record["step"])
             self.board.flush()
-
-
-def checkpoint_root(out: Path) -> Path:
-    return Path(out) / "checkpoints"
-
-
-def latest_tag(out: Path) -> str | None:
-    marker = checkpoint_root(out) / "latest"
-    return marker.read_text().strip() if marker.is_file() else None
-
-
-def save_checkpoint(engine, out: Path, step: int, extra, keep_last: int, rank: int) -> Path:
-    """Engine state + `extra(tag_dir)` (our files, rank 0), then move `latest`; prune to the last `keep_last` tags."""
-    root = checkpoint_root(out)
-    tag = f"step-{step:08d}"
-    engine.save_checkpoint(str(root), tag=tag, save_latest=False)
-    if rank == 0:
-        extra(root / tag)
-    torch.distributed.barrier()
-    if rank == 0:
-        tmp = root / "latest.tmp"
-        tmp.write_text(tag)
-        os.replace(tmp, root / "latest")
-        tags = sorted(p for p in root.glob("step-*") if p.is_dir())
-        for old in tags[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    torch.distributed.barrier()
-    return root / tag

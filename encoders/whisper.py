@@ -1,7 +1,8 @@
 """Whisper's encoder as a frozen token source (Hugging Face `WhisperModel`, loaded from a local folder).
 
 Whisper always encodes 30 s (3000 log-mel frames → 1500 tokens of 20 ms). The mask marks only the tokens that cover
-the real audio, ceil(samples / 320), so the padding of a short clip never reaches the LLM.
+the real audio, ceil(samples / 320), so the padding of a short clip never reaches the LLM. A clip over 30 s follows
+`long_audio`: its first 30 s ("truncate") or every 30 s window, their real tokens concatenated ("split").
 
 Notation: B clips, N tokens (1500 for 30 s), D width.
 """
@@ -13,38 +14,42 @@ import math
 import torch
 from torch import nn
 
+from .outputs import join_windows, split_windows
+
 SAMPLES_PER_TOKEN = 320  # 160-sample hop × the encoder's stride-2 convolution
 
 
 class WhisperEncoder(nn.Module):
-    def __init__(self, encoder: nn.Module, feature_extractor, layer: int | None = None):
+    def __init__(self, encoder: nn.Module, feature_extractor, layer: int | None = None, long_audio: str = "truncate"):
         super().__init__()
         self.encoder = encoder
         self.feature_extractor = feature_extractor
         self.layer = layer
+        self.long_audio = long_audio
         self.dim = encoder.config.d_model
         self.sample_rate = 16000
+        self.min_samples = 1
+        self.window_samples = int(feature_extractor.n_samples)  # 30 s
 
     @classmethod
-    def from_pretrained(cls, path, layer: int | None = None) -> "WhisperEncoder":
+    def from_pretrained(cls, path, layer: int | None = None, long_audio: str = "truncate") -> "WhisperEncoder":
         from transformers import WhisperFeatureExtractor, WhisperModel
 
         model = WhisperModel.from_pretrained(path, local_files_only=True)
-        return cls(model.get_encoder(), WhisperFeatureExtractor.from_pretrained(path, local_files_only=True), layer)
+        return cls(model.get_encoder(), WhisperFeatureExtractor.from_pretrained(path, local_files_only=True), layer,
+                   long_audio)
 
     @torch.no_grad()
     def forward(self, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mono 16 kHz clips (at most 30 s each) → (tokens [B, 1500, D], mask [B, 1500])."""
-        limit = self.feature_extractor.n_samples
-        too_long = [i for i, w in enumerate(waveforms) if w.shape[-1] > limit]
-        if too_long:
-            raise ValueError(f"clips {too_long} exceed Whisper's {limit / 16000:.0f} s window: split them first.")
+        """Mono 16 kHz clips → (tokens [B, N, D], mask [B, N]); N = 1500 per 30 s window."""
+        pieces = [split_windows(w, self.window_samples, self.long_audio) for w in waveforms]
+        windows = [p for clip in pieces for p in clip]
         features = self.feature_extractor(
-            [w.cpu().numpy() for w in waveforms], sampling_rate=16000, return_tensors="pt"
+            [w.cpu().numpy() for w in windows], sampling_rate=16000, return_tensors="pt"
         )["input_features"]
         param = next(self.encoder.parameters())
         out = self.encoder(features.to(param.device, param.dtype), output_hidden_states=self.layer is not None)
-        tokens = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]
-        real = torch.tensor([math.ceil(w.shape[-1] / SAMPLES_PER_TOKEN) for w in waveforms])
+        tokens = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]  # [W, 1500, D]
+        real = torch.tensor([math.ceil(w.shape[-1] / SAMPLES_PER_TOKEN) for w in windows])
         mask = torch.arange(tokens.shape[1])[None, :] < real.clamp(max=tokens.shape[1])[:, None]
-        return tokens, mask.to(tokens.device)
+        return join_windows(tokens, mask.to(tokens.device), [len(p) for p in pieces])

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from encoders.safe_write import OutputError
+
 # `pal bench NAME`: each module has `add_arguments(parser)` and `main(args)`.
 BENCHMARKS = {
     "efficiency": ("eval.efficiency", "PLITS vs LAL vs PAL: train step, memory, prefill, decode"),
@@ -52,7 +54,7 @@ def _sslam_pretrain(args) -> int:
     if args.init:
         config.init = args.init
     config.trust_checkpoint = config.trust_checkpoint or args.trust_checkpoint
-    recipe = SSLAMPretrainRecipe(config, args.out, resume=args.resume, max_steps=args.max_steps)
+    recipe = SSLAMPretrainRecipe(config, args.out, resume=args.resume, restart=args.restart, max_steps=args.max_steps)
     recipe.setup()
     result = recipe.train()
     recipe.cleanup()
@@ -73,7 +75,7 @@ def _train(args) -> int:
     from curriculum.recipe import CurriculumRecipe
 
     recipe = CurriculumRecipe(CurriculumConfig.from_yaml(args.config), out=args.out, stage=args.stage,
-                              resume=args.resume, max_steps=args.max_steps)
+                              resume=args.resume, restart=args.restart, max_steps=args.max_steps, source=args.config)
     recipe.setup()
     for result in recipe.run():
         if recipe.rank == 0:
@@ -95,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="curriculum YAML (configs/pal/*.yaml)")
     train.add_argument("--stage", type=int, help="run only this stage (1-based); default: every unfinished stage")
     train.add_argument("--resume", action="store_true", help="continue each stage from its latest checkpoint")
+    train.add_argument("--restart", action="store_true",
+                       help="discard what the run folder holds for the stages being run and train them from the start")
     train.add_argument("--max-steps", type=int, help="stop each stage after this many steps (schedule unchanged)")
     train.add_argument("--out", help="run folder (default: the config's `out`)")
     train.set_defaults(func=_train)
@@ -129,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--trust-checkpoint", action="store_true",
                           help="allow full unpickling of an --init .pt that weights_only refuses (files you trust)")
     pretrain.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    pretrain.add_argument("--restart", action="store_true", help="discard the run folder's checkpoints and start over")
     pretrain.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (schedule unchanged)")
     pretrain.set_defaults(func=_sslam_pretrain)
     export = sslam_commands.add_parser("export", help="a pre-training checkpoint's student as loadable safetensors")
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # AudioError is a ValueError
+    except (ValueError, FileNotFoundError, OutputError) as err:  # AudioError, ManifestError are ValueErrors
         print(f"pal: error: {err}", file=sys.stderr)
         return 2
 

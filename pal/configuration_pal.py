@@ -124,8 +124,11 @@ class PALConfig(PreTrainedConfig):
                 raise ValueError(
                     f"lal_layers = {self.lal_layers}: expected distinct layer indices in [0, {num_layers - 1}]."
                 )
-        elif self.lal_start_layer < 0:
-            raise ValueError(f"lal_start_layer = {self.lal_start_layer}: expected an int >= 0.")
+        elif not 0 <= self.lal_start_layer <= num_layers:
+            # == num_layers is the explicit "no audio layer" edge (the LAL route is then the bare LLM); past it is a typo.
+            raise ValueError(
+                f"lal_start_layer = {self.lal_start_layer}: the LLM has {num_layers} layers; expected 0..{num_layers - 1}."
+            )
 
     def route_of(self, name: str) -> str:
         """Which path encoder `name` takes into the LLM: "plits" or "lal"."""

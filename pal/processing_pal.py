@@ -90,28 +90,55 @@ class PALProcessor:
         return ids, labels, flags
 
     # ------------------------------------------------------------------------------------------------ batching
-    def __call__(self, prompts, audio=None, answers: list[str] | None = None, chat: bool = True) -> dict:
+    def audio_token_counts(self, audio, rows: int) -> list[int]:
+        """PLITS placeholder positions each of `rows` examples needs for these encoder outputs (0 without PLITS)."""
+        if audio is None or not (self.config.encoders_on("plits") or self.config.summary_encoders()):
+            return [0] * rows
+        return plits_token_counts(self.config, {n: m for n, (_, m) in audio.items()}).tolist()
+
+    def encode_example(self, prompt, audio_tokens: int, row: int = 0, answer: str | None = None,
+                       chat: bool = True) -> tuple[list[int], list[int], list[bool]]:
+        """One prompt (a string or a conversation) → (ids, labels, audio flags), `<audio>` expanded."""
+        plits_names = self.config.encoders_on("plits") + self.config.summary_encoders()
+        if chat:
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            if answer is not None:
+                messages = messages + [{"role": "assistant", "content": answer}]
+            segments = self.segments(messages)
+        else:
+            segments = [(prompt, False)] + ([(answer, True)] if answer else [])
+        return self.encode(segments, audio_tokens, plits_names, row, chat)
+
+    @staticmethod
+    def truncate(row: tuple[list[int], list[int], list[bool]], max_length: int, index: int = 0):
+        """Cut the end of a row longer than `max_length`; ValueError if that would cut audio placeholder positions
+        or leave no answer token (nothing would be left to learn from)."""
+        ids, labels, flags = row
+        if len(ids) <= max_length:
+            return row
+        if any(flags[max_length:]):
+            raise ValueError(f"prompt {index}: {len(ids)} tokens with its audio, over max_length {max_length}, and "
+                             "cutting the end would cut the audio.")
+        if labels and all(label == IGNORE_INDEX for label in labels[:max_length]) and any(
+                label != IGNORE_INDEX for label in labels):
+            raise ValueError(f"prompt {index}: {len(ids)} tokens, over max_length {max_length}, and its answer "
+                             "starts past the limit.")
+        return ids[:max_length], labels[:max_length], flags[:max_length]
+
+    def __call__(self, prompts, audio=None, answers: list[str] | None = None, chat: bool = True,
+                 max_length: int | None = None) -> dict:
         """prompts: strings or chat-message lists (a conversation's assistant turns become labels); answers: one
-        assistant reply per prompt, appended; audio: {name: (tokens, mask)} with one row per prompt."""
+        assistant reply per prompt, appended; audio: {name: (tokens, mask)} with one row per prompt; max_length: cut
+        longer rows (see `truncate`)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
             prompts = [prompts]
         if answers is not None and len(answers) != len(prompts):
             raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts: give one answer per prompt.")
-        plits_names = self.config.encoders_on("plits") + self.config.summary_encoders()
-        counts = [0] * len(prompts)
-        if audio is not None and plits_names:
-            counts = plits_token_counts(self.config, {n: m for n, (_, m) in audio.items()}).tolist()
-        rows = []
-        for i, prompt in enumerate(prompts):
-            answer = answers[i] if answers is not None else None
-            if chat:
-                messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-                if answer is not None:
-                    messages = messages + [{"role": "assistant", "content": answer}]
-                segments = self.segments(messages)
-            else:
-                segments = [(prompt, False)] + ([(answer, True)] if answer else [])
-            rows.append(self.encode(segments, int(counts[i]), plits_names, i, chat))
+        counts = self.audio_token_counts(audio, len(prompts))
+        rows = [self.encode_example(prompt, int(counts[i]), i, answers[i] if answers is not None else None, chat)
+                for i, prompt in enumerate(prompts)]
+        if max_length is not None:
+            rows = [self.truncate(row, max_length, i) for i, row in enumerate(rows)]
         batch = self.pad(rows)
         if audio is not None:
             batch["audio"] = audio

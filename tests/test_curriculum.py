@@ -135,17 +135,18 @@ def test_kill_and_resume_equals_uninterrupted_with_lora_and_connector_kept(workd
 def test_zero3_two_ranks_with_text_only_batches_on_one_rank(workdir):
     """ZeRO-3 gathers parameters per module call: a rank whose batch has no audio must still run the connectors,
     or the ranks wait on each other forever (a known failure of peer projects)."""
-    from curriculum.data import StageData
+    from curriculum.data import StageData, validate_manifest
 
     rows = [json.loads(line) for line in (workdir / "train.jsonl").read_text().splitlines()]
-    mixed = [r for r in rows if "audio" in r][:2] + [r for r in rows if "audio" not in r] * 2
+    text = [r for r in rows if "audio" not in r][0]
+    mixed = [r for r in rows if "audio" in r][:2] + [{**text, "id": f"text-{i}"} for i in range(2)]
     (workdir / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in mixed))
     config = _config(workdir, steps=4, batch_size=1, zero_stage=3, eval_every=2, num_samples=1, group_by_length=False)
     text = yaml.safe_load(config.read_text())
     for stage in text["stages"]:
         stage["data"] = [{"manifest": str(workdir / "mixed.jsonl")}]
     config.write_text(yaml.safe_dump(text))
-    data = StageData([(str(workdir / "mixed.jsonl"), 1.0)], seed=0, stage=0)
+    data = StageData([(validate_manifest(workdir / "mixed.jsonl"), 1.0)], seed=0, stage=0)
     has_audio = [[data.example(r).audio is not None for r in data.global_batch(step, 2, 1)] for step in range(4)]
     assert any(a != b for a, b in has_audio), "no step mixes an audio rank with a text-only rank"
     out = workdir / "zero3"
@@ -166,7 +167,7 @@ def test_two_ranks(workdir):
 def test_manifest_errors_have_line_numbers(tmp_path):
     from curriculum.data import ManifestError, validate_manifest
 
-    (tmp_path / "ok.wav").write_bytes(b"")
+    soundfile.write(tmp_path / "ok.wav", np.zeros(1600, dtype=np.float32), 16000)
     lines = [
         json.dumps({"audio": "ok.wav", "messages": [{"role": "user", "content": "<audio> hi"},
                                                      {"role": "assistant", "content": "yo"}]}),
@@ -210,7 +211,7 @@ def test_shipped_recipe_runs_one_step_with_tiny_stand_ins(recipe, workdir, tmp_p
     from encoders.ensemble import EnsembleConfig
 
     config = CurriculumConfig.from_yaml(recipe)
-    names = list(config.model.ensemble_config(ROOT).encoders)
+    names = list(config.model.ensemble_config().encoders)
     config.model.llm = str(workdir / "llm")
     config.model.encoders = {"encoders": {n: {"type": "sslam", "preset": "tiny"} for n in names}}
     assert EnsembleConfig.from_dict(config.model.encoders).encoders.keys() == set(names)

@@ -84,7 +84,33 @@ def test_whisper_tokens_are_the_hf_encoder_output(ensemble, clips, hf_folders):
                                                                            return_tensors="pt")
     with torch.no_grad():
         ref = model.encoder(feats["input_features"]).last_hidden_state
-    torch.testing.assert_close(tokens, ref)
+    real = math.ceil(wave.shape[-1] / SAMPLES_PER_TOKEN)  # rows are cut to their real tokens: no 30 s padding
+    assert tokens.shape[1] == real == int(mask.sum())
+    torch.testing.assert_close(tokens, ref[:, :real])
+
+
+@pytest.mark.parametrize("policy", ["truncate", "split"])
+def test_whisper_audio_over_30_s_follows_the_policy(hf_folders, policy):
+    """Whisper audio past its 30 s window is truncated or split as configured (it used to raise mid-training), and
+    the ensemble counts what it did."""
+    from transformers import WhisperFeatureExtractor, WhisperModel
+
+    config = EnsembleConfig.from_dict({"encoders": {
+        "whisper": {"type": "whisper", "path": str(hf_folders / "whisper"), "long_audio": policy}}})
+    ensemble = AudioEncoderEnsemble(config)
+    wave = torch.from_numpy(np.random.default_rng(0).standard_normal(16000 * 35).astype(np.float32)) * 0.1
+    tokens, mask = ensemble([wave])["whisper"]
+    model = WhisperModel.from_pretrained(hf_folders / "whisper").eval()
+    extractor = WhisperFeatureExtractor.from_pretrained(hf_folders / "whisper")
+    windows = [wave[: 16000 * 30]] + ([wave[16000 * 30 :]] if policy == "split" else [])
+    with torch.no_grad():
+        refs = [model.encoder(extractor(w.numpy(), sampling_rate=16000, return_tensors="pt")["input_features"])
+                .last_hidden_state[0, : math.ceil(w.shape[-1] / SAMPLES_PER_TOKEN)] for w in windows]
+    expected = torch.cat(refs)  # 1500 tokens, then 250 for the last 5 s when split
+    assert tokens.shape[1] == expected.shape[0] == int(mask.sum()) == (1750 if policy == "split" else 1500)
+    torch.testing.assert_close(tokens[0], expected)
+    events = ensemble.long_audio_events({16000: wave})
+    assert events == [f"long_audio_whisper_{'truncated' if policy == 'truncate' else 'split'}"]
 
 
 def test_members_are_frozen(ensemble):

@@ -61,4 +61,4 @@ def test_every_shipped_yaml_loads_into_its_typed_config(path):
     if kind is PretrainConfig:
         assert config.model.build().embed_dim > 0 and config.objective.stage in (1, 2)
     if kind is CurriculumConfig:
-        assert len(config.stages) == 3 and config.model.ensemble_config(ROOT).encoders
+        assert len(config.stages) == 3 and config.model.ensemble_config().encoders

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..outputs import join_windows
 from .frontend import FrontendConfig, model_inputs
 from .model import SSLAMEncoder, pool_tokens
 
@@ -40,6 +41,18 @@ class SSLAMFeatures:
     def sample_rate(self) -> int:
         return self.frontend.sample_rate
 
+    @property
+    def min_samples(self) -> int:
+        return self.frontend.min_samples
+
+    @property
+    def window_samples(self) -> int:
+        return self.frontend.window_samples
+
+    @property
+    def long_audio(self) -> str:
+        return self.frontend.long_audio
+
     @torch.no_grad()
     def windows(self, spec: torch.Tensor) -> torch.Tensor:
         """Normalised windows [W, T, M] → tokens [W, 1 + N, D] of the chosen layer."""
@@ -58,11 +71,4 @@ class SSLAMFeatures:
         if pool != "none":
             pooled = torch.stack([pool_tokens(w, pool).mean(0) for w in per_clip])
             return pooled, torch.ones(len(per_clip), dtype=torch.bool)
-        rows = [w.reshape(-1, w.shape[-1]) for w in per_clip]
-        longest = max(r.shape[0] for r in rows)
-        out = tokens.new_zeros(len(rows), longest, tokens.shape[-1])
-        mask = torch.zeros(len(rows), longest, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            out[i, : r.shape[0]] = r
-            mask[i, : r.shape[0]] = True
-        return out, mask
+        return join_windows(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device), counts)

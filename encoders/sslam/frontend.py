@@ -18,6 +18,7 @@ import torch
 from ..kaldi_fbank import kaldi_fbank, num_frames
 
 LONG_AUDIO = ("truncate", "split")
+FRAME_MS, HOP_MS = 25, 10  # Kaldi fbank frames (kaldi_fbank.py)
 
 
 @dataclass
@@ -32,6 +33,16 @@ class FrontendConfig:
     def __post_init__(self):
         if self.long_audio not in LONG_AUDIO:
             raise ValueError(f"long_audio = {self.long_audio!r}: expected one of {LONG_AUDIO}.")
+
+    @property
+    def min_samples(self) -> int:
+        """The shortest clip with at least one fbank frame (25 ms at 16 kHz)."""
+        return int(self.sample_rate * FRAME_MS / 1000)
+
+    @property
+    def window_samples(self) -> int:
+        """The longest clip that fits one window of `target_length` frames (10.24 s by default)."""
+        return self.min_samples + (self.target_length - 1) * int(self.sample_rate * HOP_MS / 1000)
 
 
 def fit_length(fbank: torch.Tensor, target_length: int) -> torch.Tensor:
@@ -49,6 +60,10 @@ def normalize(fbank: torch.Tensor, config: FrontendConfig) -> torch.Tensor:
 def batch_fbank(waveforms: list[torch.Tensor], config: FrontendConfig) -> list[torch.Tensor]:
     """Mono 16 kHz clips of any lengths → their log-mel [T_i, M], computed in one batched call."""
     lengths = [int(w.shape[-1]) for w in waveforms]
+    short = [i for i, n in enumerate(lengths) if num_frames(n) == 0]
+    if short:  # never encode a silent zero spectrogram in their place
+        raise ValueError(f"clips {short} are shorter than one {FRAME_MS} ms fbank frame ({config.min_samples} samples): "
+                         "drop them before encoding.")
     padded = torch.zeros(len(waveforms), max(lengths), dtype=torch.float32, device=waveforms[0].device)
     for i, w in enumerate(waveforms):
         padded[i, : lengths[i]] = w

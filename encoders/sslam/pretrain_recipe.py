@@ -20,15 +20,18 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..audio import AudioError, load_audio
-from ..training import (JsonlLog, cosine_lr, deepspeed_config, latest_tag, param_groups, save_checkpoint,
-                        setup_distributed, checkpoint_root)
-from ..typed_config import YamlConfig
+from ..checkpointing import (CheckpointError, checkpoint_root, clear_run, has_checkpoints, load_latest_checkpoint,
+                             newest_intact, save_checkpoint, trainable_fp32_state)
+from ..safe_write import atomic_write_json, check_writable
+from ..training import JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups, setup_distributed
+from ..typed_config import YamlConfig, bounded, path_field
 from .frontend import FrontendConfig, model_inputs
 from .masking import inverse_block_mask
 from .model import PRESETS, SSLAMConfig
@@ -48,40 +51,40 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    manifest: str | None = None  # JSONL with {"audio": path} per line, or a fairseq tsv (first line: root)
-    batch_size: int = 12  # clips per rank per micro-step
-    num_workers: int = 2
-    target_length: int = 1024  # frames per clip (10.24 s); the first window of longer clips, as the reference
+    manifest: str | None = path_field(None)  # JSONL with {"audio": path} per line, or a fairseq tsv (first line: root)
+    batch_size: int = bounded(12, ge=1)  # clips per rank per micro-step
+    num_workers: int = bounded(2, ge=0)
+    target_length: int = bounded(1024, ge=16)  # frames per clip (10.24 s); the first window of longer clips
     norm_mean: float = -4.268
-    norm_std: float = 4.569
+    norm_std: float = bounded(4.569, gt=0)
 
 
 @dataclass
 class OptimSection:
-    lr: float = 5e-5
+    lr: float = bounded(5e-5, gt=0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.05
+    eps: float = bounded(1e-8, gt=0)
+    weight_decay: float = bounded(0.05, ge=0)
     # Official SSLAM decays every parameter (a fairseq quirk, sslam-spec §8); False exempts biases and norms.
     decay_all_params: bool = True
-    warmup_steps: int = 25000
-    max_steps: int = 200000
-    min_lr: float = 0.0
-    grad_clip: float = 4.0
+    warmup_steps: int = bounded(25000, ge=0)
+    max_steps: int = bounded(200000, ge=1)
+    min_lr: float = bounded(0.0, ge=0)
+    grad_clip: float = bounded(4.0, ge=0)
 
 
 @dataclass
 class DeepSpeedSection:
-    config: str | None = "configs/deepspeed/zero2.json"
-    precision: str = "bf16"  # bf16 | fp32
-    zero_stage: int = 2  # 0, 1 or 2
-    gradient_accumulation_steps: int = 1
+    config: str | None = path_field(None)  # a DeepSpeed JSON (configs/deepspeed/); None: DeepSpeed's defaults
+    precision: Literal["bf16", "fp32"] = "bf16"
+    zero_stage: Literal[0, 1, 2] | None = None  # None: the file's zero_optimization.stage, else 2
+    gradient_accumulation_steps: int = bounded(1, ge=1)
 
 
 @dataclass
 class CheckpointSection:
-    every: int = 1000
-    keep_last: int = 3
+    every: int = bounded(1000, ge=1)
+    keep_last: int = bounded(3, ge=0)  # 0 keeps every checkpoint
 
 
 @dataclass
@@ -92,11 +95,10 @@ class PretrainConfig(YamlConfig):
     optim: OptimSection = field(default_factory=OptimSection)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    init: str | None = None  # stage 2: a stage-1 run folder, or a released fairseq .pt (student + _ema)
+    init: str | None = path_field(None)  # stage 2: a stage-1 run folder, or a released fairseq .pt (student + _ema)
     trust_checkpoint: bool = False  # allow full unpickling of an `init` .pt that weights_only refuses
-    log_every: int = 10
-    seed: int = 0
-
+    log_every: int = bounded(10, ge=1)
+    seed: int = bounded(0, ge=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -129,7 +131,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         try:
-            spec, _ = model_inputs([load_audio(self.paths[index])], self.frontend)
+            waveform = load_audio(self.paths[index], min_samples=self.frontend.min_samples)
+            spec, _ = model_inputs([waveform], self.frontend)
             return index, spec[0], None
         except AudioError as err:
             return index, None, str(err)
@@ -178,8 +181,11 @@ def _seed(*parts) -> int:
 
 
 class SSLAMPretrainRecipe:
-    def __init__(self, config: PretrainConfig, out: str | Path, resume: bool = False, max_steps: int | None = None):
-        self.config, self.out, self.resume = config, Path(out), resume
+    def __init__(self, config: PretrainConfig, out: str | Path, resume: bool = False, restart: bool = False,
+                 max_steps: int | None = None):
+        self.config, self.out, self.resume, self.restart = config, Path(out), resume, restart
+        if resume and restart:
+            raise ValueError("--resume continues a run and --restart discards it: pass one of them.")
         self.max_steps = max_steps or config.optim.max_steps
         if config.objective.stage == 2 and config.data.batch_size < 2:
             raise ValueError("stage 2 mixes clips within a batch: data.batch_size must be at least 2.")
@@ -199,20 +205,27 @@ class SSLAMPretrainRecipe:
         self.model = SSLAMPretrainer(self.encoder_config, c.objective)
         self.teacher = EMATeacher(self.model.student, c.objective)
         self.start_step = 0
-        tag = latest_tag(self.out) if self.resume else None
-        if self.resume and tag is None:
+        if self.restart and self.rank == 0:
+            clear_run(self.out)
+        torch.distributed.barrier()
+        if has_checkpoints(self.out) and not self.resume:
+            raise ValueError(f"{self.out} holds checkpoints of an earlier run: pass --resume to continue it, or "
+                             "--restart to start over.")
+        if self.resume and not has_checkpoints(self.out):
             raise FileNotFoundError(f"--resume: {checkpoint_root(self.out)} holds no checkpoint to resume from.")
-        if tag is None and c.init:
+        if self.rank == 0:
+            check_writable(self.out)
+        if not self.resume and c.init:
             self._load_init(c.init)
         optimizer = torch.optim.AdamW(param_groups(self.model, c.optim.weight_decay, c.optim.decay_all_params),
                                       lr=c.optim.lr, betas=tuple(c.optim.betas), eps=c.optim.eps)
         ds = deepspeed_config(c.deepspeed.config, micro_batch=c.data.batch_size,
                               grad_accum=c.deepspeed.gradient_accumulation_steps, precision=c.deepspeed.precision,
                               zero_stage=c.deepspeed.zero_stage, grad_clip=c.optim.grad_clip)
+        check_deepspeed_config(ds, f"DeepSpeed config {c.deepspeed.config or '(defaults)'}")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, config=ds)
-        if tag is not None:
-            self.engine.load_checkpoint(str(checkpoint_root(self.out)), tag=tag)
-            tag_dir = checkpoint_root(self.out) / tag
+        if self.resume:
+            tag_dir = load_latest_checkpoint(self.engine, self.out, self.rank)
             self.teacher.encoder.load_state_dict(load_file(tag_dir / "teacher.safetensors"))
             self.start_step = json.loads((tag_dir / "trainer_state.json").read_text())["step"]
         self.teacher.to(self.engine.device)
@@ -225,15 +238,16 @@ class SSLAMPretrainRecipe:
         )
         self.log = JsonlLog(self.out / "log.jsonl", self.rank == 0)
         self.bad_log = self.out / f"bad_files.rank{self.rank}.jsonl"
-        self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
-            (self.out / "config.json").write_text(json.dumps(asdict(c), indent=2))
+            atomic_write_json(self.out / "config.json", asdict(c))
 
     def _load_init(self, init: str) -> None:
         """Stage 2 starts from stage 1: a run folder of ours, or a released fairseq checkpoint."""
         path = Path(init)
-        if (path / "checkpoints" / "latest").is_file():
-            tag_dir = checkpoint_root(path) / latest_tag(path)
+        if has_checkpoints(path):
+            tag_dir = newest_intact(path)
+            if tag_dir is None:
+                raise CheckpointError(f"--init {path}: no intact checkpoint in {checkpoint_root(path)}.")
             state = load_file(tag_dir / "student.safetensors")
             state.update({f"_ema.{k}": v for k, v in load_file(tag_dir / "teacher.safetensors").items()})
         else:
@@ -314,7 +328,13 @@ class SSLAMPretrainRecipe:
 
     def save(self, step: int) -> Path:
         def extra(tag_dir: Path):
-            student = {k: v.detach().float().cpu().contiguous() for k, v in self.engine.module.student.state_dict().items()}
+            # fp32 masters of the trained tensors (not the bf16 engine copies), frozen ones as they are.
+            names = [n for n, p in self.engine.module.named_parameters() if p.requires_grad]
+            masters = trainable_fp32_state(self.engine, names, self.rank)
+            if self.rank != 0:
+                return
+            student = {k: masters.get(f"student.{k}", v).detach().float().cpu().contiguous()
+                       for k, v in self.engine.module.student.state_dict().items()}
             save_file(student, str(tag_dir / "student.safetensors"))
             teacher = {k: v.detach().cpu().contiguous() for k, v in self.teacher.encoder.state_dict().items()}
             save_file(teacher, str(tag_dir / "teacher.safetensors"))
@@ -334,10 +354,9 @@ def export_student(run: str | Path, out: str | Path) -> Path:
     if (run / "student.safetensors").is_file():
         tag_dir = run
     else:
-        tag = latest_tag(run)
-        if tag is None:
-            raise FileNotFoundError(f"{run} is neither a checkpoint folder nor a run folder with checkpoints/latest.")
-        tag_dir = checkpoint_root(run) / tag
+        tag_dir = newest_intact(run)
+        if tag_dir is None:
+            raise FileNotFoundError(f"{run} is neither a checkpoint folder nor a run folder with an intact checkpoint.")
     state = {k: v for k, v in load_file(tag_dir / "student.safetensors").items() if ".decoder." not in k}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

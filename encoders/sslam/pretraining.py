@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..typed_config import bounded
 from .masking import inverse_block_mask
 from .model import SSLAMConfig, SSLAMEncoder
 from .source_retention import (draw_window_starts, drop_unmixed, mixed_patch_rows, mixed_positions,
@@ -34,24 +35,24 @@ class ObjectiveConfig:
     """Every quantity of the objective. Defaults: SSLAM stage 2, faithful to the official code."""
 
     stage: int = 2
-    clones: int = 8  # masks per clip (per view in stage 2); stage 1 uses 16
-    mask_prob: float = 0.8
-    mask_prob_adjust: float = 0.07
-    mask_block: int = 5
-    top_k_layers: int = 12  # frame targets average the top K layers (all layers if the model is shallower)
+    clones: int = bounded(8, ge=1)  # masks per clip (per view in stage 2); stage 1 uses 16
+    mask_prob: float = bounded(0.8, gt=0, le=1)
+    mask_prob_adjust: float = bounded(0.07, ge=0)
+    mask_block: int = bounded(5, ge=1)
+    top_k_layers: int = bounded(12, ge=1)  # frame targets average the top K layers (all layers if the model is shallower)
     # Official stage 2 builds the utterance target from the last layer only ("last"); stage 1 and the paper
     # description use the same top-K average as the frame target ("top_k").
     utterance_target: str = "last"
     # Official: the utterance loss is a sum over student sequences ("sum"); "mean" divides it by their number.
     utterance_reduction: str = "sum"
-    utterance_weight: float = 1.0
-    frame_weight: float = 1.0
-    srl_weight: float = 2.0  # the official ×2 makes the SRL a mean over the mixed half's masked patches
-    mix_window: int = 240  # frames per clean window in the mixtures
-    decoder_noise_std: float = 0.01
-    ema_decay: float = 0.9998
-    ema_end_decay: float = 0.99999
-    ema_anneal_steps: int = 100000
+    utterance_weight: float = bounded(1.0, ge=0)
+    frame_weight: float = bounded(1.0, ge=0)
+    srl_weight: float = bounded(2.0, ge=0)  # the official ×2 makes the SRL a mean over the mixed half's masked patches
+    mix_window: int = bounded(240, ge=1)  # frames per clean window in the mixtures
+    decoder_noise_std: float = bounded(0.01, ge=0)
+    ema_decay: float = bounded(0.9998, ge=0, le=1)
+    ema_end_decay: float = bounded(0.99999, ge=0, le=1)
+    ema_anneal_steps: int = bounded(100000, ge=0)
 
     def __post_init__(self):
         if self.stage not in (1, 2):

@@ -1,0 +1,88 @@
+"""Writing outputs so that a bad folder is an error in words, and nothing already written is lost.
+
+- `check_writable(folder)`: before hours of work, make sure the output folder can be created and written.
+- `disk_errors(path)`: turns the raw errors of a failed write (permission denied, read-only file system, no space left,
+  and torch's `RuntimeError: ... unexpected pos` when a zip stream hits a full disk) into an `OutputError` that names
+  the path, the device's free space and what to do.
+- `atomic_write_text` / `atomic_write_json`: a temporary sibling, then `os.replace`, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# errno → what it means for the user, in words.
+_WHY = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EISDIR: "the path is a folder",
+}
+# What torch's zip writer says when the disk fills up under it (it does not keep the errno).
+_TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+
+
+class OutputError(OSError):
+    """An output could not be written; the message names the path, the reason and what to do."""
+
+
+def _free_space(path: Path) -> str:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return f"{shutil.disk_usage(candidate).free / 2**20:.0f} MiB free on the device holding {candidate}"
+    return "free space unknown"
+
+
+def _explain(path: Path, reason: str) -> OutputError:
+    if reason in ("no space left on device", "disk quota exceeded"):
+        advice = f"{_free_space(path)}; free some space or choose another output folder"
+    else:
+        advice = "choose a folder you can write to (e.g. another --out)"
+    return OutputError(f"cannot write {path}: {reason} ({advice}). Files written before are kept.")
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | Path):
+    """Re-raise a failed write under `path` as an OutputError that says what happened in words."""
+    path = Path(path)
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as err:
+        raise _explain(path, _WHY.get(err.errno, err.strerror or str(err))) from None
+    except RuntimeError as err:
+        if any(marker in str(err) for marker in _TORCH_WRITE_FAILURES):
+            raise _explain(path, "the write stopped part-way, most likely no space left on device") from None
+        raise
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create `folder` if needed and prove a file can be written in it; OutputError otherwise. → the folder."""
+    folder = Path(folder)
+    with disk_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    return folder
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with disk_errors(path):
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1))
