@@ -18,6 +18,7 @@ never DeepSpeed's pickles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
@@ -119,13 +120,30 @@ def trainable_fp32_state(engine, names: list[str], rank: int) -> dict[str, torch
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def trainable_only_state_dict(module: torch.nn.Module):
+    """While active, `module.state_dict()` leaves out every frozen parameter, tied aliases included (DeepSpeed's
+    `exclude_frozen_parameters` misses a tied LM head, a whole embedding table per checkpoint)."""
+    frozen = [n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad]
+
+    def drop(_module, state_dict, prefix, _metadata):
+        for name in frozen:
+            state_dict.pop(prefix + name, None)
+
+    handle = module.register_state_dict_post_hook(drop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def save_checkpoint(engine, out: Path, step: int, extra, keep_last: int, rank: int) -> Path:
     """Engine state + `extra(tag_dir)` (called on every rank; our files, written by rank 0) + `complete.json`, then move
     `latest`; keep the `keep_last` newest steps and drop steps past this one (an abandoned timeline). → the tag dir."""
     root = checkpoint_root(out)
     tag = f"step-{step:08d}"
     tag_dir = root / tag
-    with disk_errors(tag_dir):
+    with disk_errors(tag_dir), trainable_only_state_dict(engine.module):
         engine.save_checkpoint(str(root), tag=tag, save_latest=False, exclude_frozen_parameters=True)
         extra(tag_dir)
     torch.distributed.barrier()

@@ -5,8 +5,9 @@ Layout of a cache folder:
     shard-00000.safetensors    tensors "<name>/<encoder hash>/<audio hash>": the real tokens [n, D_e]
 Entries are keyed by (audio content hash, encoder configuration hash): editing an audio file or changing an encoder
 (its settings or its weights file) makes the old entries unreachable, and reading with a different configuration is
-an error rather than silently stale features. Building resumes: finished shards are kept, and each shard and the
-index are written atomically. Unreadable audio is skipped, counted and listed under "bad" in the index.
+an error rather than silently stale features. Building resumes: the shard being filled is written every few dozen
+clips, each shard and the index atomically, so a killed build keeps what it did. Unreadable audio is skipped, counted
+and listed under "bad" in the index; a listed file that reads on a later build is encoded and leaves the list.
 
 Notation: B clips, N_e tokens, D_e width.
 """
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from .audio import AudioError
 from .ensemble import AudioEncoderEnsemble, EnsembleConfig, EncoderSpec
 from .outputs import EncoderOutputs
+from .safe_write import atomic_write_json, check_writable, disk_errors
 
 INDEX = "index.json"
 
@@ -82,12 +84,6 @@ def read_manifest(path: str | Path) -> list[Path]:
     return audio
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 class FeatureCache:
     def __init__(self, root: str | Path, config: EnsembleConfig):
         self.root = Path(root)
@@ -109,50 +105,77 @@ class FeatureCache:
     # ------------------------------------------------------------------------------------------------ building
 
     def build(self, audio: list[Path], ensemble: AudioEncoderEnsemble | None = None, batch_size: int = 8,
-              shard_size: int = 256, progress: bool = True) -> dict:
-        """Encode every not-yet-cached file; returns {"cached", "added", "bad"} counts."""
-        self.root.mkdir(parents=True, exist_ok=True)
+              shard_size: int = 256, flush_every: int = 64, progress: bool = True) -> dict:
+        """Encode every not-yet-cached file; returns {"cached", "added", "bad"} counts.
+
+        The shard being filled is written (atomically, with the index) every `flush_every` clips, so a build killed
+        part-way keeps all but the last few clips. A file listed as bad is tried again and forgotten once it reads.
+        """
+        check_writable(self.root)
+        self._drop_orphans()
         todo, seen = [], set(self.index["entries"])
         for path in audio:
-            key = file_hash(path) if path.is_file() else None
-            if key is None:
-                self.index["bad"][str(path)] = "no such audio file"
-            elif key not in seen:
+            problem = "is a folder, not an audio file" if path.is_dir() else None if path.is_file() else "no such file"
+            if problem:
+                self.index["bad"][str(path)] = f"{path}: {problem}."
+                continue
+            key = file_hash(path)
+            if key in seen:
+                self.index["bad"].pop(str(path), None)
+            else:
                 todo.append((path, key))
                 seen.add(key)
         added = 0
         if todo:
             ensemble = ensemble or AudioEncoderEnsemble(self.config)
-            shard_id = len(list(self.root.glob("shard-*.safetensors")))
+            shard_id = 1 + max((int(p.stem.split("-")[1]) for p in self.root.glob("shard-*.safetensors")), default=-1)
             bar = tqdm(total=len(todo), desc="features", unit="clip", disable=not progress)
             for start in range(0, len(todo), shard_size):
-                tensors, keys = {}, []
+                shard = f"shard-{shard_id:05d}.safetensors"
+                tensors, keys, unflushed = {}, [], 0
                 for b in range(start, min(start + shard_size, len(todo)), batch_size):
                     batch = todo[b : b + batch_size]
                     loaded, good = [], []
                     for path, key in batch:  # read one by one so a bad file costs only itself
                         try:
                             loaded.append(ensemble.load(path))
-                            good.append(key)
+                            good.append((path, key))
                         except AudioError as err:
                             self.index["bad"][str(path)] = str(err)
-                    for key, row in zip(good, self._encode(ensemble, loaded)):
+                    for (path, key), row in zip(good, self._encode(ensemble, loaded)):
                         for name, tokens in row.items():
                             tensors[f"{name}/{self.hashes[name]}/{key}"] = tokens.contiguous()
                         keys.append(key)
+                        self.index["bad"].pop(str(path), None)
+                    unflushed += len(good)
                     bar.update(len(batch))
-                if tensors:
-                    shard = f"shard-{shard_id:05d}.safetensors"
-                    tmp = self.root / (shard + ".tmp")
-                    save_file(tensors, str(tmp))
-                    os.replace(tmp, self.root / shard)
-                    self.index["entries"].update({k: shard for k in keys})
-                    added += len(keys)
-                    shard_id += 1
-                _write_json(self.root / INDEX, self.index)  # resume point after every shard
+                    if unflushed >= flush_every:
+                        self._write_shard(shard, tensors, keys)
+                        unflushed = 0
+                if unflushed:
+                    self._write_shard(shard, tensors, keys)
+                added += len(keys)
+                shard_id += 1 if keys else 0
             bar.close()
-        _write_json(self.root / INDEX, self.index)
+        atomic_write_json(self.root / INDEX, self.index)
         return {"cached": len(self.index["entries"]), "added": added, "bad": len(self.index["bad"])}
+
+    def _write_shard(self, shard: str, tensors: dict, keys: list[str]) -> None:
+        """(Re)write a shard with everything it holds so far, then the index that points at it: a resume point."""
+        tmp = self.root / (shard + ".tmp")
+        with disk_errors(self.root / shard):
+            save_file(tensors, str(tmp))
+            os.replace(tmp, self.root / shard)
+        self._shards.pop(shard, None)
+        self.index["entries"].update({k: shard for k in keys})
+        atomic_write_json(self.root / INDEX, self.index)
+
+    def _drop_orphans(self) -> None:
+        """Shard files no index entry points at (a kill between writing a shard and its index) and temporaries."""
+        used = set(self.index["entries"].values())
+        for path in list(self.root.glob("shard-*.safetensors")) + list(self.root.glob("shard-*.tmp")):
+            if path.name not in used:
+                path.unlink(missing_ok=True)
 
     @staticmethod
     def _encode(ensemble: AudioEncoderEnsemble, loaded: list[dict]) -> list[dict[str, torch.Tensor]]:

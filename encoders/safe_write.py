@@ -26,6 +26,7 @@ _WHY = {
     errno.EPERM: "permission denied",
     errno.ENOTDIR: "a path component is a file, not a folder",
     errno.EISDIR: "the path is a folder",
+    errno.EEXIST: "a file stands where a folder should be",
 }
 # What torch's zip writer says when the disk fills up under it (it does not keep the errno).
 _TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")

@@ -42,7 +42,7 @@ def describe(tp) -> str:
     if origin is typing.Literal:
         return f"one of {list(args)}"
     if origin is list or tp is list:
-        return f"a list of {describe(args[0])}s" if args else "a list"
+        return f"a list (each {describe(args[0])})" if args else "a list"
     if origin is dict or tp is dict or dataclasses.is_dataclass(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
@@ -68,6 +68,11 @@ def _scalar(tp, value, where: str):
     else:
         return value  # typing.Any and other annotations are not checked
     raise ValueError(f"{where} = {value!r}: expected {describe(tp)}.")
+
+
+def _key(where: str, name: str) -> str:
+    """The path of a key: `file.yaml: stages[0].lr` (a file is followed by ": ", keys are joined by dots)."""
+    return f"{where} {name}" if where.endswith(":") else f"{where}.{name}"
 
 
 def _build(tp, value, where: str, base: Path | None):
@@ -96,7 +101,7 @@ def _build(tp, value, where: str, base: Path | None):
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where} = {value!r}: expected {describe(tp)}.")
-        return {k: _build(args[1], v, f"{where}.{k}", base) for k, v in value.items()} if args else dict(value)
+        return {k: _build(args[1], v, _key(where, k), base) for k, v in value.items()} if args else dict(value)
     if origin is list or tp is list:
         if not isinstance(value, list):
             raise ValueError(f"{where} = {value!r}: expected {describe(tp)}.")
@@ -127,27 +132,28 @@ def from_dict(cls, data: dict, where: str | None = None, base: str | Path | None
 
     `base`: the folder that relative path fields resolve against (the YAML's folder); None leaves them as given.
     """
-    where = where or cls.__name__
+    where = where or f"{cls.__name__}:"
+    here = where.rstrip(":")  # the file, or the key path of this mapping
     base = Path(base) if base is not None else None
     if not isinstance(data, dict):
-        raise ValueError(f"{where} = {data!r}: expected a mapping of settings.")
+        raise ValueError(f"{here} = {data!r}: expected a mapping of settings.")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}.")
+        raise ValueError(f"{here}: unknown key(s) {unknown}; known keys: {sorted(fields)}.")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         meta = fields[name].metadata
-        built = _build(hints[name], value, f"{where}.{name}", base)
-        _check_bounds(built, meta, f"{where}.{name}")
+        built = _build(hints[name], value, _key(where, name), base)
+        _check_bounds(built, meta, _key(where, name))
         kwargs[name] = _resolve(built, meta, base)
     try:
         return cls(**kwargs)
     except TypeError as err:  # a required field without a value
-        raise ValueError(f"{where}: {err}") from None
+        raise ValueError(f"{here}: {err}") from None
     except ValueError as err:  # a __post_init__ check across fields
-        raise ValueError(f"{where}: {err}") from None
+        raise ValueError(f"{here}: {err}") from None
 
 
 def load_yaml(cls, path: str | Path):
@@ -165,7 +171,7 @@ def load_yaml(cls, path: str | Path):
         raise ValueError(f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML ({err.problem}).") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid YAML ({err}).") from None
-    return from_dict(cls, data if data is not None else {}, where=str(path), base=path.resolve().parent)
+    return from_dict(cls, data if data is not None else {}, where=f"{path}:", base=path.resolve().parent)
 
 
 class YamlConfig:

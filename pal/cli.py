@@ -26,9 +26,17 @@ def _demo(args) -> int:
 def _sslam_extract(args) -> int:
     from encoders.sslam.extract import extract_to_npz
 
-    shapes = extract_to_npz(args.checkpoint, args.audio, args.out, layer=args.layer, pool=args.pool,
-                            long_audio=args.long_audio, trust_checkpoint=args.trust_checkpoint)
-    print(f"wrote {len(shapes)} arrays to {args.out} (e.g. {next(iter(shapes.items()))})")
+    shapes, bad = extract_to_npz(args.checkpoint, args.audio, args.out, layer=args.layer, pool=args.pool,
+                                 long_audio=args.long_audio, trust_checkpoint=args.trust_checkpoint)
+    if shapes:
+        print(f"wrote {len(shapes)} arrays to {args.out} (e.g. {next(iter(shapes.items()))})")
+    for problem in bad.values():
+        print(f"pal: skipped {problem}", file=sys.stderr)
+    if bad:
+        print(f"pal: error: {len(bad)} of {len(args.audio)} file(s) skipped"
+              + ("; nothing written." if not shapes else f"; the other {len(shapes)} are in {args.out}."),
+              file=sys.stderr)
+        return 1
     return 0
 
 

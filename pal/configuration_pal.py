@@ -48,6 +48,11 @@ class PALConfig(PreTrainedConfig):
     lal_layers: an explicit list of audio layers (0-indexed), instead of `lal_start_layer`.
     lal_rope: "prefix" rotates audio keys as if the audio stood just before the text (the PLITS layout, pal-spec
         §4.3 option i); "none" leaves audio keys position-free (option ii).
+    lal_audio_bias: "log_count" offsets each real audio key's attention logit by -log(n_b) (n_b real audio tokens of
+        the example), so an untrained connector barely disturbs the LLM (lal_injection.py, "Start-up"); "none" is
+        the plain pal-spec §4.2 formula.
+    plits_output_norm: PLITS tokens (and summary tokens) end in an RMSNorm whose gain starts at the RMS of the LLM's
+        own input embeddings, so in-sequence audio starts, and stays, at the scale of the text around it.
     lal_projection: P_l, "linear" (an independent linear map of the encoder output per layer) or "mlp" (a shared
         two-layer MLP trunk followed by one linear head per layer).
     lora: PEFT LoRA settings attached to the LLM, `{"r", "alpha", "dropout", "target_modules"}`; None for none.
@@ -71,6 +76,8 @@ class PALConfig(PreTrainedConfig):
     lal_layers: list | None = None
     lal_rope: Literal["prefix", "none"] = "prefix"
     lal_projection: Literal["linear", "mlp"] = "linear"
+    lal_audio_bias: Literal["log_count", "none"] = "log_count"
+    plits_output_norm: bool = True
     lora: dict | None = None
     tie_word_embeddings: bool = False
 
@@ -88,7 +95,8 @@ class PALConfig(PreTrainedConfig):
     def validate_connector(self) -> None:
         """Raise a ValueError naming the bad value and the choices."""
         for key, choices in (("connector", CONNECTORS), ("projector", ("mlp", "qformer")),
-                             ("lal_rope", ("prefix", "none")), ("lal_projection", ("linear", "mlp"))):
+                             ("lal_rope", ("prefix", "none")), ("lal_projection", ("linear", "mlp")),
+                             ("lal_audio_bias", ("log_count", "none"))):
             if getattr(self, key) not in choices:
                 raise ValueError(f"{key} = {getattr(self, key)!r}: expected one of {choices}.")
         for name, dim in self.encoder_dims.items():

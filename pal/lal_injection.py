@@ -13,6 +13,13 @@ through the decoder's `**kwargs` to the attention backend. We register two atten
 function. Nothing of the LLM is subclassed or renamed: checkpoint keys stay the LLM's, LoRA on k_proj/v_proj applies
 to audio keys too, and a layer that gets no audio runs exactly the bare LLM's code.
 
+Start-up. N_a fresh audio keys added to one softmax take most of the attention mass whatever their scores (measured on
+SmolLM2-135M with 513 random-init audio keys: 60-99 % of every audio layer's attention, and the loss of the answer
+rose from 5.3 to 13.2 before any training). With `audio_bias="log_count"` every real audio key's logit is offset by
+-log(n_b), n_b the example's real audio tokens, so the whole audio block weighs what one key of its mean score would
+(log-mean-exp): the untrained connector barely disturbs the LLM, and P_l learns scores that raise the audio's weight.
+It stays one softmax over audio and text, with no gate and no new attention weights; "none" is the plain formula.
+
 RoPE. With `rope="prefix"` the b-th example's n_b real audio tokens sit at positions -n_b .. -1 and its text starts at
 0. Attention scores depend only on position differences, so this is exactly the layout "audio just before the text"
 (pal-spec §4.3, option i), while the text keeps the positions the bare LLM would give it.
@@ -74,25 +81,25 @@ class LALProjection(nn.Module):
 class LALAudioKV:
     """Audio keys/values for every audio layer, ready to prepend to that layer's text keys/values.
 
-    keys[l], values[l]: [B, H_kv, N_a, D_h] (keys already rotated when RoPE is on); mask: [B, N_a], True = real token.
+    keys[l], values[l]: [B, H_kv, N_a, D_h] (keys already rotated when RoPE is on); mask: [B, N_a], True = real token;
+    bias: [B] logit offset of every real audio key of the example (-log n_b), or None.
     """
 
     keys: dict[int, torch.Tensor]
     values: dict[int, torch.Tensor]
     mask: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    def _map(self, fn) -> "LALAudioKV":
+        return LALAudioKV({l: fn(k) for l, k in self.keys.items()}, {l: fn(v) for l, v in self.values.items()},
+                          fn(self.mask), None if self.bias is None else fn(self.bias))
 
     def index_select(self, index: torch.Tensor) -> "LALAudioKV":
         """Rows `index` of the batch (beam reordering, batch selection)."""
-        pick = lambda t: t.index_select(0, index.to(t.device))  # noqa: E731
-        return LALAudioKV(
-            {l: pick(k) for l, k in self.keys.items()}, {l: pick(v) for l, v in self.values.items()}, pick(self.mask)
-        )
+        return self._map(lambda t: t.index_select(0, index.to(t.device)))
 
     def repeat_interleave(self, repeats: int) -> "LALAudioKV":
-        rep = lambda t: t.repeat_interleave(repeats, dim=0)  # noqa: E731
-        return LALAudioKV(
-            {l: rep(k) for l, k in self.keys.items()}, {l: rep(v) for l, v in self.values.items()}, rep(self.mask)
-        )
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
 
 class PALCache(DynamicCache):
@@ -133,7 +140,8 @@ def prefix_audio_positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def compute_audio_kv(
-    llm: nn.Module, projected: dict[int, torch.Tensor], mask: torch.Tensor, rope: str = "prefix"
+    llm: nn.Module, projected: dict[int, torch.Tensor], mask: torch.Tensor, rope: str = "prefix",
+    audio_bias: str = "none",
 ) -> LALAudioKV:
     """Turn per-layer projected audio into that layer's keys/values with the layer's own norm and k/v projections.
 
@@ -142,6 +150,7 @@ def compute_audio_kv(
         projected: {layer l: A_l [B, N_a, d]}.
         mask: [B, N_a], True where the audio token is real.
         rope: "prefix" rotates keys to positions -n_b .. -1; "none" leaves them unrotated.
+        audio_bias: "log_count" offsets every real audio logit by -log(n_b) (see the module docstring); "none".
     Returns:
         LALAudioKV with keys/values [B, H_kv, N_a, D_h] per layer.
     """
@@ -162,7 +171,8 @@ def compute_audio_kv(
             cos, sin = (t.unsqueeze(1) for t in cos_sin)  # [B, 1, N_a, D_h]
             k = k * cos + rotate_half(k) * sin  # the LLM's RoPE (Llama's apply_rotary_pos_emb, keys only)
         keys[layer_idx], values[layer_idx] = k, v
-    return LALAudioKV(keys, values, mask)
+    bias = -mask.sum(-1).clamp(min=1).float().log() if audio_bias == "log_count" else None  # [B]
+    return LALAudioKV(keys, values, mask, bias)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -171,22 +181,30 @@ def compute_audio_kv(
 
 
 def _widen_mask(
-    attention_mask: torch.Tensor | None, audio_mask: torch.Tensor, query: torch.Tensor, text_keys: int
+    attention_mask: torch.Tensor | None, audio_mask: torch.Tensor, query: torch.Tensor, text_keys: int,
+    audio_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mask [B|1, 1, T, S_text] (bool: True = attend, or additive float) → [B, 1, T, N_a + S_text].
 
-    Every text query sees every real audio key; the text part is the LLM's own (causal, padding) mask.
+    Every text query sees every real audio key; the text part is the LLM's own (causal, padding) mask. With
+    `audio_bias` [B], the audio part is additive: that offset where the key is real, blocked elsewhere.
     `None` means the backend would have run plain causal attention, which we spell out here.
     """
     batch, _, q_len, _ = query.shape
     if attention_mask is None:
         offset = text_keys - q_len  # cached tokens before the first query
         attention_mask = torch.ones(q_len, text_keys, dtype=torch.bool, device=query.device).tril(offset)[None, None]
+    if audio_bias is not None and attention_mask.dtype == torch.bool:
+        blocked = torch.finfo(query.dtype).min
+        attention_mask = torch.zeros((), dtype=query.dtype, device=query.device).masked_fill(~attention_mask, blocked)
     audio_part = audio_mask[:, None, None, :].expand(batch, 1, q_len, audio_mask.shape[-1])
     if attention_mask.dtype != torch.bool:
         blocked = torch.finfo(attention_mask.dtype).min
-        audio_part = torch.zeros((), dtype=attention_mask.dtype, device=query.device).masked_fill(~audio_part, blocked)
-        audio_part = audio_part.expand(batch, 1, q_len, audio_mask.shape[-1])
+        real = torch.zeros((), dtype=attention_mask.dtype, device=query.device)
+        if audio_bias is not None:
+            real = audio_bias.to(device=query.device, dtype=attention_mask.dtype)[:, None, None, None]
+        audio_part = torch.where(audio_part, real, torch.tensor(blocked, dtype=attention_mask.dtype,
+                                                                  device=query.device))
     text_part = attention_mask.expand(batch, 1, q_len, attention_mask.shape[-1])
     return torch.cat([audio_part, text_part], dim=-1)
 
@@ -197,7 +215,7 @@ def _lal_attention(base_attention):
         if lal_audio is None or module.layer_idx not in lal_audio.keys:
             return base_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         audio_k, audio_v = lal_audio.keys[module.layer_idx], lal_audio.values[module.layer_idx]
-        mask = _widen_mask(attention_mask, lal_audio.mask, query, key.shape[2])
+        mask = _widen_mask(attention_mask, lal_audio.mask, query, key.shape[2], lal_audio.bias)
         key = torch.cat([audio_k.to(key.dtype), key], dim=2)  # [B, H_kv, N_a + S, D_h]
         value = torch.cat([audio_v.to(value.dtype), value], dim=2)
         return base_attention(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
@@ -237,10 +255,11 @@ class LALConnector(nn.Module):
     Several LAL encoders (e.g. SSLAM and CLAP) share one audio key sequence per layer: their tokens are concatenated.
     """
 
-    def __init__(self, encoder_dims: dict[str, int], hidden_size: int, layers: list[int], kind: str, rope: str):
+    def __init__(self, encoder_dims: dict[str, int], hidden_size: int, layers: list[int], kind: str, rope: str,
+                 audio_bias: str = "log_count"):
         super().__init__()
         self.layers = list(layers)
-        self.rope = rope
+        self.rope, self.audio_bias = rope, audio_bias
         self.projections = nn.ModuleDict(
             {name: LALProjection(dim, hidden_size, self.layers, kind) for name, dim in encoder_dims.items()}
         )
@@ -255,4 +274,4 @@ class LALConnector(nn.Module):
                 per_layer[int(layer)].append(projected)
             masks.append(mask)
         projected = {layer: torch.cat(parts, dim=1) for layer, parts in per_layer.items()}  # [B, N_a, d]
-        return compute_audio_kv(llm, projected, torch.cat(masks, dim=1), self.rope)
+        return compute_audio_kv(llm, projected, torch.cat(masks, dim=1), self.rope, self.audio_bias)

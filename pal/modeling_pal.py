@@ -55,11 +55,14 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                 config.lal_layer_indices(),
                 config.lal_projection,
                 config.lal_rope,
+                config.lal_audio_bias,
             )
             if lal_encoders and config.lal_layer_indices()
             else None
         )
         self.post_init()
+        if self.plits is not None:  # after post_init, which would re-initialise it; from_pretrained loads the saved gain
+            self.plits.match_embedding_scale(self.llm.get_input_embeddings().weight)
 
     @classmethod
     def from_llm(cls, llm_path=None, *, dtype: torch.dtype = torch.float32, **connector) -> "PALForConditionalGeneration":
@@ -166,7 +169,12 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         if use_cache and past_key_values is None:
             past_key_values = PALCache(config=self.llm.config)
         lal_audio = getattr(past_key_values, "lal_audio", None)
-        if self.lal is not None and audio is not None and lal_audio is None:
+        if self.lal is not None and audio is not None and lal_audio is not None:
+            raise ValueError(
+                "past_key_values already holds LAL audio keys/values from an earlier call, so the new `audio` would be "
+                "ignored: pass a fresh PALCache (or none) with new audio, or leave `audio` out to keep the cached one."
+            )
+        if self.lal is not None and audio is not None:
             lal_audio = self.lal(audio, self.llm)
             if use_cache:
                 if not isinstance(past_key_values, PALCache):

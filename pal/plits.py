@@ -56,6 +56,17 @@ class PLITSConnector(nn.Module):
         self.summaries = nn.ModuleDict(
             {name: build_projector(config, dims[name], config.n_summary) for name in config.summary_encoders()}
         )
+        # Audio tokens at the scale of the text embeddings around them (`match_embedding_scale` sets the gain): an
+        # unnormalised projector starts several times larger (0.48 vs 0.14 RMS on SmolLM2) and its first Adam
+        # updates move it further, which sent the stage-1 loss up instead of down.
+        hidden = config.text_config.hidden_size
+        self.output_norm = nn.RMSNorm(hidden, eps=1e-6) if config.plits_output_norm else None
+
+    @torch.no_grad()
+    def match_embedding_scale(self, embeddings: torch.Tensor) -> None:
+        """Start the output gain at the RMS of the LLM's input embedding table [V, d]."""
+        if self.output_norm is not None and not embeddings.is_meta:
+            self.output_norm.weight.fill_(float(embeddings.float().pow(2).mean().sqrt()))
 
     def streams(self) -> list[tuple[str, nn.Module]]:
         """(encoder name, projector) in placeholder order."""
@@ -64,7 +75,10 @@ class PLITSConnector(nn.Module):
     def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} → (tokens [B, N_p, d], mask [B, N_p])."""
         outputs = [proj(*audio[name]) for name, proj in self.streams()]
-        return torch.cat([t for t, _ in outputs], dim=1), torch.cat([m for _, m in outputs], dim=1)
+        tokens = torch.cat([t for t, _ in outputs], dim=1)
+        if self.output_norm is not None:
+            tokens = self.output_norm(tokens)
+        return tokens, torch.cat([m for _, m in outputs], dim=1)
 
 
 def splice_audio_tokens(

@@ -18,13 +18,12 @@ from pal import PALConfig, PALForConditionalGeneration
 VOCAB = 97
 # The shared fixtures live in ../shared beside the checkout (CI puts them there); PAL_SHARED overrides.
 SHARED = Path(os.environ.get("PAL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_pal(*args, nproc: int = 1, wait: bool = True, port: int = 29500):
-    """`pal ARGS` in a fresh process (under torchrun for nproc > 1), as a user would launch it; asserts success."""
+def run_pal(*args, nproc: int = 1, wait: bool = True, port: int = 29500, cwd: Path = ROOT, check: bool = True):
+    """`pal ARGS` in a fresh process (under torchrun for nproc > 1), as a user would launch it; asserts success
+    unless `check=False`."""
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1" if nproc > 1 else "2"}
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
@@ -33,9 +32,10 @@ def run_pal(*args, nproc: int = 1, wait: bool = True, port: int = 29500):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
                str(port + os.getpid() % 1000), "-m", "pal.cli", *args]
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env["PYTHONPATH"] = str(ROOT)  # for a working directory outside the checkout
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert not check or done.returncode == 0, done.stderr[-4000:]
     return done
 
 
@@ -140,3 +140,91 @@ def random_texts(lengths: list[int], seed: int = 0) -> list[list[int]]:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A tiny curriculum, built once per test session and shared by the training tests
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def tone(path: Path, freq: float, seconds: float = 0.5, rate: int = 16000) -> Path:
+    import numpy as np
+    import soundfile
+
+    t = np.arange(int(rate * seconds)) / rate
+    soundfile.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate)
+    return path
+
+
+def caption_row(i: int, audio: str, word: str) -> dict:
+    return {"id": f"t{i}", "audio": audio, "task": "caption", "messages": [
+        {"role": "user", "content": "<audio>\nDescribe the sound."},
+        {"role": "assistant", "content": f"A {word} pitched tone."}]}
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    import json
+
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def curriculum_env(tmp_path_factory):
+    """A tiny random Llama with SmolLM2's tokenizer and chat template, and a manifest of tones with captions."""
+    from pal.llm import load_tokenizer
+
+    root = tmp_path_factory.mktemp("curriculum")
+    tokenizer = load_tokenizer(None)
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                       tie_word_embeddings=True, max_position_embeddings=1024))
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    rows = []
+    for i, (freq, word) in enumerate([(220, "low"), (440, "middle"), (880, "high"), (1760, "very high")] * 2):
+        tone(root / f"tone{i}.wav", freq)
+        rows.append(caption_row(i, f"tone{i}.wav", word))
+    rows.append({"id": "text", "task": "qa", "messages": [{"role": "user", "content": "Say hi."},
+                                                           {"role": "assistant", "content": "Hi."}]})
+    write_jsonl(root / "train.jsonl", rows)
+    write_jsonl(root / "val.jsonl", rows[:4])
+    return root
+
+
+def curriculum_dict(root: Path, stages: int = 3, **stage_changes) -> dict:
+    """A curriculum over `curriculum_env`: PAL (LAL + summary tokens), LoRA, `stages` short stages."""
+    def stage(name, trainable, precision="fp32"):
+        return {"name": name, "data": [{"manifest": str(root / "train.jsonl")}], "trainable": trainable,
+                "optim": {"lr": 3e-3, "warmup_steps": 1}, "steps": 6, "batch_size": 4, "precision": precision,
+                "zero_stage": 2, "checkpoint_every": 3, "keep_last": 2, "log_every": 1,
+                "val_manifest": str(root / "val.jsonl"), "eval_every": 3, "val_batches": 1, "num_samples": 1,
+                **stage_changes}
+
+    return {
+        "model": {"llm": str(root / "llm"), "encoders": {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}},
+                  "connector": {"connector": "pal", "n_summary": 4, "lal_start_layer": 1, "qformer_layers": 1,
+                                "qformer_heads": 2},
+                  "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
+        "stages": [stage("connector", ["connector"]), stage("lora", ["connector", "lora"], "bf16"),
+                   stage("everything", ["connector", "llm"])][:stages],
+        "seed": 0,
+    }
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def train_in_process(config: Path, out: Path, **options) -> list[dict]:
+    """`pal train` without a new process (DeepSpeed runs as one rank in the test process): setup, then every stage."""
+    from curriculum.config import CurriculumConfig
+    from curriculum.recipe import CurriculumRecipe
+
+    recipe = CurriculumRecipe(CurriculumConfig.from_yaml(config), out=out, source=config, **options)
+    recipe.setup()
+    return recipe.run()

@@ -16,60 +16,19 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import run_pal
+from conftest import curriculum_dict, run_pal, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A tiny random Llama with SmolLM2's tokenizer and chat template, and a manifest of tones with captions."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from pal.llm import load_tokenizer
-
-    root = tmp_path_factory.mktemp("curriculum")
-    tokenizer = load_tokenizer(None)
-    torch.manual_seed(0)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                       tie_word_embeddings=True, max_position_embeddings=1024))
-    llm.save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
-    rows = []
-    for i, (freq, word) in enumerate([(220, "low"), (440, "middle"), (880, "high"), (1760, "very high")] * 2):
-        t = np.arange(8000) / 16000
-        soundfile.write(root / f"tone{i}.wav", (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), 16000)
-        rows.append({"id": f"t{i}", "audio": f"tone{i}.wav", "task": "caption", "messages": [
-            {"role": "user", "content": "<audio>\nDescribe the sound."},
-            {"role": "assistant", "content": f"A {word} pitched tone."}]})
-    rows.append({"id": "text", "task": "qa", "messages": [{"role": "user", "content": "Say hi."},
-                                                           {"role": "assistant", "content": "Hi."}]})
-    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (root / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:4]))
-    return root
+def workdir(curriculum_env):
+    return curriculum_env
 
 
 def _config(root: Path, **stage_changes) -> Path:
-    def stage(name, trainable, steps=6):
-        return {"name": name, "data": [{"manifest": str(root / "train.jsonl")}], "trainable": trainable,
-                "optim": {"lr": 3e-3, "warmup_steps": 1}, "steps": steps, "batch_size": 4, "precision": "fp32",
-                "zero_stage": 2, "checkpoint_every": 3, "keep_last": 2, "log_every": 1,
-                "val_manifest": str(root / "val.jsonl"), "eval_every": 3, "val_batches": 1, "num_samples": 1,
-                **stage_changes}
-
-    config = {
-        "model": {"llm": str(root / "llm"), "encoders": {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}},
-                  "connector": {"connector": "pal", "n_summary": 4, "lal_start_layer": 1, "qformer_layers": 1,
-                                "qformer_heads": 2},
-                  "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
-        "stages": [stage("connector", ["connector"]), {**stage("lora", ["connector", "lora"]), "precision": "bf16"},
-                   stage("everything", ["connector", "llm"])],
-        "seed": 0,
-    }
-    path = root / f"curriculum-{len(list(root.glob('curriculum-*')))}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_yaml(root / f"curriculum-{len(list(root.glob('curriculum-*')))}.yaml",
+                      curriculum_dict(root, **stage_changes))
 
 
 def _pal(*args, nproc: int = 1, wait: bool = True):

@@ -69,3 +69,17 @@ def test_unknown_config_key_is_rejected():
     llm = tiny_llm()
     with pytest.raises(Exception, match="lal_start"):
         PALConfig(text_config=llm.config.to_dict(), encoder_dims={"sslam": 24}, lal_start=2)
+
+
+def test_a_cache_holding_lal_audio_refuses_new_audio():
+    """It used to keep the old audio's keys/values silently and answer about the wrong clip."""
+    from pal import PALCache
+
+    model, _ = tiny_pal("lal")
+    ids = torch.tensor(random_texts([6]))
+    cache = PALCache(config=model.llm.config)
+    with torch.no_grad():
+        model(input_ids=ids, audio=random_audio(model.config, [4], seed=0), past_key_values=cache, use_cache=True)
+        with pytest.raises(ValueError, match="already holds LAL audio"):
+            model(input_ids=ids[:, -1:], audio=random_audio(model.config, [4], seed=1), past_key_values=cache,
+                  use_cache=True)

@@ -79,3 +79,56 @@ def test_changed_audio_is_not_served_from_the_cache(corpus):
     soundfile.write(root / "clip0.wav", np.zeros(16000, dtype=np.float32), 16000)
     with pytest.raises(KeyError, match="not in the feature cache"):
         cache.get([root / "clip0.wav"])
+
+
+def test_a_repaired_file_leaves_the_bad_list(corpus):
+    root, manifest = corpus
+    from encoders.feature_cache import read_manifest
+
+    config = EnsembleConfig.from_dict(CONFIG)
+    first = FeatureCache(root / "cache", config).build(read_manifest(manifest), progress=False)
+    assert first["bad"] == 1
+    soundfile.write(root / "broken.wav", np.zeros(16000, dtype=np.float32), 16000)  # the user fixes the file
+    second = FeatureCache(root / "cache", config).build(read_manifest(manifest), progress=False)
+    assert (second["added"], second["bad"], second["cached"]) == (1, 0, 4)
+    assert json.loads((root / "cache" / "index.json").read_text())["bad"] == {}
+
+
+def test_a_build_killed_part_way_keeps_what_it_encoded(tmp_path):
+    """A shard held 256 clips and was written only when full: a kill at 20 of 40 clips lost all 20."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(40):
+        soundfile.write(tmp_path / f"c{i}.wav", (0.1 * rng.standard_normal(4000)).astype(np.float32), 16000)
+        paths.append(tmp_path / f"c{i}.wav")
+    config = EnsembleConfig.from_dict(CONFIG)
+    ensemble = AudioEncoderEnsemble(config)
+    real_encode, encoded = ensemble.encode_loaded, []
+
+    def killed_after_20(clips):
+        if len(encoded) >= 20:
+            raise KeyboardInterrupt("killed")
+        encoded.extend(clips)
+        return real_encode(clips)
+
+    ensemble.encode_loaded = killed_after_20
+    with pytest.raises(KeyboardInterrupt):
+        FeatureCache(tmp_path / "cache", config).build(paths, ensemble=ensemble, batch_size=4, flush_every=8,
+                                                       progress=False)
+    kept = FeatureCache(tmp_path / "cache", config)
+    done = len(kept.index["entries"])
+    assert done == 16  # 20 clips encoded, written every 8: everything up to the last write survives
+    rest = kept.build(paths, batch_size=4, progress=False)
+    assert (rest["added"], rest["cached"]) == (40 - done, 40)
+    cached = FeatureCache(tmp_path / "cache", config).get(paths[:3] + paths[-3:])
+    fresh = AudioEncoderEnsemble(config).encode_files(paths[:3] + paths[-3:])
+    torch.testing.assert_close(cached["sslam"][0], fresh["sslam"][0], atol=1e-5, rtol=0)
+
+
+def test_an_unwritable_cache_folder_is_refused_before_encoding(corpus, capsys):
+    root, manifest = corpus
+    (root / "a-file").write_text("")
+    (root / "enc.yaml").write_text(json.dumps(CONFIG))
+    assert main(["features", "--manifest", str(manifest), "--config", str(root / "enc.yaml"),
+                 "--out", str(root / "a-file" / "cache")]) == 2
+    assert "cannot write" in capsys.readouterr().err

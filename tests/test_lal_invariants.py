@@ -60,8 +60,9 @@ def _rope(x, positions, theta):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def _reference_layer_attention(layer, x, audio, config, rope: bool):
-    """pal-spec §4.2 for one example: softmax(Q [K_a; K_t]^T / sqrt(D_h) + mask) [V_a; V_t] W_o.
+def _reference_layer_attention(layer, x, audio, config, rope: bool, log_count: bool):
+    """pal-spec §4.2 for one example: softmax(Q [K_a; K_t]^T / sqrt(D_h) + mask) [V_a; V_t] W_o; with `log_count`
+    every audio logit is offset by -log(N_a) (lal_injection.py, "Start-up").
 
     x: normed text states [T, d]; audio: layer-projected, not yet normed [N_a, d]; rope: audio keys rotated
     ("prefix") or not ("none"). Float64 throughout.
@@ -90,16 +91,19 @@ def _reference_layer_attention(layer, x, audio, config, rope: bool):
     group = heads // kv_heads
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [S, H, D]
     scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(hd)
+    if log_count:
+        scores[:, :, :n_a] -= math.log(n_a)
     allowed = torch.cat([torch.ones(t, n_a, dtype=torch.bool), torch.ones(t, t, dtype=torch.bool).tril()], dim=1)
     scores = scores.masked_fill(~allowed, float("-inf"))
     out = torch.einsum("hts,shd->thd", scores.softmax(-1), v).reshape(t, heads * hd)
     return linear("o", out)
 
 
-@pytest.mark.parametrize("family,rope", [("llama", "prefix"), ("qwen2", "prefix"), ("mistral", "prefix"),
-                                         ("llama", "none")])
-def test_lal_layer_attention_matches_formula(family, rope):
-    model, _ = tiny_pal("lal", family, lal_rope=rope)
+@pytest.mark.parametrize("family,rope,bias", [("llama", "prefix", "log_count"), ("qwen2", "prefix", "log_count"),
+                                              ("mistral", "prefix", "log_count"), ("llama", "none", "log_count"),
+                                              ("llama", "prefix", "none")])
+def test_lal_layer_attention_matches_formula(family, rope, bias):
+    model, _ = tiny_pal("lal", family, lal_rope=rope, lal_audio_bias=bias)
     layer_idx = 2
     layer = model.llm.model.layers[layer_idx]
     if family == "qwen2":  # Qwen2's q/k/v carry biases, zero at init: make them count
@@ -123,7 +127,8 @@ def test_lal_layer_attention_matches_formula(family, rope):
         with torch.no_grad():
             projected = head(real).double()
         expected = _reference_layer_attention(
-            layer, captured["x"][row].double(), projected, model.config.text_config, rope == "prefix"
+            layer, captured["x"][row].double(), projected, model.config.text_config, rope == "prefix",
+            bias == "log_count",
         )
         torch.testing.assert_close(captured["out"][row].double(), expected, atol=2e-5, rtol=1e-4)
 

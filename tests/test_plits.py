@@ -17,6 +17,9 @@ def test_plits_equals_hand_assembled_inputs_embeds(connector):
     with torch.no_grad():
         ours = model(**batch, audio=audio).logits
         projector = model.plits.projectors["sslam"]
+        gain = model.plits.output_norm.weight
+        # The output RMSNorm's gain starts at the RMS of the bare LLM's embedding table.
+        torch.testing.assert_close(gain, bare.get_input_embeddings().weight.pow(2).mean().sqrt().expand_as(gain))
         tokens, mask = audio["sslam"]
         embeds = bare.get_input_embeddings()(batch["input_ids"]).clone()
         for row in range(2):
@@ -24,7 +27,8 @@ def test_plits_equals_hand_assembled_inputs_embeds(connector):
             projected, out_mask = projector(tokens[row : row + 1, :n], mask[row : row + 1, :n])
             slots = batch["audio_token_mask"][row].nonzero().flatten()
             assert len(slots) == int(out_mask.sum())
-            embeds[row, slots] = projected[0][out_mask[0]]
+            real = projected[0][out_mask[0]]
+            embeds[row, slots] = real / torch.sqrt(real.pow(2).mean(-1, keepdim=True) + 1e-6) * gain
         positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         ref = bare(inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=positions).logits
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import soundfile
@@ -39,10 +40,46 @@ def test_extract_tokens_and_pooled(tmp_path):
     assert np.abs(pooled - ref["block_outputs__b_alarm_tone_10s"][0, 0]).max() < 1e-4
 
 
-def test_extract_reports_bad_audio(tmp_path, capsys):
-    bad = tmp_path / "broken.wav"
-    bad.write_bytes(b"not audio at all")
+def test_extract_writes_the_good_files_lists_the_bad_and_exits_non_zero(tmp_path, capsys):
+    """One corrupt file and one clip shorter than a 25 ms fbank frame among good ones: the good ones are written, the
+    bad ones listed with their reason, exit status 1 (before: nothing written, or a bare ValueError)."""
+    good = _write_inputs(tmp_path)
+    (tmp_path / "broken.wav").write_bytes(b"not audio at all")
+    soundfile.write(tmp_path / "blip.wav", np.zeros(200, dtype=np.float32), 16000)  # 12.5 ms
+    paths = [good[0], str(tmp_path / "broken.wav"), good[1], str(tmp_path / "blip.wav")]
     ckpt = str(FIXTURE / "encoder_state_dict.safetensors")
-    assert main(["sslam", "extract", "--checkpoint", ckpt, "--audio", str(bad), "--out", str(tmp_path / "x.npz")]) == 2
-    assert "broken.wav: unreadable or corrupt audio" in capsys.readouterr().err
-    assert not (tmp_path / "x.npz").exists()
+    assert main(["sslam", "extract", "--checkpoint", ckpt, "--audio", *paths, "--out", str(tmp_path / "x.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "broken.wav: unreadable or corrupt audio" in err
+    assert "blip.wav: 12.5 ms long, shorter than the 25 ms needed" in err
+    assert "2 of 4 file(s) skipped" in err
+    written = np.load(tmp_path / "x.npz")
+    assert sorted(written.files) == sorted(Path(p).stem for p in good[:2])
+
+
+def test_extract_checks_the_output_before_encoding(tmp_path, capsys):
+    (tmp_path / "plain-file").write_text("not a folder")
+    out = tmp_path / "plain-file" / "x.npz"
+    # The checkpoint does not exist either: the output is checked first, before any loading or encoding.
+    assert main(["sslam", "extract", "--checkpoint", str(tmp_path / "missing.pt"), "--audio", "a.wav",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "plain-file" in err and "missing.pt" not in err
+
+
+def test_full_disk_is_said_in_words_and_keeps_the_earlier_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    paths = _write_inputs(tmp_path)
+    ckpt = str(FIXTURE / "encoder_state_dict.safetensors")
+    out = tmp_path / "x.npz"
+    out.write_bytes(b"an earlier result")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    assert main(["sslam", "extract", "--checkpoint", ckpt, "--audio", paths[0], "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: no space left on device" in err and "MiB free" in err
+    assert out.read_bytes() == b"an earlier result"

@@ -62,3 +62,36 @@ def test_every_shipped_yaml_loads_into_its_typed_config(path):
         assert config.model.build().embed_dim > 0 and config.objective.stage in (1, 2)
     if kind is CurriculumConfig:
         assert len(config.stages) == 3 and config.model.ensemble_config().encoders
+
+
+def test_a_clip_shorter_than_one_fbank_frame_is_a_reported_skip_not_a_crash(tmp_path):
+    """In `sslam pretrain`, `sslam extract` and `pal features` a 10 ms clip raised a bare ValueError; inside a batch
+    with longer clips it was encoded as an all-zero spectrogram."""
+    import numpy as np
+    import soundfile
+    import torch
+
+    from encoders.sslam.frontend import FrontendConfig, batch_fbank
+    from encoders.sslam.pretrain_recipe import ClipDataset
+
+    soundfile.write(tmp_path / "blip.wav", np.zeros(160, dtype=np.float32), 16000)
+    _, spec, error = ClipDataset([tmp_path / "blip.wav"], FrontendConfig())[0]
+    assert spec is None and "blip.wav: 10.0 ms long, shorter than the 25 ms needed" in error
+    with pytest.raises(ValueError, match=r"clips \[1\] are shorter than one 25 ms fbank frame"):
+        batch_fbank([torch.zeros(16000), torch.zeros(160)], FrontendConfig())
+
+
+def test_write_failures_are_said_in_words(tmp_path):
+    import errno
+
+    from encoders.safe_write import OutputError, disk_errors
+
+    with pytest.raises(OutputError, match=r"cannot write .*x.pt: the write stopped part-way, most likely no space"):
+        with disk_errors(tmp_path / "x.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1234 vs 1200")
+    with pytest.raises(OutputError, match=r"the file system is read-only"):
+        with disk_errors(tmp_path / "x.pt"):
+            raise OSError(errno.EROFS, "Read-only file system")
+    with pytest.raises(RuntimeError, match="something else"):  # other errors pass through untouched
+        with disk_errors(tmp_path / "x.pt"):
+            raise RuntimeError("something else")
