@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 STAMP := $(VENV)/.installed
-# Debian packages the project needs at run time (none yet for the model core; audio tools arrive with the demo data).
-APT_PACKAGES :=
+# Debian packages the project needs at run time: a Java runtime for pycocoevalcap's PTB tokenizer and METEOR.
+APT_PACKAGES := default-jre-headless
 
 .PHONY: setup test demo bench clean
 
@@ -14,7 +14,10 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@if [ -n "$(APT_PACKAGES)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); fi
+		missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+		if [ -n "$$missing" ] && ! { [ "$$missing" = default-jre-headless ] && command -v java >/dev/null; }; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	elif ! command -v java >/dev/null; then echo "note: no java: caption metrics need a JRE (apt-get install default-jre-headless)"; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip setuptools wheel
 	$(PIP) torch==2.13.0
@@ -35,6 +38,7 @@ bench: setup
 	$(BIN)/pal bench encoders
 	$(BIN)/pal bench sslam
 	$(BIN)/pal bench curriculum
+	$(BIN)/pal bench inference
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -48,13 +48,27 @@ class Example:
     length: int  # the length-grouping key: characters at validation, templated text tokens after check_lengths
     source: str = ""  # the manifest it came from
     line: int = 0  # its line number there (from 1)
+    labels: list[str] | None = None  # classification: the gold label(s), for evaluation
+    choices: list[str] | None = None  # multiple-choice QA: the options, for evaluation
+    references: list[str] | None = None  # captioning: every reference caption, for evaluation
+
+    @property
+    def prompt(self) -> list[dict]:
+        """The conversation up to its last user turn (what the model is asked)."""
+        end = len(self.messages) - 1 if self.messages[-1]["role"] == "assistant" else len(self.messages)
+        return self.messages[:end]
+
+    @property
+    def answer(self) -> str | None:
+        """The gold answer: the last assistant turn, or None if the conversation ends with the user."""
+        return self.messages[-1]["content"] if self.messages[-1]["role"] == "assistant" else None
 
     def where(self) -> dict:
         return {"manifest": self.source, "line": self.line, "id": self.id}
 
 
-def _conversation_problem(messages) -> str | None:
-    """What is wrong with a `messages` list, or None."""
+def _conversation_problem(messages, require_answer: bool = True) -> str | None:
+    """What is wrong with a `messages` list, or None (`require_answer=False`: it may end with the user's turn)."""
     if not isinstance(messages, list) or not messages:
         return "missing key \"messages\" (a list of {role, content} turns)."
     bad = [i for i, m in enumerate(messages) if not isinstance(m, dict) or m.get("role") not in ROLES
@@ -67,7 +81,7 @@ def _conversation_problem(messages) -> str | None:
     if not turns or turns != expected[: len(turns)]:
         return (f"roles {roles}: expected an optional system turn, then user and assistant turns alternating, "
                 "starting with the user.")
-    if turns[-1] != "assistant":
+    if turns[-1] != "assistant" and require_answer:
         return "the last message must be the assistant's answer (the training target)."
     empty = [i for i, m in enumerate(messages) if m["role"] == "assistant" and not m["content"].strip()]
     if empty:
@@ -75,7 +89,16 @@ def _conversation_problem(messages) -> str | None:
     return None
 
 
-def _row_problem(row, path: Path, check_audio: bool) -> tuple[str | None, str | None]:
+def _string_list_problem(row: dict, key: str, least: int) -> str | None:
+    value = row.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) < least or not all(isinstance(v, str) and v.strip() for v in value):
+        return f"\"{key}\" = {value!r}: expected a list of at least {least} non-empty string(s)."
+    return None
+
+
+def _row_problem(row, path: Path, check_audio: bool, require_answer: bool = True) -> tuple[str | None, str | None]:
     """(problem, resolved audio path) for one parsed line."""
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}.", None
@@ -84,7 +107,8 @@ def _row_problem(row, path: Path, check_audio: bool) -> tuple[str | None, str | 
     task = row.get("task")
     if task is not None and task not in TASKS:
         return f"task {task!r}: expected one of {list(TASKS)} (or leave it out).", None
-    problem = _conversation_problem(row.get("messages"))
+    problem = _conversation_problem(row.get("messages"), require_answer) or _string_list_problem(row, "labels", 1) \
+        or _string_list_problem(row, "choices", 2) or _string_list_problem(row, "references", 1)
     if problem:
         return problem, None
     messages = row["messages"]
@@ -99,10 +123,10 @@ def _row_problem(row, path: Path, check_audio: bool) -> tuple[str | None, str | 
         return None, None
     if not isinstance(audio, str) or not audio.strip():
         return f"\"audio\" = {audio!r}: expected a path string to an audio file (or null for text-only).", None
-    if placeholders != 1:
-        if not placeholders:
-            return f"has audio but no `{AUDIO}` placeholder in its prompt.", None
+    if placeholders > 1:
         return f"the prompt holds {placeholders} `{AUDIO}` placeholders; one audio per example takes exactly one.", None
+    if not placeholders and require_answer:  # (inference puts `<audio>` in front of the first user turn)
+        return f"has audio but no `{AUDIO}` placeholder in its prompt.", None
     resolved = Path(audio).expanduser()
     resolved = resolved if resolved.is_absolute() else path.parent / resolved
     if check_audio:
@@ -113,9 +137,12 @@ def _row_problem(row, path: Path, check_audio: bool) -> tuple[str | None, str | 
     return None, str(resolved)
 
 
-def validate_manifest(path: str | Path, check_audio: bool = True, min_seconds: float = 0.0) -> list[Example]:
+def validate_manifest(path: str | Path, check_audio: bool = True, min_seconds: float = 0.0,
+                      require_answer: bool = True) -> list[Example]:
     """Read a manifest; raise ManifestError listing every bad line (line numbers from 1).
 
+    `require_answer=False` (inference) accepts conversations that end with the user's question, and prompts without
+    `<audio>` (the placeholder then goes in front of the first user turn).
     `check_audio` also reads each audio file's header (in parallel threads): unreadable files, files without samples
     and clips shorter than `min_seconds` (the ensemble's shortest usable input) are reported here, before training.
     """
@@ -141,7 +168,7 @@ def validate_manifest(path: str | Path, check_audio: bool = True, min_seconds: f
             except json.JSONDecodeError as err:
                 problems.append((number, f"{where}: not valid JSON ({err.msg} at column {err.colno})."))
                 continue
-            problem, audio = _row_problem(row, path, check_audio)
+            problem, audio = _row_problem(row, path, check_audio, require_answer)
             if problem:
                 problems.append((number, f"{where}: {problem}"))
                 continue
@@ -152,7 +179,8 @@ def validate_manifest(path: str | Path, check_audio: bool = True, min_seconds: f
             seen[example_id] = number
             messages = row["messages"]
             examples.append(Example(example_id, audio, messages, row.get("task") or "",
-                                    sum(len(m["content"]) for m in messages), str(path), number))
+                                    sum(len(m["content"]) for m in messages), str(path), number,
+                                    row.get("labels"), row.get("choices"), row.get("references")))
     if check_audio:
         with_audio = [e for e in examples if e.audio is not None]
         with ThreadPoolExecutor(max_workers=16) as pool:  # header reads are I/O-bound
@@ -293,7 +321,7 @@ class Collator:
         if not (paths or clips):
             return self.no_audio(len(kept)), kept, bad
         features = self.cache.get(paths) if self.cache is not None else self.ensemble.encode_loaded(clips)
-        return self._scatter(features, rows), kept, bad
+        return scatter_rows(features, rows), kept, bad
 
     def __call__(self, examples: list[Example]) -> tuple[dict | None, list[tuple[Example, str]]]:
         """→ (batch, or None when nothing usable is left; [(example, problem)] of the skipped examples)."""
@@ -331,15 +359,16 @@ class Collator:
             return None
         return {name: (torch.zeros(rows, 1, dim), torch.zeros(rows, 1, dtype=torch.bool)) for name, dim in dims.items()}
 
-    @staticmethod
-    def _scatter(features: dict, rows: list[int | None]) -> dict:
-        """Features of the audio examples → one row per kept example; text-only rows get all-False masks."""
-        out = {}
-        for name, (tokens, mask) in features.items():
-            full_t = tokens.new_zeros(len(rows), *tokens.shape[1:])
-            full_m = mask.new_zeros(len(rows), mask.shape[1])
-            for i, r in enumerate(rows):
-                if r is not None:
-                    full_t[i], full_m[i] = tokens[r], mask[r]
-            out[name] = (full_t, full_m)
-        return out
+
+def scatter_rows(features: dict, rows: list[int | None]) -> dict:
+    """Features of the audio examples → one row per example; `rows[i]` is example i's row in `features`, or None for
+    a text-only example, which gets an all-False mask (it sees no audio on any route)."""
+    out = {}
+    for name, (tokens, mask) in features.items():
+        full_t = tokens.new_zeros(len(rows), *tokens.shape[1:])
+        full_m = mask.new_zeros(len(rows), mask.shape[1])
+        for i, r in enumerate(rows):
+            if r is not None:
+                full_t[i], full_m[i] = tokens[r], mask[r]
+        out[name] = (full_t, full_m)
+    return out

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from encoders.checkpointing import (CheckpointError, clear_run, has_checkpoints, load_latest_checkpoint, newest_intact,
                                     save_checkpoint, trainable_fp32_state)
 from encoders.ensemble import AudioEncoderEnsemble
+from encoders.identity import write_ensemble_record
 from encoders.safe_write import atomic_write_json, check_writable, disk_errors
 from encoders.training import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
                                setup_distributed)
@@ -436,6 +437,7 @@ class CurriculumRecipe:
                 model.save_pretrained(tmp)
                 processor.tokenizer.save_pretrained(tmp)
                 (tmp / STAGE_RECORD).write_text((stage_dir / STAGE_RECORD).read_text())
+                write_ensemble_record(tmp, self.ensemble.config)
                 clear_run(final)
                 tmp.rename(final)
             plot_losses(stage_dir / "log.jsonl", stage_dir / "loss.png", f"stage {k + 1}: {self.config.stages[k].name}")

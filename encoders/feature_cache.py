@@ -14,11 +14,8 @@ Notation: B clips, N_e tokens, D_e width.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import asdict
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -26,42 +23,12 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .audio import AudioError
-from .ensemble import AudioEncoderEnsemble, EnsembleConfig, EncoderSpec
+from .ensemble import AudioEncoderEnsemble, EnsembleConfig
+from .identity import encoder_hash, file_hash
 from .outputs import EncoderOutputs
 from .safe_write import atomic_write_json, check_writable, disk_errors
 
 INDEX = "index.json"
-
-
-def file_hash(path: str | Path) -> str:
-    """sha256 of a file's bytes (of every file, in name order, for a folder), first 16 hex digits.
-
-    Memoised on (path, size, modification time), so a cache lookup per training step does not re-read the audio;
-    an edited file gets a new entry.
-    """
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    stamps = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    return _hash_files(stamps)
-
-
-@lru_cache(maxsize=1 << 16)
-def _hash_files(stamps: tuple) -> str:
-    digest = hashlib.sha256()
-    for name, _, _ in stamps:
-        digest.update(Path(name).name.encode())
-        with open(name, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def encoder_hash(spec: EncoderSpec, dtype: str) -> str:
-    """Identifies an encoder: its settings, the dtype, and the content of its weights file or folder."""
-    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode() + dtype.encode())
-    if spec.path:
-        digest.update(file_hash(spec.path).encode())
-    return digest.hexdigest()[:16]
 
 
 def read_manifest(path: str | Path) -> list[Path]:

@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from encoders.safe_write import OutputError
+from eval.metrics.captioning import MetricUnavailable
 
 # `pal bench NAME`: each module has `add_arguments(parser)` and `main(args)`.
 BENCHMARKS = {
@@ -14,6 +15,7 @@ BENCHMARKS = {
     "encoders": ("eval.encoder_bench", "fbank vs ASTFeatureExtractor, SSLAM clips/s, feature cache"),
     "sslam": ("eval.sslam_pretrain_bench", "SSLAM pre-training throughput (clips/s) of one training step"),
     "curriculum": ("eval.curriculum_bench", "one curriculum step: PLITS/LAL/PAL, with/without cache"),
+    "inference": ("eval.inference_bench", "questions/s for 1 vs 8 questions per clip (one encoding shared)"),
 }
 
 
@@ -91,6 +93,75 @@ def _train(args) -> int:
     return 0
 
 
+def _decoding(args):
+    from eval.inference import Decoding
+
+    return Decoding(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                    top_p=args.top_p, num_beams=args.num_beams, seed=args.seed)
+
+
+def _load_llm(args):
+    from eval.inference import AudioLLM
+
+    return AudioLLM.from_pretrained(args.model, encoders=args.encoders, device_map=args.device_map)
+
+
+def _infer(args) -> int:
+    if bool(args.manifest) == bool(args.audio):
+        raise ValueError("give --audio F --prompt \"...\" for one question, or --manifest M --out R.jsonl for many.")
+    if args.manifest and not args.out:
+        raise ValueError("--manifest needs --out R.jsonl (answers are appended there; a rerun resumes).")
+    if args.audio and not args.prompt:
+        raise ValueError("--audio needs --prompt \"your question\".")
+    llm = _load_llm(args)
+    if args.audio:
+        from transformers import TextStreamer
+
+        llm.ask(args.audio, args.prompt, _decoding(args),
+                streamer=TextStreamer(llm.processor.tokenizer, skip_prompt=True, skip_special_tokens=True))
+        return 0
+    from eval.evaluate import run_manifest
+
+    summary = run_manifest(llm, args.manifest, args.out, _decoding(args), args.batch_size)
+    print(f"{summary['answered']} answers in {args.out} ({summary['new']} new)")
+    for example_id, why in summary["skipped"].items():
+        print(f"pal: skipped {example_id}: {why}", file=sys.stderr)
+    return 1 if summary["skipped"] else 0
+
+
+def _eval(args) -> int:
+    from eval.evaluate import evaluate
+
+    result = evaluate(_load_llm(args), args.manifest, args.out, _decoding(args), args.batch_size,
+                      baseline=not args.no_baseline)
+    for task, entry in result["tasks"].items():
+        for name, metric in entry["metrics"].items():
+            if isinstance(metric, dict) and "value" in metric:
+                base = entry.get("no_audio", {}).get(name, {}).get("value")
+                low, high = metric["ci95"]
+                print(f"{task:9s} {name:16s} {metric['value']:.4f}  [{low:.4f}, {high:.4f}]  n={metric['n']}"
+                      + (f"   no audio: {base:.4f}" if base is not None else ""))
+            elif isinstance(metric, dict) and "unavailable" in metric:
+                print(f"{task:9s} {name:16s} unavailable: {metric['unavailable']}")
+    print(f"results: {args.out}")
+    for example_id, why in result["skipped"].items():
+        print(f"pal: skipped {example_id}: {why}", file=sys.stderr)
+    return 0
+
+
+def _add_model_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="a trained model folder (a stage's final/)")
+    parser.add_argument("--encoders", help="ensemble YAML, for a folder without encoders.json")
+    parser.add_argument("--device-map", help='e.g. "auto": spread a large LLM over the GPUs (accelerate)')
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pal", description="Audio LLMs the PAL way (LAL, PLITS and the PAL hybrid).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int, help="stop each stage after this many steps (schedule unchanged)")
     train.add_argument("--out", help="run folder (default: the config's `out`)")
     train.set_defaults(func=_train)
+
+    infer = commands.add_parser("infer", help="ask a trained model about audio (one question, or a manifest)")
+    _add_model_arguments(infer)
+    infer.add_argument("--audio", help="an audio file")
+    infer.add_argument("--prompt", help="the question")
+    infer.add_argument("--manifest", help="a JSONL manifest of questions (answers need not be there)")
+    infer.add_argument("--out", help="answers JSONL for --manifest (resumable)")
+    infer.set_defaults(func=_infer)
+
+    evaluate = commands.add_parser("eval", help="score a trained model on a manifest, with the no-audio baseline")
+    _add_model_arguments(evaluate)
+    evaluate.add_argument("--manifest", required=True, help="JSONL with gold answers and a `task` per line")
+    evaluate.add_argument("--out", required=True, help="results JSON (answers go beside it, resumable)")
+    evaluate.add_argument("--no-baseline", action="store_true", help="skip the run without audio")
+    evaluate.set_defaults(func=_eval)
 
     features = commands.add_parser("features", help="precompute frozen-encoder tokens for a manifest")
     features.add_argument("--manifest", required=True, help='JSONL with an "audio" path per line')
@@ -166,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OutputError) as err:  # AudioError, ManifestError are ValueErrors
+    except (ValueError, FileNotFoundError, OutputError, MetricUnavailable) as err:  # AudioError, ManifestError: ValueErrors
         print(f"pal: error: {err}", file=sys.stderr)
         return 2
 

@@ -111,6 +111,7 @@ class PALCache(DynamicCache):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.lal_audio: LALAudioKV | None = None
+        self.lal_source = None  # (per-encoder features, repeats) when filled by `prepare_audio`
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
@@ -121,6 +122,8 @@ class PALCache(DynamicCache):
         super().batch_repeat_interleave(repeats)
         if self.lal_audio is not None:
             self.lal_audio = self.lal_audio.repeat_interleave(repeats)
+        if self.lal_source is not None:
+            self.lal_source = (self.lal_source[0], self.lal_source[1] * repeats)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)

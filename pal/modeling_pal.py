@@ -170,11 +170,8 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             past_key_values = PALCache(config=self.llm.config)
         lal_audio = getattr(past_key_values, "lal_audio", None)
         if self.lal is not None and audio is not None and lal_audio is not None:
-            raise ValueError(
-                "past_key_values already holds LAL audio keys/values from an earlier call, so the new `audio` would be "
-                "ignored: pass a fresh PALCache (or none) with new audio, or leave `audio` out to keep the cached one."
-            )
-        if self.lal is not None and audio is not None:
+            self._check_prepared(past_key_values, audio)
+        elif self.lal is not None and audio is not None:
             lal_audio = self.lal(audio, self.llm)
             if use_cache:
                 if not isinstance(past_key_values, PALCache):
@@ -199,6 +196,45 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             lal_audio=lal_audio,
             **kwargs,
         )
+
+    @torch.no_grad()
+    def prepare_audio(self, audio: AudioFeatures, repeats: int = 1) -> PALCache:
+        """A fresh PALCache holding the LAL keys/values of `audio` ([B] clips), computed once and repeated for
+        `repeats` prompts per clip (rows b·repeats .. b·repeats + repeats - 1 belong to clip b).
+
+        Pass it as `past_key_values` together with the same audio repeated the same way (PLITS still needs it): several
+        questions about one clip then cost one P_l and one k/v projection per audio layer, not one per question.
+        """
+        batch = next(iter(audio.values()))[0].shape[0]
+        cache = PALCache(config=self.llm.config)
+        if self.lal is not None:
+            checked = self.check_audio(audio, batch)
+            cache.lal_audio = self.lal(checked, self.llm).repeat_interleave(repeats)
+            cache.lal_source = ({n: checked[n] for n in self.lal.projections}, repeats)
+        return cache
+
+    def _check_prepared(self, cache, audio: AudioFeatures) -> None:
+        """Audio given with a cache that already holds LAL audio: fine for a fresh cache from `prepare_audio` with the
+        same audio; an error otherwise (the new audio would be silently ignored)."""
+        source = getattr(cache, "lal_source", None)
+        if cache.get_seq_length() > 0 or source is None:
+            raise ValueError(
+                "past_key_values already holds LAL audio keys/values from an earlier call, so the new `audio` would be "
+                "ignored: pass a fresh PALCache (or none) with new audio, or leave `audio` out to keep the cached one."
+            )
+        prepared, repeats = source
+        batch = next(iter(audio.values()))[0].shape[0]
+        checked = self.check_audio(audio, batch)
+        for name, (tokens, mask) in prepared.items():
+            given_tokens, given_mask = checked[name]
+            same = (given_tokens.shape[0] == tokens.shape[0] * repeats and given_tokens.shape[1:] == tokens.shape[1:]
+                    and torch.equal(given_tokens, tokens.repeat_interleave(repeats, dim=0))
+                    and torch.equal(given_mask, mask.repeat_interleave(repeats, dim=0)))
+            if not same:
+                raise ValueError(
+                    f"this PALCache was prepared for other audio than the `audio` given (encoder {name!r}): prepare it "
+                    "from the same features, repeated as the prompts are."
+                )
 
     # ------------------------------------------------------------------------------------------------------------------
     # Generation: audio is consumed at prefill; LAL keys/values then live in the PALCache.

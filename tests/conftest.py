@@ -228,3 +228,15 @@ def train_in_process(config: Path, out: Path, **options) -> list[dict]:
     recipe = CurriculumRecipe(CurriculumConfig.from_yaml(config), out=out, source=config, **options)
     recipe.setup()
     return recipe.run()
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(curriculum_env, tmp_path_factory):
+    """A tiny PAL model trained once per session (one stage, connector and LoRA) on the tone captions: a `final/`
+    folder as `pal train` writes it, with its tokenizer and encoders.json."""
+    root = tmp_path_factory.mktemp("trained")
+    config = curriculum_dict(curriculum_env, stages=1, steps=60, val_manifest=None, num_samples=0,
+                             checkpoint_every=60, log_every=10, group_by_length=False,
+                             trainable=["connector", "llm"], optim={"lr": 5e-3, "warmup_steps": 2})
+    train_in_process(write_yaml(root / "c.yaml", config), root / "run")
+    return root / "run" / "stage1-connector" / "final"

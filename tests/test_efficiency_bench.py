@@ -55,3 +55,13 @@ def test_curriculum_step_measurement():
 
     result = measure("pal", cached=True, batch=1, repeats=0)
     assert result["examples_per_s"] == pytest.approx(1 / result["step_s"]) and result["peak_mem_mb"] >= 0
+
+
+def test_bench_inference_json_report(capsys):
+    """Questions sharing one clip's encoding answer as the batch with the clip repeated does; the report has the
+    questions/s of every variant side by side."""
+    assert main(["bench", "inference", "--preset", "tiny", "--questions", "3", "--repeats", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shared_equals_batched"] is True
+    assert set(report["questions_per_s"]) == {"1 question", "3 one by one", "3 batched", "3 shared encoding"}
+    assert all(v > 0 for v in report["questions_per_s"].values()) and "shared / one by one" in report["ratios"]

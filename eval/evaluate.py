@@ -1,0 +1,185 @@
+"""`pal infer --manifest` and `pal eval`: a manifest through a model, then scores per task with 95% intervals.
+
+`run_manifest` answers every example of a manifest in batches, appending to a JSONL file as it goes: a run that stops
+resumes where it stopped (rows already there are not recomputed), and files that cannot be read are skipped, listed
+with their reason, and tried again next time.
+
+`evaluate` scores the answers by task (`task` of each manifest line; eval/metrics/) and does the same with the audio
+removed from the prompt (the no-audio baseline: same model, same questions), so the report shows what the audio adds.
+The result file records what reproduces it: the model folder and a hash of its weights, the manifest and its hash, the
+prompt template, decoding settings, answer parsers, library versions and the date.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from tqdm import tqdm
+
+from curriculum.data import Example, scatter_rows, validate_manifest
+from encoders.audio import AudioError
+from encoders.identity import file_hash
+from encoders.safe_write import atomic_write_json, check_writable, disk_errors
+
+from .inference import AudioLLM, Decoding
+
+LIBRARIES = ("pal-audio-llm", "torch", "transformers", "pycocoevalcap", "jiwer", "whisper-normalizer",
+             "sentence-transformers", "scikit-learn")
+PARSERS = {
+    "caption": "pycocoevalcap PTB tokenizer; CIDEr-D, BLEU-4, METEOR 1.5, ROUGE-L",
+    "classify": "nearest label by cosine similarity of all-MiniLM-L6-v2 embeddings (LTU style)",
+    "qa": "normalised exact match: first yes/no word, first number, MMAR word match for choices; unparsed = wrong",
+    "asr": "Whisper English normaliser, then WER (jiwer)",
+}
+
+
+def read_rows(path: Path) -> dict[str, dict]:
+    """Rows of a results JSONL by id; a line cut off by a kill is dropped (and the file rewritten without it)."""
+    if not path.is_file():
+        return {}
+    rows, good = {}, []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[row["id"]] = row
+        good.append(line)
+    if len(good) != len(path.read_text().splitlines()):
+        path.write_text("".join(f"{line}\n" for line in good))
+    return rows
+
+
+def run_manifest(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Decoding | None = None,
+                 batch_size: int = 8, with_audio: bool = True, progress: bool = True) -> dict:
+    """Answer every example of `manifest` into `out` (JSONL, resumable). → {"answered", "new", "skipped": {id: why}}."""
+    decoding = decoding or Decoding()
+    out = Path(out)
+    check_writable(out.parent)
+    examples = validate_manifest(manifest, check_audio=False, require_answer=False)
+    done = read_rows(out)
+    todo = [e for e in examples if e.id not in done]
+    skipped, new = {}, 0
+    bar = tqdm(total=len(todo), desc="no-audio baseline" if not with_audio else "answering", unit="q",
+               disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        clips, rows, kept = [], [], []
+        for e in batch:
+            if with_audio and e.audio is not None:
+                try:
+                    clips.append(llm.load(e.audio))
+                except AudioError as err:
+                    skipped[e.id] = str(err)
+                    continue
+                rows.append(len(clips) - 1)
+            else:
+                rows.append(None)
+            kept.append(e)
+        if kept:
+            audio = scatter_rows(llm.features(clips), rows) if clips else None
+            conversations = [llm.conversation(e.prompt, with_audio and e.audio is not None) for e in kept]
+            answers = llm.generate(conversations, audio, decoding)
+            with disk_errors(out), open(out, "a") as f:
+                for e, answer in zip(kept, answers):
+                    f.write(json.dumps({"id": e.id, "audio": e.audio, "task": e.task, "line": e.line,
+                                        "question": e.prompt[-1]["content"], "answer": answer,
+                                        "reference": e.answer}) + "\n")
+            new += len(kept)
+        bar.update(len(batch))
+    bar.close()
+    if skipped:
+        atomic_write_json(out.with_suffix(".skipped.json"), skipped)
+    return {"answered": len(done) + new, "new": new, "skipped": skipped}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def score_task(task: str, examples: list[Example], answers: list[str], label_set: list[str] | None = None) -> dict:
+    """Metrics of one task's answers (same order as `examples`)."""
+    if task == "caption":
+        from .metrics.captioning import captioning
+
+        return captioning(answers, [e.references or [e.answer] for e in examples])
+    if task == "classify":
+        from .metrics.classification import classification
+
+        return classification(answers, [e.labels or [e.answer] for e in examples], label_set)
+    if task == "qa":
+        from .metrics.closed_qa import exact_match
+
+        return exact_match(answers, [e.answer for e in examples], [e.choices for e in examples])
+    if task == "asr":
+        from .metrics.asr import word_error_rate
+
+        return word_error_rate(answers, [e.answer for e in examples])
+    raise ValueError(f"task {task!r} has no metric; expected one of {sorted(PARSERS)}.")
+
+
+def score(examples: list[Example], rows: dict[str, dict]) -> dict:
+    """{task: {"n", "metrics"}} over the examples that have a gold answer and an answered row."""
+    by_task: dict[str, list[Example]] = {}
+    for e in examples:
+        if e.answer is not None and e.id in rows and e.task in PARSERS:
+            by_task.setdefault(e.task, []).append(e)
+    labels = sorted({label for e in by_task.get("classify", []) for label in (e.labels or [e.answer])})
+    return {task: {"n": len(group), "metrics": score_task(task, group, [rows[e.id]["answer"] for e in group], labels)}
+            for task, group in sorted(by_task.items())}
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Decoding | None = None,
+             batch_size: int = 8, baseline: bool = True, progress: bool = True) -> dict:
+    """Answer, score and write `out` (JSON); answers go to `<out>.answers.jsonl` (and `.no_audio.jsonl`), resumable."""
+    decoding = decoding or Decoding()
+    out = Path(out)
+    check_writable(out.parent)
+    examples = validate_manifest(manifest, check_audio=False, require_answer=False)
+    unscored = sorted({e.task or "(none)" for e in examples if e.task not in PARSERS})
+    answers = out.with_name(out.stem + ".answers.jsonl")
+    with_audio = run_manifest(llm, manifest, answers, decoding, batch_size, True, progress)
+    rows = read_rows(answers)
+    result = {
+        "model": {"folder": str(llm.folder), "weights": {p.name: file_hash(p) for p in
+                                                         sorted(Path(llm.folder).glob("*.safetensors"))}
+                  if llm.folder else {}},
+        "manifest": {"path": str(manifest), "sha256_16": file_hash(manifest), "examples": len(examples)},
+        "prompt_template": {"chat_template_sha256_16": _text_hash(llm.processor.tokenizer.chat_template or ""),
+                            "audio": "`<audio>` then a newline before the first user turn, unless it holds one"},
+        "decoding": asdict(decoding), "answer_parsers": PARSERS, "libraries": _versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "skipped": with_audio["skipped"], "unscored_tasks": unscored,
+        "tasks": score(examples, rows),
+    }
+    if baseline:
+        plain = out.with_name(out.stem + ".no_audio.jsonl")
+        run_manifest(llm, manifest, plain, decoding, batch_size, False, progress)
+        for task, scores in score(examples, read_rows(plain)).items():
+            result["tasks"].setdefault(task, {"n": 0, "metrics": {}})["no_audio"] = scores["metrics"]
+    with disk_errors(out):
+        atomic_write_json(out, result)
+    return result
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+__all__ = ["evaluate", "read_rows", "run_manifest", "score", "score_task"]

@@ -1,0 +1,152 @@
+"""Asking a trained model about audio: `AudioLLM` holds a model folder with its processor and its encoders.
+
+    llm = AudioLLM.from_pretrained("runs/demo/curriculum/stage3-all/final")
+    llm.ask("dog.wav", "What can you hear?")                       # one clip, one question
+    llm.ask_batch(["a.wav", "b.wav"], ["Is there a bell?", "How many sounds?"])
+    llm.ask_many("a.wav", ["Is there a bell?", "How many sounds?", ...])   # the clip encoded once, LAL K/V once
+
+A folder written by `pal train` records the encoders it was trained with (`encoders.json`: their config and the
+identity of their weights), so they are rebuilt as they were; changed weights, or features of other encoders, are
+errors naming both sides. Prompts go through the model's chat template with left padding; a batch gives the same
+tokens as its questions asked one by one (tested for every connector). `device_map="auto"` spreads an LLM larger than
+one GPU over the available devices (accelerate); on a CPU everything stays on the CPU.
+
+Notation: B prompts, N_e encoder tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+from encoders.identity import read_ensemble_record
+from pal import AUDIO_PLACEHOLDER, PALForConditionalGeneration, PALProcessor
+
+
+@dataclass
+class Decoding:
+    """Generation settings (recorded with every result)."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_beams: int = 1
+    seed: int = 0
+
+    def kwargs(self) -> dict:
+        out = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "num_beams": self.num_beams}
+        if self.do_sample:
+            out.update(temperature=self.temperature, top_p=self.top_p)
+        return out
+
+
+Audio = str | Path | torch.Tensor  # a file, or a mono 16 kHz waveform [S]
+
+
+class AudioLLM:
+    def __init__(self, model: PALForConditionalGeneration, tokenizer, ensemble: AudioEncoderEnsemble | None,
+                 folder: str | Path | None = None):
+        if ensemble is not None and ensemble.dims != model.config.encoder_dims:
+            raise ValueError(
+                f"the model {folder or ''} was built for encoders {model.config.encoder_dims} ({{name: width}}), but "
+                f"the encoders given are {ensemble.dims}: use the encoders it was trained with."
+            )
+        self.model, self.ensemble, self.folder = model.eval(), ensemble, folder
+        self.processor = PALProcessor(tokenizer, model.config, padding_side="left")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, encoders: str | Path | None = None, device_map: str | None = None,
+                        dtype: torch.dtype = torch.float32) -> "AudioLLM":
+        """A model folder (a stage's `final/`, or any PAL `save_pretrained` folder with its tokenizer).
+
+        encoders: an ensemble YAML, for folders without `encoders.json`; device_map: e.g. "auto" for accelerate.
+        """
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a model folder (no config.json): pass a stage's final/ folder.")
+        config = EnsembleConfig.from_yaml(encoders) if encoders else read_ensemble_record(folder)[0]
+        model = PALForConditionalGeneration.from_pretrained(folder, dtype=dtype, device_map=device_map)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return cls(model, tokenizer, AudioEncoderEnsemble(config), folder)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    # ------------------------------------------------------------------------------------------------------ audio
+    def load(self, audio: Audio) -> dict[int, torch.Tensor]:
+        """A file or a 16 kHz waveform → the clip at each encoder's rate (AudioError names a bad file)."""
+        if torch.is_tensor(audio):
+            from encoders.audio import resample
+
+            rates = {m.sample_rate for m in self.ensemble.members.values()}
+            return {r: audio if r == 16000 else torch.from_numpy(resample(audio.numpy(), 16000, r)) for r in rates}
+        return self.ensemble.load(audio)
+
+    def features(self, clips: list[dict[int, torch.Tensor]]) -> dict:
+        """Loaded clips → {name: (tokens [B, N_e, D_e], mask [B, N_e])} on the model's device."""
+        features = self.ensemble.encode_loaded(clips)
+        return {n: (t.to(self.device), m.to(self.device)) for n, (t, m) in features.items()}
+
+    # ----------------------------------------------------------------------------------------------------- asking
+    @staticmethod
+    def conversation(question: str | list[dict], with_audio: bool = True) -> list[dict]:
+        """A question (or a conversation ending with the user's turn) with `<audio>` in front unless it has one;
+        `with_audio=False` removes the placeholder (the no-audio baseline)."""
+        messages = [{"role": "user", "content": question}] if isinstance(question, str) else [dict(m) for m in question]
+        if with_audio and not any(AUDIO_PLACEHOLDER in m["content"] for m in messages if m["role"] == "user"):
+            first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+            messages[first]["content"] = f"{AUDIO_PLACEHOLDER}\n{messages[first]['content']}"
+        if not with_audio:
+            for m in messages:
+                m["content"] = m["content"].replace(f"{AUDIO_PLACEHOLDER}\n", "").replace(AUDIO_PLACEHOLDER, "").strip()
+        return messages
+
+    @torch.no_grad()
+    def generate(self, conversations: list[list[dict]], audio: dict | None, decoding: Decoding | None = None,
+                 cache=None, streamer=None) -> list[str]:
+        """The model's answers to B conversations, with audio features for each row (or None)."""
+        decoding = decoding or Decoding()
+        inputs = self.processor(conversations, audio)
+        audio = inputs.pop("audio", None)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        torch.manual_seed(decoding.seed)
+        out = self.model.generate(**inputs, audio=audio, past_key_values=cache, pad_token_id=self.processor.pad_id,
+                                  streamer=streamer, **decoding.kwargs())
+        return [text.strip() for text in self.processor.decode(out, inputs["input_ids"].shape[1])]
+
+    def ask_batch(self, audios: list[Audio], questions: list[str | list[dict]], decoding: Decoding | None = None
+                  ) -> list[str]:
+        """One question per clip, answered in one batch."""
+        if len(audios) != len(questions):
+            raise ValueError(f"{len(audios)} clips for {len(questions)} questions: give one question per clip.")
+        audio = self.features([self.load(a) for a in audios])
+        return self.generate([self.conversation(q) for q in questions], audio, decoding)
+
+    def ask(self, audio: Audio, question: str | list[dict], decoding: Decoding | None = None, streamer=None) -> str:
+        audio = self.features([self.load(audio)])
+        return self.generate([self.conversation(question)], audio, decoding, streamer=streamer)[0]
+
+    def ask_many(self, audio: Audio, questions: list[str | list[dict]], decoding: Decoding | None = None) -> list[str]:
+        """Several questions about one clip: the clip is encoded once and, under LAL, its audio keys/values are
+        computed once (`prepare_audio`) for the whole batch."""
+        decoding = decoding or Decoding()
+        features = self.features([self.load(audio)])
+        repeats = len(questions)
+        # Beam search grows the batch inside generate(); the prepared rows would not follow, so it computes its own.
+        cache = self.model.prepare_audio(features, repeats) if decoding.num_beams == 1 else None
+        expanded = {n: (t.expand(repeats, -1, -1), m.expand(repeats, -1)) for n, (t, m) in features.items()}
+        return self.generate([self.conversation(q) for q in questions], expanded, decoding, cache=cache)
+
+    def ask_without_audio(self, questions: list[str | list[dict]], decoding: Decoding | None = None) -> list[str]:
+        """The same model with the audio removed from the prompt: the no-audio baseline."""
+        return self.generate([self.conversation(q, with_audio=False) for q in questions], None, decoding)
+
+
+__all__ = ["AudioLLM", "Decoding"]

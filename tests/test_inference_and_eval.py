@@ -1,0 +1,295 @@
+"""Inference and evaluation: `pal infer` on a trained tiny model, batched = single through the whole inference path
+for every connector, the metrics against values computed by hand, bootstrap intervals against a known answer, and
+`pal eval` end to end with its baseline and provenance."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from conftest import tone, write_jsonl
+from pal.cli import main
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Inference
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_pal_infer_streams_an_answer_about_a_sound(trained_tiny, curriculum_env, capsys):
+    assert main(["infer", "--model", str(trained_tiny), "--audio", str(curriculum_env / "tone2.wav"),
+                 "--prompt", "Describe the sound.", "--max-new-tokens", "12"]) == 0
+    assert "pitched tone" in capsys.readouterr().out  # the trained captions' form, streamed to the terminal
+
+
+def test_pal_infer_manifest_is_batched_resumable_and_reports_skips(trained_tiny, curriculum_env, tmp_path, capsys):
+    (tmp_path / "broken.wav").write_bytes(b"not audio")
+    rows = [{"id": f"q{i}", "audio": str(curriculum_env / f"tone{i}.wav"), "task": "caption",
+             "messages": [{"role": "user", "content": "Describe the sound."}]} for i in range(5)]
+    rows.append({"id": "bad", "audio": str(tmp_path / "broken.wav"),
+                 "messages": [{"role": "user", "content": "<audio>\nDescribe the sound."}]})
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    out = tmp_path / "answers.jsonl"
+    args = ["infer", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
+            "--batch-size", "2", "--max-new-tokens", "8"]
+    assert main(args) == 1  # one file skipped
+    captured = capsys.readouterr()
+    assert "5 answers" in captured.out and "skipped bad" in captured.err and "unreadable or corrupt" in captured.err
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["id"] for a in answers] == [f"q{i}" for i in range(5)] and all(a["answer"] for a in answers)
+    # A kill mid-write leaves half a line; the rerun drops it and recomputes only what is missing.
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])
+    assert main(args) == 1
+    assert "5 answers in" in capsys.readouterr().out
+    again = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["id"] for a in again] == [f"q{i}" for i in range(5)]
+    assert again[3]["answer"] == answers[3]["answer"]
+
+
+CONNECTORS = {
+    "plits": dict(connector="plits", mlp_downsample=8),
+    "plits_qformer": dict(connector="plits", projector="qformer", qformer_latents=4, qformer_layers=1,
+                          qformer_heads=2, qformer_dim=32),
+    "lal": dict(connector="lal", lal_start_layer=1),
+    "pal": dict(connector="pal", routes={"sslam": "lal", "second": "plits"}, lal_start_layer=1, mlp_downsample=16),
+    "pal_summary": dict(connector="pal", n_summary=2, lal_start_layer=1, qformer_layers=1, qformer_heads=2),
+}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Clips of different lengths: with `long_audio: split`, 11 s gives two SSLAM windows (1026 tokens), 3 s one."""
+    root = tmp_path_factory.mktemp("clips")
+    return [tone(root / f"c{i}.wav", f, seconds) for i, (f, seconds) in enumerate([(300, 11.0), (700, 3.0),
+                                                                                     (1200, 0.7)])]
+
+
+@pytest.mark.parametrize("connector", sorted(CONNECTORS))
+def test_batched_answers_equal_single_answers(curriculum_env, clips, connector):
+    """Mixed audio lengths, left padding, the chat template: a batch of 3 gives the tokens of 3 single runs, and
+    several questions sharing one encoding give the tokens of the batch with the clip repeated."""
+    from transformers import LlamaForCausalLM
+
+    from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+    from eval.inference import AudioLLM, Decoding
+    from pal import PALConfig, PALForConditionalGeneration
+    from pal.llm import load_tokenizer
+
+    names = ["sslam", "second"] if connector == "pal" else ["sslam"]
+    ensemble = AudioEncoderEnsemble(EnsembleConfig.from_dict(
+        {"encoders": {n: {"type": "sslam", "preset": "tiny", "long_audio": "split"} for n in names}}))
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM.from_pretrained(curriculum_env / "llm")
+    model = PALForConditionalGeneration(PALConfig(text_config=llm.config.to_dict(), encoder_dims=ensemble.dims,
+                                                  **CONNECTORS[connector]), llm=llm)
+    audio_llm = AudioLLM(model, load_tokenizer(curriculum_env / "llm"), ensemble)
+    questions = ["Describe the sound.", "Is there a bell? Answer yes or no.", "How many sounds are there?"]
+    decoding = Decoding(max_new_tokens=6)
+    model.generation_config.min_new_tokens = 6
+    batched = audio_llm.ask_batch(clips, questions, decoding)
+    assert batched == [audio_llm.ask(c, q, decoding) for c, q in zip(clips, questions)]
+    assert audio_llm.ask_many(clips[0], questions, decoding) == audio_llm.ask_batch([clips[0]] * 3, questions, decoding)
+
+
+def test_encoders_recorded_with_the_model_are_checked(trained_tiny, tmp_path):
+    from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+    from eval.inference import AudioLLM
+    from pal import PALForConditionalGeneration
+    from pal.llm import load_tokenizer
+
+    record = json.loads((trained_tiny / "encoders.json").read_text())
+    assert record["config"]["encoders"]["sslam"]["preset"] == "tiny" and record["identity"]["sslam"]
+    copy = tmp_path / "model"
+    shutil.copytree(trained_tiny, copy)
+    record["identity"]["sslam"] = "0" * 16  # as if the encoder's weights had changed since training
+    (copy / "encoders.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="encoders whose weights or settings have changed"):
+        AudioLLM.from_pretrained(copy)
+    (copy / "encoders.json").unlink()
+    with pytest.raises(FileNotFoundError, match="does not say which encoders"):
+        AudioLLM.from_pretrained(copy)
+    other = AudioEncoderEnsemble(EnsembleConfig.from_dict({"encoders": {"sslam": {"type": "sslam",
+                                                                                  "preset": "small"}}}))
+    model = PALForConditionalGeneration.from_pretrained(trained_tiny)
+    with pytest.raises(ValueError, match=r"built for encoders \{'sslam': 128\}.*given are \{'sslam': 384\}"):
+        AudioLLM(model, load_tokenizer(trained_tiny), other)
+
+
+def test_device_map_auto_loads_on_cpu_with_the_same_answers(trained_tiny, curriculum_env):
+    from eval.inference import AudioLLM, Decoding
+
+    plain = AudioLLM.from_pretrained(trained_tiny)
+    mapped = AudioLLM.from_pretrained(trained_tiny, device_map="auto")
+    clip = curriculum_env / "tone1.wav"
+    assert mapped.device.type == "cpu"
+    assert mapped.ask(clip, "Describe the sound.", Decoding(max_new_tokens=8)) == plain.ask(
+        clip, "Describe the sound.", Decoding(max_new_tokens=8))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Metrics against hand-computed values
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer,gold,choices,correct,parsed", [
+    ("Yes, there is a bell ringing.", "yes", None, True, True),
+    ("No.", "Yes", None, False, True),
+    ("I can hear a bell.", "yes", None, False, False),  # no yes/no word: wrong, never guessed
+    ("There are three sounds.", "3", None, True, True),
+    ("3", "three", None, True, True),
+    ("Several sounds.", "2", None, False, False),
+    ("The dog barks first.", "a dog", None, True, True),
+    ("It is a cat.", "dog", None, False, True),
+    ("The answer is a dog barking.", "a dog barking", ["a dog barking", "a cat meowing", "a dog growling"], True, True),
+    ("A dog growling, I think.", "a dog barking", ["a dog barking", "a cat meowing", "a dog growling"], False, True),
+    ("dog barking or cat meowing", "a dog barking", ["a dog barking", "a cat meowing"], False, True),
+])
+def test_closed_qa_judgement(answer, gold, choices, correct, parsed):
+    from eval.metrics.closed_qa import judge
+
+    assert judge(answer, gold, choices) == (correct, parsed)
+
+
+def test_closed_qa_accuracy_counts_unparsed_answers():
+    from eval.metrics.closed_qa import exact_match
+
+    # Right: "Yes." and "Two of them."; wrong: "no" (parsed), "maybe" (unparsed), "raining" (not the word "rain").
+    out = exact_match(["Yes.", "no", "maybe", "Two of them.", "It is raining."], ["yes", "yes", "no", "2", "rain"])
+    assert out["accuracy"]["value"] == pytest.approx(2 / 5) and out["accuracy"]["unparsed"] == 1
+    assert out["accuracy_yes_no"]["value"] == pytest.approx(1 / 3) and out["accuracy_count"]["n"] == 1
+
+
+def test_word_error_rate_by_hand():
+    from eval.metrics.asr import word_error_rate
+
+    # After Whisper's normaliser: "hello world" vs "hello word" (1 substitution of 2 words);
+    # "mister smith is here" vs "smith is here today" (1 deletion + 1 insertion of 4 words).
+    out = word_error_rate(["Hello, word!", "Smith is here today."], ["hello world", "Mr. Smith is here."])
+    assert out["wer"]["value"] == pytest.approx((1 + 2) / (2 + 4))
+
+
+def test_bleu4_by_hand_and_caption_metrics_match_the_library():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from eval.metrics.captioning import captioning
+
+    # "the cat sat on the mat" vs "the cat sat on a mat": 1-4-gram precisions 5/6, 3/5, 2/4, 1/3, no brevity penalty.
+    out = captioning(["the cat sat on the mat"], [["the cat sat on a mat"]])
+    assert out["BLEU-4"]["value"] == pytest.approx((5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25, rel=1e-6)
+    # Candidates equal to their only reference, all words distinct across captions: every n-gram's idf is log 2 and
+    # every cosine is 1, so CIDEr-D is 10 per caption; ROUGE-L is 1.
+    same = captioning(["a dog barks loudly", "rain falls on metal"], [["a dog barks loudly"], ["rain falls on metal"]])
+    assert same["CIDEr-D"]["value"] == pytest.approx(10.0) and same["ROUGE-L"]["value"] == pytest.approx(1.0)
+    assert same["CIDEr-D"]["ci95"] == pytest.approx([10.0, 10.0])
+    # BLEU-4 and METEOR (corpus statistics, resampled our way) equal the library's own corpus values.
+    cands = ["a dog barks while a car passes", "rain falls on a roof", "a man speaks softly"]
+    refs = [["a dog is barking and a car goes by", "dog barking with traffic"], ["rain falling on a metal roof"],
+            ["a woman speaks", "a man is talking quietly"]]
+    ours = captioning(cands, refs)
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": r} for r in refs[i]] for i in range(3)})
+    res = tokenizer.tokenize({i: [{"caption": cands[i]}] for i in range(3)})
+    assert ours["BLEU-4"]["value"] == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
+    assert ours["METEOR"]["value"] == pytest.approx(Meteor().compute_score(gts, res)[0])
+    for name in ("CIDEr-D", "BLEU-4", "METEOR", "ROUGE-L"):
+        low, high = ours[name]["ci95"]
+        assert low <= ours[name]["value"] + 1e-9 and ours[name]["value"] <= high + 1e-9
+    assert "nlp.stanford.edu" in ours["SPICE"]["unavailable"]
+
+
+def test_caption_metrics_without_java_fail_clearly(monkeypatch):
+    import shutil as shutil_module
+
+    from eval.metrics.captioning import MetricUnavailable, captioning
+
+    monkeypatch.setattr(shutil_module, "which", lambda name: None)
+    with pytest.raises(MetricUnavailable, match="need Java.*default-jre-headless"):
+        captioning(["a dog"], [["a dog"]])
+
+
+def test_classification_nearest_label_and_map_by_hand():
+    from eval.metrics.classification import classification, mean_average_precision
+
+    out = classification(["I hear a dog barking.", "Heavy rain is falling.", "An engine revving."],
+                         [["dog bark"], ["rain"], ["car engine"]])
+    assert out["predictions"] == ["dog bark", "rain", "car engine"] and out["accuracy"]["value"] == 1.0
+    # AP by hand: class 0 positives at ranks 1 and 3 → (1/1 + 2/3) / 2; class 1 positive at rank 2 → 1/2.
+    scores = np.array([[0.9, 0.1], [0.5, 0.8], [0.4, 0.3]])
+    targets = np.array([[1, 0], [0, 0], [1, 1]])
+    assert mean_average_precision(scores, targets) == pytest.approx(((1 + 2 / 3) / 2 + 1 / 2) / 2)
+
+
+def test_bootstrap_interval_matches_the_known_answer():
+    from eval.bootstrap import mean_with_ci
+
+    # A fair coin, 2000 flips with exactly half heads: the 95% interval of the mean is about 0.5 ± 1.96·sqrt(.25/n).
+    flips = np.array([1.0, 0.0] * 1000)
+    out = mean_with_ci(flips, resamples=2000, seed=0)
+    half = 1.96 * math.sqrt(0.25 / 2000)
+    assert out["value"] == 0.5
+    assert out["ci95"][0] == pytest.approx(0.5 - half, abs=0.004) and out["ci95"][1] == pytest.approx(0.5 + half, abs=0.004)
+    assert mean_with_ci(flips, resamples=2000, seed=0) == out  # seeded: the same interval every time
+    assert mean_with_ci(np.full(50, 0.7))["ci95"] == pytest.approx([0.7, 0.7])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# pal eval end to end
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_pal_eval_scores_every_task_with_baseline_and_provenance(trained_tiny, curriculum_env, tmp_path, capsys):
+    """The trained tiny model answers "A high pitched tone." (or the like) to everything, which makes the expected
+    scores computable by hand from its own answers file."""
+    def row(i, task, question, answer, **extra):
+        return {"id": f"{task}{i}", "audio": str(curriculum_env / f"tone{i}.wav"), "task": task,
+                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], **extra}
+
+    rows = [row(i, "caption", "Describe the sound.", a, references=[a, "a tone"])
+            for i, a in enumerate(["A high pitched tone.", "A low pitched tone.", "A middle pitched tone."])]
+    rows += [row(i, "classify", "What kind of sound is it?", label, labels=[label])
+             for i, label in enumerate(["high pitched tone", "speech", "dog barking"])]
+    rows += [row(0, "qa", "Is there a tone? Answer yes or no.", "yes"), row(1, "qa", "How many sounds?", "1")]
+    rows += [row(i, "asr", "Transcribe the speech.", text) for i, text in enumerate(["a high pitched tone", "hello"])]
+    manifest = write_jsonl(tmp_path / "test.jsonl", rows)
+    out = tmp_path / "results.json"
+    assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
+                 "--max-new-tokens", "10"]) == 0
+    result = json.loads(out.read_text())
+    answers = {r["id"]: r["answer"] for r in map(json.loads, (tmp_path / "results.answers.jsonl").read_text()
+                                                 .splitlines())}
+    assert set(result["tasks"]) == {"caption", "classify", "qa", "asr"}
+    # Recomputed here from the answers file with the metric functions' inputs spelled out.
+    from eval.metrics.asr import normalise
+    from eval.metrics.closed_qa import judge
+
+    qa = [judge(answers["qa0"], "yes"), judge(answers["qa1"], "1")]
+    assert result["tasks"]["qa"]["metrics"]["accuracy"]["value"] == sum(ok for ok, _ in qa) / 2
+    assert result["tasks"]["qa"]["metrics"]["accuracy"]["unparsed"] == sum(not parsed for _, parsed in qa)
+    import jiwer
+
+    pairs = [(normalise(t), normalise(answers[f"asr{i}"])) for i, t in enumerate(["a high pitched tone", "hello"])]
+    errors = sum(jiwer.process_words(r, h).wer * len(r.split()) for r, h in pairs)
+    assert result["tasks"]["asr"]["metrics"]["wer"]["value"] == pytest.approx(errors / sum(len(r.split()) for r, _ in pairs))
+    classify = result["tasks"]["classify"]["metrics"]
+    assert classify["accuracy"]["value"] == sum(p == g for p, g in zip(
+        classify["predictions"], ["high pitched tone", "speech", "dog barking"])) / 3
+    caption = result["tasks"]["caption"]["metrics"]
+    assert caption["CIDEr-D"]["n"] == 3 and caption["CIDEr-D"]["ci95"][0] <= caption["CIDEr-D"]["value"]
+    # The same questions without audio, scored the same way.
+    assert "accuracy" in result["tasks"]["qa"]["no_audio"] and "CIDEr-D" in result["tasks"]["caption"]["no_audio"]
+    plain = [json.loads(line) for line in (tmp_path / "results.no_audio.jsonl").read_text().splitlines()]
+    assert len(plain) == len(rows)
+    # What reproduces the number.
+    assert result["model"]["weights"]["model.safetensors"] and result["manifest"]["sha256_16"]
+    assert result["decoding"]["max_new_tokens"] == 10 and result["libraries"]["pycocoevalcap"] != "not installed"
+    assert set(result["answer_parsers"]) == {"caption", "classify", "qa", "asr"} and result["date"]
+    printed = capsys.readouterr().out
+    assert "qa        accuracy" in printed and "no audio:" in printed
