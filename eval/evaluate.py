@@ -55,13 +55,20 @@ def read_rows(path: Path) -> dict[str, dict]:
     return rows
 
 
-def run_manifest(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Decoding | None = None,
+def read_questions(manifest: str | Path) -> list[Example]:
+    """A manifest for inference: answers optional, `<audio>` optional (it goes in front of the first user turn)."""
+    return validate_manifest(manifest, check_audio=False, require_answer=False)
+
+
+def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str | Path, decoding: Decoding | None = None,
                  batch_size: int = 8, with_audio: bool = True, progress: bool = True) -> dict:
-    """Answer every example of `manifest` into `out` (JSONL, resumable). → {"answered", "new", "skipped": {id: why}}."""
+    """Answer every example of `manifest` (a path, or its examples) into `out` (JSONL, resumable).
+
+    → {"answered", "new", "skipped": {id: why}}."""
     decoding = decoding or Decoding()
     out = Path(out)
     check_writable(out.parent)
-    examples = validate_manifest(manifest, check_audio=False, require_answer=False)
+    examples = read_questions(manifest) if isinstance(manifest, (str, Path)) else manifest
     done = read_rows(out)
     todo = [e for e in examples if e.id not in done]
     skipped, new = {}, 0
@@ -150,11 +157,10 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     """Answer, score and write `out` (JSON); answers go to `<out>.answers.jsonl` (and `.no_audio.jsonl`), resumable."""
     decoding = decoding or Decoding()
     out = Path(out)
-    check_writable(out.parent)
-    examples = validate_manifest(manifest, check_audio=False, require_answer=False)
+    examples = read_questions(manifest)
     unscored = sorted({e.task or "(none)" for e in examples if e.task not in PARSERS})
     answers = out.with_name(out.stem + ".answers.jsonl")
-    with_audio = run_manifest(llm, manifest, answers, decoding, batch_size, True, progress)
+    with_audio = run_manifest(llm, examples, answers, decoding, batch_size, True, progress)
     rows = read_rows(answers)
     result = {
         "model": {"folder": str(llm.folder), "weights": {p.name: file_hash(p) for p in
@@ -170,7 +176,7 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     }
     if baseline:
         plain = out.with_name(out.stem + ".no_audio.jsonl")
-        run_manifest(llm, manifest, plain, decoding, batch_size, False, progress)
+        run_manifest(llm, examples, plain, decoding, batch_size, False, progress)
         for task, scores in score(examples, read_rows(plain)).items():
             result["tasks"].setdefault(task, {"n": 0, "metrics": {}})["no_audio"] = scores["metrics"]
     with disk_errors(out):
