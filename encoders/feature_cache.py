@@ -37,17 +37,23 @@ def read_manifest(path: str | Path) -> list[Path]:
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist.")
     audio = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from None
-        if not isinstance(row, dict) or "audio" not in row:
-            raise ValueError(f"{path}:{number}: each line needs an \"audio\" path.")
-        audio.append((path.parent / row["audio"]).resolve() if not Path(row["audio"]).is_absolute()
-                     else Path(row["audio"]))
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: not UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}); "
+                                 "re-encode the manifest as UTF-8.") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from None
+            if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not row["audio"].strip():
+                raise ValueError(f"{path}:{number}: each line needs an \"audio\" path string.")
+            file = Path(row["audio"]).expanduser()
+            audio.append(file if file.is_absolute() else (path.parent / file).resolve())
     return audio
 
 

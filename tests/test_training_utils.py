@@ -43,7 +43,7 @@ def test_fairseq_tsv_and_jsonl_manifests(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"audio": "a.wav"}\n')
     assert read_audio_manifest(tmp_path / "train.jsonl") == [(tmp_path / "a.wav").resolve()]
     (tmp_path / "bad.jsonl").write_text('{"audio": "a.wav"}\n{"path": "x"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: each line needs an \"audio\" path"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: each line needs an \"audio\" path string"):
         read_audio_manifest(tmp_path / "bad.jsonl")
 
 
