@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 STAMP := $(VENV)/.installed
-# Debian packages the project needs at run time: a Java runtime for pycocoevalcap's PTB tokenizer and METEOR.
-APT_PACKAGES := default-jre-headless
+# Debian packages the project needs at run time: a Java runtime for pycocoevalcap's PTB tokenizer and METEOR; the
+# demo's real sounds (freedesktop and ALSA sound files), speech (espeak-ng), tones and noise (sox).
+APT_PACKAGES := default-jre-headless espeak-ng sox libsox-fmt-all alsa-utils sound-theme-freedesktop
 
 .PHONY: setup test demo bench clean
 
@@ -15,9 +16,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@if [ -n "$(APT_PACKAGES)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-		if [ -n "$$missing" ] && ! { [ "$$missing" = default-jre-headless ] && command -v java >/dev/null; }; then \
+		if command -v java >/dev/null; then missing=$$(echo $$missing | sed 's/default-jre-headless//'); fi; \
+		if [ -n "$$(echo $$missing)" ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
-	elif ! command -v java >/dev/null; then echo "note: no java: caption metrics need a JRE (apt-get install default-jre-headless)"; fi
+	else for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo "note: Debian package $$p is missing (install it as root)"; done; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip setuptools wheel
 	$(PIP) torch==2.13.0

