@@ -149,6 +149,14 @@ def _eval(args) -> int:
     return 0
 
 
+def _data_demo(args) -> int:
+    from curriculum.demo_dataset import build
+
+    card = build(args.out, seed=args.seed, clips=args.clips, seconds=args.seconds)
+    print(f"demo dataset in {args.out}: {card['scenes']} scenes; files {card['files']}; see {args.out}/card.md")
+    return 0
+
+
 def _add_model_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="a trained model folder (a stage's final/)")
     parser.add_argument("--encoders", help="ensemble YAML, for a folder without encoders.json")
@@ -196,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="results JSON (answers go beside it, resumable)")
     evaluate.add_argument("--no-baseline", action="store_true", help="skip the run without audio")
     evaluate.set_defaults(func=_eval)
+
+    data = commands.add_parser("data", help="datasets: the demo dataset, converters of public datasets")
+    data_commands = data.add_subparsers(dest="data", required=True)
+    demo_data = data_commands.add_parser("demo", help="polyphonic scenes of real sounds with known composition")
+    demo_data.add_argument("--out", required=True, help="output folder (clips/, manifests, card.md)")
+    demo_data.add_argument("--seed", type=int, default=0)
+    demo_data.add_argument("--clips", type=int, default=1000, help="number of scenes (80/10/10 train/val/test)")
+    demo_data.add_argument("--seconds", type=float, default=4.0, help="length of each scene")
+    demo_data.set_defaults(func=_data_demo)
 
     features = commands.add_parser("features", help="precompute frozen-encoder tokens for a manifest")
     features.add_argument("--manifest", required=True, help='JSONL with an "audio" path per line')
