@@ -63,7 +63,7 @@ class StageConfig:
     epochs: float | None = bounded(None, gt=0)  # passes over the stage's data (steps derived from it)
     batch_size: int = bounded(4, ge=1)  # examples per rank per micro-step
     gradient_accumulation_steps: int = bounded(1, ge=1)
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where native, else fp32
     deepspeed: str | None = path_field(None)  # a DeepSpeed JSON (configs/deepspeed/); None: DeepSpeed's defaults
     zero_stage: Literal[0, 1, 2, 3] | None = None  # None: the DeepSpeed file's zero_optimization.stage, else 2
     val_manifest: str | None = path_field(None)

@@ -39,7 +39,7 @@ from encoders.ensemble import AudioEncoderEnsemble
 from encoders.identity import write_ensemble_record
 from encoders.safe_write import atomic_write_json, check_writable, disk_errors
 from encoders.training import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
-                               setup_distributed)
+                               setup_distributed, slow_bf16_note)
 from pal import TRAINABLE_GROUPS, PALConfig, PALForConditionalGeneration, PALProcessor, set_trainable
 from pal.llm import load_tokenizer, resolve_llm_path
 from pal.trainable import LORA_KEYS
@@ -231,6 +231,8 @@ class CurriculumRecipe:
         if problems:
             raise ManifestError(f"{self.source}: nothing was trained; fix these first:\n" + "\n".join(problems))
         self.notes = [note for found in validated.values() if found for note in found[1]]
+        self.notes += [note for k in self.stages if (note := slow_bf16_note(
+            self.config.stages[k].precision, f"{self.source}: stages[{k}]"))]
         if self.rank == 0:
             for note in self.notes:
                 print(f"pal train: {note}")

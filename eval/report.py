@@ -1,0 +1,104 @@
+"""Reports from plain result dicts: a Markdown file and a self-contained HTML page (images embedded).
+
+A report is a list of sections; each is a heading plus blocks: paragraphs, tables (a header and rows) and images
+(PNG files). Plotting stays with the callers; this file only lays results out. Numbers are formatted, never computed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Image:
+    path: Path
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list = field(default_factory=list)  # str (a paragraph), Table or Image
+
+
+def metric_cell(metric: dict | None, digits: int = 3) -> str:
+    """"0.812 [0.770, 0.851]" for {"value", "ci95"}; the reason for an unavailable metric; "–" for none."""
+    if not metric:
+        return "–"
+    if "unavailable" in metric:
+        return "unavailable"
+    low, high = metric["ci95"]
+    return f"{metric['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def metrics_table(result: dict) -> Table:
+    """One row per task and metric of a `pal eval` result, with the no-audio baseline beside it."""
+    rows = []
+    for task, entry in result["tasks"].items():
+        for name, metric in entry["metrics"].items():
+            if isinstance(metric, dict) and ("value" in metric or "unavailable" in metric):
+                base = entry.get("no_audio", {}).get(name)
+                rows.append([task, name, str(metric.get("n", "")), metric_cell(metric), metric_cell(base)])
+    return Table(["task", "metric", "n", "with audio [95% CI]", "no audio [95% CI]"], rows)
+
+
+def to_markdown(title: str, sections: list[Section], folder: Path) -> str:
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Table):
+                lines += ["| " + " | ".join(block.header) + " |", "|" + "---|" * len(block.header)]
+                lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in block.rows]
+            elif isinstance(block, Image):
+                lines.append(f"![{block.caption}]({Path(block.path).resolve().relative_to(folder.resolve())})"
+                             if Path(block.path).resolve().is_relative_to(folder.resolve())
+                             else f"![{block.caption}]({block.path})")
+            else:
+                lines.append(block)
+            lines.append("")
+    return "\n".join(lines)
+
+
+def to_html(title: str, sections: list[Section]) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+             "body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
+             "text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;margin:.5em 0}"
+             "figure{display:inline-block;margin:0 1em 1em 0}figcaption{font-size:.9em;color:#555}"
+             f"</style></head><body><h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Table):
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
+                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                               for row in block.rows)
+                parts.append(f"<table><tr>{head}</tr>{body}</table>")
+            elif isinstance(block, Image):
+                data = base64.b64encode(Path(block.path).read_bytes()).decode()
+                parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(block.caption)}'>"
+                             f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+            else:
+                parts.append(f"<p>{html.escape(block)}</p>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def write_report(folder: str | Path, title: str, sections: list[Section], name: str = "report") -> tuple[Path, Path]:
+    """`<folder>/<name>.md` and `<folder>/<name>.html` (self-contained)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    md, page = folder / f"{name}.md", folder / f"{name}.html"
+    md.write_text(to_markdown(title, sections, folder))
+    page.write_text(to_html(title, sections))
+    return md, page

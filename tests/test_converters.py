@@ -1,0 +1,87 @@
+"""`pal data convert`: each public format on a small sample written here → a valid manifest, rejects with reasons."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import tone
+from pal.cli import main
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def audio(tmp_path):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for name in ("yt1_30.wav", "yt2_0.wav", "a.wav", "b.wav", "seg1_10.0.wav"):
+        tone(folder / name, 440)
+    return folder
+
+
+def test_audiocaps(tmp_path, audio, capsys):
+    (tmp_path / "ac.csv").write_text("audiocap_id,youtube_id,start_time,caption\n"
+                                     "1,yt1,30,A dog barks.\n2,yt1,30,A dog is barking loudly.\n"
+                                     "3,yt2,0,Rain falls.\n4,yt9,0,Missing audio.\n5,yt2,,No start.\n")
+    assert main(["data", "convert", "audiocaps", str(tmp_path / "ac.csv"), "--out", str(tmp_path / "m.jsonl"),
+                 "--audio-dir", str(audio)]) == 0
+    rows = _rows(tmp_path / "m.jsonl")
+    assert [r["id"] for r in rows] == ["audiocaps-1", "audiocaps-2", "audiocaps-3"]
+    assert rows[0]["references"] == ["A dog barks.", "A dog is barking loudly."] and rows[0]["task"] == "caption"
+    out = capsys.readouterr().out
+    assert "3 examples written" in out and "2 rejected" in out and "does not exist" in out
+    rejected = (tmp_path / "m.rejected.txt").read_text()
+    assert "missing ['start_time']" in rejected and "audiocaps-4" in rejected
+
+
+def test_clotho_and_clotho_aqa(tmp_path, audio):
+    from curriculum.converters import convert
+
+    (tmp_path / "c.csv").write_text("file_name,caption_1,caption_2\na.wav,Birds sing.,Birds chirp outside.\n")
+    summary = convert("clotho", tmp_path / "c.csv", tmp_path / "c.jsonl", audio)
+    rows = _rows(tmp_path / "c.jsonl")
+    assert summary["converted"] == 2 and rows[1]["messages"][1]["content"] == "Birds chirp outside."
+    assert rows[0]["references"] == ["Birds sing.", "Birds chirp outside."]
+    (tmp_path / "q.csv").write_text("file_name,QuestionText,answer,confidence\n"
+                                    "b.wav,Is it raining?,yes,yes\nb.wav,Is it raining?,Yes,yes\n"
+                                    "b.wav,Is it raining?,no,maybe\nb.wav,Is it loud?,no,no\n")
+    summary = convert("clotho-aqa", tmp_path / "q.csv", tmp_path / "q.jsonl", audio)
+    rows = _rows(tmp_path / "q.jsonl")
+    assert summary == {**summary, "converted": 1, "rejected": 1}
+    assert rows[0]["messages"][1]["content"] == "yes" and rows[0]["task"] == "qa"  # majority of yes, Yes, no
+
+
+def test_openaqa_audioset_and_messages(tmp_path, audio):
+    from curriculum.converters import convert
+
+    (tmp_path / "ltu.json").write_text(json.dumps([
+        {"instruction": "What is the sound?", "input": "", "audio_id": "a.wav", "task": "cla_label", "output": "Dog"},
+        {"instruction": "Why might this happen?", "input": "", "audio_id": "a.wav", "task": "open-ended question",
+         "output": "Someone is at the door."},
+        {"instruction": "x", "audio_id": "a.wav"}]))
+    summary = convert("openaqa", tmp_path / "ltu.json", tmp_path / "o.jsonl", audio)
+    rows = _rows(tmp_path / "o.jsonl")
+    assert summary["converted"] == 2 and rows[0]["task"] == "classify" and "task" not in rows[1]
+    (tmp_path / "ontology.json").write_text(json.dumps([{"id": "/m/0bt9lr", "name": "Dog"},
+                                                        {"id": "/m/05tny_", "name": "Bark"}]))
+    (tmp_path / "seg.csv").write_text("# YTID, start_seconds, end_seconds, positive_labels\n"
+                                      'seg1, 10.0, 20.0, "/m/0bt9lr,/m/05tny_"\nseg2, 0.0, 10.0, "/m/xx"\n')
+    summary = convert("audioset", tmp_path / "seg.csv", tmp_path / "s.jsonl", audio, ontology=tmp_path / "ontology.json")
+    rows = _rows(tmp_path / "s.jsonl")
+    assert summary["converted"] == 1 and rows[0]["labels"] == ["Dog", "Bark"]
+    assert "not in the ontology" in summary["reasons"].popitem()[0]
+    (tmp_path / "msgs.jsonl").write_text("\n".join(json.dumps(x) for x in [
+        {"messages": [{"role": "user", "content": "<audio>What is it?"}, {"role": "assistant", "content": "A bell."}],
+         "audios": ["a.wav"]},
+        {"messages": [{"role": "user", "content": "<audio><audio>Compare."}, {"role": "assistant", "content": "x"}],
+         "audios": ["a.wav", "b.wav"]},
+        {"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "<audio>x"}],
+         "audios": ["a.wav"]}]))
+    summary = convert("messages", tmp_path / "msgs.jsonl", tmp_path / "g.jsonl", audio)
+    assert summary["converted"] == 1 and summary["rejected"] == 2
+    rejected = (tmp_path / "g.rejected.txt").read_text()
+    assert "2 audios; one audio per example" in rejected and "roles" in rejected

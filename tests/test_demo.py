@@ -1,0 +1,51 @@
+"""`pal demo --preset smoke` end to end (dataset, SSLAM pre-training, features, three-stage curriculum, evaluation,
+report) in a few minutes; the report's numbers are read back and compared with the run's own `pal eval` output, and
+a rerun resumes instead of redoing the work."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from pal.cli import main
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", "--preset", "smoke", "--out", str(out)]) == 0
+    return out
+
+
+def test_demo_smoke_writes_a_report_with_the_evaluations_numbers(smoke, capsys):
+    from eval.report import metric_cell
+
+    result = json.loads((smoke / "eval" / "results.json").read_text())
+    report = (smoke / "report.md").read_text()
+    rows = {}
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in result["tasks"]:
+            rows[cells[0], cells[1]] = cells
+    assert {("qa", "accuracy"), ("classify", "accuracy"), ("caption", "CIDEr-D")} <= set(rows)
+    for (task, name), cells in rows.items():
+        metrics = result["tasks"][task]
+        assert cells[3] == metric_cell(metrics["metrics"][name]), (task, name)
+        assert cells[4] == metric_cell(metrics.get("no_audio", {}).get(name)), (task, name)
+        if "value" in metrics["metrics"][name]:
+            assert re.fullmatch(r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]", cells[3])
+    page = (smoke / "report.html").read_text()
+    assert "data:image/png;base64," in page and page.count("<table>") >= 3  # self-contained: curves embedded
+    for stage in ("stage1-connector", "stage2-closed-qa", "stage3-all"):
+        assert (smoke / "curriculum" / stage / "final" / "encoders.json").is_file()
+    assert (smoke / "sslam" / "encoder" / "model.safetensors").is_file()
+
+
+def test_a_rerun_resumes_every_step(smoke, capsys):
+    assert main(["demo", "--preset", "smoke", "--out", str(smoke)]) == 0
+    said = capsys.readouterr().out
+    assert "[1/6] dataset: " in said and "is there" in said
+    assert "SSLAM: " in said and "evaluation: " in said and said.count("is there") >= 3
+    assert "already finished with this config" in said
