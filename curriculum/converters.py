@@ -19,7 +19,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .data import ManifestError, validate_manifest
 
 CAPTION_PROMPT = "Describe what you hear in one sentence."
 CLASSIFY_PROMPT = "Which sounds can you hear? List them."
@@ -170,6 +169,8 @@ FORMATS = {"audiocaps": audiocaps, "clotho": clotho, "clotho-aqa": clotho_aqa, "
 def convert(kind: str, source: str | Path, out: str | Path, audio_dir: str | Path, check_audio: bool = True,
             **options) -> dict:
     """Convert `source` to the manifest `out`; rows failing our validation are dropped and listed. → summary."""
+    from .data import ManifestError, validate_manifest  # torch: only when converting, so `pal --help` stays quick
+
     if kind not in FORMATS:
         raise ValueError(f"format {kind!r}: expected one of {sorted(FORMATS)}.")
     source, out = Path(source), Path(out)

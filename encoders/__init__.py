@@ -4,6 +4,13 @@ Every encoder produces the same output type, consumed by the model core: `{name:
 mask [B, N_e])}`, real tokens first in each row (see `outputs.py`).
 """
 
-from .outputs import EncoderOutputs
+
+def __getattr__(name: str):  # lazy (PEP 562): `pal --help` must not load torch
+    if name == "EncoderOutputs":
+        from .outputs import EncoderOutputs
+
+        return EncoderOutputs
+    raise AttributeError(f"module 'encoders' has no attribute {name!r}")
+
 
 __all__ = ["EncoderOutputs"]

@@ -70,7 +70,9 @@ def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str |
     check_writable(out.parent)
     examples = read_questions(manifest) if isinstance(manifest, (str, Path)) else manifest
     done = read_rows(out)
-    todo = [e for e in examples if e.id not in done]
+    # Batches of one task: generation stops when every row has ended, so short answers are not held to a caption's
+    # length (the answers are the same in any order: a batch answers as its rows would alone).
+    todo = sorted((e for e in examples if e.id not in done), key=lambda e: e.task)
     skipped, new = {}, 0
     bar = tqdm(total=len(todo), desc="no-audio baseline" if not with_audio else "answering", unit="q",
                disable=not progress)

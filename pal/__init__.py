@@ -1,10 +1,21 @@
 """PAL: audio LLMs from frozen audio encoders and Hugging Face causal LMs, joined by LAL, PLITS or the PAL hybrid."""
 
-from .configuration_pal import PALConfig
-from .lal_injection import PALCache
-from .modeling_pal import AudioFeatures, PALForConditionalGeneration
-from .processing_pal import AUDIO_PLACEHOLDER, PALProcessor
-from .trainable import TRAINABLE_GROUPS, attach_lora, set_trainable
+import importlib
+
+# Names resolve on first use (PEP 562), so `pal --help` and `import pal.cli` do not load torch and transformers.
+_EXPORTS = {
+    "PALConfig": ".configuration_pal", "PALCache": ".lal_injection", "AudioFeatures": ".modeling_pal",
+    "PALForConditionalGeneration": ".modeling_pal", "AUDIO_PLACEHOLDER": ".processing_pal",
+    "PALProcessor": ".processing_pal", "TRAINABLE_GROUPS": ".trainable", "attach_lora": ".trainable",
+    "set_trainable": ".trainable",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'pal' has no attribute {name!r}")
+
 
 __all__ = [
     "AUDIO_PLACEHOLDER",

@@ -185,7 +185,7 @@ def _add_model_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pal", description="Audio LLMs the PAL way (LAL, PLITS and the PAL hybrid).")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -282,10 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks")
     which = bench.add_subparsers(dest="bench", required=True)
     for name, (module, help_text) in BENCHMARKS.items():
-        benchmark = importlib.import_module(module)
         sub = which.add_parser(name, help=help_text)
-        benchmark.add_arguments(sub)
-        sub.set_defaults(func=benchmark.main)
+        if name == bench_name:  # import only the benchmark asked for: each loads torch and models
+            benchmark = importlib.import_module(module)
+            benchmark.add_arguments(sub)
+            sub.set_defaults(func=benchmark.main)
     return parser
 
 
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The `deepspeed` launcher appends --local_rank=N; LOCAL_RANK is in the environment as well, which we use.
     argv = [a for a in argv if not a.startswith(("--local_rank", "--local-rank"))]
-    args = build_parser().parse_args(argv)
+    bench_name = argv[1] if len(argv) > 1 and argv[0] == "bench" else None
+    args = build_parser(bench_name).parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OutputError, MetricUnavailable) as err:  # AudioError, ManifestError: ValueErrors

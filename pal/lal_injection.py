@@ -95,7 +95,7 @@ class LALAudioKV:
                           fn(self.mask), None if self.bias is None else fn(self.bias))
 
     def index_select(self, index: torch.Tensor) -> "LALAudioKV":
-        """Rows `index` of the batch (beam reordering, batch selection)."""
+        """Rows `index` of the batch (batch selection)."""
         return self._map(lambda t: t.index_select(0, index.to(t.device)))
 
     def repeat_interleave(self, repeats: int) -> "LALAudioKV":
@@ -105,18 +105,14 @@ class LALAudioKV:
 class PALCache(DynamicCache):
     """A DynamicCache that also holds LAL's audio keys/values, so they are computed once at prefill.
 
-    Beam search and batch expansion reorder the audio rows together with the text cache.
+    Batch expansion (beams, several samples per prompt) repeats the audio rows with the text cache. Beam reordering
+    needs nothing: it only permutes the beams of one example, whose audio rows are identical.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.lal_audio: LALAudioKV | None = None
         self.lal_source = None  # (per-encoder features, repeats) when filled by `prepare_audio`
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        super().reorder_cache(beam_idx)
-        if self.lal_audio is not None:
-            self.lal_audio = self.lal_audio.index_select(beam_idx)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)

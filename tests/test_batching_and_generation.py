@@ -72,7 +72,9 @@ def test_lal_audio_kv_is_computed_once_when_generating():
 
 @pytest.mark.parametrize("connector", ["lal", "pal"])
 def test_beam_search_keeps_audio_rows_with_their_beams(connector):
-    """Beam search reorders the cache; the LAL audio rows must follow (compare against per-example runs)."""
+    """Beam search expands every example to its beams, and the LAL audio rows must be expanded with them: a batch of
+    two examples of different audio gives each the beams it gets alone. (Reordering only permutes one example's
+    beams, which share their audio, so it moves nothing.)"""
     model, _ = tiny_pal(connector)
     texts = random_texts([8, 5], seed=7)
     audio = random_audio(model.config, [6, 2], seed=7)

@@ -1,4 +1,5 @@
-"""The efficiency benchmark: the §4.4 FLOP formula against the spec's worked example, and the JSON report shape."""
+"""The benchmarks: the §4.4 FLOP formula against the spec's worked example, and each `pal bench` command running to a
+JSON report. Ratios are never checked in tests (they are measurements, read in the benchmarks' output)."""
 
 from __future__ import annotations
 
@@ -28,25 +29,21 @@ def test_bench_efficiency_json_report(tmp_path, capsys):
         for key in ("train_step_s", "peak_mem_mb", "prefill_s", "decode_token_s"):
             assert r[key] > 0 if key != "peak_mem_mb" else r[key] >= 0
         assert r["text_tokens"] == 16
-    ratio = report["ratios"]["lal/plits@32"]
-    by = {(r["connector"], r["audio_tokens"]): r for r in report["results"]}
-    assert ratio["train_throughput"] == pytest.approx(by["plits", 32]["train_step_s"] / by["lal", 32]["train_step_s"])
-    assert ratio["flop_bound"] > 1
+    assert report["ratios"]["lal/plits@32"]["flop_bound"] > 1  # LAL skips the audio positions' FFN and queries
     assert json.loads((tmp_path / "efficiency.json").read_text())["results"] == report["results"]
 
 
 def test_bench_encoders_json_report(capsys):
     assert main(["bench", "encoders", "--sslam", "tiny", "--batch", "2", "--repeats", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["fbank_speedup"] == pytest.approx(report["fbank_ast_s"] / report["fbank_ours_s"])
-    assert report["cache_speedup"] == pytest.approx(report["features_on_the_fly_s"] / report["features_cached_s"])
+    assert report["fbank_ours_s"] > 0 and report["fbank_ast_s"] > 0 and report["features_cached_s"] > 0
     assert report["sslam_clips_per_s"] > 0 and report["batch"] == 2
 
 
 def test_bench_sslam_pretraining_json_report(capsys):
     assert main(["bench", "sslam", "--preset", "tiny", "--batch", "2", "--clones", "2", "--steps", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["clips_per_s"] == pytest.approx(report["batch"] / report["step_s"])
+    assert report["step_s"] > 0
     assert report["official"] == {"clips_per_update": 48, "stage1": 400000, "stage2": 200000}
 
 
@@ -54,7 +51,7 @@ def test_curriculum_step_measurement():
     from eval.curriculum_bench import measure
 
     result = measure("pal", cached=True, batch=1, repeats=0)
-    assert result["examples_per_s"] == pytest.approx(1 / result["step_s"]) and result["peak_mem_mb"] >= 0
+    assert result["step_s"] > 0 and result["peak_mem_mb"] >= 0
 
 
 def test_bench_inference_json_report(capsys):

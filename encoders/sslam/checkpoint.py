@@ -4,8 +4,11 @@ Accepted inputs:
   - a fairseq pre-training checkpoint `.pt` (student weights at the top of `ckpt["model"]`; the `_ema` teacher and the
     pre-training decoder are ignored);
   - the fine-tuned checkpoint (`model.` prefix; its classification `fc_norm` / `head` are ignored);
-  - a folder with `model.safetensors` (our export, or a Hugging Face copy such as `ta012/SSLAM_pretrain`, whose key
-    names were never inspected: any prefix in front of the released names is detected and stripped);
+  - a folder with `model.safetensors` (our export, or any prefix in front of the released names, detected and
+    stripped);
+  - the Hugging Face copies (`ta012/SSLAM_pretrain`, `ta012/SSLAM_AS2M_Finetuned`) in EAT's remote-code layout:
+    `model.local_encoder.proj`, `model.pre_norm`, `model.blocks.{i}`, ... with an EAT `config.json`. Their names and
+    config are mapped onto ours; their modeling code is never run (it also fails on transformers >= 5);
   - a `.safetensors` file with the released names (e.g. the parity fixture, stored as float16).
 With no config, the architecture is read off the tensors: depth from the block count, width from the patch
 projection, heads from the head dimension 64, MLP width from fc1.
@@ -33,6 +36,44 @@ IGNORED = (
     (re.compile(r"^modality_encoders\.IMAGE\.decoder\."), "pre-training decoder"),
     (re.compile(r"^(fc_norm|head)\."), "fine-tuning classification head"),
 )
+
+
+# EAT's remote-code layout (Hugging Face copies) → the released fairseq names.
+EAT_HF_RENAMES = (
+    (re.compile(r"^model\.(local_encoder|extra_tokens|fixed_positional_encoder)"), r"modality_encoders.IMAGE.\1"),
+    (re.compile(r"^model\.pre_norm\."), "modality_encoders.IMAGE.context_encoder.norm."),
+    (re.compile(r"^model\.(blocks|fc_norm|head)\."), r"\1."),
+)
+
+
+def is_eat_hf_layout(state: dict) -> bool:
+    return "model.local_encoder.proj.weight" in state
+
+
+def from_eat_hf_layout(state: dict) -> dict:
+    """Rename EAT remote-code keys to the released ones; a key no rule covers is kept (and reported by the loader)."""
+    renamed = {}
+    for key, value in state.items():
+        for pattern, replacement in EAT_HF_RENAMES:
+            if pattern.match(key):
+                key = pattern.sub(replacement, key, count=1)
+                break
+        renamed[key] = value
+    return renamed
+
+
+def config_from_eat(config: dict, where: str) -> SSLAMConfig:
+    """Our encoder config from an EAT `config.json` (`model_type: "eat"`); settings we do not implement are errors."""
+    missing = [k for k in ("embed_dim", "depth", "num_heads", "patch_size") if k not in config]
+    if missing:
+        raise ValueError(f"{where}: the EAT config has no {missing}.")
+    if not config.get("qkv_bias", True):
+        raise ValueError(f"{where}: qkv_bias = false, but SSLAM / EAT encoders have a qkv bias; is this an SSLAM model?")
+    dim = int(config["embed_dim"])
+    return SSLAMConfig(embed_dim=dim, depth=int(config["depth"]), num_heads=int(config["num_heads"]),
+                       mlp_dim=int(dim * float(config.get("mlp_ratio", 4.0))), patch_size=int(config["patch_size"]),
+                       num_mel_bins=int(config.get("mel_bins", 128)),
+                       max_time_patches=int(config.get("max_length", 768)), norm_eps=float(config.get("norm_eps", 1e-6)))
 
 
 def _read_pt(path: Path, trust_checkpoint: bool) -> dict:
@@ -92,6 +133,8 @@ def strip_prefix(state: dict) -> dict:
 def to_encoder_keys(state: dict) -> tuple[dict, dict[str, str]]:
     """Strip any wrapper prefix and drop the keys the encoder does not use. Returns (state, {ignored: why})."""
     out, ignored = {}, {}
+    if is_eat_hf_layout(state):
+        state = from_eat_hf_layout(state)
     for name, value in strip_prefix(state).items():
         reason = next((why for pattern, why in IGNORED if pattern.search(name)), None)
         if reason:
@@ -118,7 +161,9 @@ def load_sslam(path: str | Path, config: SSLAMConfig | None = None, trust_checkp
     """Build the encoder and load the student weights; unknown or missing keys are an error that lists them."""
     state, stored_config = read_state_dict(path, trust_checkpoint)
     state, _ = to_encoder_keys(state)
-    if config is None:
+    if config is None and stored_config and stored_config.get("model_type") == "eat":
+        config = config_from_eat(stored_config, f"{path}/config.json")
+    elif config is None:
         config = SSLAMConfig(**stored_config) if stored_config else infer_config(state)
     model = SSLAMEncoder(config)
     expected = model.state_dict()
