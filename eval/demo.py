@@ -152,21 +152,17 @@ def goals(result: dict) -> list[list[str]]:
 
 def examples(out: Path, data: Path, count: int = 8) -> list[list[str]]:
     """A few test answers beside the truth: the clip, the question, the true caption, with and without audio."""
-    from .evaluate import read_rows
+    from .evaluate import read_questions, read_rows
 
     with_audio = read_rows(out / "eval" / "results.answers.jsonl")
     without = read_rows(out / "eval" / "results.no_audio.jsonl")
-    truth = {}
-    for line in (data / "test.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row["kind"] == "caption":
-            truth[row["audio"]] = row["messages"][1]["content"]
+    # The manifest's own reader: its audio paths are absolute, as in the answer files.
+    truth = {e.audio: e.answer for e in read_questions(data / "test.jsonl") if e.task == "caption"}
     picked = [r for r in with_audio.values() if r["task"] in ("caption", "qa", "asr")]
     rows = []
     for r in picked[:: max(1, len(picked) // count)][:count]:
-        rows.append([Path(r["audio"]).name, r["question"].replace("<audio>\n", ""), truth.get(
-            str(Path(r["audio"]).relative_to(data)) if Path(r["audio"]).is_absolute() else r["audio"], ""),
-            r["reference"] or "", r["answer"], without.get(r["id"], {}).get("answer", "")])
+        rows.append([Path(r["audio"]).name, r["question"].replace("<audio>\n", ""), truth.get(r["audio"], ""),
+                     r["reference"] or "", r["answer"], without.get(r["id"], {}).get("answer", "")])
     return rows
 
 
