@@ -6,7 +6,7 @@ the templated conversations, the output folder), then `run()` trains each stage:
 build the model (stage 1: the LLM plus fresh connectors; later stages: the previous stage's `final/`, loaded before
 DeepSpeed wraps the model), select the trainable groups, wrap with DeepSpeed (bf16 or fp32, ZeRO 0-3), train in train
 mode with warm-up + cosine, evaluate (validation loss and generated samples), checkpoint every N steps (trainable
-tensors and optimizer state only, atomically, keep last k; encoders/checkpointing.py), and finish with a
+tensors and optimizer state only, atomically, keep last k; training/checkpointing.py), and finish with a
 `save_pretrained` folder (`<out>/stage<k>-<name>/final`) built from the fp32 master weights.
 
 A run folder remembers what trained it: each stage records a hash of its effective config (the settings that change
@@ -33,12 +33,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from encoders.checkpointing import (CheckpointError, clear_run, has_checkpoints, load_latest_checkpoint, newest_intact,
+from training.checkpointing import (CheckpointError, clear_run, has_checkpoints, load_latest_checkpoint, newest_intact,
                                     save_checkpoint, trainable_fp32_state)
 from encoders.ensemble import AudioEncoderEnsemble
 from encoders.identity import write_ensemble_record
 from encoders.safe_write import atomic_write_json, check_writable, disk_errors
-from encoders.training import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
+from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
                                setup_distributed, slow_bf16_note)
 from pal import TRAINABLE_GROUPS, PALConfig, PALForConditionalGeneration, PALProcessor, set_trainable
 from pal.llm import load_tokenizer, resolve_llm_path

@@ -1,1 +1,1 @@
-"""Inference tasks, metrics, connector comparison and the efficiency benchmark."""
+"""Inference (AudioLLM), `pal infer` / `pal eval`, metrics, the demo and its report. Benchmarks live in `bench/`."""

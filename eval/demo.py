@@ -45,14 +45,14 @@ def step_data(out: Path, preset: dict, seed: int) -> Path:
     say(f"[1/6] dataset: building {preset['clips']} scenes in {data}")
     # In a child process, as `pal data demo`: building the scenes in this process left the curriculum's steps 5x
     # slower afterwards on this CPU (measured: 20 s/step instead of 4 s), and a child process gives its memory back.
-    subprocess.run([sys.executable, "-m", "pal.cli", "data", "demo", "--out", str(data), "--seed", str(seed),
+    subprocess.run([sys.executable, "-m", "cli", "data", "demo", "--out", str(data), "--seed", str(seed),
                     "--clips", str(preset["clips"])], check=True)
     return data
 
 
 def step_sslam(out: Path, data: Path, preset: dict) -> Path:
-    from encoders.checkpointing import has_checkpoints, newest_intact
-    from encoders.sslam.pretrain_recipe import PretrainConfig, SSLAMPretrainRecipe, export_student
+    from training.checkpointing import has_checkpoints, newest_intact
+    from training.sslam_pretrain import PretrainConfig, SSLAMPretrainRecipe, export_student
 
     encoder = out / "sslam" / "encoder"
     if (encoder / "config.json").is_file():

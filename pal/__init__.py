@@ -2,7 +2,7 @@
 
 import importlib
 
-# Names resolve on first use (PEP 562), so `pal --help` and `import pal.cli` do not load torch and transformers.
+# Names resolve on first use (PEP 562), so `pal --help` and `import cli.main` do not load torch and transformers.
 _EXPORTS = {
     "PALConfig": ".configuration_pal", "PALCache": ".lal_injection", "AudioFeatures": ".modeling_pal",
     "PALForConditionalGeneration": ".modeling_pal", "AUDIO_PLACEHOLDER": ".processing_pal",

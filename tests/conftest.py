@@ -27,10 +27,10 @@ def run_pal(*args, nproc: int = 1, wait: bool = True, port: int = 29500, cwd: Pa
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1" if nproc > 1 else "2"}
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "pal.cli", *args]
+    cmd = [sys.executable, "-m", "cli", *args]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(port + os.getpid() % 1000), "-m", "pal.cli", *args]
+               str(port + os.getpid() % 1000), "-m", "cli", *args]
     if not wait:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     env["PYTHONPATH"] = str(ROOT)  # for a working directory outside the checkout

@@ -8,7 +8,7 @@ import sys
 
 from conftest import ROOT
 
-HEAVY = ("torch", "transformers", "deepspeed", "eval.efficiency", "eval.sslam_pretrain_bench", "curriculum.recipe")
+HEAVY = ("torch", "transformers", "deepspeed", "bench.efficiency", "bench.sslam_pretrain", "curriculum.recipe")
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -19,7 +19,7 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def _help(*argv: str) -> str:
-    return f"from pal.cli import main\ntry:\n    main({list(argv)!r})\nexcept SystemExit:\n    pass"
+    return f"from cli.main import main\ntry:\n    main({list(argv)!r})\nexcept SystemExit:\n    pass"
 
 
 def test_help_loads_no_heavy_module():
@@ -29,7 +29,7 @@ def test_help_loads_no_heavy_module():
 
 def test_a_benchmarks_help_loads_only_that_benchmark():
     loaded = _loaded_after(_help("bench", "sslam", "--help"))
-    assert "eval.sslam_pretrain_bench" in loaded and "eval.efficiency" not in loaded
+    assert "bench.sslam_pretrain" in loaded and "bench.efficiency" not in loaded
 
 
 def test_the_package_names_still_resolve():

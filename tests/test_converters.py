@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import tone
-from pal.cli import main
+from cli.main import main
 
 
 def _rows(path):

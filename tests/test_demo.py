@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from pal.cli import main
+from cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from eval.efficiency import layer_flops
-from pal.cli import main
+from bench.efficiency import layer_flops
+from cli.main import main
 
 
 @pytest.mark.parametrize("n_a,plits_gflop,lal_gflop", [(64, 23.7, 16.0), (512, 81.2, 18.4), (1500, 219.7, 23.6)])
@@ -48,7 +48,7 @@ def test_bench_sslam_pretraining_json_report(capsys):
 
 
 def test_curriculum_step_measurement():
-    from eval.curriculum_bench import measure
+    from bench.curriculum import measure
 
     result = measure("pal", cached=True, batch=1, repeats=0)
     assert result["step_s"] > 0 and result["peak_mem_mb"] >= 0

@@ -11,7 +11,7 @@ import torch
 
 from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
 from encoders.feature_cache import FeatureCache
-from pal.cli import main
+from cli.main import main
 
 CONFIG = {"encoders": {"sslam": {"type": "sslam", "preset": "tiny", "long_audio": "split"}}}
 

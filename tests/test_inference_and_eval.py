@@ -14,7 +14,7 @@ import soundfile
 import torch
 
 from conftest import tone, write_jsonl
-from pal.cli import main
+from cli.main import main
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Inference

@@ -167,7 +167,7 @@ def test_connector_settings_are_checked_against_the_llm_before_training(curricul
 def test_shipped_configs_resolve_their_paths_from_any_directory(tmp_path, monkeypatch):
     from curriculum.config import CurriculumConfig
     from encoders.ensemble import EnsembleConfig
-    from encoders.sslam.pretrain_recipe import PretrainConfig
+    from training.sslam_pretrain import PretrainConfig
 
     monkeypatch.chdir(tmp_path)
     for path in sorted((ROOT / "configs" / "pal").glob("*.yaml")):

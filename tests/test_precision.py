@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-import encoders.training as training
+import training.engine as training
 from curriculum.config import CurriculumConfig
-from encoders.training import deepspeed_config, resolve_precision, slow_bf16_note
+from training.engine import deepspeed_config, resolve_precision, slow_bf16_note
 from tests.conftest import ROOT
 
 

@@ -50,7 +50,7 @@ def test_first_updates_of_a_fresh_connector_improve_the_loss():
     import numpy as np
 
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
-    from encoders.training import cosine_lr
+    from training.engine import cosine_lr
     from pal import set_trainable
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from pal.cli import main
+from cli.main import main
 
 from conftest import SHARED
 

@@ -129,7 +129,7 @@ def test_a_planted_pickle_is_never_executed(stopped_run, tmp_path, capsys):
 
 
 def test_no_intact_checkpoint_is_an_error_not_a_restart(stopped_run, tmp_path):
-    from encoders.checkpointing import CheckpointError
+    from training.checkpointing import CheckpointError
 
     config, _ = stopped_run
     checkpoints = _copy(stopped_run, tmp_path)
@@ -172,7 +172,7 @@ def test_a_save_killed_before_its_last_file_leaves_latest_on_the_previous_checkp
 
 
 def test_pruning_is_by_step_and_drops_an_abandoned_future(tmp_path):
-    from encoders.checkpointing import prune_checkpoints
+    from training.checkpointing import prune_checkpoints
 
     root = tmp_path / "checkpoints"
     for step in (9, 10, 24, 99_999_999, 100_000_000):

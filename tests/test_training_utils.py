@@ -8,9 +8,9 @@ import math
 import pytest
 
 from encoders.sslam.model import PRESETS
-from encoders.sslam.pretrain_recipe import read_audio_manifest
+from training.sslam_pretrain import read_audio_manifest
 from encoders.sslam.pretraining import SSLAMPretrainer
-from encoders.training import cosine_lr, param_groups
+from training.engine import cosine_lr, param_groups
 
 
 def test_weight_decay_policy_faithful_and_intended():
@@ -54,7 +54,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 def test_every_shipped_yaml_loads_into_its_typed_config(path):
     from curriculum.config import CurriculumConfig
     from encoders.ensemble import EnsembleConfig
-    from encoders.sslam.pretrain_recipe import PretrainConfig
+    from training.sslam_pretrain import PretrainConfig
 
     kind = {"pal": CurriculumConfig, "encoders": EnsembleConfig, "sslam": PretrainConfig}[path.parent.name]
     config = kind.from_yaml(path)
@@ -72,7 +72,7 @@ def test_a_clip_shorter_than_one_fbank_frame_is_a_reported_skip_not_a_crash(tmp_
     import torch
 
     from encoders.sslam.frontend import FrontendConfig, batch_fbank
-    from encoders.sslam.pretrain_recipe import ClipDataset
+    from training.sslam_pretrain import ClipDataset
 
     soundfile.write(tmp_path / "blip.wav", np.zeros(160, dtype=np.float32), 16000)
     _, spec, error = ClipDataset([tmp_path / "blip.wav"], FrontendConfig())[0]

@@ -159,16 +159,12 @@ class SSLAMOutput:
 
 
 class SSLAMEncoder(nn.Module):
-    """The encoder; with `with_decoder=True` it also holds the pre-training decoder at its released key names."""
+    """The encoder. Pre-training attaches its decoder at `image.decoder` (the released key names; pretraining.py)."""
 
-    def __init__(self, config: SSLAMConfig | None = None, with_decoder: bool = False):
+    def __init__(self, config: SSLAMConfig | None = None):
         super().__init__()
         self.config = config or SSLAMConfig()
         self.modality_encoders = nn.ModuleDict({"IMAGE": ImageEncoder(self.config)})
-        if with_decoder:
-            from .decoder import Decoder2d
-
-            self.image.decoder = Decoder2d(self.config)
         self.blocks = nn.ModuleList(Block(self.config) for _ in range(self.config.depth))
 
     @property

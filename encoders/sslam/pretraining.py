@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..typed_config import bounded
+from .decoder import Decoder2d
 from .masking import inverse_block_mask
 from .model import SSLAMConfig, SSLAMEncoder
 from .source_retention import (draw_window_starts, drop_unmixed, mixed_patch_rows, mixed_positions,
@@ -137,7 +138,8 @@ class SSLAMPretrainer(nn.Module):
     def __init__(self, encoder_config: SSLAMConfig, objective: ObjectiveConfig | None = None):
         super().__init__()
         self.objective = objective or ObjectiveConfig()
-        self.student = SSLAMEncoder(encoder_config, with_decoder=True)
+        self.student = SSLAMEncoder(encoder_config)
+        self.student.image.decoder = Decoder2d(encoder_config)  # the released checkpoints' key names
 
     def draw(self, batch: int, num_frames: int, rng: random.Random, generator: torch.Generator | None) -> Draws:
         c = self.student.config

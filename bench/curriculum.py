@@ -45,7 +45,7 @@ def measure(connector: str, cached: bool, batch: int, repeats: int) -> dict:
     from curriculum.data import Collator, validate_manifest
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from encoders.feature_cache import FeatureCache
-    from eval.efficiency import _peak_rss_mb, _rss_mb, use_bf16
+    from bench.efficiency import _peak_rss_mb, _rss_mb, use_bf16
     from pal import PALForConditionalGeneration, PALProcessor, set_trainable
     from pal.llm import load_tokenizer
 
@@ -92,7 +92,7 @@ def run(batch: int = 4, repeats: int = 2, progress=print) -> dict:
     for connector in CONNECTORS:
         for cached in (False, True):
             progress(f"  measuring {connector:5s} {'with' if cached else 'without'} the feature cache ...")
-            cmd = [sys.executable, "-m", "eval.curriculum_bench", "--worker", connector, str(int(cached)), str(batch),
+            cmd = [sys.executable, "-m", "bench.curriculum", "--worker", connector, str(int(cached)), str(batch),
                    str(repeats)]
             done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
             if done.returncode != 0:

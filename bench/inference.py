@@ -38,7 +38,7 @@ def run(preset: str = "full", questions: int = 8, repeats: int = 2, progress=pri
     from pal import PALForConditionalGeneration
     from pal.llm import load_tokenizer
 
-    from .inference import AudioLLM, Decoding
+    from eval.inference import AudioLLM, Decoding
 
     setting = PRESETS[preset]
     torch.manual_seed(0)

@@ -137,7 +137,7 @@ def _peak_rss_mb() -> float:
 
 def use_bf16(precision: str) -> bool:
     """"auto": bf16 autocast where the CPU has native bf16, fp32 elsewhere."""
-    from encoders.training import resolve_precision
+    from training.engine import resolve_precision
 
     return resolve_precision(precision) == "bf16"
 
@@ -197,7 +197,7 @@ def measure(connector: str, n_a: int, s: BenchSettings) -> dict:
 
 
 def _run_isolated(connector: str, n_a: int, s: BenchSettings) -> dict:
-    cmd = [sys.executable, "-m", "eval.efficiency", "--worker", connector, str(n_a), json.dumps(asdict(s))]
+    cmd = [sys.executable, "-m", "bench.efficiency", "--worker", connector, str(n_a), json.dumps(asdict(s))]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0:
         raise RuntimeError(f"benchmark worker {connector} N_a={n_a} failed:\n{done.stderr[-3000:]}")

@@ -26,17 +26,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..audio import AudioError, load_audio
-from ..checkpointing import (CheckpointError, checkpoint_root, clear_run, has_checkpoints, load_latest_checkpoint,
+from encoders.audio import AudioError, load_audio
+from .checkpointing import (CheckpointError, checkpoint_root, clear_run, has_checkpoints, load_latest_checkpoint,
                              newest_intact, save_checkpoint, trainable_fp32_state)
-from ..safe_write import atomic_write_json, check_writable
-from ..training import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups, setup_distributed,
+from encoders.safe_write import atomic_write_json, check_writable
+from .engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups, setup_distributed,
                         slow_bf16_note)
-from ..typed_config import YamlConfig, bounded, path_field
-from .frontend import FrontendConfig, model_inputs
-from .masking import inverse_block_mask
-from .model import PRESETS, SSLAMConfig
-from .pretraining import Draws, EMATeacher, ObjectiveConfig, SSLAMPretrainer, load_pretraining_weights
+from encoders.typed_config import YamlConfig, bounded, path_field
+from encoders.sslam.frontend import FrontendConfig, model_inputs
+from encoders.sslam.masking import inverse_block_mask
+from encoders.sslam.model import PRESETS, SSLAMConfig
+from encoders.sslam.pretraining import Draws, EMATeacher, ObjectiveConfig, SSLAMPretrainer, load_pretraining_weights
 
 
 @dataclass
@@ -116,7 +116,7 @@ def read_audio_manifest(path: str | Path) -> list[Path]:
     if path.suffix == ".tsv":
         root = Path(lines[0].strip())
         return [root / line.split("\t")[0] for line in lines[1:]]
-    from ..feature_cache import read_manifest
+    from encoders.feature_cache import read_manifest
 
     return read_manifest(path)
 
@@ -255,7 +255,7 @@ class SSLAMPretrainRecipe:
             state = load_file(tag_dir / "student.safetensors")
             state.update({f"_ema.{k}": v for k, v in load_file(tag_dir / "teacher.safetensors").items()})
         else:
-            from .checkpoint import read_state_dict, strip_prefix
+            from encoders.sslam.checkpoint import read_state_dict, strip_prefix
 
             state = strip_prefix(read_state_dict(path, trust_checkpoint=self.config.trust_checkpoint)[0])
         load_pretraining_weights(self.model, self.teacher, state)
@@ -279,7 +279,7 @@ class SSLAMPretrainRecipe:
         rng = random.Random(_seed(self.config.seed, step, tuple(clips), "windows"))
         starts = None
         if o.stage == 2:
-            from .source_retention import draw_window_starts
+            from encoders.sslam.source_retention import draw_window_starts
 
             starts = draw_window_starts(self.frontend.target_length, o.mix_window, c.patch_size, rng)
         return Draws(masks=masks, window_starts=starts, noise=torch.cat(noise)), rng

@@ -12,11 +12,11 @@ from eval.metrics.captioning import MetricUnavailable
 
 # `pal bench NAME`: each module has `add_arguments(parser)` and `main(args)`.
 BENCHMARKS = {
-    "efficiency": ("eval.efficiency", "PLITS vs LAL vs PAL: train step, memory, prefill, decode"),
-    "encoders": ("eval.encoder_bench", "fbank vs ASTFeatureExtractor, SSLAM clips/s, feature cache"),
-    "sslam": ("eval.sslam_pretrain_bench", "SSLAM pre-training throughput (clips/s) of one training step"),
-    "curriculum": ("eval.curriculum_bench", "one curriculum step: PLITS/LAL/PAL, with/without cache"),
-    "inference": ("eval.inference_bench", "questions/s for 1 vs 8 questions per clip (one encoding shared)"),
+    "efficiency": ("bench.efficiency", "PLITS vs LAL vs PAL: train step, memory, prefill, decode"),
+    "encoders": ("bench.encoders", "fbank vs ASTFeatureExtractor, SSLAM clips/s, feature cache"),
+    "sslam": ("bench.sslam_pretrain", "SSLAM pre-training throughput (clips/s) of one training step"),
+    "curriculum": ("bench.curriculum", "one curriculum step: PLITS/LAL/PAL, with/without cache"),
+    "inference": ("bench.inference", "questions/s for 1 vs 8 questions per clip (one encoding shared)"),
 }
 
 
@@ -56,7 +56,7 @@ def _features(args) -> int:
 
 
 def _sslam_pretrain(args) -> int:
-    from encoders.sslam.pretrain_recipe import PretrainConfig, SSLAMPretrainRecipe
+    from training.sslam_pretrain import PretrainConfig, SSLAMPretrainRecipe
 
     config = PretrainConfig.from_yaml(args.config)
     if args.manifest:
@@ -76,7 +76,7 @@ def _sslam_pretrain(args) -> int:
 
 
 def _sslam_export(args) -> int:
-    from encoders.sslam.pretrain_recipe import export_student
+    from training.sslam_pretrain import export_student
 
     print(f"exported the student encoder to {export_student(args.checkpoint, args.out)}")
     return 0
@@ -302,6 +302,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pal: error: {err}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

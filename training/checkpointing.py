@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .safe_write import atomic_write_json, atomic_write_text, disk_errors
+from encoders.safe_write import atomic_write_json, atomic_write_text, disk_errors
 
 COMPLETE = "complete.json"
 _TAG = re.compile(r"^step-(\d+)$")
