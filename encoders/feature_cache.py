@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .audio import AudioError
 from .ensemble import AudioEncoderEnsemble, EnsembleConfig
 from .identity import encoder_hash, file_hash
-from .outputs import EncoderOutputs
+from .outputs import EncoderOutputs, pad_rows
 from .safe_write import atomic_write_json, check_writable, disk_errors
 
 INDEX = "index.json"
@@ -175,14 +175,5 @@ class FeatureCache:
             if shard not in self._shards:
                 self._shards[shard] = load_file(self.root / shard)
             rows.append({n: self._shards[shard][f"{n}/{h}/{key}"] for n, h in self.hashes.items()})
-        out = {}
         dtype = getattr(torch, self.config.dtype)
-        for name in self.hashes:
-            longest = max(r[name].shape[0] for r in rows)
-            tokens = torch.zeros(len(rows), longest, rows[0][name].shape[-1], dtype=dtype)
-            mask = torch.zeros(len(rows), longest, dtype=torch.bool)
-            for i, r in enumerate(rows):
-                tokens[i, : r[name].shape[0]] = r[name]
-                mask[i, : r[name].shape[0]] = True
-            out[name] = (tokens, mask)
-        return out
+        return {name: pad_rows([r[name] for r in rows], dtype) for name in self.hashes}

@@ -17,14 +17,15 @@ def split_windows(waveform: torch.Tensor, window: int, policy: str) -> list[torc
     return list(waveform.split(window, dim=-1))
 
 
+def pad_rows(rows: list[torch.Tensor], dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths, each [n_i, ...] → (padded [B, N_max, ...] with zeros after each row's end,
+    mask [B, N_max], True = real). The one ragged-padding step of the project (tokens, waveforms, cached features)."""
+    padded = torch.nn.utils.rnn.pad_sequence([r if dtype is None else r.to(dtype) for r in rows], batch_first=True)
+    lengths = torch.tensor([r.shape[0] for r in rows], device=padded.device)
+    return padded, torch.arange(padded.shape[1], device=padded.device) < lengths[:, None]
+
+
 def join_windows(tokens: torch.Tensor, mask: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-window outputs → per-clip rows: tokens [W, N, D], mask [W, N], W_i windows per clip → (tokens [B, N_max, D],
     mask [B, N_max]), each clip's real tokens in window order, real tokens first."""
-    rows = [t[m] for t, m in zip(tokens.split(counts), mask.split(counts))]  # each [n_i, D]
-    longest = max(r.shape[0] for r in rows)
-    out = tokens.new_zeros(len(rows), longest, tokens.shape[-1])
-    out_mask = torch.zeros(len(rows), longest, dtype=torch.bool, device=tokens.device)
-    for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r
-        out_mask[i, : r.shape[0]] = True
-    return out, out_mask
+    return pad_rows([t[m] for t, m in zip(tokens.split(counts), mask.split(counts))])  # rows [n_i, D]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..kaldi_fbank import kaldi_fbank, num_frames
+from ..outputs import pad_rows
 
 LONG_AUDIO = ("truncate", "split")
 FRAME_MS, HOP_MS = 25, 10  # Kaldi fbank frames (kaldi_fbank.py)
@@ -64,9 +65,7 @@ def batch_fbank(waveforms: list[torch.Tensor], config: FrontendConfig) -> list[t
     if short:  # never encode a silent zero spectrogram in their place
         raise ValueError(f"clips {short} are shorter than one {FRAME_MS} ms fbank frame ({config.min_samples} samples): "
                          "drop them before encoding.")
-    padded = torch.zeros(len(waveforms), max(lengths), dtype=torch.float32, device=waveforms[0].device)
-    for i, w in enumerate(waveforms):
-        padded[i, : lengths[i]] = w
+    padded, _ = pad_rows(waveforms, torch.float32)
     fbank = kaldi_fbank(padded, config.sample_rate, config.num_mel_bins)
     # Frames past a clip's own end would cover zero padding; Kaldi never computes them.
     return [fbank[i, : num_frames(n)] for i, n in enumerate(lengths)]
