@@ -42,7 +42,8 @@ def _corpus(root: Path, count: int) -> Path:
 
 
 def measure(connector: str, cached: bool, batch: int, repeats: int) -> dict:
-    from curriculum.data import Collator, validate_manifest
+    from curriculum.data import Collator
+    from curriculum.manifest import validate_manifest
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from encoders.feature_cache import FeatureCache
     from bench.efficiency import _peak_rss_mb, _rss_mb, use_bf16

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "encoders": ("bench.encoders", "fbank vs ASTFeatureExtractor, SSLAM clips/s, feature cache"),
     "sslam": ("bench.sslam_pretrain", "SSLAM pre-training throughput (clips/s) of one training step"),
     "curriculum": ("bench.curriculum", "one curriculum step: PLITS/LAL/PAL, with/without cache"),
+    "data": ("bench.data", "peak memory of a rank reading a 1M-row manifest through DataLoader workers"),
     "inference": ("bench.inference", "questions/s for 1 vs 8 questions per clip (one encoding shared)"),
 }
 

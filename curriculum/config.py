@@ -29,7 +29,7 @@ from encoders.typed_config import YamlConfig, bounded, path_field
 @dataclass
 class DataSource:
     manifest: str = path_field(None)
-    weight: float = bounded(1.0, gt=0)  # sampling weight in the stage's mixture
+    weight: float = bounded(1.0, gt=0)  # times each example appears per epoch (0.5: a fresh half each epoch)
 
     def __post_init__(self):
         if self.manifest is None:
@@ -74,6 +74,8 @@ class StageConfig:
     keep_last: int = bounded(2, ge=0)  # 0 keeps every checkpoint
     log_every: int = bounded(10, ge=1)
     group_by_length: bool = True
+    num_workers: int = bounded(2, ge=0)  # DataLoader processes reading audio and templating ahead of the step
+    prefetch_factor: int = bounded(2, ge=1)  # micro-batches each worker prepares ahead
 
     def __post_init__(self):
         if (self.steps is None) == (self.epochs is None):

@@ -169,7 +169,7 @@ FORMATS = {"audiocaps": audiocaps, "clotho": clotho, "clotho-aqa": clotho_aqa, "
 def convert(kind: str, source: str | Path, out: str | Path, audio_dir: str | Path, check_audio: bool = True,
             **options) -> dict:
     """Convert `source` to the manifest `out`; rows failing our validation are dropped and listed. → summary."""
-    from .data import ManifestError, validate_manifest  # torch: only when converting, so `pal --help` stays quick
+    from .manifest import ManifestError, validate_manifest  # torch: only when converting, so `pal --help` stays quick
 
     if kind not in FORMATS:
         raise ValueError(f"format {kind!r}: expected one of {sorted(FORMATS)}.")

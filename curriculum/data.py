@@ -1,291 +1,123 @@
-"""Curriculum data: JSONL manifests in the DESIGN.md shape, validated up front, mixed, length-grouped and collated.
+"""Curriculum data: a stage's examples, its batches as real epochs, the DataLoader that prepares them, and collation.
 
-One example per line:
-    {"id": "...", "audio": "clips/dog.wav", "task": "caption|qa|classify|asr",
-     "messages": [{"role": "user", "content": "<audio>\\nWhat can you hear?"}, {"role": "assistant", "content": "..."}]}
-`audio` is relative to the manifest's folder (or absolute); it may be missing or null for a text-only example.
+Batches: a stage's data is one or more manifests (memory-mapped tables, curriculum/manifest.py), each with a `weight`:
+how many times each of its examples appears per epoch (1: once; 2: twice; 0.5: a fresh half each epoch, so every
+example is seen before any repeats). An epoch is a shuffled pass over that many examples; with `group_by_length`, each
+window of 16 global batches is sorted by length before it is cut into batches (similar lengths in a batch, less
+padding), and the batches of the epoch are then shuffled. Global batch g is a pure function of (seed, stage, g): a
+run killed mid-epoch resumes at the very batch it would have trained next. Rank r takes rows [r·b, (r+1)·b) of
+each global batch.
 
-Before training (`validate_manifest`, then `check_lengths`), every line is checked and every problem reported with its
-line number: UTF-8 and JSON, ids (unique), task, the conversation (an optional system turn, then user and assistant
-alternating, ending with a non-empty answer), the audio (a string path to a readable audio file, not a folder, long
-enough for the encoders; exactly one `<audio>` placeholder in the prompt when there is audio, none when there is not),
-and the length of the templated text against the LLM's context. During training, a sample that still fails (audio
-that does not decode, a row that no longer fits once its PLITS audio tokens are in) is skipped, counted and written
-with its manifest, line, id and reason to the stage's `bad_samples.rank*.jsonl`.
-
-Batches: each optimizer step draws its global batch from the stage's mixture (weights per manifest), as a function of
-(seed, stage, step) so a resumed run sees exactly the batches an uninterrupted one would; with `group_by_length`, a
-window of steps is drawn at once and sorted by length, so a batch holds examples of similar length.
+Loading: a `torch.utils.data.DataLoader` with worker processes prepares the batches ahead of the training step:
+reading and resampling audio (or reading cached features), templating and tokenizing the text. The frozen encoders
+then run batched in the training process, on this rank's device (`Collator.finish`). A sample that fails (audio that
+does not decode, a row that no longer fits once its PLITS audio tokens are in) is skipped, counted and written with
+its manifest, line, id and reason to the stage's `bad_samples.rank*.jsonl`.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
+import numpy as np
 import torch
 
-from encoders.audio import AudioError, audio_header_problem
+from encoders.audio import AudioError
 
-ROLES = ("system", "user", "assistant")
-TASKS = ("caption", "qa", "classify", "asr")
-AUDIO = "<audio>"
+from .manifest import Example, example_from_row
 
-
-class ManifestError(ValueError):
-    """Every problem of a manifest, one per line of the message: `path:line: what is wrong`."""
+GROUP_WINDOW = 16  # global batches sorted by length together
 
 
-@dataclass
-class Example:
-    id: str
-    audio: str | None  # absolute path, or None for text-only
-    messages: list[dict]
-    task: str
-    length: int  # the length-grouping key: characters at validation, templated text tokens after check_lengths
-    source: str = ""  # the manifest it came from
-    line: int = 0  # its line number there (from 1)
-    labels: list[str] | None = None  # classification: the gold label(s), for evaluation
-    choices: list[str] | None = None  # multiple-choice QA: the options, for evaluation
-    references: list[str] | None = None  # captioning: every reference caption, for evaluation
+class StageData(torch.utils.data.Dataset):
+    """The examples of one stage and its global batches of `global_batch` rows.
 
-    @property
-    def prompt(self) -> list[dict]:
-        """The conversation up to its last user turn (what the model is asked)."""
-        end = len(self.messages) - 1 if self.messages[-1]["role"] == "assistant" else len(self.messages)
-        return self.messages[:end]
+    sources: (table, weight, manifest path) per manifest; tables as `manifest_table` or `examples_dataset` return
+    them. Index i of this dataset is row i of the tables laid end to end."""
 
-    @property
-    def answer(self) -> str | None:
-        """The gold answer: the last assistant turn, or None if the conversation ends with the user."""
-        return self.messages[-1]["content"] if self.messages[-1]["role"] == "assistant" else None
-
-    def where(self) -> dict:
-        return {"manifest": self.source, "line": self.line, "id": self.id}
-
-
-def _conversation_problem(messages, require_answer: bool = True) -> str | None:
-    """What is wrong with a `messages` list, or None (`require_answer=False`: it may end with the user's turn)."""
-    if not isinstance(messages, list) or not messages:
-        return "missing key \"messages\" (a list of {role, content} turns)."
-    bad = [i for i, m in enumerate(messages) if not isinstance(m, dict) or m.get("role") not in ROLES
-           or not isinstance(m.get("content"), str)]
-    if bad:
-        return f"messages {bad} need a role in {ROLES} and a string content."
-    roles = [m["role"] for m in messages]
-    turns = roles[1:] if roles[0] == "system" else roles
-    expected = ["user", "assistant"] * (len(turns) // 2 + 1)
-    if not turns or turns != expected[: len(turns)]:
-        return (f"roles {roles}: expected an optional system turn, then user and assistant turns alternating, "
-                "starting with the user.")
-    if turns[-1] != "assistant" and require_answer:
-        return "the last message must be the assistant's answer (the training target)."
-    empty = [i for i, m in enumerate(messages) if m["role"] == "assistant" and not m["content"].strip()]
-    if empty:
-        return f"assistant message(s) {empty} are empty: there is no answer to learn."
-    return None
-
-
-def _string_list_problem(row: dict, key: str, least: int) -> str | None:
-    value = row.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) < least or not all(isinstance(v, str) and v.strip() for v in value):
-        return f"\"{key}\" = {value!r}: expected a list of at least {least} non-empty string(s)."
-    return None
-
-
-def _row_problem(row, path: Path, check_audio: bool, require_answer: bool = True) -> tuple[str | None, str | None]:
-    """(problem, resolved audio path) for one parsed line."""
-    if not isinstance(row, dict):
-        return f"expected a JSON object, got {type(row).__name__}.", None
-    if "id" in row and (isinstance(row["id"], bool) or not isinstance(row["id"], (str, int))):
-        return f"id {row['id']!r}: expected a string or an integer.", None
-    task = row.get("task")
-    if task is not None and task not in TASKS:
-        return f"task {task!r}: expected one of {list(TASKS)} (or leave it out).", None
-    problem = _conversation_problem(row.get("messages"), require_answer) or _string_list_problem(row, "labels", 1) \
-        or _string_list_problem(row, "choices", 2) or _string_list_problem(row, "references", 1)
-    if problem:
-        return problem, None
-    messages = row["messages"]
-    placeholders = sum(m["content"].count(AUDIO) for m in messages if m["role"] != "assistant")
-    if any(AUDIO in m["content"] for m in messages if m["role"] == "assistant"):
-        return f"an assistant turn holds {AUDIO}: the placeholder belongs in the prompt.", None
-    audio = row.get("audio")
-    if audio is None:
-        if placeholders:
-            return (f"the prompt holds {AUDIO} but the line has no \"audio\" file: add the file or remove the "
-                    "placeholder."), None
-        return None, None
-    if not isinstance(audio, str) or not audio.strip():
-        return f"\"audio\" = {audio!r}: expected a path string to an audio file (or null for text-only).", None
-    if placeholders > 1:
-        return f"the prompt holds {placeholders} `{AUDIO}` placeholders; one audio per example takes exactly one.", None
-    if not placeholders and require_answer:  # (inference puts `<audio>` in front of the first user turn)
-        return f"has audio but no `{AUDIO}` placeholder in its prompt.", None
-    resolved = Path(audio).expanduser()
-    resolved = resolved if resolved.is_absolute() else path.parent / resolved
-    if check_audio:
-        if resolved.is_dir():
-            return f"audio {resolved} is a folder, not an audio file.", None
-        if not resolved.is_file():
-            return f"audio file {resolved} does not exist.", None
-    return None, str(resolved)
-
-
-def validate_manifest(path: str | Path, check_audio: bool = True, min_seconds: float = 0.0,
-                      require_answer: bool = True) -> list[Example]:
-    """Read a manifest; raise ManifestError listing every bad line (line numbers from 1).
-
-    `require_answer=False` (inference) accepts conversations that end with the user's question, and prompts without
-    `<audio>` (the placeholder then goes in front of the first user turn).
-    `check_audio` also reads each audio file's header (in parallel threads): unreadable files, files without samples
-    and clips shorter than `min_seconds` (the ensemble's shortest usable input) are reported here, before training.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ManifestError(f"{path}: is a folder; expected a JSONL manifest file.")
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found.")
-    examples, problems, seen = [], [], {}
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                problems.append((number, f"{where}: not UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}); "
-                                         "re-encode the manifest as UTF-8."))
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                problems.append((number, f"{where}: not valid JSON ({err.msg} at column {err.colno})."))
-                continue
-            problem, audio = _row_problem(row, path, check_audio, require_answer)
-            if problem:
-                problems.append((number, f"{where}: {problem}"))
-                continue
-            example_id = str(row.get("id", f"{path.stem}-{number}"))
-            if example_id in seen:
-                problems.append((number, f"{where}: duplicate id {example_id!r} (first on line {seen[example_id]})."))
-                continue
-            seen[example_id] = number
-            messages = row["messages"]
-            examples.append(Example(example_id, audio, messages, row.get("task") or "",
-                                    sum(len(m["content"]) for m in messages), str(path), number,
-                                    row.get("labels"), row.get("choices"), row.get("references")))
-    if check_audio:
-        with_audio = [e for e in examples if e.audio is not None]
-        with ThreadPoolExecutor(max_workers=16) as pool:  # header reads are I/O-bound
-            found = list(pool.map(lambda e: audio_header_problem(e.audio, min_seconds), with_audio))
-        bad = {e.line: f"{path}:{e.line}: {why}" for e, why in zip(with_audio, found) if why}
-        problems += list(bad.items())
-        examples = [e for e in examples if e.line not in bad]
-    if problems:
-        problems.sort()
-        raise ManifestError(f"{len(problems)} problem(s) in manifest {path}:\n" + "\n".join(p for _, p in problems))
-    if not examples:
-        raise ManifestError(f"{path}: no examples.")
-    return examples
-
-
-def check_lengths(examples: list[Example], processor, max_length: int, too_long: str) -> tuple[list[Example], list[str]]:
-    """Measure each example's templated text in tokens (audio placeholders not counted) against `max_length`.
-
-    Sets `example.length` to that count (the length-grouping key). `too_long="reject"`: ManifestError listing every
-    line over the limit. `"truncate"`: examples whose prompt alone reaches the limit are dropped, the others are cut
-    at collation; → (kept examples, notes naming the lines).
-    """
-    over, dropped, kept = [], [], []
-    for e in examples:
-        segments = processor.segments(e.messages)
-        ids, labels, _ = processor.encode(segments, 0, [], 0)
-        e.length = len(ids)
-        prompt = next((i for i, label in enumerate(labels) if label != -100), len(labels))
-        if len(ids) <= max_length:
-            kept.append(e)
-        elif too_long == "reject":
-            over.append(f"{e.source}:{e.line}: {len(ids)} tokens of text, over max_length {max_length}.")
-        elif prompt >= max_length:
-            dropped.append(f"{e.source}:{e.line}")
-        else:
-            over.append(f"{e.source}:{e.line}")
-            kept.append(e)
-    if too_long == "reject" and over:
-        raise ManifestError(
-            f"{len(over)} example(s) longer than max_length = {max_length} tokens (the LLM's context unless "
-            "model.max_length says otherwise); shorten them, raise model.max_length if the LLM allows, or set "
-            "model.too_long: truncate:\n" + "\n".join(over)
-        )
-    notes = []
-    if over:
-        notes.append(f"{len(over)} example(s) over max_length = {max_length} tokens will be cut at the end: "
-                     + ", ".join(over[:10]) + (" ..." if len(over) > 10 else ""))
-    if dropped:
-        notes.append(f"{len(dropped)} example(s) skipped because their prompt alone reaches max_length = "
-                     f"{max_length}: " + ", ".join(dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
-    if not kept:
-        raise ManifestError(f"no example of {examples[0].source} fits in max_length = {max_length} tokens.")
-    return kept, notes
-
-
-def examples_dataset(examples: list[Example]):
-    """Validated examples as a Hugging Face `datasets.Dataset` (audio as a path column, decoded by us)."""
-    from datasets import Dataset
-
-    return Dataset.from_dict({
-        "id": [e.id for e in examples],
-        "audio": [e.audio or "" for e in examples],
-        "messages": [json.dumps(e.messages) for e in examples],
-        "task": [e.task for e in examples],
-        "length": [e.length for e in examples],
-        "source": [e.source for e in examples],
-        "line": [e.line for e in examples],
-    })
-
-
-class StageData:
-    """The examples of one stage (its manifests and weights) and the deterministic per-step batch draw."""
-
-    def __init__(self, sources: list[tuple[list[Example], float]], seed: int, stage: int):
-        self.datasets = [examples_dataset(examples) for examples, _ in sources]
-        weights = torch.tensor([w for _, w in sources], dtype=torch.float64)
-        if (weights <= 0).any():
-            raise ValueError(f"mixture weights must be positive, got {weights.tolist()}.")
-        self.weights = weights / weights.sum()
-        self.seed, self.stage = seed, stage
+    def __init__(self, sources: list[tuple[object, float, str]], seed: int, stage: int, global_batch: int,
+                 group_by_length: bool = False):
+        if any(w <= 0 for _, w, _ in sources):
+            raise ValueError(f"manifest weights must be positive, got {[w for _, w, _ in sources]}.")
+        self.tables = [table for table, _, _ in sources]
+        self.names = [name for _, _, name in sources]
+        self.sizes = [len(table) for table in self.tables]
+        self.offsets = np.cumsum([0] + self.sizes[:-1])
+        self.per_epoch = [max(1, round(w * n)) for (_, w, _), n in zip(sources, self.sizes)]
+        # Only the length column is read whole (4 bytes a row, for the grouping); every other column stays mapped.
+        self.lengths = np.concatenate([t.data.column("length").to_numpy() for t in self.tables])
+        self.seed, self.stage, self.size, self.group = seed, stage, global_batch, group_by_length
+        self.batches_per_epoch = -(-sum(self.per_epoch) // global_batch)
+        self._plan: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return sum(len(d) for d in self.datasets)
+        return len(self.lengths)
 
-    def example(self, ref: tuple[int, int]) -> Example:
-        source, index = ref
-        row = self.datasets[source][index]
-        return Example(row["id"], row["audio"] or None, json.loads(row["messages"]), row["task"], row["length"],
-                       row["source"], row["line"])
+    def __getitem__(self, index: int) -> Example:
+        source = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return example_from_row(self.tables[source][int(index - self.offsets[source])], self.names[source])
 
-    def global_batch(self, step: int, size: int, group: int) -> list[tuple[int, int]]:
-        """The step's global batch as (source, index) pairs; `group` > 1 sorts a window of steps by length."""
-        window = step // group
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stage * 10_007 + window)
-        sources = torch.multinomial(self.weights, group * size, replacement=True, generator=gen)
-        refs = [(int(s), int(torch.randint(len(self.datasets[s]), (1,), generator=gen))) for s in sources]
-        if group > 1:
-            refs.sort(key=lambda r: self.datasets[r[0]][r[1]]["length"])
-        k = step % group
-        return refs[k * size : (k + 1) * size]
+    def _stream(self, source: int, start: int, count: int) -> np.ndarray:
+        """Items [start, start + count) of the source's endless sequence of shuffled passes (pass p: its own seed)."""
+        n, out = self.sizes[source], []
+        for lap in range(start // n, (start + count - 1) // n + 1):
+            order = np.random.default_rng([self.seed, self.stage, source, lap]).permutation(n)
+            lo, hi = max(start - lap * n, 0), min(start + count - lap * n, n)
+            out.append(order[lo:hi])
+        return np.concatenate(out) + self.offsets[source]
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """The epoch's global batches as dataset indices [batches_per_epoch, global_batch]."""
+        if self._plan is not None and self._plan[0] == epoch:
+            return self._plan[1]
+        rng = np.random.default_rng([self.seed, self.stage, 1_000_003, epoch])
+        order = rng.permutation(np.concatenate([self._stream(s, epoch * c, c) for s, c in enumerate(self.per_epoch)]))
+        wrap = self.batches_per_epoch * self.size - len(order)  # the last batch is filled from the epoch's start
+        order = np.concatenate([order, np.resize(order, wrap)]) if wrap else order
+        batches = order.reshape(-1, self.size)
+        if self.group:
+            window = GROUP_WINDOW * self.size
+            for lo in range(0, len(order), window):
+                part = order[lo : lo + window]
+                order[lo : lo + window] = part[np.argsort(self.lengths[part], kind="stable")]
+            batches = order.reshape(-1, self.size)[rng.permutation(self.batches_per_epoch)]
+        self._plan = (epoch, batches)
+        return batches
+
+    def global_batch(self, g: int) -> np.ndarray:
+        """Global batch g of the stage (counting across epochs): dataset indices [global_batch]."""
+        epoch, within = divmod(g, self.batches_per_epoch)
+        return self.epoch(epoch)[within]
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """This rank's share of global batches [start, stop): lists of dataset indices (a DataLoader batch sampler)."""
+
+    def __init__(self, data: StageData, start: int, stop: int, rank: int, batch_size: int):
+        self.data, self.start, self.stop, self.rank, self.batch_size = data, start, stop, rank, batch_size
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        lo = self.rank * self.batch_size
+        for g in range(self.start, self.stop):
+            yield self.data.global_batch(g)[lo : lo + self.batch_size].tolist()
+
+
+def stage_loader(data: StageData, collator: "Collator", start: int, stop: int, rank: int, batch_size: int,
+                 workers: int, prefetch: int = 2) -> torch.utils.data.DataLoader:
+    """Prepared micro-batches of global batches [start, stop) for this rank (see `Collator.load`)."""
+    return torch.utils.data.DataLoader(
+        data, batch_sampler=RankBatches(data, start, stop, rank, batch_size), collate_fn=collator.load,
+        num_workers=workers, prefetch_factor=prefetch if workers else None, pin_memory=torch.cuda.is_available(),
+    )
 
 
 class Collator:
     """Examples → model inputs: audio decoded and encoded (or read from the feature cache), chat template applied,
-    labels on assistant tokens only, padding on the processor's side.
+    labels on assistant tokens only, padding on the processor's side. `load` is the part a DataLoader worker does
+    (audio reading and resampling or cache reads, templating); `finish` runs the frozen encoders and builds the batch.
 
     A sample that fails here is dropped from the batch and returned with its reason: audio that does not decode, a
     row over `max_length` once its PLITS audio tokens are in (`too_long="truncate"` cuts it instead, counted in
@@ -297,40 +129,60 @@ class Collator:
         self.max_length, self.too_long = max_length, too_long
         self.counts: Counter = Counter()  # "truncated", "long audio: <encoder> <policy>", ...
 
-    def features(self, examples: list[Example]) -> tuple[dict | None, list[Example], list[tuple[Example, str]]]:
-        """→ (audio features with one row per kept example or None, kept examples, [(example, problem)] skipped)."""
-        bad, kept, rows, clips, paths = [], [], [], [], []
+    def load(self, examples: list[Example]) -> dict:
+        """The worker's part: each example's audio read at the encoders' rates (or its cached features) and its
+        conversation templated. → {"examples": kept, "bad": [(example, problem)], "rows": each kept example's audio
+        row or None, "clips" or "cached", "segments", "counts"}."""
+        bad, kept, rows, clips, paths, segments, counts = [], [], [], [], [], [], Counter()
         for example in examples:
-            if example.audio is None:
-                kept.append(example)
-                rows.append(None)
-                continue
-            try:
-                if self.cache is not None:
+            try:  # AudioError is a ValueError; so is a conversation the chat template cannot split
+                pieces = self.processor.segments(example.messages)
+                row = None
+                if example.audio is not None and self.cache is not None:
                     if example.audio not in self.cache:
                         raise AudioError(f"{example.audio} is not in the feature cache {self.cache.root}")
                     paths.append(example.audio)
-                else:
+                    row = len(paths) - 1
+                elif example.audio is not None:
                     clip = self.ensemble.load(example.audio)
-                    self.counts.update(self.ensemble.long_audio_events(clip))
+                    counts.update(self.ensemble.long_audio_events(clip))
                     clips.append(clip)
-                kept.append(example)
-                rows.append(len(paths) + len(clips) - 1)
-            except AudioError as err:
+                    row = len(clips) - 1
+            except ValueError as err:
                 bad.append((example, str(err)))
-        if not (paths or clips):
-            return self.no_audio(len(kept)), kept, bad
-        features = self.cache.get(paths) if self.cache is not None else self.ensemble.encode_loaded(clips)
-        return scatter_rows(features, rows), kept, bad
+                continue
+            kept.append(example)
+            rows.append(row)
+            segments.append(pieces)
+        return {"examples": kept, "bad": bad, "rows": rows, "clips": clips,
+                "cached": self.cache.get(paths) if paths else None, "segments": segments, "counts": counts}
+
+    def audio(self, loaded: dict) -> dict | None:
+        """Encoder outputs with one row per kept example: the frozen encoders run here, batched, on their device."""
+        if loaded["cached"] is None and not loaded["clips"]:
+            return self.no_audio(len(loaded["examples"]))
+        features = loaded["cached"] if loaded["cached"] is not None else self.ensemble.encode_loaded(loaded["clips"])
+        return scatter_rows(features, loaded["rows"])
+
+    def features(self, examples: list[Example]) -> tuple[dict | None, list[Example], list[tuple[Example, str]]]:
+        """→ (audio features with one row per kept example or None, kept examples, [(example, problem)] skipped)."""
+        loaded = self.load(examples)
+        return self.audio(loaded), loaded["examples"], loaded["bad"]
 
     def __call__(self, examples: list[Example]) -> tuple[dict | None, list[tuple[Example, str]]]:
         """→ (batch, or None when nothing usable is left; [(example, problem)] of the skipped examples)."""
-        audio, kept, bad = self.features(examples)
+        return self.finish(self.load(examples))
+
+    def finish(self, loaded: dict) -> tuple[dict | None, list[tuple[Example, str]]]:
+        """The training process's part of `__call__`, on what `load` prepared."""
+        self.counts.update(loaded["counts"])
+        audio, kept, bad = self.audio(loaded), loaded["examples"], list(loaded["bad"])
         counts = self.processor.audio_token_counts(audio, len(kept))
+        plits = self.processor.config.encoders_on("plits") + self.processor.config.summary_encoders()
         rows, keep = [], []
         for i, example in enumerate(kept):
             try:
-                row = self.processor.encode_example(example.messages, int(counts[i]), i)
+                row = self.processor.encode(loaded["segments"][i], int(counts[i]), plits, i)
                 if self.max_length is not None and len(row[0]) > self.max_length:
                     if self.too_long != "truncate":
                         raise ValueError(f"{len(row[0])} tokens with its audio, over max_length {self.max_length}.")

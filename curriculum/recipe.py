@@ -13,7 +13,7 @@ A run folder remembers what trained it: each stage records a hash of its effecti
 its weights, chained through the stages before it). A finished stage with the same hash is skipped; a different hash,
 or an unfinished stage without `--resume`, is refused unless `--restart` asks to start over.
 
-Exact resume: batches are a function of (seed, stage, step); DeepSpeed restores weights and optimizer state from the
+Exact resume: batches are a function of (seed, stage, step), also mid-epoch (curriculum/data.py); DeepSpeed restores weights and optimizer state from the
 newest intact checkpoint. Samples that fail at run time are skipped, counted and listed with manifest, line, id and
 reason in `bad_samples.rank*.jsonl`. ZeRO-3: a batch without audio still goes through the connectors (with masked-out
 audio), and a batch whose examples were all skipped repeats the last good one with zero weight, so every rank calls
@@ -45,7 +45,8 @@ from pal.llm import load_tokenizer, resolve_llm_path
 from pal.trainable import LORA_KEYS
 
 from .config import CurriculumConfig, StageConfig
-from .data import Collator, ManifestError, StageData, check_lengths, validate_manifest
+from .data import Collator, StageData, stage_loader
+from .manifest import ManifestError, manifest_table
 
 STAGE_RECORD = "stage.json"
 
@@ -123,7 +124,7 @@ class CurriculumRecipe:
         settings of the stages before it."""
         stage = asdict(self.config.stages[k])
         for key in ("val_manifest", "eval_every", "val_batches", "num_samples", "checkpoint_every", "keep_last",
-                    "log_every"):
+                    "log_every", "num_workers", "prefetch_factor"):
             stage.pop(key)
         deepspeed = Path(stage["deepspeed"]) if stage["deepspeed"] else None
         stage["deepspeed"] = deepspeed.read_text() if deepspeed and deepspeed.is_file() else str(deepspeed)
@@ -150,6 +151,7 @@ class CurriculumRecipe:
         # The ensemble is built either way: its dims configure the connectors (presets are cheap; real weights load
         # once). With a feature cache it never encodes.
         self.ensemble = AudioEncoderEnsemble(ensemble_config)
+        check_writable(self.out)  # on every rank (each proves it can write), before validation writes tables there
         self.validate()
         self.states = {k: self.stage_state(k) for k in self.stages}
         redo = [k for k in self.stages if self.states[k] != "finished"]
@@ -160,7 +162,6 @@ class CurriculumRecipe:
                 "it would be stale: pass --restart to retrain them too, or choose another --out."
             )
         if self.rank == 0:
-            check_writable(self.out)
             atomic_write_json(self.out / "curriculum.json", asdict(self.config))
 
     def validate(self) -> None:
@@ -188,13 +189,25 @@ class CurriculumRecipe:
         problems, validated = [], {}
 
         def examples(path: str | None, what: str):
+            """(memory-mapped table, notes) of a manifest, or None if it has problems. Rank 0 validates and writes
+            the table; the other ranks map the same file (or report the same problems)."""
             if path not in validated:
-                try:
-                    found = validate_manifest(path, min_seconds=self.ensemble.min_seconds)
-                    validated[path] = check_lengths(found, processor, self.max_length, m.too_long)
-                except ManifestError as err:
-                    problems.append(f"{what}: {err}")
+                outcome, failure = [None, None], None
+                if self.rank == 0:
+                    try:
+                        manifest_table(path, processor, self.max_length, m.too_long, self.ensemble.min_seconds,
+                                       self.out / "manifests")
+                    except Exception as err:  # every rank must leave the broadcast below, whatever went wrong
+                        outcome, failure = [type(err).__name__, str(err)], err
+                torch.distributed.broadcast_object_list(outcome, src=0)
+                if outcome[0] not in (None, "ManifestError"):
+                    raise failure or RuntimeError(f"rank 0 could not read {path}: {outcome[0]}: {outcome[1]}")
+                if outcome[0] is not None:
+                    problems.append(f"{what}: {outcome[1]}")
                     validated[path] = None
+                else:
+                    validated[path] = manifest_table(path, processor, self.max_length, m.too_long,
+                                                     self.ensemble.min_seconds, self.out / "manifests")
             return validated[path]
 
         self.ds_configs, self.data, self.val_data, self.notes = {}, {}, {}, []
@@ -220,11 +233,13 @@ class CurriculumRecipe:
                 problems.append(f"{where}: starts from {self.stage_dir(k - 1) / 'final'}, which does not exist; "
                                 f"run stage {k} first.")
             if all(e is not None for e, _ in sources) and not (stage.val_manifest and val is None):
-                self.data[k] = StageData([(e[0], w) for e, w in sources], self.config.seed, k)
-                self.val_data[k] = StageData([(val[0], 1.0)], self.config.seed + 1, k) if val else None
+                self.data[k] = StageData([(e[0], w, s.manifest) for (e, w), s in zip(sources, stage.data)],
+                                         self.config.seed, k, stage.batch_size * self.world, stage.group_by_length)
+                self.val_data[k] = StageData([(val[0], 1.0, stage.val_manifest)], self.config.seed + 1, k,
+                                             stage.batch_size) if val else None
         if self.cache is not None:
-            missing = sorted({e.audio for found in validated.values() if found for e in found[0]
-                              if e.audio and e.audio not in self.cache})
+            missing = sorted({audio for found in validated.values() if found
+                              for audio in found[0].unique("audio") if audio and audio not in self.cache})
             if missing:
                 problems.append(f"{len(missing)} audio file(s) are not in the feature cache {self.cache.root} (e.g. "
                                 f"{missing[:3]}): run `pal features` on their manifests, or drop `feature_cache`.")
@@ -298,8 +313,8 @@ class CurriculumRecipe:
         collate = Collator(processor, self.ensemble, self.cache, self.max_length, m.too_long)
         val_collate = Collator(processor, self.ensemble, self.cache, self.max_length, m.too_long)
         data, val = self.data[k], self.val_data[k]
-        per_step = stage.batch_size * self.world * stage.gradient_accumulation_steps
-        total = stage.steps or max(1, math.ceil(stage.epochs * len(data) / per_step))
+        accum = stage.gradient_accumulation_steps
+        total = stage.steps or max(1, math.ceil(stage.epochs * data.batches_per_epoch / accum))
         stop = min(total, self.max_steps) if self.max_steps else total
 
         optimizer = torch.optim.AdamW(param_groups(model, stage.optim.weight_decay, decay_all=False),
@@ -316,7 +331,9 @@ class CurriculumRecipe:
                       world_size=self.world, notes=self.notes)
 
         zero3 = self.ds_configs[k]["zero_optimization"]["stage"] == 3
-        group = 16 if stage.group_by_length else 1
+        # Workers prepare the micro-batches ahead of the step; global batch g = step · accum + micro.
+        batches = iter(stage_loader(data, collate, start * accum, stop * accum, self.rank, stage.batch_size,
+                                    stage.num_workers, stage.prefetch_factor))
         bad_total, last_loss = 0, float("nan")
         self.last_batch = None
         bar = tqdm(total=stop, initial=start, desc=f"stage {k + 1} ({stage.name})", disable=self.rank != 0, unit="step")
@@ -326,11 +343,8 @@ class CurriculumRecipe:
             for group_ in optimizer.param_groups:
                 group_["lr"] = lr
             losses = []
-            for micro in range(stage.gradient_accumulation_steps):
-                index = step * stage.gradient_accumulation_steps + micro
-                refs = data.global_batch(index, stage.batch_size * self.world, group)
-                mine = [data.example(r) for r in refs[self.rank * stage.batch_size : (self.rank + 1) * stage.batch_size]]
-                batch, bad = collate(mine)
+            for _ in range(accum):
+                batch, bad = collate.finish(next(batches))
                 if bad:
                     bad_total += len(bad)
                     self.report_bad(stage_dir, step, bad)
@@ -384,11 +398,10 @@ class CurriculumRecipe:
         engine.eval()
         losses = []
         for b in range(stage.val_batches):
-            refs = val.global_batch(b, stage.batch_size, 1)
-            batch, _ = collate([val.example(r) for r in refs])
+            batch, _ = collate([val[i] for i in val.global_batch(b)])
             if batch is not None:
                 losses.append(float(self.micro_step(engine, batch)))
-        examples = [val.example(r) for r in val.global_batch(0, stage.num_samples, 1)] if stage.num_samples else []
+        examples = [val[i] for i in val.epoch(0).reshape(-1)[: stage.num_samples]]
         audio, kept, _ = collate.features(examples)
         if kept:  # on every rank: under ZeRO-3 each forward is a collective; rank 0 writes
             gen = PALProcessor(processor.tokenizer, processor.config, padding_side="left")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from curriculum.data import Example, scatter_rows, validate_manifest
+from curriculum.data import scatter_rows
+from curriculum.manifest import Example, validate_manifest
 from encoders.audio import AudioError
 from encoders.identity import file_hash
 from encoders.safe_write import atomic_write_json, check_writable, disk_errors

@@ -89,6 +89,25 @@ class PALProcessor:
                 flags += [False] * len(part)
         return ids, labels, flags
 
+    def text_lengths(self, conversations: list[list[tuple[str, bool]]]) -> list[tuple[int, int]]:
+        """(tokens, tokens before the first answer token) of each conversation's `segments`, audio placeholders not
+        counted: what `encode(segments, 0, ...)` would give, from one batched tokenizer call (fast at millions)."""
+        pieces, owner, in_prompt = [], [], []
+        for row, segments in enumerate(conversations):
+            answered = False
+            for text, target in segments:
+                for piece in [text] if target else text.split(AUDIO_PLACEHOLDER):
+                    pieces.append(piece)
+                    owner.append(row)
+                    in_prompt.append(not (answered or target))
+                answered = answered or target
+        ids = self.tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else []
+        out = [[0, 0] for _ in conversations]
+        for row, prompt, piece in zip(owner, in_prompt, ids):
+            out[row][0] += len(piece)
+            out[row][1] += len(piece) if prompt else 0
+        return [tuple(lengths) for lengths in out]
+
     # ------------------------------------------------------------------------------------------------ batching
     def audio_token_counts(self, audio, rows: int) -> list[int]:
         """PLITS placeholder positions each of `rows` examples needs for these encoder outputs (0 without PLITS)."""

@@ -94,7 +94,8 @@ def test_kill_and_resume_equals_uninterrupted_with_lora_and_connector_kept(workd
 def test_zero3_two_ranks_with_text_only_batches_on_one_rank(workdir):
     """ZeRO-3 gathers parameters per module call: a rank whose batch has no audio must still run the connectors,
     or the ranks wait on each other forever (a known failure of peer projects)."""
-    from curriculum.data import StageData, validate_manifest
+    from curriculum.data import StageData
+    from curriculum.manifest import examples_dataset, validate_manifest
 
     rows = [json.loads(line) for line in (workdir / "train.jsonl").read_text().splitlines()]
     text = [r for r in rows if "audio" not in r][0]
@@ -105,8 +106,9 @@ def test_zero3_two_ranks_with_text_only_batches_on_one_rank(workdir):
     for stage in text["stages"]:
         stage["data"] = [{"manifest": str(workdir / "mixed.jsonl")}]
     config.write_text(yaml.safe_dump(text))
-    data = StageData([(validate_manifest(workdir / "mixed.jsonl"), 1.0)], seed=0, stage=0)
-    has_audio = [[data.example(r).audio is not None for r in data.global_batch(step, 2, 1)] for step in range(4)]
+    table = examples_dataset(validate_manifest(workdir / "mixed.jsonl"))
+    data = StageData([(table, 1.0, str(workdir / "mixed.jsonl"))], seed=0, stage=0, global_batch=2)
+    has_audio = [[data[i].audio is not None for i in data.global_batch(step)] for step in range(4)]
     assert any(a != b for a, b in has_audio), "no step mixes an audio rank with a text-only rank"
     out = workdir / "zero3"
     run_pal("train", "--config", str(config), "--out", str(out), "--stage", "1", nproc=2, port=29700)
@@ -124,7 +126,7 @@ def test_two_ranks(workdir):
 
 
 def test_manifest_errors_have_line_numbers(tmp_path):
-    from curriculum.data import ManifestError, validate_manifest
+    from curriculum.manifest import ManifestError, validate_manifest
 
     soundfile.write(tmp_path / "ok.wav", np.zeros(1600, dtype=np.float32), 16000)
     lines = [

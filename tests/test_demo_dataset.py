@@ -25,7 +25,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_same_seed_same_files_and_valid_manifests(demo):
-    from curriculum.data import validate_manifest
+    from curriculum.manifest import validate_manifest
 
     root, card = demo
     build(root / "b", seed=3, clips=40)

@@ -53,7 +53,7 @@ CASES = [
 
 
 def test_every_manifest_rule_is_reported_with_its_line(clips):
-    from curriculum.data import ManifestError, validate_manifest
+    from curriculum.manifest import ManifestError, validate_manifest
 
     path = clips / "m.jsonl"
     with open(path, "wb") as f:
@@ -71,7 +71,7 @@ def test_every_manifest_rule_is_reported_with_its_line(clips):
 
 
 def test_text_longer_than_the_context_is_rejected_or_truncated_with_its_line(curriculum_env, tmp_path):
-    from curriculum.data import ManifestError, check_lengths, validate_manifest
+    from curriculum.manifest import ManifestError, check_lengths, validate_manifest
     from pal import PALConfig, PALProcessor
     from pal.llm import load_tokenizer
     from transformers import AutoConfig

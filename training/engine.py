@@ -46,6 +46,13 @@ def slow_bf16_note(precision: str, where: str) -> str | None:
     return None
 
 
+def bind_local_device() -> None:
+    """Make this process's GPU the current CUDA device (LOCAL_RANK), before any model or encoder moves: `"cuda"`
+    (an ensemble's `device`, NCCL's buffers) then means this rank's GPU, not every rank's cuda:0."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def setup_distributed() -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed; one process without a launcher works too. → (rank, world)."""
     if not torch.cuda.is_available():
@@ -53,6 +60,7 @@ def setup_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ:  # a plain `python` / `pal` call: one process, as DeepSpeed's launcher would set up
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
+    bind_local_device()
     import deepspeed
 
     if not torch.distributed.is_initialized():

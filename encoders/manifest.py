@@ -1,0 +1,44 @@
+"""Reading JSONL manifests, one line at a time: the one reader behind every manifest of the project (training and
+evaluation manifests, feature-cache and SSLAM pre-training audio lists). What a line must hold is each user's
+business; here only UTF-8, JSON and where relative audio paths point."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class ManifestError(ValueError):
+    """Every problem of a manifest, one per line of the message: `path:line: what is wrong`."""
+
+
+def manifest_lines(path: str | Path) -> Iterator[tuple[int, object, str | None]]:
+    """(line number from 1, the parsed JSON value or None, the problem or None) for each non-blank line.
+
+    Streams: a manifest of millions of lines is never held in memory."""
+    path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a folder; expected a JSONL manifest file.")
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found.")
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield number, None, (f"not UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}); re-encode the "
+                                     "manifest as UTF-8.")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line), None
+            except json.JSONDecodeError as err:
+                yield number, None, f"not valid JSON ({err.msg} at column {err.colno})."
+
+
+def resolve_audio(audio: str, manifest: str | Path) -> Path:
+    """An `audio` entry as a path: absolute as given (with ~ expanded), else relative to the manifest's folder."""
+    path = Path(audio).expanduser()
+    return path if path.is_absolute() else Path(manifest).parent / path
