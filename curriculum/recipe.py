@@ -41,7 +41,7 @@ from encoders.safe_write import atomic_write_json, check_writable, disk_errors
 from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
                                setup_distributed, slow_bf16_note)
 from pal import TRAINABLE_GROUPS, PALConfig, PALForConditionalGeneration, PALProcessor, set_trainable
-from pal.llm import load_tokenizer, resolve_llm_path
+from pal.llm import load_tokenizer, pal_home, resolve_llm_path
 from pal.trainable import LORA_KEYS
 
 from .config import CurriculumConfig, StageConfig
@@ -151,7 +151,6 @@ class CurriculumRecipe:
         # The ensemble is built either way: its dims configure the connectors (presets are cheap; real weights load
         # once). With a feature cache it never encodes.
         self.ensemble = AudioEncoderEnsemble(ensemble_config)
-        check_writable(self.out)  # on every rank (each proves it can write), before validation writes tables there
         self.validate()
         self.states = {k: self.stage_state(k) for k in self.stages}
         redo = [k for k in self.stages if self.states[k] != "finished"]
@@ -162,6 +161,7 @@ class CurriculumRecipe:
                 "it would be stale: pass --restart to retrain them too, or choose another --out."
             )
         if self.rank == 0:
+            check_writable(self.out)
             atomic_write_json(self.out / "curriculum.json", asdict(self.config))
 
     def validate(self) -> None:
@@ -187,6 +187,7 @@ class CurriculumRecipe:
         processor = PALProcessor(self.tokenizer(0), pal_config, padding_side="right")
 
         problems, validated = [], {}
+        tables = pal_home() / "manifests"  # keyed by content and settings: shared by runs, nothing left in a bad --out
 
         def examples(path: str | None, what: str):
             """(memory-mapped table, notes) of a manifest, or None if it has problems. Rank 0 validates and writes
@@ -196,7 +197,7 @@ class CurriculumRecipe:
                 if self.rank == 0:
                     try:
                         manifest_table(path, processor, self.max_length, m.too_long, self.ensemble.min_seconds,
-                                       self.out / "manifests")
+                                       tables)
                     except Exception as err:  # every rank must leave the broadcast below, whatever went wrong
                         outcome, failure = [type(err).__name__, str(err)], err
                 torch.distributed.broadcast_object_list(outcome, src=0)
@@ -207,7 +208,7 @@ class CurriculumRecipe:
                     validated[path] = None
                 else:
                     validated[path] = manifest_table(path, processor, self.max_length, m.too_long,
-                                                     self.ensemble.min_seconds, self.out / "manifests")
+                                                     self.ensemble.min_seconds, tables)
             return validated[path]
 
         self.ds_configs, self.data, self.val_data, self.notes = {}, {}, {}, []
