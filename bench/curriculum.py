@@ -5,6 +5,10 @@ with the encoder run on the fly and with the feature cache, side by side, each v
 what the curriculum runs per micro-batch: collation (audio decoding and encoding, or the cache lookup; the chat
 template), forward, backward and an AdamW update of the stage-1 trainables (the connector), bf16 autocast where the
 CPU supports it.
+
+Data path: "inline" collates inside the step (how the curriculum ran before its DataLoader); "workers" is the
+curriculum's own path, 2 DataLoader workers reading audio and templating ahead while the step trains, the frozen
+encoder in the training process. Memory: LAL with and without gradient checkpointing (the stage option).
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ def _corpus(root: Path, count: int) -> Path:
     return root / "bench.jsonl"
 
 
-def measure(connector: str, cached: bool, batch: int, repeats: int) -> dict:
-    from curriculum.data import Collator
-    from curriculum.manifest import validate_manifest
+def measure(connector: str, cached: bool, batch: int, repeats: int, workers: int = 0,
+            checkpointing: bool = False) -> dict:
+    from curriculum.data import Collator, StageData, stage_loader
+    from curriculum.manifest import examples_dataset, validate_manifest
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from encoders.feature_cache import FeatureCache
     from bench.efficiency import _peak_rss_mb, _rss_mb, use_bf16
@@ -61,13 +66,18 @@ def measure(connector: str, cached: bool, batch: int, repeats: int) -> dict:
         torch.manual_seed(0)
         model = PALForConditionalGeneration.from_llm(None, encoder_dims=ensemble.dims, **CONNECTORS[connector]).train()
         set_trainable(model, ["connector"])
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         collate = Collator(PALProcessor(load_tokenizer(None), model.config, padding_side="right"), ensemble, cache)
         examples = validate_manifest(manifest)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16("auto"))
 
+        data = StageData([(examples_dataset(examples), 1.0, str(manifest))], 0, 0, batch)
+        batches = iter(stage_loader(data, collate, 0, repeats + 1, 0, batch, workers)) if workers else None
+
         def step():
-            inputs, _ = collate(examples)
+            inputs, _ = collate.finish(next(batches)) if workers else collate(examples)
             with autocast:
                 loss = model(**inputs, use_cache=False).loss
             loss.backward()
@@ -84,28 +94,38 @@ def measure(connector: str, cached: bool, batch: int, repeats: int) -> dict:
             step()
             times.append(time.perf_counter() - start)
         best = min(times[1:]) if repeats else times[0]
-        return {"connector": connector, "feature_cache": cached, "batch": batch, "step_s": best,
-                "examples_per_s": batch / best, "peak_mem_mb": peak}
+        return {"connector": connector, "feature_cache": cached, "workers": workers, "checkpointing": checkpointing,
+                "batch": batch, "step_s": best, "examples_per_s": batch / best, "peak_mem_mb": peak}
+
+
+# (connector, feature cache, DataLoader workers, gradient checkpointing)
+VARIANTS = [(c, cached, 0, False) for c in CONNECTORS for cached in (False, True)] + [
+    (c, False, 2, False) for c in CONNECTORS] + [("lal", True, 0, True)]
 
 
 def run(batch: int = 4, repeats: int = 2, progress=print) -> dict:
     results = []
-    for connector in CONNECTORS:
-        for cached in (False, True):
-            progress(f"  measuring {connector:5s} {'with' if cached else 'without'} the feature cache ...")
-            cmd = [sys.executable, "-m", "bench.curriculum", "--worker", connector, str(int(cached)), str(batch),
-                   str(repeats)]
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-            if done.returncode != 0:
-                raise RuntimeError(f"curriculum benchmark worker failed:\n{done.stderr[-3000:]}")
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    by = {(r["connector"], r["feature_cache"]): r for r in results}
+    for connector, cached, workers, checkpointing in VARIANTS:
+        progress(f"  measuring {connector:5s} {'cache' if cached else f'{workers} workers' if workers else 'inline'}"
+                 + (", gradient checkpointing" if checkpointing else "") + " ...")
+        cmd = [sys.executable, "-m", "bench.curriculum", "--worker", connector, str(int(cached)), str(batch),
+               str(repeats), str(workers), str(int(checkpointing))]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        if done.returncode != 0:
+            raise RuntimeError(f"curriculum benchmark worker failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    by = {(r["connector"], r["feature_cache"], r["workers"], r["checkpointing"]): r for r in results}
     ratios = {}
     for connector in CONNECTORS:
-        ratios[f"{connector}: cache speed-up"] = by[connector, False]["step_s"] / by[connector, True]["step_s"]
+        inline, cached = by[connector, False, 0, False], by[connector, True, 0, False]
+        ratios[f"{connector}: cache speed-up"] = inline["step_s"] / cached["step_s"]
+        ratios[f"{connector}: DataLoader workers speed-up"] = inline["step_s"] / by[connector, False, 2, False]["step_s"]
+    ratios["lal: gradient checkpointing peak memory"] = (by["lal", True, 0, True]["peak_mem_mb"]
+                                                         / by["lal", True, 0, False]["peak_mem_mb"])
     for connector in ("lal", "pal"):
-        ratios[f"{connector}/plits throughput (cached)"] = by["plits", True]["step_s"] / by[connector, True]["step_s"]
-        ratios[f"{connector}/plits peak memory (cached)"] = by[connector, True]["peak_mem_mb"] / by["plits", True]["peak_mem_mb"]
+        ours, plits = by[connector, True, 0, False], by["plits", True, 0, False]
+        ratios[f"{connector}/plits throughput (cached)"] = plits["step_s"] / ours["step_s"]
+        ratios[f"{connector}/plits peak memory (cached)"] = ours["peak_mem_mb"] / plits["peak_mem_mb"]
     return {"results": results, "ratios": ratios}
 
 
@@ -115,9 +135,10 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{'connector':9s} {'cache':5s} {'step s':>7s} {'examples/s':>10s} {'peak MB':>8s}")
+    print(f"{'connector':9s} {'data':9s} {'ckpt':4s} {'step s':>7s} {'examples/s':>10s} {'peak MB':>8s}")
     for r in report["results"]:
-        print(f"{r['connector']:9s} {'yes' if r['feature_cache'] else 'no':5s} {r['step_s']:7.3f} "
+        data = "cache" if r["feature_cache"] else f"{r['workers']} workers" if r["workers"] else "inline"
+        print(f"{r['connector']:9s} {data:9s} {'yes' if r['checkpointing'] else 'no':4s} {r['step_s']:7.3f} "
               f"{r['examples_per_s']:10.2f} {r['peak_mem_mb']:8.0f}")
     for name, value in report["ratios"].items():
         print(f"{name}: {value:.2f}x")
@@ -132,7 +153,8 @@ def add_arguments(parser) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "--worker":
-        print(json.dumps(measure(sys.argv[2], bool(int(sys.argv[3])), int(sys.argv[4]), int(sys.argv[5]))))
+        print(json.dumps(measure(sys.argv[2], bool(int(sys.argv[3])), int(sys.argv[4]), int(sys.argv[5]),
+                                 int(sys.argv[6]), bool(int(sys.argv[7])))))
     else:
         import argparse
 

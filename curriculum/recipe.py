@@ -95,14 +95,30 @@ class CurriculumRecipe:
     def stage_dir(self, k: int) -> Path:
         return self.out / f"stage{k + 1}-{self.config.stages[k].name}"
 
-    def build_model(self, k: int) -> PALForConditionalGeneration:
-        """Stage 1: the LLM with fresh connectors; stage k > 1: the consolidated fp32 weights of stage k − 1."""
+    def build_model(self, k: int, zero3: dict | None = None) -> PALForConditionalGeneration:
+        """Stage 1: the LLM with fresh connectors; stage k > 1: the consolidated fp32 weights of stage k − 1.
+
+        `zero3`: a DeepSpeed config with ZeRO stage 3. Every checkpoint is then loaded under `deepspeed.zero.Init`
+        (Hugging Face's loader, given this config): each rank keeps only its slice of each parameter from the moment
+        it exists, one checkpoint tensor gathered at a time, so no rank holds the whole LLM. Stage 1's fresh
+        connectors and adapters (a small share) are built whole, exactly as without ZeRO-3 (same random draws), and
+        partitioned by `deepspeed.initialize`."""
+        if zero3 is None:
+            return self._build_model(k)
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_zero3 = HfDeepSpeedConfig(zero3)  # while it lives, from_pretrained loads into partitioned parameters
+        try:
+            return self._build_model(k)
+        finally:
+            del hf_zero3  # later plain builds (final/ on rank 0) must not see ZeRO-3
+
+    def _build_model(self, k: int) -> PALForConditionalGeneration:
         if k == 0:
             m = self.config.model
-            torch.manual_seed(self.config.seed)
             return PALForConditionalGeneration.from_llm(
                 None if m.llm == "default" else m.llm, encoder_dims=self.ensemble.dims, lora=m.lora,
-                dtype=getattr(torch, m.dtype), **m.connector,
+                dtype=getattr(torch, m.dtype), seed=self.config.seed, **m.connector,
             )
         previous = self.stage_dir(k - 1) / "final"
         if not (previous / "config.json").is_file():
@@ -306,8 +322,11 @@ class CurriculumRecipe:
             atomic_write_json(stage_dir / STAGE_RECORD, {
                 "hash": self.stage_hash(k), "run": run_id or uuid.uuid4().hex[:12],
                 "previous_run": (previous or {}).get("run"), "config": asdict(stage)})
-        model = self.build_model(k)
+        zero3 = self.ds_configs[k]["zero_optimization"]["stage"] == 3
+        model = self.build_model(k, self.ds_configs[k] if zero3 else None)
         counts = set_trainable(model, stage.trainable)
+        if stage.gradient_checkpointing:  # non-reentrant: LAL's audio keys/values reach the recomputed layers as kwargs
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
         processor = PALProcessor(self.tokenizer(k), model.config, padding_side="right")
         m = self.config.model
@@ -318,6 +337,10 @@ class CurriculumRecipe:
         total = stage.steps or max(1, math.ceil(stage.epochs * data.batches_per_epoch / accum))
         stop = min(total, self.max_steps) if self.max_steps else total
 
+        # How much of the LLM this rank held once it was built: under ZeRO-3 a 1/world slice of each tensor.
+        llm = [p for n, p in model.named_parameters() if n.startswith("llm.") and ".lora_" not in n]
+        built = {"llm_elements_here": sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in llm),
+                 "llm_elements": sum(getattr(p, "ds_numel", p.numel()) for p in llm)}
         optimizer = torch.optim.AdamW(param_groups(model, stage.optim.weight_decay, decay_all=False),
                                       lr=stage.optim.lr, betas=tuple(stage.optim.betas), eps=stage.optim.eps)
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_configs[k])
@@ -329,9 +352,9 @@ class CurriculumRecipe:
         log = JsonlLog(stage_dir / "log.jsonl", self.rank == 0)
         if self.rank == 0 and start == 0:
             log.write(event="start", stage=k + 1, name=stage.name, trainable=counts, total_steps=total,
-                      world_size=self.world, notes=self.notes)
+                      world_size=self.world, notes=self.notes, built=built,
+                      gradient_checkpointing=model.is_gradient_checkpointing)
 
-        zero3 = self.ds_configs[k]["zero_optimization"]["stage"] == 3
         # Workers prepare the micro-batches ahead of the step; global batch g = step · accum + micro.
         batches = iter(stage_loader(data, collate, start * accum, stop * accum, self.rank, stage.batch_size,
                                     stage.num_workers, stage.prefetch_factor))

@@ -12,6 +12,8 @@ Notation: B batch, T text length (with PLITS placeholders), N_e encoder tokens, 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
@@ -26,6 +28,23 @@ from .plits import PLITSConnector, splice_audio_tokens
 from .trainable import attach_lora
 
 AudioFeatures = EncoderOutputs  # {name: (tokens [B, N_e, D_e], mask [B, N_e])}
+
+
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 holds the parameters (each rank a slice), as after building under `zero.Init`."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _gathered_for_init(model: nn.Module):
+    """Under DeepSpeed ZeRO-3 (`zero.Init`) modules are partitioned as soon as they are built, so the parameters
+    initialised here (those not loaded from a checkpoint) and the input embeddings (the PLITS gain is read from them)
+    are gathered whole for a moment; rank 0's values are kept. Elsewhere a no-op."""
+    if not is_partitioned(model):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    fresh = [p for p in model.parameters() if not getattr(p, "_is_hf_initialized", False)]
+    return deepspeed.zero.GatheredParameters(fresh + [model.llm.get_input_embeddings().weight], modifier_rank=0)
 
 
 class PALPreTrainedModel(PreTrainedModel):
@@ -60,19 +79,31 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             if lal_encoders and config.lal_layer_indices()
             else None
         )
-        self.post_init()
-        if self.plits is not None:  # after post_init, which would re-initialise it; from_pretrained loads the saved gain
-            self.plits.match_embedding_scale(self.llm.get_input_embeddings().weight)
+        with _gathered_for_init(self):
+            self.post_init()
+            if self.plits is not None:  # after post_init, which would re-initialise it; from_pretrained loads the gain
+                self.plits.match_embedding_scale(self.llm.get_input_embeddings().weight)
 
     @classmethod
-    def from_llm(cls, llm_path=None, *, dtype: torch.dtype = torch.float32, **connector) -> "PALForConditionalGeneration":
+    def from_llm(cls, llm_path=None, *, dtype: torch.dtype = torch.float32, seed: int | None = None,
+                 **connector) -> "PALForConditionalGeneration":
         """Wrap the LLM in a local folder (None: the embedded SmolLM2) with freshly initialised connectors.
 
         `connector` holds PALConfig fields, e.g. `encoder_dims={"sslam": 768}, connector="lal", lal_start_layer=4`.
+        `seed`: seeds the connectors' initialisation after the LLM is loaded, so it does not depend on how many random
+        numbers the loading drew (a ZeRO-3 load draws none).
         """
         llm = load_llm(llm_path, dtype=dtype)
+        if seed is not None:
+            torch.manual_seed(seed)
         config = PALConfig(text_config=llm.config.to_dict(), **connector)
-        return cls(config, llm=llm).to(dtype)
+        model = cls(config, llm=llm)
+        if not is_partitioned(model):
+            return model.to(dtype)
+        for param in model.parameters():  # ZeRO-3 holds the LLM's slices in its own dtype; the rest is ours to cast
+            if not hasattr(param, "ds_id"):
+                param.data = param.data.to(dtype)
+        return model
 
     # Generation and resizing go through the LLM's own embeddings.
     def get_input_embeddings(self) -> nn.Module:

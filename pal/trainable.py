@@ -51,7 +51,7 @@ def set_trainable(model: nn.Module, groups: list[str] | tuple[str, ...]) -> dict
         hits = [g for g in groups if TRAINABLE_GROUPS[g](name)]
         param.requires_grad_(bool(hits))
         for g in hits:
-            counts[g] += param.numel()
+            counts[g] += getattr(param, "ds_numel", param.numel())  # ZeRO-3 (zero.Init): the whole tensor's size
     empty = [g for g, n in counts.items() if n == 0]
     if empty:
         raise ValueError(

@@ -188,3 +188,41 @@ def test_shipped_recipe_runs_one_step_with_tiny_stand_ins(recipe, workdir, tmp_p
     recipe_run.setup()
     result = recipe_run.run()[0]
     assert result["steps"] == 1 and np.isfinite(result["loss"])
+
+
+def test_zero3_builds_partitioned_under_zero_init_and_trains_as_zero2(workdir):
+    """ZeRO-3 loads the LLM under `deepspeed.zero.Init`: each of 2 ranks holds half of it from the start, and the
+    fresh connectors are initialised as a plain build would (so training ends where ZeRO-2's does, up to the order
+    of floating-point sums)."""
+    finals = {}
+    for zero in (2, 3):
+        config = _config(workdir, steps=2, batch_size=2, zero_stage=zero, eval_every=0, num_samples=0,
+                         val_manifest=None)
+        out = workdir / f"zero{zero}-init"
+        run_pal("train", "--config", str(config), "--out", str(out), "--stage", "1", nproc=2, port=29800 + zero)
+        start = json.loads((out / "stage1-connector" / "log.jsonl").read_text().splitlines()[0])
+        finals[zero] = load_file(out / "stage1-connector" / "final" / "model.safetensors")
+        held = start["built"]["llm_elements_here"] / start["built"]["llm_elements"]
+        assert (held < 0.51) if zero == 3 else held == 1.0, (zero, start["built"])
+    trained = [k for k in finals[2] if k.startswith(("plits.", "lal."))]
+    diffs = {k: float((finals[2][k] - finals[3][k]).abs().max()) for k in trained}
+    assert trained and max(diffs.values()) < 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(curriculum_env, tmp_path):
+    """Recomputing the decoder layers in the backward pass changes memory, not results: LAL's audio keys/values
+    reach the recomputed attention as they reached the first pass."""
+    from conftest import train_in_process
+
+    finals = {}
+    for checkpointing in (False, True):
+        config = write_yaml(tmp_path / f"c{checkpointing}.yaml", curriculum_dict(
+            curriculum_env, stages=1, steps=2, gradient_checkpointing=checkpointing, val_manifest=None, eval_every=0,
+            num_samples=0))
+        out = tmp_path / f"run{checkpointing}"
+        train_in_process(config, out)
+        start = json.loads((out / "stage1-connector" / "log.jsonl").read_text().splitlines()[0])
+        assert start["gradient_checkpointing"] is checkpointing
+        finals[checkpointing] = load_file(out / "stage1-connector" / "final" / "model.safetensors")
+    a, b = finals[False], finals[True]
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

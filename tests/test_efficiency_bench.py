@@ -52,6 +52,8 @@ def test_curriculum_step_measurement():
 
     result = measure("pal", cached=True, batch=1, repeats=0)
     assert result["step_s"] > 0 and result["peak_mem_mb"] >= 0
+    fed = measure("lal", cached=False, batch=2, repeats=1, workers=2, checkpointing=True)  # the curriculum's path
+    assert fed["workers"] == 2 and fed["checkpointing"] and fed["step_s"] > 0
 
 
 def test_bench_inference_json_report(capsys):
