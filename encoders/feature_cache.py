@@ -3,9 +3,10 @@
 Layout of a cache folder:
     index.json                 {"encoders": {name: encoder hash}, "entries": {audio hash: shard file}, "bad": {...}}
     shard-00000.safetensors    tensors "<name>/<encoder hash>/<audio hash>": the real tokens [n, D_e]
-Entries are keyed by (audio content hash, encoder configuration hash): editing an audio file or changing an encoder
-(its settings or its weights file) makes the old entries unreachable, and reading with a different configuration is
-an error rather than silently stale features. Building resumes: the shard being filled is written every few dozen
+Entries are keyed by (audio content hash, encoder identity): editing an audio file or changing an encoder (its
+settings, the content of its weights, or the feature code version, `identity.FEATURES_VERSION`) makes the old entries
+unreachable, and reading with a different configuration is an error rather than silently stale features. Moving the
+weights or the audio changes nothing. Building resumes: the shard being filled is written every few dozen
 clips, each shard and the index atomically, so a killed build keeps what it did. Unreadable audio is skipped, counted
 and listed under "bad" in the index; a listed file that reads on a later build is encoded and leaves the list.
 
@@ -70,8 +71,9 @@ class FeatureCache:
                  if self.index["encoders"].get(n) != h}
         if stale:
             raise ValueError(
-                f"feature cache {self.root} was built for other encoder configurations {stale} "
-                "(cached hash, current hash): rebuild it with `pal features` into a new folder."
+                f"feature cache {self.root} was built for other encoder configurations {stale} (cached hash, current "
+                "hash: settings, weights content and FEATURES_VERSION of encoders/identity.py): rebuild it with "
+                "`pal features` into a new folder."
             )
         self._shards: dict[str, dict] = {}
 

@@ -60,14 +60,68 @@ def test_resume_skips_cached_clips(corpus):
     assert (first["added"], second["added"], second["cached"], second["bad"]) == (1, 2, 3, 1)
 
 
-def test_stale_cache_is_detected(corpus):
+@pytest.mark.parametrize("front_end", [{"long_audio": "truncate"}, {"window_frames": 512}])
+def test_stale_cache_is_detected(corpus, front_end):
     root, manifest = corpus
     from encoders.feature_cache import read_manifest
 
     FeatureCache(root / "cache", EnsembleConfig.from_dict(CONFIG)).build(read_manifest(manifest)[:1], progress=False)
-    other = {"encoders": {"sslam": {"type": "sslam", "preset": "tiny", "long_audio": "truncate"}}}
+    other = {"encoders": {"sslam": {**CONFIG["encoders"]["sslam"], **front_end}}}
     with pytest.raises(ValueError, match="built for other encoder configurations"):
         FeatureCache(root / "cache", EnsembleConfig.from_dict(other))
+
+
+def test_a_new_features_version_makes_the_old_cache_an_error(corpus, monkeypatch):
+    """Code that computes tokens differently (e.g. a new fbank formula) under unchanged settings served stale tokens."""
+    from encoders import identity
+    from encoders.feature_cache import read_manifest
+
+    FeatureCache(root := corpus[0] / "cache", EnsembleConfig.from_dict(CONFIG)).build(read_manifest(corpus[1])[:1],
+                                                                                      progress=False)
+    monkeypatch.setattr(identity, "FEATURES_VERSION", identity.FEATURES_VERSION + 1)
+    with pytest.raises(ValueError, match="built for other encoder configurations"):
+        FeatureCache(root, EnsembleConfig.from_dict(CONFIG))
+
+
+def test_moved_weights_still_hit_the_cache(corpus):
+    """The identity hashed the weights' path (and file name): moving them invalidated every cached feature."""
+    from safetensors.torch import save_file
+
+    from encoders.sslam.model import PRESETS, SSLAMEncoder
+
+    root, _ = corpus
+    torch.manual_seed(0)
+    (root / "a").mkdir()
+    save_file({k: v.contiguous() for k, v in SSLAMEncoder(PRESETS["tiny"]).state_dict().items()},
+              str(root / "a" / "weights.safetensors"))
+    before = EnsembleConfig.from_dict({"encoders": {"sslam": {"type": "sslam", "path": str(root / "a" /
+                                                                                           "weights.safetensors")}}})
+    cache = FeatureCache(root / "cache", before)
+    cache.build([root / "clip0.wav"], progress=False)
+    cached = cache.get([root / "clip0.wav"])["sslam"][0]
+    (root / "b").mkdir()
+    (root / "a" / "weights.safetensors").rename(root / "b" / "renamed.safetensors")
+    after = EnsembleConfig.from_dict({"encoders": {"sslam": {"type": "sslam", "path": str(root / "b" /
+                                                                                          "renamed.safetensors")}}})
+    moved = FeatureCache(root / "cache", after)
+    assert root / "clip0.wav" in moved and torch.equal(moved.get([root / "clip0.wav"])["sslam"][0], cached)
+
+
+def test_every_setting_that_changes_tokens_is_in_the_identity(tmp_path):
+    from dataclasses import fields, replace
+
+    from encoders.ensemble import EncoderSpec
+    from encoders.identity import NOT_IDENTITY, encoder_hash
+
+    base = EncoderSpec(type="sslam", preset="tiny")
+    others = {"type": "whisper", "preset": "small", "layer": 1, "window_frames": 512, "context_seconds": 10,
+              "long_audio": "split"}
+    assert set(others) == {f.name for f in fields(EncoderSpec)} - set(NOT_IDENTITY)  # a new field needs a value here
+    changed = [name for name, value in others.items()
+               if encoder_hash(replace(base, **{name: value}), "float32") != encoder_hash(base, "float32")]
+    assert changed == list(others)
+    assert encoder_hash(base, "bfloat16") != encoder_hash(base, "float32")
+    assert encoder_hash(replace(base, trust_checkpoint=True), "float32") == encoder_hash(base, "float32")
 
 
 def test_changed_audio_is_not_served_from_the_cache(corpus):
