@@ -10,6 +10,10 @@ weights or the audio changes nothing. Building resumes: the shard being filled i
 clips, each shard and the index atomically, so a killed build keeps what it did. Unreadable audio is skipped, counted
 and listed under "bad" in the index; a listed file that reads on a later build is encoded and leaves the list.
 
+Reading opens shards lazily (`safetensors.safe_open`, memory-mapped) and reads only the requested tensors; at most
+`max_open` shards stay open (least recently used closed first), per process: a DataLoader worker forked from a process
+that read opens its own, and a pickled cache carries no open file.
+
 Notation: B clips, N_e tokens, D_e width.
 """
 
@@ -17,10 +21,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .audio import AudioError
@@ -59,9 +65,17 @@ def read_manifest(path: str | Path) -> list[Path]:
 
 
 class FeatureCache:
-    def __init__(self, root: str | Path, config: EnsembleConfig):
+    """A cache folder for one ensemble: `build(paths)` fills it, `path in cache` and `get(paths)` read it.
+
+    `max_open` bounds the shards held open (memory-mapped) at once; a read touches only the tensors it returns.
+    """
+
+    def __init__(self, root: str | Path, config: EnsembleConfig, max_open: int = 8):
+        if max_open < 1:
+            raise ValueError(f"max_open = {max_open}: expected at least 1 open shard.")
         self.root = Path(root)
         self.config = config
+        self.max_open = max_open
         self.hashes = {name: encoder_hash(spec, config.dtype) for name, spec in config.encoders.items()}
         index_path = self.root / INDEX
         self.index = json.loads(index_path.read_text()) if index_path.is_file() else {
@@ -75,7 +89,8 @@ class FeatureCache:
                 "hash: settings, weights content and FEATURES_VERSION of encoders/identity.py): rebuild it with "
                 "`pal features` into a new folder."
             )
-        self._shards: dict[str, dict] = {}
+        self._handles: OrderedDict[str, object] = OrderedDict()  # shard file → safe_open handle, oldest first
+        self._pid = os.getpid()  # the process that opened them
 
     # ------------------------------------------------------------------------------------------------ building
 
@@ -141,7 +156,7 @@ class FeatureCache:
         with disk_errors(self.root / shard):
             save_file(tensors, str(tmp))
             os.replace(tmp, self.root / shard)
-        self._shards.pop(shard, None)
+        self._handles.pop(shard, None)  # an open handle still maps the replaced file
         self.index["entries"].update({k: shard for k in keys})
         atomic_write_json(self.root / INDEX, self.index)
 
@@ -174,8 +189,26 @@ class FeatureCache:
             shard = self.index["entries"].get(key) if key else None
             if shard is None:
                 raise KeyError(f"{path} is not in the feature cache {self.root}: run `pal features` on its manifest.")
-            if shard not in self._shards:
-                self._shards[shard] = load_file(self.root / shard)
-            rows.append({n: self._shards[shard][f"{n}/{h}/{key}"] for n, h in self.hashes.items()})
+            handle = self._open(shard)
+            rows.append({n: handle.get_tensor(f"{n}/{h}/{key}") for n, h in self.hashes.items()})  # [n, D_e] each
         dtype = getattr(torch, self.config.dtype)
         return {name: pad_rows([r[name] for r in rows], dtype) for name in self.hashes}
+
+    def _open(self, shard: str):
+        """The shard's handle, opened on first use in this process; the least recently used beyond `max_open` close."""
+        if self._pid != os.getpid():  # forked (a DataLoader worker): the parent's handles are not this process's
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        if shard in self._handles:
+            self._handles.move_to_end(shard)
+        else:
+            if not (self.root / shard).is_file():
+                raise FileNotFoundError(f"{self.root / shard}, listed in {self.root / INDEX}, is missing: the cache "
+                                        "folder is incomplete; rebuild it with `pal features` into a new folder.")
+            self._handles[shard] = safe_open(self.root / shard, framework="pt")
+            while len(self._handles) > self.max_open:
+                self._handles.popitem(last=False)  # dropping the handle unmaps the file
+        return self._handles[shard]
+
+    def __getstate__(self) -> dict:
+        """Pickled (to a spawned DataLoader worker) without open files; the copy opens its own."""
+        return {**self.__dict__, "_handles": OrderedDict()}

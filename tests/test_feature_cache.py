@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +188,102 @@ def test_an_unwritable_cache_folder_is_refused_before_encoding(corpus, capsys):
     assert main(["features", "--manifest", str(manifest), "--config", str(root / "enc.yaml"),
                  "--out", str(root / "a-file" / "cache")]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+class RecordingOpen:
+    """safetensors.safe_open that records which shards are opened, by which process, and which tensors are read."""
+
+    opened: list[str] = []
+    read: list[str] = []
+
+    def __init__(self, path, framework):
+        from safetensors import safe_open
+
+        self.handle, self.pid = safe_open(path, framework=framework), os.getpid()
+        RecordingOpen.opened.append(Path(path).name)
+
+    def get_tensor(self, name):
+        RecordingOpen.read.append(name)
+        return self.handle.get_tensor(name)
+
+
+def _tensors_held(value) -> int:
+    """Tensors reachable from a value through dicts, lists and object attributes (safe_open handles excluded)."""
+    if isinstance(value, torch.Tensor):
+        return 1
+    if isinstance(value, dict):
+        return sum(_tensors_held(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensors_held(v) for v in value)
+    return _tensors_held(vars(value)) if isinstance(value, FeatureCache) else 0
+
+
+@pytest.fixture
+def three_shards(tmp_path, monkeypatch):
+    """Six clips in three shards of two; reads go through RecordingOpen. → (cache root, clips, config)."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        soundfile.write(tmp_path / f"c{i}.wav", (0.1 * rng.standard_normal(4000 + 800 * i)).astype(np.float32), 16000)
+        paths.append(tmp_path / f"c{i}.wav")
+    config = EnsembleConfig.from_dict(CONFIG)
+    FeatureCache(tmp_path / "cache", config).build(paths, batch_size=2, shard_size=2, progress=False)
+    monkeypatch.setattr("encoders.feature_cache.safe_open", RecordingOpen)
+    monkeypatch.setattr(RecordingOpen, "opened", [])
+    monkeypatch.setattr(RecordingOpen, "read", [])
+    return tmp_path / "cache", paths, config
+
+
+def _stored(root, path) -> torch.Tensor:
+    """The tokens [n, D_e] a cache folder holds for a clip, read with safetensors directly."""
+    from safetensors.torch import load_file
+
+    from encoders.identity import file_hash
+
+    index = json.loads((root / "index.json").read_text())
+    key = file_hash(path)
+    return load_file(root / index["entries"][key])[f"sslam/{index['encoders']['sslam']}/{key}"]
+
+
+def test_reads_open_few_shards_and_touch_only_the_requested_tensors(three_shards):
+    """get() loaded whole shards and kept every one it had read resident forever."""
+    root, paths, config = three_shards
+    cache = FeatureCache(root, config, max_open=2)
+    for i in (0, 2, 1, 4, 3):  # shards 0, 1, 0, 2, 1 (shard k holds clips 2k and 2k + 1)
+        tokens, mask = cache.get([paths[i]])["sslam"]
+        assert torch.equal(tokens[0][mask[0]], _stored(root, paths[i]))
+        assert len(cache._handles) <= 2 and _tensors_held(cache) == 0
+    # Opening shard 2 closed shard 1, the least recently used (not shard 0, the first opened); reading 1 reopened it.
+    assert RecordingOpen.opened == [f"shard-0000{k}.safetensors" for k in (0, 1, 2, 1)]
+    assert list(cache._handles) == ["shard-00002.safetensors", "shard-00001.safetensors"]
+    assert len(RecordingOpen.read) == 5  # one tensor per clip read: nothing else of the shards
+
+
+def test_a_forked_worker_opens_its_own_shards(three_shards):
+    """A DataLoader worker forked after the parent read must not share the parent's open handles."""
+    root, paths, config = three_shards
+    cache = FeatureCache(root, config)
+    expected = cache.get(paths[:3])["sslam"][0]
+
+    def read(_):
+        tokens = cache.get(paths[:3])["sslam"][0]
+        return os.getpid(), [h.pid for h in cache._handles.values()], tokens
+
+    loader = torch.utils.data.DataLoader(range(1), batch_size=None, num_workers=1, multiprocessing_context="fork",
+                                         collate_fn=read)
+    [(pid, openers, tokens)] = list(loader)
+    assert openers == [pid, pid] and pid != os.getpid()
+    assert torch.equal(tokens, expected)
+    assert [h.pid for h in cache._handles.values()] == [os.getpid(), os.getpid()]
+
+
+def test_a_pickled_cache_carries_no_open_shard(three_shards):
+    import pickle
+
+    root, paths, config = three_shards
+    cache = FeatureCache(root, config)
+    expected = cache.get(paths)["sslam"]
+    copy = pickle.loads(pickle.dumps(cache))
+    assert len(copy._handles) == 0 and _tensors_held(copy) == 0 and len(cache._handles) == 3
+    tokens, mask = copy.get(paths)["sslam"]
+    assert torch.equal(tokens, expected[0]) and torch.equal(mask, expected[1])
