@@ -7,7 +7,9 @@ Entries are keyed by (audio content hash, encoder identity): editing an audio fi
 settings, the content of its weights, or the feature code version, `identity.FEATURES_VERSION`) makes the old entries
 unreachable, and reading with a different configuration is an error rather than silently stale features. Moving the
 weights or the audio changes nothing. Building resumes: the shard being filled is written every few dozen
-clips, each shard and the index atomically, so a killed build keeps what it did. Unreadable audio is skipped, counted
+clips, each shard and the index atomically, so a killed build keeps what it did. Large manifests are built in parts
+(`manifest_part`, `pal features --shard i/n`), on as many machines as wanted, and `merge_caches` joins the part
+folders into the cache one run would have built. Unreadable audio is skipped, counted
 and listed under "bad" in the index; a listed file that reads on a later build is encoded and leaves the list.
 
 Reading opens shards lazily (`safetensors.safe_open`, memory-mapped) and reads only the requested tensors; at most
@@ -21,7 +23,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections import OrderedDict
+import shutil
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 import torch
@@ -64,6 +67,96 @@ def read_manifest(path: str | Path) -> list[Path]:
     return audio
 
 
+def manifest_part(audio: list[Path], part: int, parts: int) -> list[Path]:
+    """Part `part` (0-based) of `parts` of a manifest's clips: clip k (in manifest order) goes to part k mod `parts`.
+
+    The same on every machine that reads the same manifest, disjoint, together the whole manifest; lines appended
+    later leave every earlier clip in its part.
+    """
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part}/{parts}: expected i/n with 0 <= i < n (the parts are 0/{parts} ... "
+                         f"{max(parts - 1, 0)}/{parts}).")
+    return audio[part::parts]
+
+
+def part_folder(out: str | Path, part: int, parts: int) -> Path:
+    """Where part i of n is built under a cache folder: `OUT/part-i-of-n`, so parts never write over each other."""
+    return Path(out) / f"part-{part}-of-{parts}"
+
+
+def _read_index(folder: Path) -> dict:
+    if not (folder / INDEX).is_file():
+        raise FileNotFoundError(f"{folder} is not a feature cache (no {INDEX}): give folders written by "
+                                "`pal features` (with --shard i/n: OUT/part-i-of-n).")
+    return json.loads((folder / INDEX).read_text())
+
+
+def _next_shard_id(root: Path) -> int:
+    return 1 + max((int(p.stem.split("-")[1]) for p in root.glob("shard-*.safetensors")), default=-1)
+
+
+def _drop_orphans(root: Path, index: dict) -> None:
+    """Shard files no index entry points at (a kill between writing a shard and its index) and temporaries."""
+    used = set(index["entries"].values())
+    for path in list(root.glob("shard-*.safetensors")) + list(root.glob("shard-*.tmp")):
+        if path.name not in used:
+            path.unlink(missing_ok=True)
+
+
+def merge_caches(out: str | Path, parts: list[str | Path]) -> dict:
+    """Part folders (`pal features --shard i/n`) → one cache in `out`, equal to one run over the whole manifest;
+    returns {"cached", "added", "bad"} counts.
+
+    Every part (and `out`, if it is a cache already) must hold the same encoder identities. Entries and "bad" lists
+    are unioned: a part shard bringing new entries is linked (or copied) in under the next free shard name, then the
+    index is written, each atomically, so a killed merge resumes and a repeated one adds nothing.
+    """
+    found = {Path(part): _read_index(Path(part)) for part in parts}
+    if not found:
+        raise ValueError("no part folder to merge: give at least one folder written by `pal features --shard i/n`.")
+    out = check_writable(out)
+    first = next(iter(found))
+    reference, index = (out, _read_index(out)) if (out / INDEX).is_file() else (
+        first, {"encoders": found[first]["encoders"], "entries": {}, "bad": {}})
+    for part, theirs in found.items():  # every check before the first write
+        if theirs["encoders"] != index["encoders"]:
+            raise ValueError(f"{part} was built for encoders {theirs['encoders']}, {reference} for {index['encoders']} "
+                             "(name: identity): merge only parts built with the same ensemble YAML, weights and "
+                             "FEATURES_VERSION; rebuild this part with them.")
+    _drop_orphans(out, index)
+    added = 0
+    for part, theirs in found.items():
+        new = defaultdict(list)  # part shard → its keys not in the merged cache yet
+        for key, shard in theirs["entries"].items():
+            if key not in index["entries"]:
+                new[shard].append(key)
+        for shard in sorted(new):
+            target = out / f"shard-{_next_shard_id(out):05d}.safetensors"
+            _link_or_copy(part / shard, target)
+            index["entries"].update({key: target.name for key in new[shard]})
+            atomic_write_json(out / INDEX, index)
+            added += len(new[shard])
+        index["bad"].update(theirs["bad"])
+    atomic_write_json(out / INDEX, index)
+    return {"cached": len(index["entries"]), "added": added, "bad": len(index["bad"])}
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A shard file under a new name, atomically: a hard link on the same file system (no second copy of the bytes;
+    builds replace shards, never edit them in place), a copy across file systems."""
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}, listed in {source.parent / INDEX}, is missing: that part is incomplete; "
+                                "rebuild it with `pal features --shard i/n` (a rerun resumes) or copy it in full.")
+    tmp = target.with_name(target.name + ".tmp")  # a killed merge leaves shard-*.tmp, which the next one removes
+    with disk_errors(target):
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+
+
 class FeatureCache:
     """A cache folder for one ensemble: `build(paths)` fills it, `path in cache` and `get(paths)` read it.
 
@@ -77,8 +170,7 @@ class FeatureCache:
         self.config = config
         self.max_open = max_open
         self.hashes = {name: encoder_hash(spec, config.dtype) for name, spec in config.encoders.items()}
-        index_path = self.root / INDEX
-        self.index = json.loads(index_path.read_text()) if index_path.is_file() else {
+        self.index = _read_index(self.root) if (self.root / INDEX).is_file() else {
             "encoders": dict(self.hashes), "entries": {}, "bad": {}
         }
         stale = {n: (self.index["encoders"].get(n), h) for n, h in self.hashes.items()
@@ -102,7 +194,7 @@ class FeatureCache:
         part-way keeps all but the last few clips. A file listed as bad is tried again and forgotten once it reads.
         """
         check_writable(self.root)
-        self._drop_orphans()
+        _drop_orphans(self.root, self.index)
         todo, seen = [], set(self.index["entries"])
         for path in audio:
             problem = "is a folder, not an audio file" if path.is_dir() else None if path.is_file() else "no such file"
@@ -118,7 +210,7 @@ class FeatureCache:
         added = 0
         if todo:
             ensemble = ensemble or AudioEncoderEnsemble(self.config)
-            shard_id = 1 + max((int(p.stem.split("-")[1]) for p in self.root.glob("shard-*.safetensors")), default=-1)
+            shard_id = _next_shard_id(self.root)
             bar = tqdm(total=len(todo), desc="features", unit="clip", disable=not progress)
             for start in range(0, len(todo), shard_size):
                 shard = f"shard-{shard_id:05d}.safetensors"
@@ -159,13 +251,6 @@ class FeatureCache:
         self._handles.pop(shard, None)  # an open handle still maps the replaced file
         self.index["entries"].update({k: shard for k in keys})
         atomic_write_json(self.root / INDEX, self.index)
-
-    def _drop_orphans(self) -> None:
-        """Shard files no index entry points at (a kill between writing a shard and its index) and temporaries."""
-        used = set(self.index["entries"].values())
-        for path in list(self.root.glob("shard-*.safetensors")) + list(self.root.glob("shard-*.tmp")):
-            if path.name not in used:
-                path.unlink(missing_ok=True)
 
     @staticmethod
     def _encode(ensemble: AudioEncoderEnsemble, loaded: list[dict]) -> list[dict[str, torch.Tensor]]:

@@ -287,3 +287,64 @@ def test_a_pickled_cache_carries_no_open_shard(three_shards):
     assert len(copy._handles) == 0 and _tensors_held(copy) == 0 and len(cache._handles) == 3
     tokens, mask = copy.get(paths)["sslam"]
     assert torch.equal(tokens, expected[0]) and torch.equal(mask, expected[1])
+
+
+def test_manifest_parts_are_disjoint_fixed_and_cover_the_manifest():
+    from encoders.feature_cache import manifest_part
+
+    clips = [Path(f"{k}.wav") for k in range(7)]
+    parts = [manifest_part(clips, i, 3) for i in range(3)]
+    assert [[int(p.stem) for p in part] for part in parts] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert manifest_part(clips + [Path("7.wav")], 1, 3) == parts[1] + [Path("7.wav")]  # appending moves nothing
+    with pytest.raises(ValueError, match=r"part 3/3: expected i/n with 0 <= i < n"):
+        manifest_part(clips, 3, 3)
+
+
+def _cache_files(root) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+
+
+def test_parts_built_apart_merge_into_the_single_run(corpus, capsys):
+    """`pal features --shard i/n` on each part, then `pal features merge`: the cache one run builds, rerun-safe."""
+    root, manifest = corpus
+    (root / "enc.yaml").write_text(json.dumps(CONFIG))
+    build = ["features", "--manifest", str(manifest), "--config", str(root / "enc.yaml"), "--batch-size", "1"]
+    assert main(build + ["--out", str(root / "single")]) == 0
+    for part in ("0/2", "1/2"):
+        assert main(build + ["--out", str(root / "parts"), "--shard", part]) == 0
+    parts = [root / "parts" / "part-0-of-2", root / "parts" / "part-1-of-2"]
+    assert "pal features merge --out" in capsys.readouterr().out
+    first, second = (json.loads((p / "index.json").read_text()) for p in parts)
+    assert (len(first["entries"]), len(second["entries"]), list(second["bad"])) == (2, 1, [str(root / "broken.wav")])
+
+    merged = root / "merged"
+    assert main(["features", "merge", "--out", str(merged), str(parts[0])]) == 0  # a merge stopped after one part
+    assert main(["features", "merge", "--out", str(merged), *map(str, parts)]) == 0
+    files = _cache_files(merged)
+    assert main(["features", "merge", "--out", str(merged), *map(str, parts)]) == 0  # again: nothing changes
+    assert _cache_files(merged) == files
+    assert "3 clips cached (0 merged in), 1 unreadable" in capsys.readouterr().out
+
+    single, joined = (json.loads((r / "index.json").read_text()) for r in (root / "single", merged))
+    assert joined["encoders"] == single["encoders"]
+    assert set(joined["entries"]) == set(single["entries"]) and joined["bad"] == single["bad"]
+    config = EnsembleConfig.from_dict(CONFIG)
+    one_run, two_parts = FeatureCache(root / "single", config), FeatureCache(merged, config)
+    for path in [root / f"clip{i}.wav" for i in range(3)]:
+        (a, mask_a), (b, mask_b) = one_run.get([path])["sslam"], two_parts.get([path])["sslam"]
+        assert torch.equal(a, b) and torch.equal(mask_a, mask_b)
+
+
+def test_merging_parts_of_other_encoders_is_an_error_naming_the_part(corpus, capsys):
+    root, manifest = corpus
+    from encoders.feature_cache import merge_caches, read_manifest
+
+    clips = read_manifest(manifest)
+    FeatureCache(root / "a", EnsembleConfig.from_dict(CONFIG)).build(clips[:1], progress=False)
+    other = {"encoders": {"sslam": {**CONFIG["encoders"]["sslam"], "long_audio": "truncate"}}}
+    FeatureCache(root / "b", EnsembleConfig.from_dict(other)).build(clips[2:3], progress=False)
+    with pytest.raises(ValueError, match=f"{root / 'b'} was built for encoders .* {root / 'a'} for"):
+        merge_caches(root / "merged", [root / "a", root / "b"])
+    assert not (root / "merged" / "index.json").exists()  # checked before anything was written
+    assert main(["features", "merge", "--out", str(root / "merged"), str(root / "a"), str(root / "nowhere")]) == 2
+    assert f"{root / 'nowhere'} is not a feature cache" in capsys.readouterr().err
