@@ -348,3 +348,26 @@ def test_merging_parts_of_other_encoders_is_an_error_naming_the_part(corpus, cap
     assert not (root / "merged" / "index.json").exists()  # checked before anything was written
     assert main(["features", "merge", "--out", str(root / "merged"), str(root / "a"), str(root / "nowhere")]) == 2
     assert f"{root / 'nowhere'} is not a feature cache" in capsys.readouterr().err
+
+
+def test_a_merge_killed_part_way_resumes_without_leftovers(corpus, monkeypatch):
+    root, manifest = corpus
+    import encoders.feature_cache as feature_cache
+
+    clips, config = feature_cache.read_manifest(manifest), EnsembleConfig.from_dict(CONFIG)
+    parts = [feature_cache.part_folder(root / "parts", i, 2) for i in range(2)]
+    for i, part in enumerate(parts):
+        FeatureCache(part, config).build(feature_cache.manifest_part(clips, i, 2), progress=False)
+    real_write = feature_cache.atomic_write_json
+
+    def killed(path, data):  # the first shard is linked in, then the process dies before its index is written
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(feature_cache, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        feature_cache.merge_caches(root / "merged", parts)
+    assert [p.name for p in (root / "merged").glob("shard-*")] == ["shard-00000.safetensors"]
+    monkeypatch.setattr(feature_cache, "atomic_write_json", real_write)
+    assert feature_cache.merge_caches(root / "merged", parts) == {"cached": 3, "added": 3, "bad": 1}
+    index = json.loads((root / "merged" / "index.json").read_text())
+    assert sorted(p.name for p in (root / "merged").glob("shard-*")) == sorted(set(index["entries"].values()))
