@@ -6,11 +6,11 @@ Layout of a cache folder:
 Entries are keyed by (audio content hash, encoder identity): editing an audio file or changing an encoder (its
 settings, the content of its weights, or the feature code version, `identity.FEATURES_VERSION`) makes the old entries
 unreachable, and reading with a different configuration is an error rather than silently stale features. Moving the
-weights or the audio changes nothing. Building resumes: the shard being filled is written every few dozen
-clips, each shard and the index atomically, so a killed build keeps what it did. Large manifests are built in parts
-(`manifest_part`, `pal features --shard i/n`), on as many machines as wanted, and `merge_caches` joins the part
-folders into the cache one run would have built. Unreadable audio is skipped, counted
-and listed under "bad" in the index; a listed file that reads on a later build is encoded and leaves the list.
+weights or the audio changes nothing. Building resumes: the shard being filled is written every few dozen clips, each
+shard and the index atomically, so a killed build keeps what it did. Unreadable audio is skipped, counted and listed
+under "bad" in the index; a listed file that reads on a later build is encoded and leaves the list. Large manifests
+are built in parts (`manifest_part`, `pal features --shard i/n`) on as many machines as wanted, and `merge_caches`
+joins the part folders into the cache one run would have built.
 
 Reading opens shards lazily (`safetensors.safe_open`, memory-mapped) and reads only the requested tensors; at most
 `max_open` shards stay open (least recently used closed first), per process: a DataLoader worker forked from a process
