@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -45,14 +46,41 @@ def _sslam_extract(args) -> int:
     return 0
 
 
+def _part(text: str) -> tuple[int, int]:
+    """`--shard i/n` → (i, n); the range is checked by encoders.feature_cache.manifest_part."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected i/n, e.g. 0/4 for the first of 4 parts.")
+    return int(match[1]), int(match[2])
+
+
+def _print_cache(out, stats: dict, action: str) -> None:
+    print(f"feature cache {out}: {stats['cached']} clips cached ({stats['added']} {action}), "
+          f"{stats['bad']} unreadable (listed under \"bad\" in {Path(out) / 'index.json'})")
+
+
 def _features(args) -> int:
     from encoders.ensemble import EnsembleConfig
-    from encoders.feature_cache import FeatureCache, read_manifest
+    from encoders.feature_cache import FeatureCache, manifest_part, part_folder, read_manifest
 
-    cache = FeatureCache(args.out, EnsembleConfig.from_yaml(args.config))
-    stats = cache.build(read_manifest(args.manifest), batch_size=args.batch_size)
-    print(f"feature cache {args.out}: {stats['cached']} clips cached ({stats['added']} new), "
-          f"{stats['bad']} unreadable (listed under \"bad\" in {args.out}/index.json)")
+    if not (args.manifest and args.config and args.out):
+        raise ValueError("`pal features` needs --manifest, --config and --out (or `pal features merge --out DIR "
+                         "PART_DIR ...` to join parts).")
+    audio, out = read_manifest(args.manifest), Path(args.out)
+    if args.shard:
+        audio, out = manifest_part(audio, *args.shard), part_folder(args.out, *args.shard)
+    stats = FeatureCache(out, EnsembleConfig.from_yaml(args.config)).build(audio, batch_size=args.batch_size)
+    _print_cache(out, stats, "new")
+    if args.shard:
+        print(f"part {args.shard[0]}/{args.shard[1]} done; once every part is, join them: "
+              f"pal features merge --out {args.out} {args.out}/part-*-of-{args.shard[1]}")
+    return 0
+
+
+def _features_merge(args) -> int:
+    from encoders.feature_cache import merge_caches
+
+    _print_cache(args.merged, merge_caches(args.merged, args.parts), "merged in")
     return 0
 
 
@@ -243,11 +271,19 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     converter.set_defaults(func=_data_convert)
 
     features = commands.add_parser("features", help="precompute frozen-encoder tokens for a manifest")
-    features.add_argument("--manifest", required=True, help='JSONL with an "audio" path per line')
-    features.add_argument("--config", required=True, help="encoder ensemble YAML (see configs/encoders/)")
-    features.add_argument("--out", required=True, help="cache folder (resumes if it exists)")
+    features.add_argument("--manifest", help='JSONL with an "audio" path per line (required)')
+    features.add_argument("--config", help="encoder ensemble YAML, see configs/encoders/ (required)")
+    features.add_argument("--out", help="cache folder, resumes if it exists (required)")
     features.add_argument("--batch-size", type=int, default=8)
+    features.add_argument("--shard", type=_part, metavar="i/n",
+                          help="build only part i of n (clip k goes to part k mod n) into OUT/part-i-of-n; run each "
+                               "part anywhere, then `pal features merge`")
     features.set_defaults(func=_features)
+    merge = features.add_subparsers(dest="features", metavar="merge").add_parser(
+        "merge", help="join part folders (--shard i/n) into one cache, as one run would have built it; rerun-safe")
+    merge.add_argument("--out", required=True, dest="merged", metavar="DIR", help="the merged cache folder (may exist: adds to it)")
+    merge.add_argument("parts", nargs="+", metavar="PART_DIR", help="folders written by `pal features --shard i/n`")
+    merge.set_defaults(func=_features_merge)
 
     sslam = commands.add_parser("sslam", help="the SSLAM encoder")
     sslam_commands = sslam.add_subparsers(dest="sslam", required=True)
