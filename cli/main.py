@@ -61,12 +61,13 @@ def _print_cache(out, stats: dict, action: str) -> None:
 
 def _features(args) -> int:
     from encoders.ensemble import EnsembleConfig
-    from encoders.feature_cache import FeatureCache, manifest_part, part_folder, read_manifest
+    from encoders.feature_cache import FeatureCache, manifest_part, part_folder
+    from encoders.manifest import audio_paths
 
     if not (args.manifest and args.config and args.out):
         raise ValueError("`pal features` needs --manifest, --config and --out (or `pal features merge --out DIR "
                          "PART_DIR ...` to join parts).")
-    audio, out = read_manifest(args.manifest), Path(args.out)
+    audio, out = audio_paths(args.manifest), Path(args.out)
     if args.shard:
         audio, out = manifest_part(audio, *args.shard), part_folder(args.out, *args.shard)
     stats = FeatureCache(out, EnsembleConfig.from_yaml(args.config)).build(audio, batch_size=args.batch_size)

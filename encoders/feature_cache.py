@@ -41,32 +41,6 @@ from .safe_write import atomic_write_json, check_writable, disk_errors
 INDEX = "index.json"
 
 
-def read_manifest(path: str | Path) -> list[Path]:
-    """Audio paths of a JSONL manifest (`{"audio": ...}` per line; relative paths are relative to the manifest)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist.")
-    audio = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{number}: not UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}); "
-                                 "re-encode the manifest as UTF-8.") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from None
-            if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not row["audio"].strip():
-                raise ValueError(f"{path}:{number}: each line needs an \"audio\" path string.")
-            file = Path(row["audio"]).expanduser()
-            audio.append(file if file.is_absolute() else (path.parent / file).resolve())
-    return audio
-
-
 def manifest_part(audio: list[Path], part: int, parts: int) -> list[Path]:
     """Part `part` (0-based) of `parts` of a manifest's clips: clip k (in manifest order) goes to part k mod `parts`.
 

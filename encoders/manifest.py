@@ -38,6 +38,22 @@ def manifest_lines(path: str | Path) -> Iterator[tuple[int, object, str | None]]
                 yield number, None, f"not valid JSON ({err.msg} at column {err.colno})."
 
 
+def audio_paths(path: str | Path) -> list[Path]:
+    """The audio files of a JSONL manifest (`{"audio": ...}` per line; relative to the manifest's folder), for the
+    feature cache and SSLAM pre-training; ManifestError listing every line without an audio path string."""
+    audio, problems = [], []
+    for number, row, problem in manifest_lines(path):
+        if problem is None and not (isinstance(row, dict) and isinstance(row.get("audio"), str) and row["audio"].strip()):
+            problem = "each line needs an \"audio\" path string."
+        if problem:
+            problems.append(f"{path}:{number}: {problem}")
+        else:
+            audio.append(resolve_audio(row["audio"], path).resolve())
+    if problems:
+        raise ManifestError(f"{len(problems)} problem(s) in manifest {path}:\n" + "\n".join(problems))
+    return audio
+
+
 def resolve_audio(audio: str, manifest: str | Path) -> Path:
     """An `audio` entry as a path: absolute as given (with ~ expanded), else relative to the manifest's folder."""
     path = Path(audio).expanduser()

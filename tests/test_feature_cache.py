@@ -54,9 +54,9 @@ def test_cached_features_equal_on_the_fly_features(corpus):
 def test_resume_skips_cached_clips(corpus):
     root, manifest = corpus
     config = EnsembleConfig.from_dict(CONFIG)
-    from encoders.feature_cache import read_manifest
+    from encoders.manifest import audio_paths
 
-    paths = read_manifest(manifest)
+    paths = audio_paths(manifest)
     first = FeatureCache(root / "cache", config).build(paths[:1], progress=False)
     second = FeatureCache(root / "cache", config).build(paths, progress=False)
     assert (first["added"], second["added"], second["cached"], second["bad"]) == (1, 2, 3, 1)
@@ -65,9 +65,9 @@ def test_resume_skips_cached_clips(corpus):
 @pytest.mark.parametrize("front_end", [{"long_audio": "truncate"}, {"window_frames": 512}])
 def test_stale_cache_is_detected(corpus, front_end):
     root, manifest = corpus
-    from encoders.feature_cache import read_manifest
+    from encoders.manifest import audio_paths
 
-    FeatureCache(root / "cache", EnsembleConfig.from_dict(CONFIG)).build(read_manifest(manifest)[:1], progress=False)
+    FeatureCache(root / "cache", EnsembleConfig.from_dict(CONFIG)).build(audio_paths(manifest)[:1], progress=False)
     other = {"encoders": {"sslam": {**CONFIG["encoders"]["sslam"], **front_end}}}
     with pytest.raises(ValueError, match="built for other encoder configurations"):
         FeatureCache(root / "cache", EnsembleConfig.from_dict(other))
@@ -76,9 +76,9 @@ def test_stale_cache_is_detected(corpus, front_end):
 def test_a_new_features_version_makes_the_old_cache_an_error(corpus, monkeypatch):
     """Code that computes tokens differently (e.g. a new fbank formula) under unchanged settings served stale tokens."""
     from encoders import identity
-    from encoders.feature_cache import read_manifest
+    from encoders.manifest import audio_paths
 
-    FeatureCache(root := corpus[0] / "cache", EnsembleConfig.from_dict(CONFIG)).build(read_manifest(corpus[1])[:1],
+    FeatureCache(root := corpus[0] / "cache", EnsembleConfig.from_dict(CONFIG)).build(audio_paths(corpus[1])[:1],
                                                                                       progress=False)
     monkeypatch.setattr(identity, "FEATURES_VERSION", identity.FEATURES_VERSION + 1)
     with pytest.raises(ValueError, match="built for other encoder configurations"):
@@ -128,10 +128,10 @@ def test_every_setting_that_changes_tokens_is_in_the_identity(tmp_path):
 
 def test_changed_audio_is_not_served_from_the_cache(corpus):
     root, manifest = corpus
-    from encoders.feature_cache import read_manifest
+    from encoders.manifest import audio_paths
 
     cache = FeatureCache(root / "cache", EnsembleConfig.from_dict(CONFIG))
-    cache.build(read_manifest(manifest)[:1], progress=False)
+    cache.build(audio_paths(manifest)[:1], progress=False)
     soundfile.write(root / "clip0.wav", np.zeros(16000, dtype=np.float32), 16000)
     with pytest.raises(KeyError, match="not in the feature cache"):
         cache.get([root / "clip0.wav"])
@@ -139,13 +139,13 @@ def test_changed_audio_is_not_served_from_the_cache(corpus):
 
 def test_a_repaired_file_leaves_the_bad_list(corpus):
     root, manifest = corpus
-    from encoders.feature_cache import read_manifest
+    from encoders.manifest import audio_paths
 
     config = EnsembleConfig.from_dict(CONFIG)
-    first = FeatureCache(root / "cache", config).build(read_manifest(manifest), progress=False)
+    first = FeatureCache(root / "cache", config).build(audio_paths(manifest), progress=False)
     assert first["bad"] == 1
     soundfile.write(root / "broken.wav", np.zeros(16000, dtype=np.float32), 16000)  # the user fixes the file
-    second = FeatureCache(root / "cache", config).build(read_manifest(manifest), progress=False)
+    second = FeatureCache(root / "cache", config).build(audio_paths(manifest), progress=False)
     assert (second["added"], second["bad"], second["cached"]) == (1, 0, 4)
     assert json.loads((root / "cache" / "index.json").read_text())["bad"] == {}
 
@@ -337,9 +337,10 @@ def test_parts_built_apart_merge_into_the_single_run(corpus, capsys):
 
 def test_merging_parts_of_other_encoders_is_an_error_naming_the_part(corpus, capsys):
     root, manifest = corpus
-    from encoders.feature_cache import merge_caches, read_manifest
+    from encoders.feature_cache import merge_caches
+    from encoders.manifest import audio_paths
 
-    clips = read_manifest(manifest)
+    clips = audio_paths(manifest)
     FeatureCache(root / "a", EnsembleConfig.from_dict(CONFIG)).build(clips[:1], progress=False)
     other = {"encoders": {"sslam": {**CONFIG["encoders"]["sslam"], "long_audio": "truncate"}}}
     FeatureCache(root / "b", EnsembleConfig.from_dict(other)).build(clips[2:3], progress=False)
@@ -353,8 +354,9 @@ def test_merging_parts_of_other_encoders_is_an_error_naming_the_part(corpus, cap
 def test_a_merge_killed_part_way_resumes_without_leftovers(corpus, monkeypatch):
     root, manifest = corpus
     import encoders.feature_cache as feature_cache
+    from encoders.manifest import audio_paths
 
-    clips, config = feature_cache.read_manifest(manifest), EnsembleConfig.from_dict(CONFIG)
+    clips, config = audio_paths(manifest), EnsembleConfig.from_dict(CONFIG)
     parts = [feature_cache.part_folder(root / "parts", i, 2) for i in range(2)]
     for i, part in enumerate(parts):
         FeatureCache(part, config).build(feature_cache.manifest_part(clips, i, 2), progress=False)

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from encoders.audio import AudioError, load_audio
+from encoders.manifest import audio_paths
 from .checkpointing import (CheckpointError, checkpoint_root, clear_run, has_checkpoints, load_latest_checkpoint,
                              newest_intact, save_checkpoint, trainable_fp32_state)
 from encoders.safe_write import atomic_write_json, check_writable
@@ -110,15 +111,11 @@ class PretrainConfig(YamlConfig):
 def read_audio_manifest(path: str | Path) -> list[Path]:
     """JSONL (`{"audio": ...}` per line) or fairseq tsv (first line the root, then `relative<TAB>size`)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist.")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix == ".tsv":
+    if path.suffix == ".tsv" and path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
         root = Path(lines[0].strip())
         return [root / line.split("\t")[0] for line in lines[1:]]
-    from encoders.feature_cache import read_manifest
-
-    return read_manifest(path)
+    return audio_paths(path)
 
 
 class ClipDataset(torch.utils.data.Dataset):
