@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/pal bench encoders
 	$(BIN)/pal bench sslam
 	$(BIN)/pal bench curriculum
+	$(BIN)/pal bench data
 	$(BIN)/pal bench inference
 
 clean:

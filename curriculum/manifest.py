@@ -264,9 +264,10 @@ class LengthCheck:
 
 
 def check_lengths(examples: list[Example], processor, max_length: int, too_long: str) -> tuple[list[Example], list[str]]:
-    """`LengthCheck` over a list → (kept examples, notes)."""
+    """`LengthCheck` over a list, CHUNK examples at a time (the batched tokenizer's output stays small) → (kept
+    examples, notes)."""
     check = LengthCheck(processor, max_length, too_long, examples[0].source if examples else "the manifest")
-    kept = check.keep(examples)
+    kept = [e for start in range(0, len(examples), CHUNK) for e in check.keep(examples[start : start + CHUNK])]
     return kept, check.finish()
 
 
