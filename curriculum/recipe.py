@@ -109,9 +109,15 @@ class CurriculumRecipe:
 
         hf_zero3 = HfDeepSpeedConfig(zero3)  # while it lives, from_pretrained loads into partitioned parameters
         try:
-            return self._build_model(k)
+            model = self._build_model(k)
         finally:
             del hf_zero3  # later plain builds (final/ on rank 0) must not see ZeRO-3
+        # DeepSpeed casts nothing of a model that holds ZeRO-3 parameters: the whole-built ones take its dtype here.
+        dtype = torch.bfloat16 if zero3.get("bf16", {}).get("enabled") else torch.float32
+        for param in model.parameters():
+            if not hasattr(param, "ds_id"):
+                param.data = param.data.to(dtype)
+        return model
 
     def _build_model(self, k: int) -> PALForConditionalGeneration:
         if k == 0:
