@@ -1,4 +1,4 @@
-"""Efficiency benchmark: PLITS vs LAL vs PAL, side by side in one run (`pal bench efficiency`).
+"""Efficiency benchmark: PLITS vs LAL vs PAL vs cross-attention, side by side in one run (`pal bench efficiency`).
 
 For each connector and audio length N_a, on an LLM with SmolLM2-135M's dimensions (random weights), batch 2 and
 N_t = 128 text tokens, each variant in its own subprocess (so memory high-water marks do not mix):
@@ -42,7 +42,8 @@ PRESETS = {
                  n_summary=4),
 }
 DIMS = {"smollm2-135m": SMOLLM2_135M, "tiny": TINY}
-CONNECTORS = ("plits", "lal", "pal")
+CONNECTORS = ("plits", "lal", "pal", "xattn")
+XATTN_EVERY, XATTN_FFN_MULT = 4, 4  # the cross-attention baseline: a block in front of every 4th layer
 
 
 @dataclass
@@ -66,11 +67,19 @@ class BenchSettings:
 def layer_flops(connector: str, n_a: int, n_t: int, d: int, d_kv: int, d_ff: int, n_s: int = 0) -> float:
     """Forward FLOPs of one audio layer (pal-spec §4.4); PAL: n_s summary tokens in sequence plus LAL audio."""
     per_token = 2 * (2 * d * d + 2 * d * d_kv + 3 * d * d_ff)
+    if connector == "xattn":  # the LLM's own layer sees text only
+        return n_t * per_token + 4 * n_t * n_t * d
     if connector == "plits":
         n = n_a + n_t
         return n * per_token + 4 * n * n * d
     n_q = n_t + (n_s if connector == "pal" else 0)  # in-sequence tokens: the queries
     return n_q * per_token + n_a * 4 * d * d_kv + 4 * n_q * (n_a + n_q) * d
+
+
+def xattn_block_flops(n_a: int, n_t: int, d: int, ffn_mult: int = XATTN_FFN_MULT) -> float:
+    """Forward FLOPs of one gated cross-attention block: k/v over the audio, q/o and the FFN over the text, and
+    the text-to-audio attention (scores and weighted sum)."""
+    return 2 * (2 * n_a * d * d + 2 * n_t * d * d + 2 * n_t * d * ffn_mult * d) + 4 * n_t * n_a * d
 
 
 def model_flops(connector: str, n_a: int, n_t: int, dims: dict, n_s: int = 0, encoder_dim: int = 0) -> float:
@@ -83,6 +92,9 @@ def model_flops(connector: str, n_a: int, n_t: int, dims: dict, n_s: int = 0, en
     d_kv = dims["num_key_value_heads"] * d // dims["num_attention_heads"]
     seq = n_a + n_t if connector == "plits" else n_t + (n_s if connector == "pal" else 0)
     flops = layers * layer_flops(connector, n_a, n_t, d, d_kv, d_ff, n_s) + 2 * d * dims["vocab_size"] * seq
+    if connector == "xattn":
+        flops += len(range(0, layers, XATTN_EVERY)) * xattn_block_flops(n_a, n_t, d)
+        return flops + (2 * n_a * encoder_dim * d if encoder_dim else 0)  # one projection to d, shared by the blocks
     if encoder_dim:
         if connector == "plits":
             flops += 2 * n_a * (encoder_dim * d + d * d)
@@ -104,7 +116,8 @@ def _build(connector: str, s: BenchSettings):
     from pal import PALConfig, PALForConditionalGeneration
 
     options = {"plits": dict(connector="plits"), "lal": dict(connector="lal"),
-               "pal": dict(connector="pal", n_summary=s.n_summary, qformer_layers=1)}[connector]
+               "pal": dict(connector="pal", n_summary=s.n_summary, qformer_layers=1),
+               "xattn": dict(connector="xattn", xattn_every=XATTN_EVERY, xattn_ffn_mult=XATTN_FFN_MULT)}[connector]
     config = PALConfig(text_config=LlamaConfig(**DIMS[s.dims]).to_dict(), encoder_dims={"sslam": s.encoder_dim},
                        **options)
     torch.manual_seed(0)
@@ -213,7 +226,7 @@ def compute_ratios(results: list[dict], s: BenchSettings) -> dict:
         base = by.get(("plits", n_a))
         if base is None:
             continue
-        for other in ("lal", "pal"):
+        for other in ("lal", "pal", "xattn"):
             r = by.get((other, n_a))
             if r is None:
                 continue
@@ -313,7 +326,7 @@ def plot(report: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend()
     s = report["settings"]
-    fig.suptitle(f"PLITS vs LAL vs PAL on {s['dims']} dims, batch {s['batch']}, N_t={s['text_tokens']}")
+    fig.suptitle(f"PLITS vs LAL vs PAL vs cross-attention on {s['dims']} dims, batch {s['batch']}, N_t={s['text_tokens']}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

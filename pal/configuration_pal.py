@@ -19,8 +19,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-CONNECTORS = ("plits", "lal", "pal")
-ROUTES = ("plits", "lal")
+CONNECTORS = ("plits", "lal", "pal", "xattn")
+ROUTES = ("plits", "lal", "xattn")
 # Keyword arguments that Hugging Face itself passes to every config; anything else unknown is a typo.
 _HF_CONFIG_KWARGS = {
     "model_type", "name_or_path", "_name_or_path", "_commit_hash", "output_attentions", "attn_implementation",
@@ -33,9 +33,10 @@ class PALConfig(PreTrainedConfig):
     r"""
     text_config: the wrapped causal LM's config (Llama, Qwen2 or Mistral family).
     encoder_dims: `{encoder name: D_e}`, the width of each encoder's output tokens, in a fixed order.
-    connector: "plits" routes every encoder through PLITS, "lal" every encoder through LAL, "pal" follows `routes`
-        and/or `n_summary` (DESIGN.md "The connectors").
-    routes: for "pal", `{encoder name: "plits" | "lal"}`; every encoder must be named.
+    connector: "plits" routes every encoder through PLITS, "lal" every encoder through LAL, "xattn" every encoder
+        through gated cross-attention blocks (the Flamingo-style baseline), "pal" follows `routes` and/or `n_summary`
+        (DESIGN.md "The connectors").
+    routes: for "pal", `{encoder name: "plits" | "lal" | "xattn"}`; every encoder must be named.
     projector: the PLITS projector, "mlp" (LLaVA-style two-layer MLP) or "qformer" (latent queries cross-attending
         to the encoder tokens).
     mlp_downsample: the MLP projector concatenates this many consecutive tokens before projecting (1 = none).
@@ -55,6 +56,11 @@ class PALConfig(PreTrainedConfig):
         own input embeddings, so in-sequence audio starts, and stays, at the scale of the text around it.
     lal_projection: P_l, "linear" (an independent linear map of the encoder output per layer) or "mlp" (a shared
         two-layer MLP trunk followed by one linear head per layer).
+    xattn_every: gated cross-attention blocks go in front of layers 0, k, 2k, ... (Flamingo's "every k-th layer").
+        Ignored when `xattn_layers` is given.
+    xattn_layers: an explicit list of layers (0-indexed) that get a block in front of them.
+    xattn_heads: attention heads of each block (None: the LLM's own head count); xattn_ffn_mult: its FFN width
+        as a multiple of the hidden size.
     lora: PEFT LoRA settings attached to the LLM, `{"r", "alpha", "dropout", "target_modules"}`; None for none.
     """
 
@@ -63,7 +69,7 @@ class PALConfig(PreTrainedConfig):
 
     text_config: dict | PreTrainedConfig | None = None
     encoder_dims: dict | None = None
-    connector: Literal["plits", "lal", "pal"] = "lal"
+    connector: Literal["plits", "lal", "pal", "xattn"] = "lal"
     routes: dict | None = None
     projector: Literal["mlp", "qformer"] = "mlp"
     mlp_downsample: int = 1
@@ -78,6 +84,10 @@ class PALConfig(PreTrainedConfig):
     lal_projection: Literal["linear", "mlp"] = "linear"
     lal_audio_bias: Literal["log_count", "none"] = "log_count"
     plits_output_norm: bool = True
+    xattn_every: int = 4
+    xattn_layers: list | None = None
+    xattn_heads: int | None = None
+    xattn_ffn_mult: int = 4
     lora: dict | None = None
     tie_word_embeddings: bool = False
 
@@ -126,6 +136,16 @@ class PALConfig(PreTrainedConfig):
         if self.n_summary < 0:
             raise ValueError(f"n_summary = {self.n_summary}: expected an int >= 0.")
         num_layers = self.text_config.num_hidden_layers
+        if self.xattn_every < 1:
+            raise ValueError(f"xattn_every = {self.xattn_every}: expected an int >= 1.")
+        if self.xattn_layers is not None and (
+                len(set(self.xattn_layers)) != len(self.xattn_layers)
+                or not all(isinstance(i, int) and 0 <= i < num_layers for i in self.xattn_layers)):
+            raise ValueError(f"xattn_layers = {self.xattn_layers}: expected distinct layer indices in "
+                             f"[0, {num_layers - 1}].")
+        if self.xattn_heads is not None and (self.xattn_heads < 1 or self.text_config.hidden_size % self.xattn_heads):
+            raise ValueError(f"xattn_heads = {self.xattn_heads}: expected a divisor of the hidden size "
+                             f"{self.text_config.hidden_size}.")
         if self.lal_layers is not None:
             bad = [i for i in self.lal_layers if not isinstance(i, int) or not 0 <= i < num_layers]
             if bad or len(set(self.lal_layers)) != len(self.lal_layers):
@@ -139,7 +159,7 @@ class PALConfig(PreTrainedConfig):
             )
 
     def route_of(self, name: str) -> str:
-        """Which path encoder `name` takes into the LLM: "plits" or "lal"."""
+        """Which path encoder `name` takes into the LLM: "plits", "lal" or "xattn"."""
         if self.connector == "pal":
             return (self.routes or {}).get(name, "lal")
         return self.connector
@@ -159,6 +179,14 @@ class PALConfig(PreTrainedConfig):
         if self.lal_layers is not None:
             return sorted(self.lal_layers)
         return list(range(self.lal_start_layer, self.text_config.num_hidden_layers))
+
+    def xattn_layer_indices(self) -> list[int]:
+        """The LLM layers with a gated cross-attention block in front (empty when nothing is routed through xattn)."""
+        if not self.encoders_on("xattn"):
+            return []
+        if self.xattn_layers is not None:
+            return sorted(self.xattn_layers)
+        return list(range(0, self.text_config.num_hidden_layers, self.xattn_every))
 
     def has_plits_tokens(self) -> bool:
         """True when the prompt must hold an `<audio>` placeholder for in-sequence audio tokens."""

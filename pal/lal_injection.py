@@ -112,19 +112,22 @@ class PALCache(DynamicCache):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.lal_audio: LALAudioKV | None = None
+        self.xattn_audio: LALAudioKV | None = None  # the cross-attention blocks' keys/values (cross_attention.py)
         self.lal_source = None  # (per-encoder features, repeats) when filled by `prepare_audio`
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
-        if self.lal_audio is not None:
-            self.lal_audio = self.lal_audio.repeat_interleave(repeats)
+        for key in ("lal_audio", "xattn_audio"):
+            if getattr(self, key) is not None:
+                setattr(self, key, getattr(self, key).repeat_interleave(repeats))
         if self.lal_source is not None:
             self.lal_source = (self.lal_source[0], self.lal_source[1] * repeats)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
-        if self.lal_audio is not None:
-            self.lal_audio = self.lal_audio.index_select(indices)
+        for key in ("lal_audio", "xattn_audio"):
+            if getattr(self, key) is not None:
+                setattr(self, key, getattr(self, key).index_select(indices))
 
 
 def prefix_audio_positions(mask: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from encoders.outputs import EncoderOutputs
 
 from .configuration_pal import PALConfig
+from .cross_attention import CrossAttentionConnector
 from .lal_injection import LALConnector, PALCache, enable_lal_attention
 from .llm import check_supported_llm, load_llm
 from .plits import PLITSConnector, splice_audio_tokens
@@ -79,6 +80,20 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             if lal_encoders and config.lal_layer_indices()
             else None
         )
+        xattn_encoders = config.encoders_on("xattn")
+        self.xattn = (
+            CrossAttentionConnector(
+                {name: config.encoder_dims[name] for name in xattn_encoders},
+                config.text_config.hidden_size,
+                config.xattn_layer_indices(),
+                config.xattn_heads or config.text_config.num_attention_heads,
+                config.xattn_ffn_mult,
+            )
+            if xattn_encoders
+            else None
+        )
+        if self.xattn is not None:
+            self.xattn.install(self.llm)
         with _gathered_for_init(self):
             self.post_init()
             if self.plits is not None:  # after post_init, which would re-initialise it; from_pretrained loads the gain
@@ -194,23 +209,28 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                 + (": pass `audio`." if self.plits is not None else ": this model routes no encoder through PLITS.")
             )
 
-        # LAL: audio keys/values, computed once and kept in the cache while generating.
+        # LAL and cross-attention: audio keys/values, computed once and kept in the cache while generating.
         if use_cache is None:
             use_cache = self.config.text_config.use_cache
         if use_cache and past_key_values is None:
             past_key_values = PALCache(config=self.llm.config)
-        lal_audio = getattr(past_key_values, "lal_audio", None)
-        if self.lal is not None and audio is not None and lal_audio is not None:
+        routed = {"lal_audio": self.lal, "xattn_audio": self.xattn}
+        side = {key: getattr(past_key_values, key, None) for key in routed}
+        if audio is not None and any(side[key] is not None for key, module in routed.items() if module is not None):
             self._check_prepared(past_key_values, audio)
-        elif self.lal is not None and audio is not None:
-            lal_audio = self.lal(audio, self.llm)
-            if use_cache:
-                if not isinstance(past_key_values, PALCache):
-                    raise ValueError(
-                        f"LAL audio needs a PALCache to be reused while decoding, got {type(past_key_values).__name__}: "
-                        "pass `past_key_values=PALCache(config=model.llm.config)` or let the model create it."
-                    )
-                past_key_values.lal_audio = lal_audio
+        elif audio is not None:
+            for key, module in routed.items():
+                if module is None:
+                    continue
+                side[key] = module(audio, self.llm) if key == "lal_audio" else module(audio)
+                if use_cache:
+                    if not isinstance(past_key_values, PALCache):
+                        raise ValueError(
+                            f"audio keys/values need a PALCache to be reused while decoding, got "
+                            f"{type(past_key_values).__name__}: pass `past_key_values=PALCache(config=model.llm.config)`"
+                            " or let the model create it."
+                        )
+                    setattr(past_key_values, key, side[key])
 
         if position_ids is None and attention_mask is not None:
             # Padding-aware positions (left padding puts each example's first real token at 0), as generate() does.
@@ -224,29 +244,32 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             labels=labels,
             logits_to_keep=logits_to_keep,
-            lal_audio=lal_audio,
+            **{key: kv for key, kv in side.items() if kv is not None},
             **kwargs,
         )
 
     @torch.no_grad()
     def prepare_audio(self, audio: AudioFeatures, repeats: int = 1) -> PALCache:
-        """A fresh PALCache holding the LAL keys/values of `audio` ([B] clips), computed once and repeated for
-        `repeats` prompts per clip (rows b·repeats .. b·repeats + repeats - 1 belong to clip b).
+        """A fresh PALCache holding the LAL and cross-attention keys/values of `audio` ([B] clips), computed once and
+        repeated for `repeats` prompts per clip (rows b·repeats .. b·repeats + repeats - 1 belong to clip b).
 
         Pass it as `past_key_values` together with the same audio repeated the same way (PLITS still needs it): several
         questions about one clip then cost one P_l and one k/v projection per audio layer, not one per question.
         """
         batch = next(iter(audio.values()))[0].shape[0]
         cache = PALCache(config=self.llm.config)
+        checked = self.check_audio(audio, batch)
         if self.lal is not None:
-            checked = self.check_audio(audio, batch)
             cache.lal_audio = self.lal(checked, self.llm).repeat_interleave(repeats)
-            cache.lal_source = ({n: checked[n] for n in self.lal.projections}, repeats)
+        if self.xattn is not None:
+            cache.xattn_audio = self.xattn(checked).repeat_interleave(repeats)
+        if self.lal is not None or self.xattn is not None:
+            cache.lal_source = (checked, repeats)
         return cache
 
     def _check_prepared(self, cache, audio: AudioFeatures) -> None:
-        """Audio given with a cache that already holds LAL audio: fine for a fresh cache from `prepare_audio` with the
-        same audio; an error otherwise (the new audio would be silently ignored)."""
+        """Audio given with a cache that already holds audio keys/values: fine for a fresh cache from `prepare_audio`
+        with the same audio; an error otherwise (the new audio would be silently ignored)."""
         source = getattr(cache, "lal_source", None)
         if cache.get_seq_length() > 0 or source is None:
             raise ValueError(

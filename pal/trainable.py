@@ -1,9 +1,11 @@
 """Which parameters train: named groups, selected by name from a stage config, and LoRA through PEFT.
 
 Groups (a parameter may sit in several; a parameter trains if any selected group holds it):
-    connector        every connector parameter (PLITS projectors, summary latents, LAL projections P_l)
+    connector        every connector parameter (PLITS projectors, summary latents, LAL projections P_l,
+                     cross-attention blocks)
     plits            the PLITS projectors and summary latents only
     lal              the LAL projections P_l only
+    xattn            the cross-attention blocks and their audio projections only
     llm              every LLM parameter except LoRA adapters
     llm_attention    the LLM's q/k/v/o projections
     llm_ffn          the LLM's MLPs
@@ -23,9 +25,10 @@ _ATTENTION = re.compile(r"\.self_attn\.[qkvo]_proj\.")
 _LORA = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\.")
 
 TRAINABLE_GROUPS: dict[str, Callable[[str], bool]] = {
-    "connector": lambda n: n.startswith(("plits.", "lal.")),
+    "connector": lambda n: n.startswith(("plits.", "lal.", "xattn.")),
     "plits": lambda n: n.startswith("plits."),
     "lal": lambda n: n.startswith("lal."),
+    "xattn": lambda n: n.startswith("xattn."),
     "llm": lambda n: n.startswith("llm.") and not _LORA.search(n),
     "llm_attention": lambda n: n.startswith("llm.") and bool(_ATTENTION.search(n)) and not _LORA.search(n),
     "llm_ffn": lambda n: n.startswith("llm.") and ".mlp." in n and not _LORA.search(n),

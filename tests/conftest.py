@@ -68,6 +68,10 @@ CONNECTORS = {
                 routes={"sslam": "lal", "whisper": "plits"}, lal_start_layer=1, mlp_downsample=2),
     "pal_summary": dict(encoder_dims={"sslam": 24}, connector="pal", n_summary=2, lal_start_layer=2,
                         qformer_layers=1, qformer_heads=2),
+    "xattn": dict(encoder_dims={"sslam": 24, "whisper": 16}, connector="xattn", xattn_every=2, xattn_heads=2,
+                  xattn_ffn_mult=2),
+    "pal_xattn": dict(encoder_dims={"sslam": 24, "whisper": 16}, connector="pal",
+                      routes={"sslam": "lal", "whisper": "xattn"}, lal_start_layer=1, xattn_layers=[2]),
 }
 
 

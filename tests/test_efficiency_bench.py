@@ -19,11 +19,27 @@ def test_layer_flops_match_pal_spec_worked_example(n_a, plits_gflop, lal_gflop):
     assert layer_flops("lal", n_a, 128, **dims) / 1e9 == pytest.approx(lal_gflop, abs=0.06)
 
 
+def test_xattn_block_flops_match_torch_flop_counter():
+    """The cross-attention block's FLOP formula against torch's own count of the block's matmuls and attention."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.efficiency import xattn_block_flops
+    from pal.cross_attention import GatedCrossAttentionBlock
+
+    block = GatedCrossAttentionBlock(64, 4, ffn_mult=4)
+    audio, text = torch.randn(1, 37, 64), torch.randn(1, 11, 64)
+    math_attention = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH)  # attention as counted matmuls
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), math_attention:
+        block(text, *block.audio_kv(audio), torch.ones(1, 37, dtype=torch.bool))
+    assert counter.get_total_flops() == xattn_block_flops(37, 11, 64, 4)
+
+
 def test_bench_efficiency_json_report(tmp_path, capsys):
     assert main(["bench", "efficiency", "--preset", "tiny", "--audio-tokens", "32", "--json", "--out", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {(r["connector"], r["audio_tokens"]) for r in report["results"]} == {
-        (c, 32) for c in ("plits", "lal", "pal")
+        (c, 32) for c in ("plits", "lal", "pal", "xattn")
     }
     for r in report["results"]:
         for key in ("train_step_s", "peak_mem_mb", "prefill_s", "decode_token_s"):
