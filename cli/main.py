@@ -116,8 +116,11 @@ def _train(args) -> int:
     from curriculum.config import CurriculumConfig
     from curriculum.recipe import CurriculumRecipe
 
-    recipe = CurriculumRecipe(CurriculumConfig.from_yaml(args.config), out=args.out, stage=args.stage,
-                              resume=args.resume, restart=args.restart, max_steps=args.max_steps, source=args.config)
+    config = CurriculumConfig.from_yaml(args.config)
+    if args.seed is not None:
+        config.seed = args.seed
+    recipe = CurriculumRecipe(config, out=args.out, stage=args.stage, resume=args.resume, restart=args.restart,
+                              max_steps=args.max_steps, source=args.config)
     recipe.setup()
     for result in recipe.run():
         if recipe.rank == 0:
@@ -181,6 +184,27 @@ def _eval(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from eval.compare import compare, smoke_setup
+
+    out = Path(args.out)
+    if args.preset == "smoke":
+        configs, manifests = smoke_setup(out / "smoke")
+        seeds, bench = args.seeds or 2, args.bench_preset or "tiny"
+    else:
+        if not (args.configs and args.manifests):
+            raise ValueError("give --configs A.yaml B.yaml ... and --manifests M.jsonl ... (or --preset smoke).")
+        configs, manifests = [Path(c) for c in args.configs], [Path(m) for m in args.manifests]
+        seeds, bench = args.seeds or 3, args.bench_preset or "quick"
+    record = compare(configs, seeds, out, manifests, None if bench == "none" else bench, args.batch_size,
+                     args.max_new_tokens)
+    failed = [f"{c} seed {s}" for c, runs in record["runs"].items() for s, r in runs.items() if r["status"] != "done"]
+    print(f"report: {record['report'][0]} and {record['report'][1]}")
+    for run in failed:
+        print(f"pal: run failed: {run} (see {out / 'compare.json'})", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _data_demo(args) -> int:
     from curriculum.demo_dataset import build
 
@@ -234,6 +258,7 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
                        help="discard what the run folder holds for the stages being run and train them from the start")
     train.add_argument("--max-steps", type=int, help="stop each stage after this many steps (schedule unchanged)")
     train.add_argument("--out", help="run folder (default: the config's `out`)")
+    train.add_argument("--seed", type=int, help="override the config's seed (pal compare trains seeds 0..K-1)")
     train.set_defaults(func=_train)
 
     infer = commands.add_parser("infer", help="ask a trained model about audio (one question, or a manifest)")
@@ -250,6 +275,18 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="results JSON (answers go beside it, resumable)")
     evaluate.add_argument("--no-baseline", action="store_true", help="skip the run without audio")
     evaluate.set_defaults(func=_eval)
+
+    comparison = commands.add_parser("compare", help="connectors under one curriculum: K seeds, one report")
+    comparison.add_argument("--configs", nargs="+", help="curriculum YAMLs (the first is the reference)")
+    comparison.add_argument("--manifests", nargs="+", help="test manifests every run is evaluated on")
+    comparison.add_argument("--seeds", type=int, help="runs per config (default 3; smoke: 2)")
+    comparison.add_argument("--out", required=True, help="folder: runs/, report.md, report.html (reruns resume)")
+    comparison.add_argument("--preset", choices=["smoke"], help="smoke: tiny models on tones, four connectors")
+    comparison.add_argument("--bench-preset", choices=["tiny", "quick", "full", "none"],
+                            help="pal bench efficiency preset for the memory/throughput plots (default quick)")
+    comparison.add_argument("--batch-size", type=int, default=8)
+    comparison.add_argument("--max-new-tokens", type=int, default=32)
+    comparison.set_defaults(func=_compare)
 
     data = commands.add_parser("data", help="datasets: the demo dataset, converters of public datasets")
     data_commands = data.add_subparsers(dest="data", required=True)

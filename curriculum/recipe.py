@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -39,7 +40,7 @@ from encoders.ensemble import AudioEncoderEnsemble
 from encoders.identity import write_ensemble_record
 from encoders.safe_write import atomic_write_json, check_writable, disk_errors
 from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
-                               setup_distributed, slow_bf16_note)
+                             peak_memory_mb, reset_peak_memory, setup_distributed, slow_bf16_note)
 from pal import TRAINABLE_GROUPS, PALConfig, PALForConditionalGeneration, PALProcessor, set_trainable
 from pal.llm import load_tokenizer, pal_home, resolve_llm_path
 from pal.trainable import LORA_KEYS
@@ -364,15 +365,16 @@ class CurriculumRecipe:
         # Workers prepare the micro-batches ahead of the step; global batch g = step · accum + micro.
         batches = iter(stage_loader(data, collate, start * accum, stop * accum, self.rank, stage.batch_size,
                                     stage.num_workers, stage.prefetch_factor))
-        bad_total, last_loss = 0, float("nan")
+        bad_total, last_loss, train_s = 0, float("nan"), 0.0
         self.last_batch = None
+        reset_peak_memory()
         bar = tqdm(total=stop, initial=start, desc=f"stage {k + 1} ({stage.name})", disable=self.rank != 0, unit="step")
         for step in range(start, stop):
             torch.manual_seed(self.config.seed * 1_000_003 + k * 100_003 + step)  # dropout: same draws after resume
             lr = cosine_lr(step, stage.optim.lr, stage.optim.warmup_steps, total, stage.optim.min_lr)
             for group_ in optimizer.param_groups:
                 group_["lr"] = lr
-            losses = []
+            losses, started = [], time.perf_counter()
             for _ in range(accum):
                 batch, bad = collate.finish(next(batches))
                 if bad:
@@ -383,6 +385,7 @@ class CurriculumRecipe:
                 engine.step()
                 losses.append(float(loss.detach()))
             last_loss = sum(losses) / len(losses)
+            train_s += time.perf_counter() - started  # the training steps alone (data wait included)
             done = step + 1
             if self.rank == 0:
                 bar.update(1)
@@ -394,6 +397,9 @@ class CurriculumRecipe:
             if done % stage.checkpoint_every == 0 or done == stop:
                 self.checkpoint(engine, stage_dir, done, stage.keep_last, trainable_names)
         bar.close()
+        if stop > start:  # what `pal compare` reports: this rank's throughput and memory high-water mark
+            examples = (stop - start) * accum * stage.batch_size * self.world
+            log.write(event="end", step=stop, examples_per_s=examples / train_s, **peak_memory_mb())
         if stop == total:
             self.finish(k, stage_dir, processor)
         if bad_total and self.rank == 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import time
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -65,7 +66,8 @@ def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str |
                  batch_size: int = 8, with_audio: bool = True, progress: bool = True) -> dict:
     """Answer every example of `manifest` (a path, or its examples) into `out` (JSONL, resumable).
 
-    → {"answered", "new", "skipped": {id: why}}."""
+    → {"answered", "new", "skipped": {id: why}, "seconds": time spent answering the new ones (audio reading and
+    encoding included)}."""
     decoding = decoding or Decoding()
     out = Path(out)
     check_writable(out.parent)
@@ -74,12 +76,12 @@ def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str |
     # Batches of one task: generation stops when every row has ended, so short answers are not held to a caption's
     # length (the answers are the same in any order: a batch answers as its rows would alone).
     todo = sorted((e for e in examples if e.id not in done), key=lambda e: e.task)
-    skipped, new = {}, 0
+    skipped, new, seconds = {}, 0, 0.0
     bar = tqdm(total=len(todo), desc="no-audio baseline" if not with_audio else "answering", unit="q",
                disable=not progress)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        clips, rows, kept = [], [], []
+        clips, rows, kept, began = [], [], [], time.perf_counter()
         for e in batch:
             if with_audio and e.audio is not None:
                 try:
@@ -95,6 +97,7 @@ def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str |
             audio = scatter_rows(llm.features(clips), rows) if clips else None
             conversations = [llm.conversation(e.prompt, with_audio and e.audio is not None) for e in kept]
             answers = llm.generate(conversations, audio, decoding)
+            seconds += time.perf_counter() - began
             with disk_errors(out), open(out, "a") as f:
                 for e, answer in zip(kept, answers):
                     f.write(json.dumps({"id": e.id, "audio": e.audio, "task": e.task, "line": e.line,
@@ -105,7 +108,7 @@ def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str |
     bar.close()
     if skipped:
         atomic_write_json(out.with_suffix(".skipped.json"), skipped)
-    return {"answered": len(done) + new, "new": new, "skipped": skipped}
+    return {"answered": len(done) + new, "new": new, "skipped": skipped, "seconds": seconds}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -177,6 +180,11 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
         "skipped": with_audio["skipped"], "unscored_tasks": unscored,
         "tasks": score(examples, rows),
     }
+    # Latency of answering with audio, from the run that answered (a resumed run keeps the earlier figure).
+    previous = json.loads(out.read_text()).get("latency") if out.is_file() else None
+    result["latency"] = ({"questions": with_audio["new"], "batch_size": batch_size,
+                          "seconds_per_question": with_audio["seconds"] / with_audio["new"]}
+                         if with_audio["new"] else previous)
     if baseline:
         plain = out.with_name(out.stem + ".no_audio.jsonl")
         run_manifest(llm, examples, plain, decoding, batch_size, False, progress)

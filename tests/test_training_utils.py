@@ -56,7 +56,8 @@ def test_every_shipped_yaml_loads_into_its_typed_config(path):
     from encoders.ensemble import EnsembleConfig
     from training.sslam_pretrain import PretrainConfig
 
-    kind = {"pal": CurriculumConfig, "encoders": EnsembleConfig, "sslam": PretrainConfig}[path.parent.name]
+    kind = {"pal": CurriculumConfig, "compare": CurriculumConfig, "encoders": EnsembleConfig,
+            "sslam": PretrainConfig}[path.parent.name]
     config = kind.from_yaml(path)
     if kind is PretrainConfig:
         assert config.model.build().embed_dim > 0 and config.objective.stage in (1, 2)

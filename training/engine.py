@@ -46,6 +46,32 @@ def slow_bf16_note(precision: str, where: str) -> str | None:
     return None
 
 
+def reset_peak_memory() -> None:
+    """Start a new high-water mark of this process's memory: the host's (Linux: writing 5 to /proc/self/clear_refs
+    resets VmHWM) and the GPU's, so one process can measure several runs one after another."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux, or not allowed: the mark then covers the whole process
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """{"host_mb": peak resident memory since `reset_peak_memory`, "gpu_mb": peak allocated by torch (CUDA only)}."""
+    peak = {}
+    try:
+        status = Path("/proc/self/status").read_text()
+        peak["host_mb"] = int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        peak["host_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        peak["gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
 def bind_local_device() -> None:
     """Make this process's GPU the current CUDA device (LOCAL_RANK), before any model or encoder moves: `"cuda"`
     (an ensemble's `device`, NCCL's buffers) then means this rank's GPU, not every rank's cuda:0."""

@@ -1,0 +1,343 @@
+"""`pal compare`: connectors under one controlled curriculum, K seeds each, evaluated on the same manifests, in one
+report (Markdown and a self-contained HTML page).
+
+Every config is trained with seeds 0..K-1 into `OUT/runs/<config>/seed<k>/` (what `pal train` writes, the config's
+own seed replaced by k), and its last stage's model is evaluated on every test manifest into `eval-<manifest>.json`
+there (what `pal eval` writes, with the no-audio baseline). Finished runs and evaluations are reused, unfinished ones
+resume, and a run that fails is reported with its error while the others go on. Runs happen one after another in
+this process; to train on several GPUs, train the runs with `pal train` under torchrun into the same folders first:
+`pal compare` then only evaluates and reports.
+
+The report's numbers are read from the run folders. Over seeds: the mean, the sample standard deviation and the 95%
+interval of the mean (Student t with K-1 degrees of freedom); against the first config: the per-seed paired
+difference, its mean and 95% interval (paired t), so "no worse than" is a statement with an interval. Efficiency:
+training examples/s and peak memory from each run's last-stage log, inference latency from its evaluation, and
+memory and throughput against the number of audio tokens from `pal bench efficiency` (run once, in its own process).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from encoders.safe_write import atomic_write_json, check_writable
+
+from .report import Image, Section, Table, write_report
+
+SKIP_METRICS = ("n",)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def run_folder(out: Path, config: Path, seed: int) -> Path:
+    return out / "runs" / config.stem / f"seed{seed}"
+
+
+def train_and_evaluate(config: Path, seed: int, folder: Path, manifests: list[Path], batch_size: int,
+                       max_new_tokens: int) -> None:
+    """One run: the curriculum with this seed (resumed or skipped when done), then each manifest evaluated."""
+    from curriculum.config import CurriculumConfig
+    from curriculum.recipe import CurriculumRecipe
+
+    from .evaluate import evaluate
+    from .inference import AudioLLM, Decoding
+
+    curriculum = CurriculumConfig.from_yaml(config)
+    curriculum.seed = seed
+    recipe = CurriculumRecipe(curriculum, out=folder, resume=True, source=config)
+    recipe.setup()
+    recipe.run()
+    final = recipe.stage_dir(len(curriculum.stages) - 1) / "final"
+    todo = [m for m in manifests if not (folder / f"eval-{m.stem}.json").is_file()]
+    if todo:
+        llm = AudioLLM.from_pretrained(final)
+        for manifest in todo:
+            evaluate(llm, manifest, folder / f"eval-{manifest.stem}.json", Decoding(max_new_tokens=max_new_tokens),
+                     batch_size, progress=False)
+
+
+def read_run(folder: Path, manifests: list[Path]) -> dict:
+    """What a finished run folder says: its last stage's end-of-training figures and its evaluations."""
+    stages = sorted(folder.glob("stage*/log.jsonl"))
+    ends = [json.loads(line) for line in stages[-1].read_text().splitlines()] if stages else []
+    ends = [r for r in ends if r.get("event") == "end"]
+    evals = {m.stem: json.loads((folder / f"eval-{m.stem}.json").read_text()) for m in manifests
+             if (folder / f"eval-{m.stem}.json").is_file()}
+    return {"train": ends[-1] if ends else None, "evals": evals}
+
+
+def efficiency_report(out: Path, preset: str) -> dict:
+    """`pal bench efficiency --preset P` in its own process (its workers measure memory cleanly); reused if done."""
+    path = out / "bench" / "efficiency.json"
+    if not path.is_file():
+        subprocess.run([sys.executable, "-m", "cli", "bench", "efficiency", "--preset", preset, "--json", "--out",
+                        str(path.parent)], check=True, capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Statistics over seeds
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def seed_stats(values: list[float]) -> dict:
+    """Mean, sample std and the 95% t-interval of the mean of per-seed values (no interval from one seed)."""
+    from scipy import stats
+
+    k = len(values)
+    mean = sum(values) / k
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1)) if k > 1 else float("nan")
+    half = stats.t.ppf(0.975, k - 1) * std / math.sqrt(k) if k > 1 else float("nan")
+    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "seeds": k}
+
+
+def metric_values(runs: dict, config: str, manifest: str, task: str, metric: str, key: str = "metrics") -> dict:
+    """{seed: value} of one metric over a config's finished runs (`key="no_audio"`: the baseline)."""
+    found = {}
+    for seed, run in runs[config].items():
+        entry = run.get("evals", {}).get(manifest, {}).get("tasks", {}).get(task, {}).get(key, {}).get(metric)
+        if isinstance(entry, dict) and "value" in entry:
+            found[seed] = entry["value"]
+    return found
+
+
+def summarize(runs: dict, manifests: list[str]) -> dict:
+    """Per manifest, task and metric: every config's seed statistics, its no-audio baseline, and the paired
+    difference against the first config over the seeds both finished."""
+    configs = list(runs)
+    rows = []
+    for manifest in manifests:
+        names = sorted({(task, metric) for config in configs for run in runs[config].values()
+                        for task, entry in run.get("evals", {}).get(manifest, {}).get("tasks", {}).items()
+                        for metric, value in entry.get("metrics", {}).items()
+                        if isinstance(value, dict) and "value" in value})
+        for task, metric in names:
+            row = {"manifest": manifest, "task": task, "metric": metric, "configs": {}}
+            first = metric_values(runs, configs[0], manifest, task, metric)
+            for config in configs:
+                values = metric_values(runs, config, manifest, task, metric)
+                if not values:
+                    continue
+                entry = {"values": values, **seed_stats(list(values.values()))}
+                baseline = metric_values(runs, config, manifest, task, metric, "no_audio")
+                if baseline:
+                    entry["no_audio"] = seed_stats(list(baseline.values()))
+                paired = [values[s] - first[s] for s in values if s in first]
+                if config != configs[0] and paired:
+                    entry["minus_first"] = seed_stats(paired)
+                row["configs"][config] = entry
+            rows.append(row)
+    return {"metrics": rows}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _cell(stats: dict | None, digits: int = 3) -> str:
+    if not stats:
+        return "–"
+    if stats["seeds"] < 2:
+        return f"{stats['mean']:.{digits}f} (1 seed)"
+    low, high = stats["ci95"]
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _plot_metrics(summary: dict, configs: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["metrics"]
+    columns = min(3, len(rows)) or 1
+    lines = max(1, math.ceil(len(rows) / columns))
+    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.2 * lines), squeeze=False)
+    for ax, row in zip(axes.flat, rows):
+        present = [c for c in configs if c in row["configs"]]
+        means = [row["configs"][c]["mean"] for c in present]
+        errors = [0.0 if math.isnan(row["configs"][c]["ci95"][1]) else row["configs"][c]["ci95"][1] - m
+                  for c, m in zip(present, means)]
+        ax.bar(range(len(present)), means, yerr=errors, capsize=4, color="#4c78a8")
+        ax.set_xticks(range(len(present)), present, rotation=20, fontsize=8)
+        ax.set_title(f"{row['manifest']}: {row['task']} {row['metric']}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    fig.suptitle("metric means over seeds, 95% intervals")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_efficiency(bench: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, (key, label) in zip(axes, [("peak_mem_mb", "peak training-step memory (MB)"),
+                                       ("tokens_per_s", "training tokens/s")]):
+        for connector in sorted({r["connector"] for r in bench["results"]}):
+            points = sorted((r["audio_tokens"], r[key]) for r in bench["results"] if r["connector"] == connector)
+            ax.plot(*zip(*points), marker="o", label=connector)
+        ax.set_xlabel("audio tokens N_a")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    s = bench["settings"]
+    fig.suptitle(f"pal bench efficiency: {s['dims']} dims, batch {s['batch']}, N_t = {s['text_tokens']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def build_report(out: Path, record: dict, runs: dict, summary: dict, bench: dict | None) -> tuple[Path, Path]:
+    configs = list(runs)
+    first = configs[0]
+    status = [[config, str(seed), record["runs"][config][str(seed)]["status"],
+               " ".join(record["runs"][config][str(seed)].get("error", "").replace("|", "/").split())[:200]]
+              for config in configs for seed in range(record["seeds"])]
+    setup = Section("Set-up", [
+        f"{len(configs)} curricula × {record['seeds']} seeds on the same data; each evaluated on "
+        f"{', '.join(record['manifests'])} with and without its audio (the no-audio baseline). Run folders: "
+        f"`{out / 'runs'}`.",
+        Table(["config", "seed", "status", "error"], status)])
+    metrics = Table(["manifest", "task", "metric"] + [f"{c} mean ± std [95% CI]" for c in configs]
+                    + [f"{c} no audio" for c in configs], [])
+    paired = Table(["manifest", "task", "metric"] + [f"{c} − {first} [95% CI]" for c in configs[1:]], [])
+    for row in summary["metrics"]:
+        head = [row["manifest"], row["task"], row["metric"]]
+        metrics.rows.append(head + [_cell(row["configs"].get(c)) for c in configs]
+                            + [_cell(row["configs"].get(c, {}).get("no_audio")) for c in configs])
+        paired.rows.append(head + [_cell(row["configs"].get(c, {}).get("minus_first")) for c in configs[1:]])
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    sections = [setup,
+                Section("Metrics over seeds", [metrics, Image(_plot_metrics(summary, configs, figures / "metrics.png"),
+                                                              "means with 95% intervals over seeds")]),
+                Section(f"Paired differences against {first}", [
+                    "Per seed, each config's metric minus the first config's; the mean and its 95% interval over "
+                    "seeds (paired t). An interval above zero: better than the first config on this metric.", paired])]
+    efficiency = Table(["config", "training examples/s", "peak memory MB (host)", "peak GPU MB",
+                        "inference s/question"], [])
+    for config in configs:
+        finished = [r for r in runs[config].values() if r.get("train")]
+        speed = [r["train"]["examples_per_s"] for r in finished]
+        host = [r["train"]["host_mb"] for r in finished]
+        gpu = [r["train"]["gpu_mb"] for r in finished if "gpu_mb" in r["train"]]
+        latency = [e["latency"]["seconds_per_question"] for r in runs[config].values()
+                   for e in r.get("evals", {}).values() if e.get("latency")]
+        efficiency.rows.append([config] + [_cell(seed_stats(v), 2) if v else "–" for v in (speed, host, gpu)]
+                               + [_cell(seed_stats(latency), 4) if latency else "–"])
+    blocks = [efficiency]
+    if bench:
+        blocks.append(Image(_plot_efficiency(bench, figures / "efficiency.png"),
+                            "memory and throughput against the number of audio tokens (pal bench efficiency)"))
+    sections.append(Section("Efficiency", blocks))
+    return write_report(out, "Connector comparison", sections)
+
+
+def compare(configs: list[Path], seeds: int, out: Path, manifests: list[Path], bench_preset: str | None = "quick",
+            batch_size: int = 8, max_new_tokens: int = 32) -> dict:
+    """Train, evaluate and report; → the record written to `OUT/compare.json`."""
+    out = check_writable(out)
+    names = [c.stem for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"configs {names}: each needs its own file name (it names its run folders).")
+    record = {"configs": {c.stem: str(c) for c in configs}, "seeds": seeds,
+              "manifests": [m.stem for m in manifests], "runs": {}}
+    runs = {}
+    for config in configs:
+        record["runs"][config.stem], runs[config.stem] = {}, {}
+        for seed in range(seeds):
+            folder = run_folder(out, config, seed)
+            try:
+                train_and_evaluate(config, seed, folder, manifests, batch_size, max_new_tokens)
+                runs[config.stem][seed] = read_run(folder, manifests)
+                record["runs"][config.stem][str(seed)] = {"status": "done", "folder": str(folder)}
+            except Exception as err:  # a failed run is reported; the comparison goes on with the others
+                record["runs"][config.stem][str(seed)] = {"status": "failed", "folder": str(folder),
+                                                          "error": f"{type(err).__name__}: {err}"}
+            atomic_write_json(out / "compare.json", record)
+    summary = summarize(runs, record["manifests"])
+    bench = efficiency_report(out, bench_preset) if bench_preset else None
+    record["summary"] = summary
+    record["report"] = [str(p) for p in build_report(out, record, runs, summary, bench)]
+    atomic_write_json(out / "compare.json", record)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The smoke preset: the tests' tiny models on tones, four connectors, in a few minutes
+# ----------------------------------------------------------------------------------------------------------------------
+
+SMOKE_CONNECTORS = {
+    "plits": {"connector": "plits"},
+    "lal": {"connector": "lal", "lal_start_layer": 1},
+    "pal": {"connector": "pal", "n_summary": 2, "lal_start_layer": 1, "qformer_layers": 1, "qformer_heads": 2},
+    "xattn": {"connector": "xattn", "xattn_every": 1, "xattn_heads": 2, "xattn_ffn_mult": 2},
+}
+_PITCHES = [(220, "low"), (440, "middle"), (880, "high"), (1760, "very high")]
+
+
+def smoke_setup(folder: Path) -> tuple[list[Path], list[Path]]:
+    """A tiny random Llama (SmolLM2's tokenizer and chat template), tone clips with captions and yes/no questions,
+    and one single-stage curriculum per connector → (configs, test manifests). Deterministic; reused if present."""
+    import numpy as np
+    import soundfile
+    import torch
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pal.llm import load_tokenizer
+
+    folder = check_writable(folder)
+    llm = folder / "llm"
+    if not (llm / "config.json").is_file():
+        tokenizer = load_tokenizer(None)
+        torch.manual_seed(0)
+        LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                     tie_word_embeddings=True, max_position_embeddings=1024)).save_pretrained(llm)
+        tokenizer.save_pretrained(llm)
+    rows = {"train": [], "test": []}
+    for i in range(16):
+        freq, word = _PITCHES[i % 4]
+        t = np.arange(8000 + 400 * i) / 16000
+        soundfile.write(folder / f"tone{i}.wav", ((0.1 + 0.02 * i) * np.sin(2 * np.pi * freq * t)).astype(np.float32),
+                        16000)
+        split = "test" if i >= 12 else "train"
+        high = "yes" if freq >= 880 else "no"
+        rows[split] += [
+            {"id": f"cap{i}", "audio": f"tone{i}.wav", "task": "caption", "references": [f"A {word} pitched tone."],
+             "messages": [{"role": "user", "content": "<audio>\nDescribe the sound."},
+                          {"role": "assistant", "content": f"A {word} pitched tone."}]},
+            {"id": f"qa{i}", "audio": f"tone{i}.wav", "task": "qa",
+             "messages": [{"role": "user", "content": "<audio>\nIs the tone high? Answer yes or no."},
+                          {"role": "assistant", "content": high}]}]
+    for split, found in rows.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in found))
+    configs = []
+    for name, connector in SMOKE_CONNECTORS.items():
+        config = {"model": {"llm": "llm", "encoders": {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}},
+                            "connector": connector},
+                  "stages": [{"name": "connector", "data": [{"manifest": "train.jsonl"}], "trainable": ["connector"],
+                              "optim": {"lr": 3e-3, "warmup_steps": 1}, "steps": 4, "batch_size": 4,
+                              "precision": "fp32", "checkpoint_every": 4, "keep_last": 1, "log_every": 1,
+                              "num_samples": 0, "num_workers": 0}]}
+        path = folder / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        configs.append(path)
+    return configs, [folder / "test.jsonl"]
