@@ -25,7 +25,8 @@ def smoke(tmp_path_factory):
 
 def _table_rows(markdown: str, first_cells: list[str]) -> list[list[str]]:
     prefix = "| " + " | ".join(first_cells) + " |"
-    return [line.strip("|").split(" | ") for line in markdown.splitlines() if line.startswith(prefix)]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in markdown.splitlines()
+            if line.startswith(prefix)]
 
 
 def _expected(values: list[float], digits: int = 3) -> str:
@@ -62,7 +63,7 @@ def test_report_numbers_are_the_run_folders_numbers(smoke):
             paired = _table_rows(markdown, ["test", task, metric])[1]
             assert paired[3:] == [_expected(list(np.subtract(per[c], per["plits"]))) for c in CONFIGS[1:]]
             checked += 1
-    assert checked >= 4  # caption metrics and the yes/no accuracy
+    assert checked >= 2  # accuracy and its yes/no part
     for config in CONFIGS:  # training throughput and memory come from each run's last-stage log
         ends = [[json.loads(line) for line in (smoke / "runs" / config / f"seed{s}" / "stage1-connector" / "log.jsonl")
                  .read_text().splitlines() if '"end"' in line][-1] for s in (0, 1)]

@@ -91,32 +91,6 @@ def test_kill_and_resume_equals_uninterrupted_with_lora_and_connector_kept(workd
     assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from step {step}: weights differ"
 
 
-def test_zero3_two_ranks_with_text_only_batches_on_one_rank(workdir):
-    """ZeRO-3 gathers parameters per module call: a rank whose batch has no audio must still run the connectors,
-    or the ranks wait on each other forever (a known failure of peer projects)."""
-    from curriculum.data import StageData
-    from curriculum.manifest import examples_dataset, validate_manifest
-
-    rows = [json.loads(line) for line in (workdir / "train.jsonl").read_text().splitlines()]
-    text = [r for r in rows if "audio" not in r][0]
-    mixed = [r for r in rows if "audio" in r][:2] + [{**text, "id": f"text-{i}"} for i in range(2)]
-    (workdir / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in mixed))
-    config = _config(workdir, steps=4, batch_size=1, zero_stage=3, eval_every=2, num_samples=1, group_by_length=False)
-    text = yaml.safe_load(config.read_text())
-    for stage in text["stages"]:
-        stage["data"] = [{"manifest": str(workdir / "mixed.jsonl")}]
-    config.write_text(yaml.safe_dump(text))
-    table = examples_dataset(validate_manifest(workdir / "mixed.jsonl"))
-    data = StageData([(table, 1.0, str(workdir / "mixed.jsonl"))], seed=0, stage=0, global_batch=2)
-    has_audio = [[data[i].audio is not None for i in data.global_batch(step)] for step in range(4)]
-    assert any(a != b for a, b in has_audio), "no step mixes an audio rank with a text-only rank"
-    out = workdir / "zero3"
-    run_pal("train", "--config", str(config), "--out", str(out), "--stage", "1", nproc=2, port=29700)
-    assert (out / "stage1-connector" / "final" / "model.safetensors").is_file()
-    samples = (out / "stage1-connector" / "samples.jsonl").read_text().splitlines()
-    assert len(samples) == 2  # evaluations at steps 2 and 4, one sample each, written once (rank 0)
-
-
 def test_two_ranks(workdir):
     config = _config(workdir, steps=2, batch_size=2, eval_every=0, num_samples=0)
     out = workdir / "two"
@@ -190,23 +164,41 @@ def test_shipped_recipe_runs_one_step_with_tiny_stand_ins(recipe, workdir, tmp_p
     assert result["steps"] == 1 and np.isfinite(result["loss"])
 
 
-def test_zero3_builds_partitioned_under_zero_init_and_trains_as_zero2(workdir):
+def test_zero3_builds_partitioned_trains_as_zero2_and_survives_text_only_batches_on_one_rank(workdir):
     """ZeRO-3 loads the LLM under `deepspeed.zero.Init`: each of 2 ranks holds half of it from the start, and the
-    fresh connectors are initialised as a plain build would (so training ends where ZeRO-2's does, up to the order
-    of floating-point sums)."""
+    fresh connectors are initialised as a plain build would, so training ends where ZeRO-2's does (up to the order of
+    floating-point sums). ZeRO-3 also gathers parameters per module call: a rank whose batch has no audio must still
+    run the connectors, or the ranks wait on each other forever (a known failure of peer projects)."""
+    from curriculum.data import StageData
+    from curriculum.manifest import examples_dataset, validate_manifest
+
+    rows = [json.loads(line) for line in (workdir / "train.jsonl").read_text().splitlines()]
+    text = [r for r in rows if "audio" not in r][0]
+    mixed = [r for r in rows if "audio" in r][:2] + [{**text, "id": f"text-{i}"} for i in range(2)]
+    (workdir / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in mixed))
+    table = examples_dataset(validate_manifest(workdir / "mixed.jsonl"))
+    data = StageData([(table, 1.0, str(workdir / "mixed.jsonl"))], seed=0, stage=0, global_batch=2)
+    has_audio = [[data[i].audio is not None for i in data.global_batch(step)] for step in range(4)]
+    assert any(a != b for a, b in has_audio), "no step mixes an audio rank with a text-only rank"
     finals = {}
     for zero in (2, 3):
-        config = _config(workdir, steps=2, batch_size=2, zero_stage=zero, eval_every=0, num_samples=0,
-                         val_manifest=None)
-        out = workdir / f"zero{zero}-init"
-        run_pal("train", "--config", str(config), "--out", str(out), "--stage", "1", nproc=2, port=29800 + zero)
-        start = json.loads((out / "stage1-connector" / "log.jsonl").read_text().splitlines()[0])
-        finals[zero] = load_file(out / "stage1-connector" / "final" / "model.safetensors")
+        config = _config(workdir, steps=4, batch_size=1, zero_stage=zero, eval_every=2, num_samples=1,
+                         group_by_length=False)
+        settings = yaml.safe_load(config.read_text())
+        for stage in settings["stages"]:
+            stage["data"] = [{"manifest": str(workdir / "mixed.jsonl")}]
+        config.write_text(yaml.safe_dump(settings))
+        out = workdir / f"zero{zero}"
+        run_pal("train", "--config", str(config), "--out", str(out), "--stage", "1", nproc=2, port=29700 + zero)
+        stage_dir = out / "stage1-connector"
+        assert len((stage_dir / "samples.jsonl").read_text().splitlines()) == 2  # steps 2 and 4, one sample, rank 0
+        start = json.loads((stage_dir / "log.jsonl").read_text().splitlines()[0])
         held = start["built"]["llm_elements_here"] / start["built"]["llm_elements"]
         assert (held < 0.51) if zero == 3 else held == 1.0, (zero, start["built"])
+        finals[zero] = load_file(stage_dir / "final" / "model.safetensors")
     trained = [k for k in finals[2] if k.startswith(("plits.", "lal."))]
     diffs = {k: float((finals[2][k] - finals[3][k]).abs().max()) for k in trained}
-    assert trained and max(diffs.values()) < 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])
+    assert trained and max(diffs.values()) < 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
 
 
 def test_gradient_checkpointing_trains_to_the_same_weights(curriculum_env, tmp_path):
