@@ -53,7 +53,7 @@ def test_unsupported_llm_architecture():
 
 @pytest.mark.parametrize("options,message", [
     (dict(connector="pal", routes={"sslam": "lal", "clap": "plits"}), r"not in encoder_dims"),
-    (dict(connector="pal", routes={"sslam": "prepend"}), r"expected one of \('plits', 'lal'\)"),
+    (dict(connector="pal", routes={"sslam": "prepend"}), r"expected one of \('plits', 'lal', 'xattn'\)"),
     (dict(connector="pal"), r"needs `routes`"),
     (dict(connector="lal", lal_layers=[1, 9]), r"distinct layer indices in \[0, 3\]"),
     (dict(connector="lal", routes={"sslam": "lal"}), r"only read with connector='pal'"),
