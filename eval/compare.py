@@ -27,8 +27,6 @@ from encoders.safe_write import atomic_write_json, check_writable
 
 from .report import Image, Section, Table, write_report
 
-SKIP_METRICS = ("n",)
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Running
