@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,14 +71,15 @@ def read_run(folder: Path, manifests: list[Path]) -> dict:
     return {"train": ends[-1] if ends else None, "evals": evals}
 
 
-def efficiency_report(out: Path, preset: str) -> dict:
-    """`pal bench efficiency --preset P` in its own process (its workers measure memory cleanly); reused if done."""
-    path = out / "bench" / "efficiency.json"
-    if not path.is_file():
-        subprocess.run([sys.executable, "-m", "cli", "bench", "efficiency", "--preset", preset, "--json", "--out",
-                        str(path.parent)], check=True, capture_output=True, text=True,
-                       cwd=Path(__file__).resolve().parents[1])
-    return json.loads(path.read_text())
+def efficiency_report(out: Path, preset: str) -> Path:
+    """`pal bench efficiency --preset P` in its own process (its workers measure memory cleanly), which writes its
+    report and its plot (step time, memory and decode latency against N_a) under `OUT/bench/`; reused if done.
+    → the plot."""
+    folder = out / "bench"
+    if not (folder / "efficiency.json").is_file() or not (folder / "efficiency.png").is_file():
+        subprocess.run([sys.executable, "-m", "cli", "bench", "efficiency", "--preset", preset, "--out", str(folder)],
+                       check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    return folder / "efficiency.png"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -177,31 +179,7 @@ def _plot_metrics(summary: dict, configs: list[str], path: Path) -> Path:
     return path
 
 
-def _plot_efficiency(bench: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, (key, label) in zip(axes, [("peak_mem_mb", "peak training-step memory (MB)"),
-                                       ("tokens_per_s", "training tokens/s")]):
-        for connector in sorted({r["connector"] for r in bench["results"]}):
-            points = sorted((r["audio_tokens"], r[key]) for r in bench["results"] if r["connector"] == connector)
-            ax.plot(*zip(*points), marker="o", label=connector)
-        ax.set_xlabel("audio tokens N_a")
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    s = bench["settings"]
-    fig.suptitle(f"pal bench efficiency: {s['dims']} dims, batch {s['batch']}, N_t = {s['text_tokens']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def build_report(out: Path, record: dict, runs: dict, summary: dict, bench: dict | None) -> tuple[Path, Path]:
+def build_report(out: Path, record: dict, runs: dict, summary: dict, bench: Path | None) -> tuple[Path, Path]:
     configs = list(runs)
     first = configs[0]
     status = [[config, str(seed), record["runs"][config][str(seed)]["status"],
@@ -240,9 +218,9 @@ def build_report(out: Path, record: dict, runs: dict, summary: dict, bench: dict
         efficiency.rows.append([config] + [_cell(seed_stats(v), 2) if v else "–" for v in (speed, host, gpu)]
                                + [_cell(seed_stats(latency), 4) if latency else "–"])
     blocks = [efficiency]
-    if bench:
-        blocks.append(Image(_plot_efficiency(bench, figures / "efficiency.png"),
-                            "memory and throughput against the number of audio tokens (pal bench efficiency)"))
+    if bench:  # copied beside the other figure, so the Markdown report's links stay inside OUT/figures
+        blocks.append(Image(Path(shutil.copy(bench, figures / "efficiency.png")),
+                            "step time, memory and decoding against the number of audio tokens (pal bench efficiency)"))
     sections.append(Section("Efficiency", blocks))
     return write_report(out, "Connector comparison", sections)
 
