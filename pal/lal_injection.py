@@ -10,7 +10,9 @@ updated between layers. Layers outside the audio set run the untouched LLM.
 Mechanics. The audio keys/values are computed once per forward (or once at prefill when generating) and handed down
 through the decoder's `**kwargs` to the attention backend. We register two attention implementations, `lal_sdpa` and
 `lal_eager`, which prepend the layer's audio K/V and widen the mask, then call Hugging Face's own `sdpa` / `eager`
-function. Nothing of the LLM is subclassed or renamed: checkpoint keys stay the LLM's, LoRA on k_proj/v_proj applies
+function. A decoding step (text keys already cached) instead joins the scores, not the keys: the audio
+keys/values are read where prefill wrote them, never copied per token (`_decoding_attention`). Nothing of the LLM
+is subclassed or renamed: checkpoint keys stay the LLM's, LoRA on k_proj/v_proj applies
 to audio keys too, and a layer that gets no audio runs exactly the bare LLM's code.
 
 Start-up. N_a fresh audio keys added to one softmax take most of the attention mass whatever their scores (measured on
@@ -211,12 +213,54 @@ def _widen_mask(
     return torch.cat([audio_part, text_part], dim=-1)
 
 
+def _decoding_attention(query, key, value, attention_mask, scaling, audio_k, audio_v, audio_mask, audio_bias):
+    """A decoding step's attention over [audio ; text] that reads the audio keys/values where prefill wrote them.
+
+    query [B, H, T, D_h] (T new tokens), key/value [B, H_kv, S, D_h] (the text cache, S > T), audio_k/audio_v
+    [B, H_kv, N_a, D_h], audio_mask [B, N_a], audio_bias [B] or None → [B, T, H, D_h].
+    Concatenating keys (what the prefill path does) would copy every audio key and value at every new token; here
+    only the scores are joined, [B, H, T, N_a + S], which for T = 1 is D_h times smaller. One softmax, as before.
+    Grouped-query heads are folded into the query axis so the shared keys are read, never repeated.
+    """
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads * q_len, head_dim)  # head h reads kv head h // group
+    scale = head_dim**-0.5 if scaling is None else scaling
+    audio_scores = grouped @ audio_k.to(query.dtype).transpose(-1, -2)  # [B, H_kv, G·T, N_a]
+    text_scores = grouped @ key.transpose(-1, -2)  # [B, H_kv, G·T, S]
+    blocked = torch.finfo(torch.float32).min
+    audio_add = torch.zeros(audio_mask.shape, dtype=torch.float32, device=query.device)
+    if audio_bias is not None:
+        audio_add = audio_add + audio_bias.float().to(query.device)[:, None]
+    audio_add = audio_add.masked_fill(~audio_mask, blocked)[:, None, None, :]  # [B, 1, 1, N_a]
+    text_add = _additive_text_mask(attention_mask, q_len, key.shape[2], query.device)  # [B|1, 1, T, S]
+    text_scores = text_scores.float().view(batch, kv_heads, -1, q_len, key.shape[2]) * scale + text_add[:, :, None]
+    scores = torch.cat([audio_scores.float() * scale + audio_add, text_scores.flatten(2, 3)], dim=-1)
+    probs = scores.softmax(-1).to(value.dtype)
+    num_audio = audio_k.shape[2]
+    out = probs[..., :num_audio] @ audio_v.to(value.dtype) + probs[..., num_audio:] @ value  # [B, H_kv, G·T, D_h]
+    return out.view(batch, heads, q_len, head_dim).transpose(1, 2).contiguous()
+
+
+def _additive_text_mask(attention_mask, q_len: int, text_keys: int, device) -> torch.Tensor:
+    """The LLM's text mask as an fp32 additive mask [B|1, 1, T, S]; None means causal over the cached keys."""
+    if attention_mask is None:
+        attention_mask = torch.ones(q_len, text_keys, dtype=torch.bool, device=device).tril(text_keys - q_len)[None, None]
+    if attention_mask.dtype == torch.bool:
+        return torch.zeros(attention_mask.shape, device=device).masked_fill(~attention_mask, torch.finfo(torch.float32).min)
+    return attention_mask.float().clamp(min=torch.finfo(torch.float32).min)
+
+
 def _lal_attention(base_attention):
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, lal_audio=None, **kwargs):
         """query [B, H, T, D_h], key/value [B, H_kv, S, D_h]; audio K/V of this layer, if any, go in front."""
         if lal_audio is None or module.layer_idx not in lal_audio.keys:
             return base_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         audio_k, audio_v = lal_audio.keys[module.layer_idx], lal_audio.values[module.layer_idx]
+        if key.shape[2] > query.shape[2] and dropout == 0.0:  # a decoding step: text keys are cached before it
+            out = _decoding_attention(query, key, value, attention_mask, scaling, audio_k, audio_v, lal_audio.mask,
+                                      lal_audio.bias)
+            return out, None
         mask = _widen_mask(attention_mask, lal_audio.mask, query, key.shape[2], lal_audio.bias)
         key = torch.cat([audio_k.to(key.dtype), key], dim=2)  # [B, H_kv, N_a + S, D_h]
         value = torch.cat([audio_v.to(value.dtype), value], dim=2)

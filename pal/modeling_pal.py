@@ -48,6 +48,28 @@ def _gathered_for_init(model: nn.Module):
     return deepspeed.zero.GatheredParameters(fresh + [model.llm.get_input_embeddings().weight], modifier_rank=0)
 
 
+def supervised_lm_loss(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                       num_items_in_batch: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy with LM-head logits computed only where a label is supervised.
+
+    hidden [B, T, d], labels [B, T] (-100 = no loss) → (loss, logits [N, V]), N = supervised positions after the
+    shift, in row-major order. The loss is Hugging Face's causal-LM loss (the label of position t + 1 scored from
+    position t, mean over supervised tokens, or sum / `num_items_in_batch`), but a [B, T, V] logit tensor is never
+    built: PLITS' audio placeholders and every prompt position pay nothing for the vocabulary. The same code serves
+    every connector, so the comparison between them stays fair.
+    """
+    targets = nn.functional.pad(labels[:, 1:], (0, 1), value=-100).to(hidden.device)  # [B, T], the shifted labels
+    supervised = targets != -100
+    logits = lm_head(hidden[supervised])  # [N, V]; called even when N = 0, so every ZeRO-3 rank runs the head
+    if not bool(supervised.any()):  # a batch without answer tokens: a zero loss, still connected to the graph
+        return hidden.sum() * 0.0 + logits.sum() * 0.0, logits
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = nn.functional.cross_entropy(logits.float(), targets[supervised], reduction=reduction)
+    if num_items_in_batch is not None:
+        loss = loss / num_items_in_batch
+    return loss, logits
+
+
 class PALPreTrainedModel(PreTrainedModel):
     config_class = PALConfig
     base_model_prefix = ""
@@ -181,7 +203,8 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             audio_token_mask: [B, T], True at PLITS placeholder positions.
             labels: [B, T], -100 where no loss is taken (prompt, audio placeholders, padding).
         Returns:
-            CausalLMOutputWithPast with logits [B, T, V] (or the last `logits_to_keep`) and a `PALCache`.
+            CausalLMOutputWithPast with logits [B, T, V] (or the last `logits_to_keep`) and a `PALCache`; with
+            `labels`, the loss and logits [N, V] at the N supervised positions only (`supervised_lm_loss`).
         """
         if inputs_embeds is None:
             inputs_embeds = self.llm.get_input_embeddings()(input_ids)
@@ -236,17 +259,18 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             # Padding-aware positions (left padding puts each example's first real token at 0), as generate() does.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
 
-        return self.llm(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            labels=labels,
-            logits_to_keep=logits_to_keep,
-            **{key: kv for key, kv in side.items() if kv is not None},
-            **kwargs,
-        )
+        text_inputs = dict(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                           past_key_values=past_key_values, use_cache=use_cache,
+                           **{key: kv for key, kv in side.items() if kv is not None})
+        if labels is None:
+            return self.llm(**text_inputs, logits_to_keep=logits_to_keep, **kwargs)
+        # Training: the LM head runs at supervised positions only (see `supervised_lm_loss`).
+        num_items = kwargs.pop("num_items_in_batch", None)
+        outputs = self.llm.model(**text_inputs, **kwargs)
+        loss, logits = supervised_lm_loss(self.llm.get_output_embeddings(), outputs.last_hidden_state, labels,
+                                          num_items)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
     @torch.no_grad()
     def prepare_audio(self, audio: AudioFeatures, repeats: int = 1) -> PALCache:
