@@ -98,6 +98,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                 config.lal_projection,
                 config.lal_rope,
                 config.lal_audio_bias,
+                config.lal_projection_rank,
             )
             if lal_encoders and config.lal_layer_indices()
             else None

@@ -64,6 +64,8 @@ CONNECTORS = {
     "plits_qformer": dict(encoder_dims={"sslam": 24}, connector="plits", projector="qformer", qformer_latents=3,
                           qformer_layers=1, qformer_heads=2, qformer_dim=32),
     "lal": dict(encoder_dims={"sslam": 24}, connector="lal", lal_start_layer=1),
+    "lal_lowrank": dict(encoder_dims={"sslam": 24}, connector="lal", lal_start_layer=1, lal_projection="lowrank",
+                        lal_projection_rank=4),
     "pal": dict(encoder_dims={"sslam": 24, "whisper": 16}, connector="pal",
                 routes={"sslam": "lal", "whisper": "plits"}, lal_start_layer=1, mlp_downsample=2),
     "pal_summary": dict(encoder_dims={"sslam": 24}, connector="pal", n_summary=2, lal_start_layer=2,

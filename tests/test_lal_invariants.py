@@ -99,16 +99,23 @@ def _reference_layer_attention(layer, x, audio, config, rope: bool, log_count: b
     return linear("o", out)
 
 
-@pytest.mark.parametrize("family,rope,bias", [("llama", "prefix", "log_count"), ("qwen2", "prefix", "log_count"),
-                                              ("mistral", "prefix", "log_count"), ("llama", "none", "log_count"),
-                                              ("llama", "prefix", "none")])
-def test_lal_layer_attention_matches_formula(family, rope, bias):
-    model, _ = tiny_pal("lal", family, lal_rope=rope, lal_audio_bias=bias)
+@pytest.mark.parametrize("family,rope,bias,projection", [
+    ("llama", "prefix", "log_count", "linear"), ("qwen2", "prefix", "log_count", "linear"),
+    ("mistral", "prefix", "log_count", "linear"), ("llama", "none", "log_count", "linear"),
+    ("llama", "prefix", "none", "linear"), ("llama", "prefix", "log_count", "lowrank"),
+])
+def test_lal_layer_attention_matches_formula(family, rope, bias, projection):
+    model, _ = tiny_pal("lal", family, lal_rope=rope, lal_audio_bias=bias, lal_projection=projection,
+                        lal_projection_rank=3)
     layer_idx = 2
     layer = model.llm.model.layers[layer_idx]
     if family == "qwen2":  # Qwen2's q/k/v carry biases, zero at init: make them count
         for n in "qkv":
             torch.nn.init.normal_(getattr(layer.self_attn, f"{n}_proj").bias, std=0.5)
+    if projection == "lowrank":  # U starts at zero; make each layer's correction count
+        for name, p in model.lal.named_parameters():
+            if name.endswith(".up"):
+                torch.nn.init.normal_(p, std=0.5)
     ids = torch.tensor(random_texts([11, 11]))
     audio = random_audio(model.config, [6, 3])
     captured = {}
@@ -121,11 +128,16 @@ def test_lal_layer_attention_matches_formula(family, rope, bias):
         model(input_ids=ids, audio=audio)
     handle.remove()
     tokens, mask = audio["sslam"]
-    head = model.lal.projections["sslam"].heads[str(layer_idx)]
+    projector = model.lal.projections["sslam"]
+    head = projector.heads[str(layer_idx)]
     for row in range(2):
         real = tokens[row, : int(mask[row].sum())]
         with torch.no_grad():
-            projected = head(real).double()
+            if projection == "lowrank":  # A_l = T + T·Vᵀ·Uᵀ, T the shared projection (U made non-zero above)
+                shared = projector.trunk(real)
+                projected = (shared + shared @ head.down.T @ head.up.T).double()
+            else:
+                projected = head(real).double()
         expected = _reference_layer_attention(
             layer, captured["x"][row].double(), projected, model.config.text_config, rope == "prefix",
             bias == "log_count",

@@ -12,15 +12,14 @@ from pal import PALForConditionalGeneration
 
 
 @pytest.mark.parametrize("connector,family,lora", [
-    ("lal", "llama", None), ("pal", "qwen2", None), ("plits_qformer", "llama", None),
+    ("lal", "llama", None), ("lal_lowrank", "llama", None), ("pal", "qwen2", None), ("plits_qformer", "llama", None),
     ("pal_summary", "llama", {"r": 4, "alpha": 8, "target_modules": ["k_proj", "v_proj"]}),
 ])
 def test_save_then_load_reproduces_logits(tmp_path, connector, family, lora):
     model, _ = tiny_pal(connector, family, lora=lora)
-    if lora:  # make the adapters non-trivial so that losing them would show
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.1)
+    for name, p in model.named_parameters():  # zero-initialised factors made non-trivial, so losing them would show
+        if "lora_B" in name or name.endswith(".up"):
+            torch.nn.init.normal_(p, std=0.1)
     texts = random_texts([7, 9])
     audio = random_audio(model.config, [4, 6])
     batch = build_inputs(model, texts, audio)
