@@ -41,6 +41,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward, rotate_half
 
+from .lal_varlen import flash_attn_available, lal_flash_varlen_attention
+
 # ----------------------------------------------------------------------------------------------------------------------
 # P_l: the per-layer projections of the encoder output
 # ----------------------------------------------------------------------------------------------------------------------
@@ -288,20 +290,53 @@ def _lal_attention(base_attention):
     return attention
 
 
-LAL_BACKENDS = {"sdpa": "lal_sdpa", "eager": "lal_eager"}
-AttentionInterface.register("lal_sdpa", _lal_attention(sdpa_attention_forward))
+_lal_sdpa = _lal_attention(sdpa_attention_forward)
+
+
+def _varlen_can_run(query: torch.Tensor, key: torch.Tensor, dropout: float, window: int | None) -> bool:
+    """Whether FlashAttention-2 can take this call: see `_lal_flash`."""
+    decoding = key.shape[2] > query.shape[2] and dropout == 0.0
+    return (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and flash_attn_available()
+            and not decoding and (window is None or key.shape[2] <= window))
+
+
+def _lal_flash(module, query, key, value, attention_mask, scaling=None, dropout=0.0, lal_audio=None, **kwargs):
+    """The "flash" backend: FlashAttention-2's varlen kernel with audio keys packed in front of each example's text
+    keys (lal_varlen.py) where it can run: CUDA, fp16/bf16, flash_attn >= 2.1, no sliding window in reach, and not a
+    decoding step (which reads the audio in place, `_decoding_attention`, rather than packing it again). Anything else
+    takes the SDPA path, which on CUDA runs PyTorch's memory-efficient kernel (the one that accepts our mask)."""
+    if _varlen_can_run(query, key, dropout, kwargs.get("sliding_window")):
+        return lal_flash_varlen_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                          lal_audio=lal_audio, **kwargs)
+    return _lal_sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, lal_audio=lal_audio,
+                     **kwargs)
+
+
+LAL_BACKENDS = {"sdpa": "lal_sdpa", "eager": "lal_eager", "flash": "lal_flash"}
+AttentionInterface.register("lal_sdpa", _lal_sdpa)
 AttentionInterface.register("lal_eager", _lal_attention(eager_attention_forward))
+AttentionInterface.register("lal_flash", _lal_flash)
 AttentionMaskInterface.register("lal_sdpa", sdpa_mask)
 AttentionMaskInterface.register("lal_eager", eager_mask)
+AttentionMaskInterface.register("lal_flash", sdpa_mask)  # 4-D: the varlen path reads padding from it, SDPA needs it
+
+
+def default_lal_backend() -> str:
+    """"flash" where FlashAttention-2 can run (a CUDA device and flash_attn >= 2.1), "sdpa" elsewhere."""
+    return "flash" if flash_attn_available() else "sdpa"
 
 
 def enable_lal_attention(llm: nn.Module, backend: str | None = None) -> None:
-    """Switch the LLM to the LAL-aware version of its attention backend ("sdpa" or "eager").
+    """Switch the LLM to the LAL-aware version of its attention backend ("sdpa", "eager" or "flash").
 
-    Without `lal_audio` in the forward kwargs, the LAL backends are exactly the plain ones.
+    With no `backend`, an LLM built for eager attention keeps eager; otherwise `default_lal_backend()`. Without
+    `lal_audio` in the forward kwargs, the LAL backends compute exactly the plain ones.
     """
     current = llm.config._attn_implementation or "eager"
-    backend = backend or {v: k for k, v in LAL_BACKENDS.items()}.get(current, current)
+    if backend is None:
+        backend = {v: k for k, v in LAL_BACKENDS.items()}.get(current, current)
+        if backend in ("sdpa", "flash_attention_2"):
+            backend = default_lal_backend()
     if backend not in LAL_BACKENDS:
         raise ValueError(
             f"attention backend {backend!r} cannot carry LAL audio keys; choose one of {sorted(LAL_BACKENDS)}."
