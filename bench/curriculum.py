@@ -51,7 +51,7 @@ def measure(connector: str, cached: bool, batch: int, repeats: int, workers: int
     from curriculum.manifest import examples_dataset, validate_manifest
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from encoders.feature_cache import FeatureCache
-    from bench.efficiency import _peak_rss_mb, _rss_mb, use_bf16
+    from bench.efficiency import StepMemory, use_bf16
     from pal import PALForConditionalGeneration, PALProcessor, set_trainable
     from pal.llm import load_tokenizer
 
@@ -84,11 +84,11 @@ def measure(connector: str, cached: bool, batch: int, repeats: int, workers: int
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        before = _rss_mb()
-        start = time.perf_counter()
-        step()
-        times = [time.perf_counter() - start]
-        peak = _peak_rss_mb() - before
+        with StepMemory(torch.device("cpu")) as memory:  # the first step's high-water mark (optimizer state included)
+            start = time.perf_counter()
+            step()
+            times = [time.perf_counter() - start]
+        peak = memory.peak
         for _ in range(repeats):
             start = time.perf_counter()
             step()
