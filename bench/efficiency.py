@@ -5,10 +5,11 @@ Llama-3.2-1B's, batch 8, bf16, CUDA), N_t = 128 text tokens of which the last `s
 (the loss, and the LM head, see only those: `supervised_lm_loss`, the same for every variant), every parameter
 trainable. Each measurement runs in a fresh process, so nothing one variant allocated is counted for another:
   - train_step_s: forward + backward, median of `steps` timed steps after one warm-up;
-  - peak_mem_mb: the step's true high-water mark above what was resident before it, weights and gradient buffers
-    included in neither (static_mem_mb; they exist before the step, as from the second step on). On CPU the kernel's
-    own peak resident set (VmHWM) is reset just before the step (`/proc/self/clear_refs`) and read after it; on CUDA
-    `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`. Median over the timed steps;
+  - peak_mem_mb: the high-water mark of one more step above what was allocated before it (weights and gradient
+    buffers exist before it, as from the second step on: static_mem_mb). On CUDA `torch.cuda.max_memory_allocated`
+    after `reset_peak_memory_stats`. On CPU the kernel's own peak resident set (VmHWM), reset just before the step
+    (`/proc/self/clear_refs`), with glibc told to map and unmap every block above 64 KiB so that resident memory is
+    live memory (`StepMemory`); this step is not timed;
   - prefill_s (the prompt pass) and decode_token_s (one cached decoding step), medians.
 Paired runs: in each of `pairs` rounds every variant runs back to back (the order reversed every other round, so a
 drift in machine load does not favour one side), each ratio to PLITS is taken within the round, and the report
@@ -184,9 +185,24 @@ def _reset_peak_rss() -> None:
         f.write("5")
 
 
+def _resident_follows_live_tensors() -> None:
+    """Make the process's resident memory follow its live tensors: glibc's mmap threshold is fixed at 64 KiB
+    (a fixed value also turns off its dynamic raise up to 32 MiB), so every tensor above it is mapped when allocated
+    and unmapped when freed, and what earlier steps freed into the heap is trimmed back to the system. Without this,
+    memory a warm-up step freed stays resident and a later step's peak reads too low (by a different amount for each
+    variant)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_mmap_threshold = -3  # mallopt(3)
+    libc.mallopt(m_mmap_threshold, 64 * 1024)
+    libc.malloc_trim(0)
+
+
 class StepMemory:
-    """The high-water mark of one step above what was allocated before it: CUDA's allocator statistics on a GPU,
-    the kernel's peak resident set on CPU (sampling RSS would miss short peaks; this cannot)."""
+    """The high-water mark of one step above what was allocated before it: CUDA's allocator statistics on a GPU;
+    on CPU the kernel's peak resident set (VmHWM, reset on entry), with resident memory made to follow live tensors
+    (`_resident_follows_live_tensors`). Sampling RSS would miss short peaks; this cannot."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -197,6 +213,7 @@ class StepMemory:
             torch.cuda.reset_peak_memory_stats()
             self.before = torch.cuda.memory_allocated() / 2**20
         else:
+            _resident_follows_live_tensors()
             _reset_peak_rss()
             self.before = _rss_mb()
         return self
@@ -249,11 +266,9 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
 
     train_step()  # warm-up
     static = _rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated() / 2**20
-    times, peaks = [], []
-    for _ in range(s.steps):
-        with StepMemory(device) as memory:
-            times.append(_timed(train_step, device))
-        peaks.append(memory.peak)
+    times = [_timed(train_step, device) for _ in range(s.steps)]
+    with StepMemory(device) as memory:  # after the timed steps: on CPU it changes how the allocator maps memory
+        train_step()
 
     model.eval()
     prompt = {k: v for k, v in batch.items() if k != "labels"}
@@ -279,7 +294,7 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
     return dict(
         variant=variant, connector=variant, audio_tokens=n_a, text_tokens=s.text_tokens, batch=s.batch,
         train_step_s=statistics.median(times), tokens_per_s=s.batch * (n_a + s.text_tokens) / statistics.median(times),
-        peak_mem_mb=statistics.median(peaks), static_mem_mb=static, prefill_s=statistics.median(prefill),
+        peak_mem_mb=memory.peak, static_mem_mb=static, prefill_s=statistics.median(prefill),
         decode_token_s=statistics.median(decode), bf16=bf16, device=s.device, threads=torch.get_num_threads(),
     )
 

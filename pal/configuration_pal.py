@@ -59,6 +59,8 @@ class PALConfig(PreTrainedConfig):
         map to d plus a rank-`lal_projection_rank` correction per layer: about 1/7 of "linear"'s FLOPs on
         SmolLM2-135M with a ViT-B encoder; see `LALProjection`).
     lal_projection_rank: the rank of each layer's correction when `lal_projection="lowrank"`.
+    lal_recompute_audio: in training, keep only each audio layer's keys/values and recompute P_l, the layer's norm
+        and its k/v projections in the backward pass (less activation memory for a little more compute).
     xattn_every: gated cross-attention blocks go in front of layers 0, k, 2k, ... (Flamingo's "every k-th layer").
         Ignored when `xattn_layers` is given.
     xattn_layers: an explicit list of layers (0-indexed) that get a block in front of them.
@@ -86,6 +88,7 @@ class PALConfig(PreTrainedConfig):
     lal_rope: Literal["prefix", "none"] = "prefix"
     lal_projection: Literal["linear", "mlp", "lowrank"] = "linear"
     lal_projection_rank: int = 64
+    lal_recompute_audio: bool = True
     lal_audio_bias: Literal["log_count", "none"] = "log_count"
     plits_output_norm: bool = True
     xattn_every: int = 4

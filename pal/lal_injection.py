@@ -32,10 +32,12 @@ H_kv key/value heads, D_h head dim.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
@@ -164,40 +166,28 @@ def prefix_audio_positions(mask: torch.Tensor) -> torch.Tensor:
     return positions.masked_fill(~mask, 0)
 
 
-def compute_audio_kv(
-    llm: nn.Module, projected: dict[int, torch.Tensor], mask: torch.Tensor, rope: str = "prefix",
-    audio_bias: str = "none",
-) -> LALAudioKV:
-    """Turn per-layer projected audio into that layer's keys/values with the layer's own norm and k/v projections.
+def layer_audio_kv(layer: nn.Module, audio: torch.Tensor, cos_sin: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One audio layer's keys/values from its projected audio A_l, with the layer's own norm and k/v projections.
 
-    Args:
-        llm: the wrapped `*ForCausalLM` (its `model.layers[l]` and `model.rotary_emb` are used, never modified).
-        projected: {layer l: A_l [B, N_a, d]}.
-        mask: [B, N_a], True where the audio token is real.
-        rope: "prefix" rotates keys to positions -n_b .. -1; "none" leaves them unrotated.
-        audio_bias: "log_count" offsets every real audio logit by -log(n_b) (see the module docstring); "none".
-    Returns:
-        LALAudioKV with keys/values [B, H_kv, N_a, D_h] per layer.
+    layer: the decoder layer (used, never modified); audio: A_l [B, N_a, d]; cos_sin: the RoPE tables of the audio
+    positions ([B, N_a, D_h] each) or None for unrotated keys. → keys, values [B, H_kv, N_a, D_h].
     """
-    decoder = llm.model
-    keys, values = {}, {}
-    cos_sin = None
-    if rope == "prefix" and projected:
-        any_audio = next(iter(projected.values()))
-        cos_sin = decoder.rotary_emb(any_audio, prefix_audio_positions(mask))  # each [B, N_a, D_h]
-    for layer_idx, audio in projected.items():
-        layer = decoder.layers[layer_idx]
-        attn = layer.self_attn
-        batch, num_audio, _ = audio.shape
-        normed = layer.input_layernorm(audio)
-        k = attn.k_proj(normed).view(batch, num_audio, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, N_a, D_h]
-        v = attn.v_proj(normed).view(batch, num_audio, -1, attn.head_dim).transpose(1, 2)
-        if cos_sin is not None:
-            cos, sin = (t.unsqueeze(1) for t in cos_sin)  # [B, 1, N_a, D_h]
-            k = k * cos + rotate_half(k) * sin  # the LLM's RoPE (Llama's apply_rotary_pos_emb, keys only)
-        keys[layer_idx], values[layer_idx] = k, v
-    bias = -mask.sum(-1).clamp(min=1).float().log() if audio_bias == "log_count" else None  # [B]
-    return LALAudioKV(keys, values, mask, bias)
+    attn = layer.self_attn
+    batch, num_audio, _ = audio.shape
+    normed = layer.input_layernorm(audio)
+    k = attn.k_proj(normed).view(batch, num_audio, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, N_a, D_h]
+    v = attn.v_proj(normed).view(batch, num_audio, -1, attn.head_dim).transpose(1, 2)
+    if cos_sin is not None:
+        cos, sin = (t.unsqueeze(1) for t in cos_sin)  # [B, 1, N_a, D_h]
+        k = k * cos + rotate_half(k) * sin  # the LLM's RoPE (Llama's apply_rotary_pos_emb, keys only)
+    return k, v
+
+
+def audio_rope(llm: nn.Module, like: torch.Tensor, mask: torch.Tensor, rope: str) -> tuple | None:
+    """The RoPE tables (cos, sin), each [B, N_a, D_h], of the "prefix" audio positions; None for rope="none"."""
+    if rope != "prefix":
+        return None
+    return llm.model.rotary_emb(like, prefix_audio_positions(mask))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -282,12 +272,41 @@ def _lal_attention(base_attention):
             out = _decoding_attention(query, key, value, attention_mask, scaling, audio_k, audio_v, lal_audio.mask,
                                       lal_audio.bias)
             return out, None
-        mask = _widen_mask(attention_mask, lal_audio.mask, query, key.shape[2], lal_audio.bias)
+        groups = query.shape[1] // key.shape[1] if base_attention is sdpa_attention_forward else 1
+        mask = _shared_mask(lal_audio, attention_mask, query, key.shape[2], groups)
         key = torch.cat([audio_k.to(key.dtype), key], dim=2)  # [B, H_kv, N_a + S, D_h]
         value = torch.cat([audio_v.to(value.dtype), value], dim=2)
-        return base_attention(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+        if groups == 1:
+            return base_attention(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+        return _grouped_sdpa(query, key, value, mask, scaling, dropout), None
 
     return attention
+
+
+def _shared_mask(lal_audio: LALAudioKV, attention_mask, query: torch.Tensor, text_keys: int, groups: int):
+    """`_widen_mask`, built once per forward and shared by every audio layer (the layers get the same text mask and
+    the same audio): one [B, 1, G·T, N_a + S] tensor instead of one per layer, in memory and in the saved
+    activations. With `groups` G > 1 its rows are repeated for `_grouped_sdpa`'s folded query heads."""
+    memo = getattr(lal_audio, "_mask_memo", None)
+    shape = (tuple(query.shape), text_keys, groups)
+    if memo is not None and memo[0] is attention_mask and memo[1] == shape:
+        return memo[2]
+    mask = _widen_mask(attention_mask, lal_audio.mask, query, text_keys, lal_audio.bias)
+    if groups > 1:
+        mask = mask.repeat(1, 1, groups, 1)
+    lal_audio._mask_memo = (attention_mask, shape, mask)  # holds the mask object, so its identity stays unique
+    return mask
+
+
+def _grouped_sdpa(query, key, value, mask, scaling, dropout) -> torch.Tensor:
+    """SDPA over grouped-query heads without repeating the keys: query [B, H, T, D_h] is folded to
+    [B, H_kv, G·T, D_h] (query head h reads kv head h // G), so key/value [B, H_kv, S, D_h] are read as they are and
+    saved for backward once, not G times. mask: [B, 1, G·T, S]. → [B, T, H, D_h]."""
+    batch, heads, q_len, head_dim = query.shape
+    folded = query.reshape(batch, key.shape[1], heads // key.shape[1] * q_len, head_dim)
+    out = nn.functional.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout,
+                                                     scale=scaling)
+    return out.view(batch, heads, q_len, head_dim).transpose(1, 2).contiguous()
 
 
 _lal_sdpa = _lal_attention(sdpa_attention_forward)
@@ -353,25 +372,36 @@ class LALConnector(nn.Module):
     """Per-encoder per-layer projections P_l; produces the audio K/V for every audio layer.
 
     Several LAL encoders (e.g. SSLAM and CLAP) share one audio key sequence per layer: their tokens are concatenated.
+    With `recompute` (the default), training keeps only each layer's audio keys/values (which attention needs) and
+    recomputes P_l, the norm and the projections in the backward pass: at N_a = 512 on SmolLM2 they are most of
+    LAL's activation memory, and they cost a small fraction of the step to compute again (`pal bench efficiency`).
     """
 
     def __init__(self, encoder_dims: dict[str, int], hidden_size: int, layers: list[int], kind: str, rope: str,
-                 audio_bias: str = "log_count", rank: int = 64):
+                 audio_bias: str = "log_count", rank: int = 64, recompute: bool = True):
         super().__init__()
         self.layers = list(layers)
-        self.rope, self.audio_bias = rope, audio_bias
+        self.rope, self.audio_bias, self.recompute = rope, audio_bias, recompute
         self.projections = nn.ModuleDict(
             {name: LALProjection(dim, hidden_size, self.layers, kind, rank) for name, dim in encoder_dims.items()}
         )
 
+    def _layer_kv(self, decoder_layer: nn.Module, layer: str, cos_sin, *shared: torch.Tensor):
+        """A_l = [P_l of each encoder] concatenated along tokens, then that layer's keys/values."""
+        projected = torch.cat([p.heads[layer](x) for p, x in zip(self.projections.values(), shared)], dim=1)
+        return layer_audio_kv(decoder_layer, projected, cos_sin)
+
     def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]], llm: nn.Module) -> LALAudioKV:
-        """audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} → audio K/V for every audio layer."""
-        per_layer: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
-        masks = []
-        for name, projection in self.projections.items():
-            tokens, mask = audio[name]
-            for layer, projected in projection(tokens).items():
-                per_layer[int(layer)].append(projected)
-            masks.append(mask)
-        projected = {layer: torch.cat(parts, dim=1) for layer, parts in per_layer.items()}  # [B, N_a, d]
-        return compute_audio_kv(llm, projected, torch.cat(masks, dim=1), self.rope, self.audio_bias)
+        """audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} → audio K/V [B, H_kv, N_a, D_h] for every audio layer."""
+        shared = [projection.trunk(audio[name][0]) for name, projection in self.projections.items()]
+        mask = torch.cat([audio[name][1] for name in self.projections], dim=1)  # [B, N_a]
+        cos_sin = audio_rope(llm, shared[0], mask, self.rope)
+        keys, values = {}, {}
+        for layer in self.layers:
+            run = functools.partial(self._layer_kv, llm.model.layers[layer], str(layer), cos_sin)
+            if self.recompute and self.training and torch.is_grad_enabled():
+                keys[layer], values[layer] = checkpoint(run, *shared, use_reentrant=False)
+            else:
+                keys[layer], values[layer] = run(*shared)
+        bias = -mask.sum(-1).clamp(min=1).float().log() if self.audio_bias == "log_count" else None  # [B]
+        return LALAudioKV(keys, values, mask, bias)

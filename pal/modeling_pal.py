@@ -99,6 +99,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                 config.lal_rope,
                 config.lal_audio_bias,
                 config.lal_projection_rank,
+                config.lal_recompute_audio,
             )
             if lal_encoders and config.lal_layer_indices()
             else None

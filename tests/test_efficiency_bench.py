@@ -115,10 +115,13 @@ def test_curriculum_step_measurement():
 
 
 def test_bench_inference_json_report(capsys):
-    """Questions sharing one clip's encoding answer as the batch with the clip repeated does; the report has the
-    questions/s of every variant side by side."""
-    assert main(["bench", "inference", "--preset", "tiny", "--questions", "3", "--repeats", "1", "--json"]) == 0
+    """Every connector side by side: questions sharing one clip's encoding answer as the batch with the clip repeated
+    does, and the report has batched examples/s and questions/s one by one and shared."""
+    assert main(["bench", "inference", "--preset", "tiny", "--questions", "3", "--batch", "2", "--repeats", "1",
+                 "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["shared_equals_batched"] is True
-    assert set(report["questions_per_s"]) == {"1 question", "3 one by one", "3 batched", "3 shared encoding"}
-    assert all(v > 0 for v in report["questions_per_s"].values()) and "shared / one by one" in report["ratios"]
+    assert [r["connector"] for r in report["results"]] == ["plits", "lal", "pal", "xattn"]
+    for r in report["results"]:
+        assert r["shared_equals_batched"] is True, r["connector"]
+        assert r["batched_examples_per_s"] > 0 and r["one_by_one_questions_per_s"] > 0 and r["shared_questions_per_s"] > 0
+    assert set(report["ratios"]) == {"lal/plits", "pal/plits", "xattn/plits"}
