@@ -5,11 +5,14 @@ Llama-3.2-1B's, batch 8, bf16, CUDA), N_t = 128 text tokens of which the last `s
 (the loss, and the LM head, see only those: `supervised_lm_loss`, the same for every variant), every parameter
 trainable. Each measurement runs in a fresh process, so nothing one variant allocated is counted for another:
   - train_step_s: forward + backward, median of `steps` timed steps after one warm-up;
-  - peak_mem_mb: the high-water mark of one more step above what was allocated before it (weights and gradient
-    buffers exist before it, as from the second step on: static_mem_mb). On CUDA `torch.cuda.max_memory_allocated`
-    after `reset_peak_memory_stats`. On CPU the kernel's own peak resident set (VmHWM), reset just before the step
-    (`/proc/self/clear_refs`), with glibc told to map and unmap every block above 64 KiB so that resident memory is
-    live memory (`StepMemory`); this step is not timed;
+  - peak_mem_mb: the step's high-water mark of live tensor memory above what was live before it (weights and
+    gradient buffers exist before it, as from the second step on: static_mem_mb), measured on one more, untimed step.
+    On CUDA `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`; on CPU the same quantity from PyTorch's
+    profiler, which records every allocation and free of the CPU allocator with its running total (`tensor_peak_mb`);
+  - peak_rss_mb (CPU): the same step seen by the operating system, the kernel's peak resident set (VmHWM) reset just
+    before it, with glibc told to map and unmap every block above 64 KiB so that freed memory leaves the resident set
+    (`StepMemory`). It adds what is not a tensor (allocator and library buffers, about 250-300 MB here, about the same
+    for every variant) and varies by some 10 % between runs;
   - prefill_s (the prompt pass) and decode_token_s (one cached decoding step), medians.
 Paired runs: in each of `pairs` rounds every variant runs back to back (the order reversed every other round, so a
 drift in machine load does not favour one side), each ratio to PLITS is taken within the round, and the report
@@ -226,6 +229,24 @@ class StepMemory:
             self.peak = _peak_rss_mb() - self.before
 
 
+def tensor_peak_mb(step) -> float:
+    """The high-water mark of CPU tensor bytes allocated while `step()` runs, above what was allocated when it
+    started (the CPU counterpart of `torch.cuda.max_memory_allocated`): PyTorch's profiler records every allocation
+    and free of the CPU allocator with its running total ("Total Allocated" of each "[memory]" event in its trace)."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]" and e["args"]["Device Type"] == 0]
+    return max([0, *totals]) / 2**20
+
+
 def use_bf16(precision: str, device: str = "cpu") -> bool:
     """"auto": bf16 where the device has native bf16 (every CUDA GPU we run on), fp32 elsewhere."""
     if device == "cuda":
@@ -269,6 +290,7 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
     times = [_timed(train_step, device) for _ in range(s.steps)]
     with StepMemory(device) as memory:  # after the timed steps: on CPU it changes how the allocator maps memory
         train_step()
+    peak = memory.peak if device.type == "cuda" else tensor_peak_mb(train_step)
 
     model.eval()
     prompt = {k: v for k, v in batch.items() if k != "labels"}
@@ -294,7 +316,7 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
     return dict(
         variant=variant, connector=variant, audio_tokens=n_a, text_tokens=s.text_tokens, batch=s.batch,
         train_step_s=statistics.median(times), tokens_per_s=s.batch * (n_a + s.text_tokens) / statistics.median(times),
-        peak_mem_mb=memory.peak, static_mem_mb=static, prefill_s=statistics.median(prefill),
+        peak_mem_mb=peak, peak_rss_mb=None if device.type == "cuda" else memory.peak, static_mem_mb=static, prefill_s=statistics.median(prefill),
         decode_token_s=statistics.median(decode), bf16=bf16, device=s.device, threads=torch.get_num_threads(),
     )
 
@@ -313,7 +335,7 @@ def _run_isolated(variant: str, n_a: int, s: BenchSettings) -> dict:
 
 
 RATIO_KEYS = {  # ratio name: (result key, True when PLITS / variant, i.e. a speed-up)
-    "train_throughput": ("train_step_s", True), "peak_mem": ("peak_mem_mb", False),
+    "train_throughput": ("train_step_s", True), "peak_mem": ("peak_mem_mb", False), "peak_rss": ("peak_rss_mb", False),
     "prefill_time": ("prefill_s", False), "decode_latency": ("decode_token_s", False),
 }
 
@@ -335,6 +357,8 @@ def compute_ratios(results: list[dict], s: BenchSettings) -> dict:
                 continue
             entry = {}
             for name, (key, speedup) in RATIO_KEYS.items():
+                if by[("plits", n_a, pairs[0])].get(key) is None:  # peak_rss_mb: not on CUDA
+                    continue
                 values = []
                 for p in pairs:
                     base, r = by[("plits", n_a, p)][key], by[(other, n_a, p)][key]
@@ -389,23 +413,25 @@ def targets(report: dict) -> list[str]:
 
 
 def format_table(report: dict) -> str:
-    head = (f"{'variant':11s} {'N_a':>5s} {'round':>5s} {'step s':>8s} {'tok/s':>8s} {'peak MB':>8s} "
+    rss = lambda r: "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}"  # noqa: E731
+    head = (f"{'variant':11s} {'N_a':>5s} {'round':>5s} {'step s':>8s} {'tok/s':>8s} {'peak MB':>8s} {'RSS MB':>7s} "
             f"{'prefill s':>9s} {'decode ms/tok':>13s}")
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         lines.append(
             f"{r['variant']:11s} {r['audio_tokens']:5d} {r.get('pair', 0) + 1:5d} {r['train_step_s']:8.3f} "
-            f"{r['tokens_per_s']:8.0f} {r['peak_mem_mb']:8.0f} {r['prefill_s']:9.3f} {1e3 * r['decode_token_s']:13.1f}"
+            f"{r['tokens_per_s']:8.0f} {r['peak_mem_mb']:8.0f} {rss(r):>7s} {r['prefill_s']:9.3f} "
+            f"{1e3 * r['decode_token_s']:13.1f}"
         )
     lines.append("")
     lines.append("ratios to PLITS: median over rounds [min-max]; throughput as a speed-up, the rest as fractions")
-    cell = lambda x: f"{x['median']:.2f} [{x['min']:.2f}-{x['max']:.2f}]"  # noqa: E731
-    lines.append(f"{'ratio':21s} {'throughput':>18s} {'memory':>18s} {'prefill':>18s} {'decode':>18s} "
+    cell = lambda x: f"{x['median']:.2f} [{x['min']:.2f}-{x['max']:.2f}]" if x else "-"  # noqa: E731
+    lines.append(f"{'ratio':21s} {'throughput':>18s} {'memory':>18s} {'RSS':>18s} {'prefill':>18s} {'decode':>18s} "
                  f"{'FLOP bound':>10s} {'/bound':>6s} {'§4.4':>6s}")
     for name, r in report["ratios"].items():
         lines.append(f"{name:21s} {cell(r['train_throughput']):>18s} {cell(r['peak_mem']):>18s} "
-                     f"{cell(r['prefill_time']):>18s} {cell(r['decode_latency']):>18s} {r['flop_bound']:9.2f}x "
-                     f"{r['of_flop_bound']:6.2f} {r['spec_flop_bound']:5.2f}x")
+                     f"{cell(r.get('peak_rss')):>18s} {cell(r['prefill_time']):>18s} {cell(r['decode_latency']):>18s} "
+                     f"{r['flop_bound']:9.2f}x {r['of_flop_bound']:6.2f} {r['spec_flop_bound']:5.2f}x")
     lines.append("")
     for n_a, f in report["spec_layer_flop_ratio_lal_over_plits"].items():
         lines.append(f"pal-spec §4.4 per-layer FLOP ratio LAL/PLITS at N_a={n_a}: {f:.3f}")

@@ -180,7 +180,8 @@ def layer_audio_kv(layer: nn.Module, audio: torch.Tensor, cos_sin: tuple | None)
     if cos_sin is not None:
         cos, sin = (t.unsqueeze(1) for t in cos_sin)  # [B, 1, N_a, D_h]
         k = k * cos + rotate_half(k) * sin  # the LLM's RoPE (Llama's apply_rotary_pos_emb, keys only)
-    return k, v
+    # Contiguous once here: a decoding step's matmuls would otherwise copy the transposed layout at every token.
+    return k.contiguous(), v.contiguous()
 
 
 def audio_rope(llm: nn.Module, like: torch.Tensor, mask: torch.Tensor, rope: str) -> tuple | None:
@@ -224,42 +225,50 @@ def _widen_mask(
     return torch.cat([audio_part, text_part], dim=-1)
 
 
-def _decoding_attention(query, key, value, attention_mask, scaling, audio_k, audio_v, audio_mask, audio_bias):
+def _decoding_attention(query, key, value, attention_mask, scaling, audio_k, audio_v, lal_audio):
     """A decoding step's attention over [audio ; text] that reads the audio keys/values where prefill wrote them.
 
     query [B, H, T, D_h] (T new tokens), key/value [B, H_kv, S, D_h] (the text cache, S > T), audio_k/audio_v
-    [B, H_kv, N_a, D_h], audio_mask [B, N_a], audio_bias [B] or None → [B, T, H, D_h].
+    [B, H_kv, N_a, D_h] → [B, T, H, D_h].
     Concatenating keys (what the prefill path does) would copy every audio key and value at every new token; here
     only the scores are joined, [B, H, T, N_a + S], which for T = 1 is D_h times smaller. One softmax, as before.
     Grouped-query heads are folded into the query axis so the shared keys are read, never repeated.
     """
     batch, heads, q_len, head_dim = query.shape
-    kv_heads = key.shape[1]
-    grouped = query.reshape(batch, kv_heads, heads // kv_heads * q_len, head_dim)  # head h reads kv head h // group
+    kv_heads, text_keys = key.shape[1], key.shape[2]
     scale = head_dim**-0.5 if scaling is None else scaling
-    audio_scores = grouped @ audio_k.to(query.dtype).transpose(-1, -2)  # [B, H_kv, G·T, N_a]
-    text_scores = grouped @ key.transpose(-1, -2)  # [B, H_kv, G·T, S]
-    blocked = torch.finfo(torch.float32).min
-    audio_add = torch.zeros(audio_mask.shape, dtype=torch.float32, device=query.device)
-    if audio_bias is not None:
-        audio_add = audio_add + audio_bias.float().to(query.device)[:, None]
-    audio_add = audio_add.masked_fill(~audio_mask, blocked)[:, None, None, :]  # [B, 1, 1, N_a]
-    text_add = _additive_text_mask(attention_mask, q_len, key.shape[2], query.device)  # [B|1, 1, T, S]
-    text_scores = text_scores.float().view(batch, kv_heads, -1, q_len, key.shape[2]) * scale + text_add[:, :, None]
-    scores = torch.cat([audio_scores.float() * scale + audio_add, text_scores.flatten(2, 3)], dim=-1)
-    probs = scores.softmax(-1).to(value.dtype)
+    grouped = (query * scale).reshape(batch, kv_heads, heads // kv_heads * q_len, head_dim)  # head h → kv head h // G
+    audio_add, text_add = _decoding_masks(lal_audio, attention_mask, q_len, text_keys, query.device)
+    audio_scores = (grouped @ audio_k.transpose(-1, -2)).float() + audio_add  # [B, H_kv, G·T, N_a]
+    text_scores = (grouped @ key.transpose(-1, -2)).float().view(batch, kv_heads, -1, q_len, text_keys)
+    text_scores = (text_scores + text_add[:, :, None]).flatten(2, 3)  # [B, H_kv, G·T, S]
+    probs = torch.cat([audio_scores, text_scores], dim=-1).softmax(-1).to(value.dtype)
     num_audio = audio_k.shape[2]
-    out = probs[..., :num_audio] @ audio_v.to(value.dtype) + probs[..., num_audio:] @ value  # [B, H_kv, G·T, D_h]
+    out = probs[..., :num_audio] @ audio_v + probs[..., num_audio:] @ value  # [B, H_kv, G·T, D_h]
     return out.view(batch, heads, q_len, head_dim).transpose(1, 2).contiguous()
 
 
-def _additive_text_mask(attention_mask, q_len: int, text_keys: int, device) -> torch.Tensor:
-    """The LLM's text mask as an fp32 additive mask [B|1, 1, T, S]; None means causal over the cached keys."""
-    if attention_mask is None:
-        attention_mask = torch.ones(q_len, text_keys, dtype=torch.bool, device=device).tril(text_keys - q_len)[None, None]
-    if attention_mask.dtype == torch.bool:
-        return torch.zeros(attention_mask.shape, device=device).masked_fill(~attention_mask, torch.finfo(torch.float32).min)
-    return attention_mask.float().clamp(min=torch.finfo(torch.float32).min)
+def _decoding_masks(lal_audio: LALAudioKV, attention_mask, q_len: int, text_keys: int, device):
+    """The additive fp32 masks of a decoding step, built once per step and shared by every audio layer: audio
+    [B, 1, 1, N_a] (the bias on real keys, blocked padding) and text [B|1, 1, T, S] (the LLM's mask; None means
+    causal over the cached keys)."""
+    memo = getattr(lal_audio, "_decoding_memo", None)
+    if memo is not None and memo[0] is attention_mask and memo[1] == (q_len, text_keys):
+        return memo[2]
+    blocked = torch.finfo(torch.float32).min
+    audio_add = torch.zeros(lal_audio.mask.shape, dtype=torch.float32, device=device)
+    if lal_audio.bias is not None:
+        audio_add = audio_add + lal_audio.bias.float().to(device)[:, None]
+    audio_add = audio_add.masked_fill(~lal_audio.mask.to(device), blocked)[:, None, None, :]
+    text_mask = attention_mask
+    if text_mask is None:
+        text_mask = torch.ones(q_len, text_keys, dtype=torch.bool, device=device).tril(text_keys - q_len)[None, None]
+    if text_mask.dtype == torch.bool:
+        text_add = torch.zeros(text_mask.shape, device=device).masked_fill(~text_mask, blocked)
+    else:
+        text_add = text_mask.float().clamp(min=blocked)
+    lal_audio._decoding_memo = (attention_mask, (q_len, text_keys), (audio_add, text_add))  # holds the mask object
+    return audio_add, text_add
 
 
 def _lal_attention(base_attention):
@@ -269,8 +278,8 @@ def _lal_attention(base_attention):
             return base_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         audio_k, audio_v = lal_audio.keys[module.layer_idx], lal_audio.values[module.layer_idx]
         if key.shape[2] > query.shape[2] and dropout == 0.0:  # a decoding step: text keys are cached before it
-            out = _decoding_attention(query, key, value, attention_mask, scaling, audio_k, audio_v, lal_audio.mask,
-                                      lal_audio.bias)
+            out = _decoding_attention(query, key, value, attention_mask, scaling, audio_k.to(query.dtype),
+                                      audio_v.to(value.dtype), lal_audio)
             return out, None
         groups = query.shape[1] // key.shape[1] if base_attention is sdpa_attention_forward else 1
         mask = _shared_mask(lal_audio, attention_mask, query, key.shape[2], groups)

@@ -74,6 +74,18 @@ def test_step_memory_is_the_high_water_mark_not_the_end_state():
         del block
     assert 60 <= memory.peak <= 80, memory.peak
 
+    from bench.efficiency import tensor_peak_mb
+
+    kept = torch.ones(2**20)  # live before the step: not the step's
+
+    def step():
+        a, b = torch.ones(5 * 2**20), torch.ones(5 * 2**20)  # 20 MB each, both live at once
+        del a
+        c = b * 2  # a freed: 40 MB again, not 60
+        return c.sum()
+
+    assert tensor_peak_mb(step) == pytest.approx(40.0, abs=0.5) and kept.numel()
+
 
 @pytest.mark.parametrize("kind,variant", [("linear", "lal"), ("lowrank", "lal_lowrank")])
 def test_lal_projection_flops_match_torch_flop_counter(kind, variant):

@@ -33,12 +33,12 @@ def test_decoding_attention_equals_concatenated_keys(with_bias, q_len):
 
     expected, _ = _lal_attention(sdpa_attention_forward)(_Layer(), query, key, value, mask, scaling=dim**-0.5,
                                                          dropout=1e-9, lal_audio=audio)  # dropout > 0: the prefill path
-    got = _decoding_attention(query, key, value, mask, dim**-0.5, audio_k, audio_v, audio_mask, bias)
+    got = _decoding_attention(query, key, value, mask, dim**-0.5, audio_k, audio_v, audio)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    without_mask = _decoding_attention(query, key, value, None, dim**-0.5, audio_k, audio_v, audio_mask, bias)
+    without_mask = _decoding_attention(query, key, value, None, dim**-0.5, audio_k, audio_v, audio)
     causal_only = causal[None, None].expand(batch, 1, q_len, s)
     torch.testing.assert_close(without_mask, _decoding_attention(query, key, value, causal_only, dim**-0.5, audio_k,
-                                                                 audio_v, audio_mask, bias))
+                                                                 audio_v, audio))
 
 
 def test_a_decoding_step_never_copies_the_audio_keys(monkeypatch):
