@@ -106,17 +106,33 @@ class LALProjection(nn.Module):
 class LALAudioKV:
     """Audio keys/values for every audio layer, ready to prepend to that layer's text keys/values.
 
-    keys[l], values[l]: [B, H_kv, N_a, D_h] (keys already rotated when RoPE is on); mask: [B, N_a], True = real token;
-    bias: [B] logit offset of every real audio key of the example (-log n_b), or None.
+    keys[l], values[l]: [B / rows_per_audio, H_kv, N_a, D_h] (keys already rotated when RoPE is on); mask: [B, N_a],
+    True = real token; bias: [B] logit offset of every real audio key of the example (-log n_b), or None.
+    rows_per_audio: how many consecutive text rows share one row of keys/values (several questions about one clip,
+    `shared_repeat`): the keys are stored once and a decoding step reads them once for all those rows.
     """
 
     keys: dict[int, torch.Tensor]
     values: dict[int, torch.Tensor]
     mask: torch.Tensor
     bias: torch.Tensor | None = None
+    rows_per_audio: int = 1
+
+    def layer_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s keys and values with one row per text row, [B, H_kv, N_a, D_h] (a copy when rows share)."""
+        k, v = self.keys[layer], self.values[layer]
+        if self.rows_per_audio > 1:
+            k, v = k.repeat_interleave(self.rows_per_audio, 0), v.repeat_interleave(self.rows_per_audio, 0)
+        return k, v
+
+    def only_layer(self, layer: int) -> "LALAudioKV":
+        """This layer alone, one row of keys/values per text row (what a backend that packs per example needs)."""
+        k, v = self.layer_rows(layer)
+        return LALAudioKV({layer: k}, {layer: v}, self.mask, self.bias)
 
     def _map(self, fn) -> "LALAudioKV":
-        return LALAudioKV({l: fn(k) for l, k in self.keys.items()}, {l: fn(v) for l, v in self.values.items()},
+        rows = {l: self.layer_rows(l) for l in self.keys}
+        return LALAudioKV({l: fn(k) for l, (k, _) in rows.items()}, {l: fn(v) for l, (_, v) in rows.items()},
                           fn(self.mask), None if self.bias is None else fn(self.bias))
 
     def index_select(self, index: torch.Tensor) -> "LALAudioKV":
@@ -124,14 +140,21 @@ class LALAudioKV:
         return self._map(lambda t: t.index_select(0, index.to(t.device)))
 
     def repeat_interleave(self, repeats: int) -> "LALAudioKV":
+        """Each row `repeats` times, copied (for keys that every row then changes on its own)."""
         return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def shared_repeat(self, repeats: int) -> "LALAudioKV":
+        """Each row `repeats` times without copying the keys/values: the new rows share them."""
+        repeat = lambda t: None if t is None else t.repeat_interleave(repeats, dim=0)  # noqa: E731
+        return LALAudioKV(self.keys, self.values, repeat(self.mask), repeat(self.bias), self.rows_per_audio * repeats)
 
 
 class PALCache(DynamicCache):
     """A DynamicCache that also holds LAL's audio keys/values, so they are computed once at prefill.
 
-    Batch expansion (beams, several samples per prompt) repeats the audio rows with the text cache. Beam reordering
-    needs nothing: it only permutes the beams of one example, whose audio rows are identical.
+    Batch expansion (beams, several samples per prompt) repeats the audio rows with the text cache (LAL's without
+    copying them: the new rows share). Beam reordering needs nothing: it only permutes the beams of one example,
+    whose audio rows are identical.
     """
 
     def __init__(self, *args, **kwargs):
@@ -142,9 +165,10 @@ class PALCache(DynamicCache):
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
-        for key in ("lal_audio", "xattn_audio"):
-            if getattr(self, key) is not None:
-                setattr(self, key, getattr(self, key).repeat_interleave(repeats))
+        if self.lal_audio is not None:  # read in place by the LAL attention: the new rows share the keys
+            self.lal_audio = self.lal_audio.shared_repeat(repeats)
+        if self.xattn_audio is not None:
+            self.xattn_audio = self.xattn_audio.repeat_interleave(repeats)
         if self.lal_source is not None:
             self.lal_source = (self.lal_source[0], self.lal_source[1] * repeats)
 
@@ -232,20 +256,33 @@ def _decoding_attention(query, key, value, attention_mask, scaling, audio_k, aud
     [B, H_kv, N_a, D_h] → [B, T, H, D_h].
     Concatenating keys (what the prefill path does) would copy every audio key and value at every new token; here
     only the scores are joined, [B, H, T, N_a + S], which for T = 1 is D_h times smaller. One softmax, as before.
-    Grouped-query heads are folded into the query axis so the shared keys are read, never repeated.
+    Grouped-query heads are folded into the query axis so the shared keys are read, never repeated; so are the text
+    rows that share one row of audio keys (`LALAudioKV.rows_per_audio`).
     """
     batch, heads, q_len, head_dim = query.shape
     kv_heads, text_keys = key.shape[1], key.shape[2]
     scale = head_dim**-0.5 if scaling is None else scaling
     grouped = (query * scale).reshape(batch, kv_heads, heads // kv_heads * q_len, head_dim)  # head h → kv head h // G
     audio_add, text_add = _decoding_masks(lal_audio, attention_mask, q_len, text_keys, query.device)
-    audio_scores = (grouped @ audio_k.transpose(-1, -2)).float() + audio_add  # [B, H_kv, G·T, N_a]
+    rows = lal_audio.rows_per_audio
+    audio_scores = _shared_rows_matmul(grouped, audio_k.transpose(-1, -2), rows).float() + audio_add  # [B,H_kv,G·T,N_a]
     text_scores = (grouped @ key.transpose(-1, -2)).float().view(batch, kv_heads, -1, q_len, text_keys)
     text_scores = (text_scores + text_add[:, :, None]).flatten(2, 3)  # [B, H_kv, G·T, S]
     probs = torch.cat([audio_scores, text_scores], dim=-1).softmax(-1).to(value.dtype)
     num_audio = audio_k.shape[2]
-    out = probs[..., :num_audio] @ audio_v + probs[..., num_audio:] @ value  # [B, H_kv, G·T, D_h]
-    return out.view(batch, heads, q_len, head_dim).transpose(1, 2).contiguous()
+    out = _shared_rows_matmul(probs[..., :num_audio], audio_v, rows) + probs[..., num_audio:] @ value  # [B,H_kv,G·T,D_h]
+    return out.reshape(batch, heads, q_len, head_dim).transpose(1, 2).contiguous()
+
+
+def _shared_rows_matmul(x: torch.Tensor, y: torch.Tensor, rows: int) -> torch.Tensor:
+    """x [B, H, M, K] @ y [B / rows, H, K, N], where `rows` consecutive rows of x share one row of y → [B, H, M, N].
+    The sharing rows are folded into the M axis, so each row of y is read once for all of them."""
+    if rows == 1:
+        return x @ y
+    batch, heads, m, k = x.shape
+    folded = x.reshape(batch // rows, rows, heads, m, k).transpose(1, 2).reshape(batch // rows, heads, rows * m, k)
+    out = folded @ y  # [B / rows, H, rows·M, N]
+    return out.view(batch // rows, heads, rows, m, -1).transpose(1, 2).reshape(batch, heads, m, -1)
 
 
 def _decoding_masks(lal_audio: LALAudioKV, attention_mask, q_len: int, text_keys: int, device):
@@ -276,11 +313,12 @@ def _lal_attention(base_attention):
         """query [B, H, T, D_h], key/value [B, H_kv, S, D_h]; audio K/V of this layer, if any, go in front."""
         if lal_audio is None or module.layer_idx not in lal_audio.keys:
             return base_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-        audio_k, audio_v = lal_audio.keys[module.layer_idx], lal_audio.values[module.layer_idx]
         if key.shape[2] > query.shape[2] and dropout == 0.0:  # a decoding step: text keys are cached before it
+            audio_k, audio_v = lal_audio.keys[module.layer_idx], lal_audio.values[module.layer_idx]
             out = _decoding_attention(query, key, value, attention_mask, scaling, audio_k.to(query.dtype),
                                       audio_v.to(value.dtype), lal_audio)
             return out, None
+        audio_k, audio_v = lal_audio.layer_rows(module.layer_idx)
         groups = query.shape[1] // key.shape[1] if base_attention is sdpa_attention_forward else 1
         mask = _shared_mask(lal_audio, attention_mask, query, key.shape[2], groups)
         key = torch.cat([audio_k.to(key.dtype), key], dim=2)  # [B, H_kv, N_a + S, D_h]
@@ -334,6 +372,8 @@ def _lal_flash(module, query, key, value, attention_mask, scaling=None, dropout=
     decoding step (which reads the audio in place, `_decoding_attention`, rather than packing it again). Anything else
     takes the SDPA path, which on CUDA runs PyTorch's memory-efficient kernel (the one that accepts our mask)."""
     if _varlen_can_run(query, key, dropout, kwargs.get("sliding_window")):
+        if lal_audio is not None and module.layer_idx in lal_audio.keys:
+            lal_audio = lal_audio.only_layer(module.layer_idx)  # the packing reads one row of keys per example
         return lal_flash_varlen_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                           lal_audio=lal_audio, **kwargs)
     return _lal_sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, lal_audio=lal_audio,

@@ -286,7 +286,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         cache = PALCache(config=self.llm.config)
         checked = self.check_audio(audio, batch)
         if self.lal is not None:
-            cache.lal_audio = self.lal(checked, self.llm).repeat_interleave(repeats)
+            cache.lal_audio = self.lal(checked, self.llm).shared_repeat(repeats)  # stored once, read once per step
         if self.xattn is not None:
             cache.xattn_audio = self.xattn(checked).repeat_interleave(repeats)
         if self.lal is not None or self.xattn is not None:

@@ -64,3 +64,35 @@ def test_a_decoding_step_never_copies_the_audio_keys(monkeypatch):
         step = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
     assert step.logits.shape[:2] == (2, 1)
     assert not copied, f"{len(copied)} audio key/value tensors were concatenated in a decoding step"
+
+
+@pytest.mark.parametrize("connector", ["lal", "pal", "pal_xattn"])
+def test_questions_about_one_clip_share_its_audio_keys(connector):
+    """`prepare_audio(audio, repeats)` stores one row of LAL keys/values per clip for all the prompts about it, and
+    decoding reads it for all of them: the answers equal those of the batch with each clip repeated."""
+    model, _ = tiny_pal(connector)
+    texts = random_texts([8, 11, 6, 9], seed=6)
+    clips = random_audio(model.config, [7, 3], seed=6)  # two clips, two questions each
+    repeated = {n: (t.repeat_interleave(2, 0), m.repeat_interleave(2, 0)) for n, (t, m) in clips.items()}
+    batch = build_inputs(model, texts, repeated)
+    def decoding_step_logits(cache):  # prefill, then one decoding step (the path that reads the shared rows)
+        out = model(**batch, audio=repeated, past_key_values=cache, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)
+        mask = torch.cat([batch["attention_mask"], torch.ones_like(token)], dim=1)
+        return model(input_ids=token, attention_mask=mask, past_key_values=out.past_key_values).logits
+
+    with torch.no_grad():
+        cache = model.prepare_audio(clips, repeats=2)
+        assert cache.lal_audio.rows_per_audio == 2
+        assert all(k.shape[0] == 2 for k in cache.lal_audio.keys.values())
+        shared = model.generate(**batch, audio=repeated, past_key_values=cache, max_new_tokens=6, do_sample=False,
+                                pad_token_id=0)
+        plain = model.generate(**batch, audio=repeated, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        expected = decoding_step_logits(None)
+        got = decoding_step_logits(model.prepare_audio(clips, repeats=2))
+        swapped = model.prepare_audio({n: (t.flip(0), m.flip(0)) for n, (t, m) in clips.items()}, repeats=2)
+        swapped.lal_source = cache.lal_source  # bypass the same-audio check: each prompt now reads the other clip
+        wrong = decoding_step_logits(swapped)
+    assert shared.tolist() == plain.tolist()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(wrong, expected, atol=1e-4)  # the check can tell which clip a prompt read
