@@ -134,15 +134,53 @@ class AudioLLM:
         return self.generate([self.conversation(question)], audio, decoding, streamer=streamer)[0]
 
     def ask_many(self, audio: Audio, questions: list[str | list[dict]], decoding: Decoding | None = None) -> list[str]:
-        """Several questions about one clip: the clip is encoded once and, under LAL, its audio keys/values are
-        computed once (`prepare_audio`) for the whole batch."""
+        """Several questions about one clip. The clip is encoded once; the part of the prompt that every question
+        shares (the chat template's opening, the audio placeholders with PLITS) runs through the LLM once; LAL's audio
+        keys/values are computed once and read once per decoding step for all the questions (`prepare_audio`)."""
         decoding = decoding or Decoding()
         features = self.features([self.load(audio)])
+        conversations = [self.conversation(q) for q in questions]
         repeats = len(questions)
-        # Beam search grows the batch inside generate(); the prepared rows would not follow, so it computes its own.
-        cache = self.model.prepare_audio(features, repeats) if decoding.num_beams == 1 else None
-        expanded = {n: (t.expand(repeats, -1, -1), m.expand(repeats, -1)) for n, (t, m) in features.items()}
-        return self.generate([self.conversation(q) for q in questions], expanded, decoding, cache=cache)
+        prefix, suffixes = self._shared_prefix(conversations, features)
+        if decoding.num_beams > 1 or prefix is None:
+            # Beam search grows the batch inside generate(); prepared rows would not follow, so it computes its own.
+            cache = self.model.prepare_audio(features, repeats) if decoding.num_beams == 1 else None
+            expanded = {n: (t.expand(repeats, -1, -1), m.expand(repeats, -1)) for n, (t, m) in features.items()}
+            return self.generate(conversations, expanded, decoding, cache=cache)
+        with torch.no_grad():
+            out = self.model(**{k: v.to(self.device) for k, v in prefix.items()}, audio=features, use_cache=True,
+                             logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(repeats)  # text positions copied per question; LAL keys/values shared
+        rest = self.processor.pad(suffixes)
+        shared = prefix["input_ids"].shape[1]
+        input_ids = torch.cat([prefix["input_ids"].expand(repeats, -1), rest["input_ids"]], dim=1).to(self.device)
+        attention_mask = torch.cat([torch.ones(repeats, shared, dtype=rest["attention_mask"].dtype),
+                                    rest["attention_mask"]], dim=1).to(self.device)  # padding between the two parts
+        torch.manual_seed(decoding.seed)
+        with torch.no_grad():
+            sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                                            pad_token_id=self.processor.pad_id, **decoding.kwargs())
+        return [text.strip() for text in self.processor.decode(sequences, input_ids.shape[1])]
+
+    def _shared_prefix(self, conversations: list[list[dict]], features: dict):
+        """The token prefix that every conversation's prompt shares, as a batch of one ({input_ids, attention_mask,
+        audio_token_mask} [1, P]), and each prompt's rest (ids, labels, flags); (None, None) when no prefix can be
+        shared (a single question, or audio placeholders past the shared part)."""
+        count = self.processor.audio_token_counts(features, 1)[0]
+        rows = [self.processor.encode_example(c, count, i) for i, c in enumerate(conversations)]
+        if len(rows) < 2:
+            return None, None
+        shared = min(len(ids) for ids, _, _ in rows) - 1  # every prompt keeps a token of its own to continue from
+        first = rows[0][0]
+        for ids, _, _ in rows[1:]:
+            shared = next((i for i in range(shared) if ids[i] != first[i]), shared)
+        if shared == 0 or any(any(flags[shared:]) for _, _, flags in rows):
+            return None, None
+        ids, _, flags = rows[0]
+        prefix = {"input_ids": torch.tensor([ids[:shared]]), "attention_mask": torch.ones(1, shared, dtype=torch.long),
+                  "audio_token_mask": torch.tensor([flags[:shared]])}
+        return prefix, [(ids[shared:], labels[shared:], flags[shared:]) for ids, labels, flags in rows]
 
     def ask_without_audio(self, questions: list[str | list[dict]], decoding: Decoding | None = None) -> list[str]:
         """The same model with the audio removed from the prompt: the no-audio baseline."""

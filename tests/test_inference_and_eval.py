@@ -94,7 +94,16 @@ def test_batched_answers_equal_single_answers(curriculum_env, clips, connector):
     model.generation_config.min_new_tokens = 6
     batched = audio_llm.ask_batch(clips, questions, decoding)
     assert batched == [audio_llm.ask(c, q, decoding) for c, q in zip(clips, questions)]
-    assert audio_llm.ask_many(clips[0], questions, decoding) == audio_llm.ask_batch([clips[0]] * 3, questions, decoding)
+    positions = []  # what the LLM's first layer sees: [B, T] per call
+    hook = model.llm.model.layers[0].register_forward_pre_hook(
+        lambda _m, args, kwargs: positions.append((args[0] if args else kwargs["hidden_states"]).shape[:2]),
+        with_kwargs=True)
+    shared = audio_llm.ask_many(clips[0], questions, decoding)
+    seen_shared, positions[:] = sum(b * t for b, t in positions), []
+    assert shared == audio_llm.ask_batch([clips[0]] * 3, questions, decoding)
+    hook.remove()
+    # The prompt prefix the questions share (the template's opening, PLITS audio positions) runs once, not 3 times.
+    assert seen_shared < sum(b * t for b, t in positions)
 
 
 def test_encoders_recorded_with_the_model_are_checked(trained_tiny, tmp_path):
