@@ -77,6 +77,7 @@ class BenchSettings:
     precision: str = "auto"  # auto | bf16 | fp32
     device: str = "cpu"
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    full_logits: bool = False  # the loss from [B, T, V] logits, as before `supervised_lm_loss` (a before/after check)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -274,15 +275,22 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
     if device.type == "cuda":  # bf16 weights, as DeepSpeed's bf16 mode holds them; CPU: fp32 weights, bf16 autocast
         model = model.to(device, torch.bfloat16 if bf16 else torch.float32)
     model.train()
-    batch = {k: v.to(device) for k, v in _inputs(model, n_a, s).items() if torch.is_tensor(v)}
-    batch["audio"] = {n: (t.to(device), m.to(device)) for n, (t, m) in _inputs(model, n_a, s)["audio"].items()}
+    inputs = _inputs(model, n_a, s)
+    batch = {k: v.to(device) for k, v in inputs.items() if torch.is_tensor(v)}
+    batch["audio"] = {n: (t.to(device), m.to(device)) for n, (t, m) in inputs["audio"].items()}
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and device.type == "cpu")
     for p in model.parameters():  # gradient buffers exist before the step, as from the second step on
         p.grad = torch.zeros_like(p)
 
     def train_step():
         with autocast:
-            loss = model(**batch).loss
+            if s.full_logits:
+                from transformers.loss.loss_utils import ForCausalLMLoss
+
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # [B, T, V]
+                loss = ForCausalLMLoss(logits, batch["labels"], vocab_size=logits.shape[-1])
+            else:
+                loss = model(**batch).loss
         loss.backward()
 
     train_step()  # warm-up
@@ -477,6 +485,7 @@ def settings_from_args(args) -> BenchSettings:
         s.device = args.device
     if args.precision is not None:
         s.precision = args.precision
+    s.full_logits = args.full_logits
     if "plits" not in s.variants:
         s.variants = ["plits", *s.variants]  # every ratio is against PLITS
     if s.device == "cuda" and not torch.cuda.is_available():
@@ -494,6 +503,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="which variants (PLITS always runs)")
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--full-logits", action="store_true",
+                        help="compute the loss from logits at every position (the cost before supervised-only logits)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for the PNG plot and JSON")
 
 
