@@ -8,7 +8,9 @@ CPU supports it.
 
 Data path: "inline" collates inside the step (how the curriculum ran before its DataLoader); "workers" is the
 curriculum's own path, 2 DataLoader workers reading audio and templating ahead while the step trains, the frozen
-encoder in the training process. Memory: LAL with and without gradient checkpointing (the stage option).
+encoder in the training process. Memory: LAL with and without gradient checkpointing (the stage option). Peak memory
+is the first step's high-water mark of live tensors (the optimizer state is created in it), from PyTorch's profiler
+(`bench.efficiency.tensor_peak_mb`); the step times are those of the later steps.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def measure(connector: str, cached: bool, batch: int, repeats: int, workers: int
     from curriculum.manifest import examples_dataset, validate_manifest
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from encoders.feature_cache import FeatureCache
-    from bench.efficiency import StepMemory, use_bf16
+    from bench.efficiency import tensor_peak_mb, use_bf16
     from pal import PALForConditionalGeneration, PALProcessor, set_trainable
     from pal.llm import load_tokenizer
 
@@ -84,11 +86,9 @@ def measure(connector: str, cached: bool, batch: int, repeats: int, workers: int
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        with StepMemory(torch.device("cpu")) as memory:  # the first step's high-water mark (optimizer state included)
-            start = time.perf_counter()
-            step()
-            times = [time.perf_counter() - start]
-        peak = memory.peak
+        start = time.perf_counter()
+        peak = tensor_peak_mb(step)  # the first step's high-water mark (optimizer state included), profiled
+        times = [time.perf_counter() - start]
         for _ in range(repeats):
             start = time.perf_counter()
             step()

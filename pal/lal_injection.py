@@ -8,12 +8,14 @@ Text tokens are the only queries, the residual stream and every FFN see text pos
 updated between layers. Layers outside the audio set run the untouched LLM.
 
 Mechanics. The audio keys/values are computed once per forward (or once at prefill when generating) and handed down
-through the decoder's `**kwargs` to the attention backend. We register two attention implementations, `lal_sdpa` and
-`lal_eager`, which prepend the layer's audio K/V and widen the mask, then call Hugging Face's own `sdpa` / `eager`
-function. A decoding step (text keys already cached) instead joins the scores, not the keys: the audio
-keys/values are read where prefill wrote them, never copied per token (`_decoding_attention`). Nothing of the LLM
-is subclassed or renamed: checkpoint keys stay the LLM's, LoRA on k_proj/v_proj applies
-to audio keys too, and a layer that gets no audio runs exactly the bare LLM's code.
+through the decoder's `**kwargs` to the attention backend. We register three attention implementations: `lal_sdpa`
+and `lal_eager` prepend the layer's audio K/V and widen the mask (once per forward, shared by the layers), then run
+SDPA with grouped-query heads folded into the query axis (the keys are not repeated per head) or Hugging Face's own
+`eager` function; `lal_flash` packs each example's audio keys in front of its text keys for FlashAttention-2's
+varlen kernel on a GPU (lal_varlen.py). A decoding step (text keys already cached) joins the scores, not the keys:
+the audio keys/values are read where prefill wrote them, never copied per token (`_decoding_attention`). Nothing of
+the LLM is subclassed or renamed: checkpoint keys stay the LLM's, LoRA on k_proj/v_proj applies to audio keys too,
+and a layer that gets no audio runs exactly the bare LLM's code.
 
 Start-up. N_a fresh audio keys added to one softmax take most of the attention mass whatever their scores (measured on
 SmolLM2-135M with 513 random-init audio keys: 60-99 % of every audio layer's attention, and the loss of the answer

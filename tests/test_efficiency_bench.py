@@ -137,3 +137,11 @@ def test_bench_inference_json_report(capsys):
         assert r["shared_equals_batched"] is True, r["connector"]
         assert r["batched_examples_per_s"] > 0 and r["one_by_one_questions_per_s"] > 0 and r["shared_questions_per_s"] > 0
     assert set(report["ratios"]) == {"lal/plits", "pal/plits", "xattn/plits"}
+
+
+def test_gpu_preset_on_a_machine_without_cuda_says_so(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        main(["bench", "efficiency", "--preset", "gpu"])
