@@ -94,7 +94,8 @@ class LALProjection(nn.Module):
         self.heads = nn.ModuleDict({str(layer): head() for layer in layers})
 
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """tokens [B, N_e, D_e] → {str(layer): A_l [B, N_e, d]} (string keys: ZeRO-3's hooks read output names)."""
+        """tokens [B, N_e, D_e] → {str(layer): A_l [B, N_e, d]}, every layer at once (the connector instead runs
+        `trunk` once and each head inside its layer's recomputable block)."""
         shared = self.trunk(tokens)
         return {layer: head(shared) for layer, head in self.heads.items()}
 

@@ -262,7 +262,8 @@ def lal_flash_varlen_attention(module, query, key, value, attention_mask, scalin
         raise ValueError("lal_flash_varlen_attention does not support softcap.")
     window = kwargs.get("sliding_window")
     if window is not None and key.shape[2] > window:  # within the window a sliding mask is plain causal
-        raise NotImplementedError("lal_flash_varlen_attention has no sliding-window support.")
+        raise ValueError(f"a sliding window of {window} keys is in reach ({key.shape[2]} keys): the varlen path is plain "
+                         "causal; the 'flash' backend sends such calls to SDPA, use it rather than this function.")
     head_dim = query.shape[-1]
     scale = scaling if scaling is not None else head_dim ** -0.5  # before any bias columns change the head dim
     key, value, text_key_mask = _text_keys(attention_mask, key, value)
