@@ -56,7 +56,7 @@ class PALConfig(PreTrainedConfig):
         own input embeddings, so in-sequence audio starts, and stays, at the scale of the text around it.
     lal_projection: P_l, "linear" (an independent linear map of the encoder output per layer, the paper's form),
         "mlp" (a shared two-layer MLP trunk followed by one linear head per layer) or "lowrank" (one shared linear
-        map to d plus a rank-`lal_projection_rank` correction per layer: about 1/7 of "linear"'s FLOPs on
+        map to d plus a rank-`lal_projection_rank` correction per layer: about a fifth of "linear"'s FLOPs on
         SmolLM2-135M with a ViT-B encoder; see `LALProjection`).
     lal_projection_rank: the rank of each layer's correction when `lal_projection="lowrank"`.
     lal_recompute_audio: in training, keep only each audio layer's keys/values and recompute P_l, the layer's norm
