@@ -60,7 +60,8 @@ class PALConfig(PreTrainedConfig):
         SmolLM2-135M with a ViT-B encoder; see `LALProjection`).
     lal_projection_rank: the rank of each layer's correction when `lal_projection="lowrank"`.
     lal_recompute_audio: in training, keep only each audio layer's keys/values and recompute P_l, the layer's norm
-        and its k/v projections in the backward pass (less activation memory for a little more compute).
+        and its k/v projections in the backward pass (at N_a = 512 on SmolLM2: 528 instead of 730 MB of peak step
+        memory for an 11 % longer step, `pal bench efficiency`'s lal vs lal_stored).
     xattn_every: gated cross-attention blocks go in front of layers 0, k, 2k, ... (Flamingo's "every k-th layer").
         Ignored when `xattn_layers` is given.
     xattn_layers: an explicit list of layers (0-indexed) that get a block in front of them.
