@@ -45,7 +45,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward, rotate_half
 
-from .lal_varlen import flash_attn_available, lal_flash_varlen_attention
+from .lal_varlen import flash_attn_available, flash_kernel_runs, lal_flash_varlen_attention
 
 # ----------------------------------------------------------------------------------------------------------------------
 # P_l: the per-layer projections of the encoder output
@@ -146,6 +146,15 @@ class LALAudioKV:
         """Each row `repeats` times, copied (for keys that every row then changes on its own)."""
         return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
+    def once_per_call(self, name: str, attention_mask, key: tuple, build):
+        """`build()`, computed once per decoder call and reused by every audio layer: the decoder hands all layers the
+        same mask object, so (that object, `key`) identifies the call. The memo holds the mask, so its identity
+        cannot be reused by a later call's mask."""
+        memo = self.__dict__.get(name)
+        if memo is None or memo[0] is not attention_mask or memo[1] != key:
+            memo = self.__dict__[name] = (attention_mask, key, build())
+        return memo[2]
+
     def shared_repeat(self, repeats: int) -> "LALAudioKV":
         """Each row `repeats` times without copying the keys/values: the new rows share them."""
         repeat = lambda t: None if t is None else t.repeat_interleave(repeats, dim=0)  # noqa: E731
@@ -223,6 +232,11 @@ def audio_rope(llm: nn.Module, like: torch.Tensor, mask: torch.Tensor, rope: str
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _causal_mask(q_len: int, text_keys: int, device) -> torch.Tensor:
+    """[1, 1, T, S] bool: the last T of S text positions query, each sees the keys up to its own position."""
+    return torch.ones(q_len, text_keys, dtype=torch.bool, device=device).tril(text_keys - q_len)[None, None]
+
+
 def _widen_mask(
     attention_mask: torch.Tensor | None, audio_mask: torch.Tensor, query: torch.Tensor, text_keys: int,
     audio_bias: torch.Tensor | None = None,
@@ -235,8 +249,7 @@ def _widen_mask(
     """
     batch, _, q_len, _ = query.shape
     if attention_mask is None:
-        offset = text_keys - q_len  # cached tokens before the first query
-        attention_mask = torch.ones(q_len, text_keys, dtype=torch.bool, device=query.device).tril(offset)[None, None]
+        attention_mask = _causal_mask(q_len, text_keys, query.device)
     if audio_bias is not None and attention_mask.dtype == torch.bool:
         blocked = torch.finfo(query.dtype).min
         attention_mask = torch.zeros((), dtype=query.dtype, device=query.device).masked_fill(~attention_mask, blocked)
@@ -292,23 +305,21 @@ def _decoding_masks(lal_audio: LALAudioKV, attention_mask, q_len: int, text_keys
     """The additive fp32 masks of a decoding step, built once per step and shared by every audio layer: audio
     [B, 1, 1, N_a] (the bias on real keys, blocked padding) and text [B|1, 1, T, S] (the LLM's mask; None means
     causal over the cached keys)."""
-    memo = getattr(lal_audio, "_decoding_memo", None)
-    if memo is not None and memo[0] is attention_mask and memo[1] == (q_len, text_keys):
-        return memo[2]
-    blocked = torch.finfo(torch.float32).min
-    audio_add = torch.zeros(lal_audio.mask.shape, dtype=torch.float32, device=device)
-    if lal_audio.bias is not None:
-        audio_add = audio_add + lal_audio.bias.float().to(device)[:, None]
-    audio_add = audio_add.masked_fill(~lal_audio.mask.to(device), blocked)[:, None, None, :]
-    text_mask = attention_mask
-    if text_mask is None:
-        text_mask = torch.ones(q_len, text_keys, dtype=torch.bool, device=device).tril(text_keys - q_len)[None, None]
-    if text_mask.dtype == torch.bool:
-        text_add = torch.zeros(text_mask.shape, device=device).masked_fill(~text_mask, blocked)
-    else:
-        text_add = text_mask.float().clamp(min=blocked)
-    lal_audio._decoding_memo = (attention_mask, (q_len, text_keys), (audio_add, text_add))  # holds the mask object
-    return audio_add, text_add
+
+    def build():
+        blocked = torch.finfo(torch.float32).min
+        audio_add = torch.zeros(lal_audio.mask.shape, dtype=torch.float32, device=device)
+        if lal_audio.bias is not None:
+            audio_add = audio_add + lal_audio.bias.float().to(device)[:, None]
+        audio_add = audio_add.masked_fill(~lal_audio.mask.to(device), blocked)[:, None, None, :]
+        text_mask = _causal_mask(q_len, text_keys, device) if attention_mask is None else attention_mask
+        if text_mask.dtype == torch.bool:
+            text_add = torch.zeros(text_mask.shape, device=device).masked_fill(~text_mask, blocked)
+        else:
+            text_add = text_mask.float().clamp(min=blocked)
+        return audio_add, text_add
+
+    return lal_audio.once_per_call("_decoding_masks", attention_mask, (q_len, text_keys), build)
 
 
 def _lal_attention(base_attention):
@@ -337,15 +348,12 @@ def _shared_mask(lal_audio: LALAudioKV, attention_mask, query: torch.Tensor, tex
     """`_widen_mask`, built once per forward and shared by every audio layer (the layers get the same text mask and
     the same audio): one [B, 1, G·T, N_a + S] tensor instead of one per layer, in memory and in the saved
     activations. With `groups` G > 1 its rows are repeated for `_grouped_sdpa`'s folded query heads."""
-    memo = getattr(lal_audio, "_mask_memo", None)
-    shape = (tuple(query.shape), text_keys, groups)
-    if memo is not None and memo[0] is attention_mask and memo[1] == shape:
-        return memo[2]
-    mask = _widen_mask(attention_mask, lal_audio.mask, query, text_keys, lal_audio.bias)
-    if groups > 1:
-        mask = mask.repeat(1, 1, groups, 1)
-    lal_audio._mask_memo = (attention_mask, shape, mask)  # holds the mask object, so its identity stays unique
-    return mask
+
+    def build():
+        mask = _widen_mask(attention_mask, lal_audio.mask, query, text_keys, lal_audio.bias)
+        return mask.repeat(1, 1, groups, 1) if groups > 1 else mask
+
+    return lal_audio.once_per_call("_shared_mask", attention_mask, (tuple(query.shape), text_keys, groups), build)
 
 
 def _grouped_sdpa(query, key, value, mask, scaling, dropout) -> torch.Tensor:
@@ -365,8 +373,7 @@ _lal_sdpa = _lal_attention(sdpa_attention_forward)
 def _varlen_can_run(query: torch.Tensor, key: torch.Tensor, dropout: float, window: int | None) -> bool:
     """Whether FlashAttention-2 can take this call: see `_lal_flash`."""
     decoding = key.shape[2] > query.shape[2] and dropout == 0.0
-    return (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and flash_attn_available()
-            and not decoding and (window is None or key.shape[2] <= window))
+    return flash_kernel_runs(query) and not decoding and (window is None or key.shape[2] <= window)
 
 
 def _lal_flash(module, query, key, value, attention_mask, scaling=None, dropout=0.0, lal_audio=None, **kwargs):

@@ -191,11 +191,14 @@ def _flash_attn_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_se
     return result[:2] if return_lse else result
 
 
+def flash_kernel_runs(query: torch.Tensor) -> bool:
+    """Whether FA2 can take this query: on CUDA, in fp16/bf16, with flash_attn >= 2.1 importable."""
+    return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and flash_attn_available()
+
+
 def _varlen_kernel(query: torch.Tensor):
-    """FA2 where it can run (CUDA, fp16/bf16, flash_attn importable), else the plain-torch reference."""
-    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and flash_attn_available():
-        return _flash_attn_kernel
-    return varlen_attention_reference
+    """FA2 where it can run (`flash_kernel_runs`), else the plain-torch reference."""
+    return _flash_attn_kernel if flash_kernel_runs(query) else varlen_attention_reference
 
 
 # ----------------------------------------------------------------------------------------------------------------------
