@@ -6,8 +6,9 @@ prefill, decoding), for each connector:
 - batched: `batch` different clips with a question each, one `ask_batch` call → examples/s;
 - one by one: `questions` questions about one clip, each its own `ask` (the clip encoded, and its audio keys/values
   computed, every time) → questions/s;
-- shared: the same questions in one `ask_many` call (the clip encoded once; LAL's and the cross-attention blocks' audio
-  keys/values computed once for the batch) → questions/s, with its ratio to one by one.
+- shared: the same questions in one `ask_many` call (the clip encoded once, the prompt prefix the questions share run
+  once, LAL's and the cross-attention blocks' audio keys/values computed once for the batch) → questions/s, with its
+  ratio to one by one.
 The minimum over repeats of each is reported (the estimate least disturbed by other load).
 """
 

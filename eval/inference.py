@@ -112,9 +112,13 @@ class AudioLLM:
     def generate(self, conversations: list[list[dict]], audio: dict | None, decoding: Decoding | None = None,
                  cache=None, streamer=None) -> list[str]:
         """The model's answers to B conversations, with audio features for each row (or None)."""
-        decoding = decoding or Decoding()
         inputs = self.processor(conversations, audio)
         audio = inputs.pop("audio", None)
+        return self._generate(inputs, audio, decoding or Decoding(), cache, streamer)
+
+    @torch.no_grad()
+    def _generate(self, inputs: dict, audio: dict | None, decoding: Decoding, cache=None, streamer=None) -> list[str]:
+        """Token inputs ({input_ids, attention_mask, ...} [B, T]) → the answers after them."""
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         torch.manual_seed(decoding.seed)
         out = self.model.generate(**inputs, audio=audio, past_key_values=cache, pad_token_id=self.processor.pad_id,
@@ -154,14 +158,10 @@ class AudioLLM:
         cache.batch_repeat_interleave(repeats)  # text positions copied per question; LAL keys/values shared
         rest = self.processor.pad(suffixes)
         shared = prefix["input_ids"].shape[1]
-        input_ids = torch.cat([prefix["input_ids"].expand(repeats, -1), rest["input_ids"]], dim=1).to(self.device)
-        attention_mask = torch.cat([torch.ones(repeats, shared, dtype=rest["attention_mask"].dtype),
-                                    rest["attention_mask"]], dim=1).to(self.device)  # padding between the two parts
-        torch.manual_seed(decoding.seed)
-        with torch.no_grad():
-            sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
-                                            pad_token_id=self.processor.pad_id, **decoding.kwargs())
-        return [text.strip() for text in self.processor.decode(sequences, input_ids.shape[1])]
+        inputs = {"input_ids": torch.cat([prefix["input_ids"].expand(repeats, -1), rest["input_ids"]], dim=1),
+                  "attention_mask": torch.cat([torch.ones(repeats, shared, dtype=rest["attention_mask"].dtype),
+                                               rest["attention_mask"]], dim=1)}  # padding between the two parts
+        return self._generate(inputs, None, decoding, cache)
 
     def _shared_prefix(self, conversations: list[list[dict]], features: dict):
         """The token prefix that every conversation's prompt shares, as a batch of one ({input_ids, attention_mask,
