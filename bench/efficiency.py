@@ -327,9 +327,10 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
     peak = None if device.type == "cuda" else tensor_peak_mb(train_step)
     with StepMemory(device) as memory:
         train_step()
+    step = statistics.median(times)
     return dict(
-        variant=variant, connector=variant, audio_tokens=n_a, text_tokens=s.text_tokens, batch=s.batch,
-        train_step_s=statistics.median(times), tokens_per_s=s.batch * (n_a + s.text_tokens) / statistics.median(times),
+        variant=variant, audio_tokens=n_a, text_tokens=s.text_tokens, batch=s.batch,
+        train_step_s=step, tokens_per_s=s.batch * (n_a + s.text_tokens) / step,
         peak_mem_mb=memory.peak if peak is None else peak, peak_rss_mb=None if device.type == "cuda" else memory.peak,
         static_mem_mb=static, prefill_s=statistics.median(prefill),
         decode_token_s=statistics.median(decode), bf16=bf16, device=s.device, threads=torch.get_num_threads(),
