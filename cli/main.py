@@ -29,6 +29,14 @@ def _demo(args) -> int:
     return run_demo(args)
 
 
+def _env(args) -> int:
+    from training.engine import machine_report
+
+    for key, value in machine_report().items():
+        print(f"{key:22s} {value}")
+    return 0
+
+
 def _sslam_extract(args) -> int:
     from encoders.sslam.extract import extract_to_npz
 
@@ -249,6 +257,9 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--out", default=None, help="output folder (default runs/demo or runs/demo-smoke); reruns resume")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    env = commands.add_parser("env", help="this machine's numeric path: CPU, bf16/AMX, what precision auto picks")
+    env.set_defaults(func=_env)
 
     train = commands.add_parser("train", help="the three-stage curriculum on DeepSpeed")
     train.add_argument("--config", required=True, help="curriculum YAML (configs/pal/*.yaml)")

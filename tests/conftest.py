@@ -1,4 +1,21 @@
-"""Tiny, seeded, deterministic models for the model-core tests (hidden ≤ 128, ≤ 4 layers, sequences ≤ 128)."""
+"""Tiny, seeded, deterministic models for the model-core tests (hidden ≤ 128, ≤ 4 layers, sequences ≤ 128).
+
+How the suite's float tolerances are chosen (they hold on the AVX2 and the AVX-512/AMX machines alike; u = 2^-24 is
+float32's unit roundoff). Each assertion names its class in a comment:
+- exact: `torch.equal` where both sides run the same operations in the same order (a cache hit, a layer before the
+  audio enters, a copy), so any difference is a bug.
+- reorder: the same float32 formula in another order of operations (another GEMM shape or kernel blocking, a fused
+  attention kernel, rows sliced before or after, a gradient recomputed, another CPU's kernels). Rounding errors add
+  like a random walk, about √n·u·Σ|terms| per length-n sum (Higham, Accuracy and Stability of Numerical Algorithms,
+  §3.5); here n ≤ 384, activations are O(1) and at most 4 layers compound it, so 1e-5 abs + 1e-5 rel covers it with
+  room (measured ≤ 2e-6). A wrong mask, row or weight moves these outputs by O(0.1-1).
+  `torch.testing.assert_close` without tolerances uses float32's 1e-5 abs / 1.3e-6 rel: the same class.
+- formula: Python float64 arithmetic against a closed form (`pytest.approx`, 1e-6 relative by default), far above
+  float64's 1e-16 and far below any wrong formula's effect.
+- bf16: one bf16 rounding (2^-8 relative = 3.9e-3) of inputs or outputs: 1e-2.
+- fixture: against an official implementation's outputs made on another machine; the bound is the fixture README's
+  recommendation (observed error, and the smallest bug effect it must still see) or one derived in the test.
+"""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ def test_batch_of_n_equals_n_batches_of_one(connector, padding_side):
             alone = build_inputs(model, [texts[row]], alone_audio)
             logits = model(**alone, audio=alone_audio).logits[0]
             real = batch["attention_mask"][row].bool()
+            # reorder: a padded batch runs other GEMM shapes than one row alone
             torch.testing.assert_close(batched[row][real], logits, atol=1e-5, rtol=1e-5)
 
 
@@ -103,4 +104,5 @@ def test_text_only_row_in_an_audio_batch_is_the_bare_llm(connector):
         ours = model(**batch, audio=audio).logits[1, :7]
         ref = bare(input_ids=torch.tensor([texts[1]])).logits[0]
     assert torch.isfinite(model(**batch, audio=audio).logits).all()
+    # reorder
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

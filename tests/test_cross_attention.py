@@ -63,6 +63,7 @@ def test_one_block_equals_the_formula():
         f = ln(y, w["ffn_norm.weight"], w["ffn_norm.bias"]) @ w["ffn.0.weight"].T
         f = torch.nn.functional.gelu(f) @ w["ffn.2.weight"].T
         expected.append(y + math.tanh(float(w["ffn_gate"])) * f)
+    # reorder in float64: both sides double, u = 1.1e-16
     assert torch.allclose(got, torch.stack(expected), atol=1e-10)
 
 
@@ -79,6 +80,7 @@ def test_batch_equals_singles(connector):
         batched = model(input_ids=ids, attention_mask=attention, audio=audio).logits
         for row, text in enumerate(texts):
             alone = model(input_ids=torch.tensor([text]), audio=slice_audio(audio, row)).logits
+            # reorder: a padded batch against one row alone
             assert torch.allclose(batched[row, width - len(text):], alone[0], atol=1e-5)
 
 

@@ -34,6 +34,7 @@ def test_decoding_attention_equals_concatenated_keys(with_bias, q_len):
     expected, _ = _lal_attention(sdpa_attention_forward)(_Layer(), query, key, value, mask, scaling=dim**-0.5,
                                                          dropout=1e-9, lal_audio=audio)  # dropout > 0: the prefill path
     got = _decoding_attention(query, key, value, mask, dim**-0.5, audio_k, audio_v, audio)
+    # reorder: scores joined instead of keys: the same sums split in two
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     without_mask = _decoding_attention(query, key, value, None, dim**-0.5, audio_k, audio_v, audio)
     causal_only = causal[None, None].expand(batch, 1, q_len, s)
@@ -94,5 +95,6 @@ def test_questions_about_one_clip_share_its_audio_keys(connector):
         swapped.lal_source = cache.lal_source  # bypass the same-audio check: each prompt now reads the other clip
         wrong = decoding_step_logits(swapped)
     assert shared.tolist() == plain.tolist()
+    # reorder; the swapped clip differs by > 1e-4, so the check can fail
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(wrong, expected, atol=1e-4)  # the check can tell which clip a prompt read

@@ -83,6 +83,7 @@ def test_reference_kernel_matches_dense_softmax_per_segment():
         bottom_right = torch.ones(t_b, k_b, dtype=torch.bool).tril(k_b - t_b)
         want, want_lse = _dense_reference(q[q0:q1].transpose(0, 1), k[k0:k1].transpose(0, 1),
                                           v[k0:k1].transpose(0, 1), bottom_right, 0.4)
+        # reorder: the varlen kernel against dense attention (class in conftest); the wrong alignment differs by > 1e-3
         torch.testing.assert_close(out[q0:q1], want.transpose(0, 1), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(lse[:, q0:q1], want_lse, atol=1e-5, rtol=1e-5)
         top_left = torch.ones(t_b, k_b, dtype=torch.bool).tril()
@@ -96,6 +97,7 @@ def test_reference_kernel_matches_dense_softmax_per_segment():
     full = varlen_attention_reference(q, k, v, cu_q, cu_k, 4, 7, softmax_scale=0.4)
     want, _ = _dense_reference(q[:3].transpose(0, 1), k[:7].transpose(0, 1), v[:7].transpose(0, 1),
                                torch.ones(3, 7, dtype=torch.bool), 0.4)
+    # reorder
     torch.testing.assert_close(full[:3], want.transpose(0, 1), atol=1e-5, rtol=1e-5)
 
 
@@ -143,11 +145,13 @@ def test_varlen_equals_lal_sdpa(side, bias, mask_form):
     got, weights = lal_flash_varlen_attention(_module(), query, key, value, given, scaling=scaling, lal_audio=audio)
     assert weights is None and got.shape == (3, 6, H, D)
     real = text_real  # no cache: query t is key position t
+    # reorder: packed varlen against the SDPA path
     torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=1e-5)
     assert torch.equal(got[~real], torch.zeros_like(got[~real]))
     # Teeth: the audio (and the bias) change the answer of the examples that have audio.
     plain, _ = sdpa_attention_forward(_module(), query, key, value, mask, scaling=scaling)
     assert not torch.allclose(got[:2][real[:2]], plain[:2][real[:2]], atol=1e-3)
+    # reorder
     torch.testing.assert_close(got[2][real[2]], plain[2][real[2]], atol=1e-5, rtol=1e-5)  # 0 audio tokens: plain
     if bias:
         unbiased = LALAudioKV(audio.keys, audio.values, audio.mask, None)

@@ -31,6 +31,7 @@ def test_plits_equals_hand_assembled_inputs_embeds(connector):
             embeds[row, slots] = real / torch.sqrt(real.pow(2).mean(-1, keepdim=True) + 1e-6) * gain
         positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         ref = bare(inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=positions).logits
+    # reorder: our PLITS path against the bare LLM fed the formula's embeddings
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 

@@ -1,18 +1,26 @@
 """SSLAM features against the official implementation's fixture (../shared/fixtures/sslam_reference).
 
-Tolerances are the fixture README's recommendations (max abs, rtol 0): encoder-only 2e-5; end to end 1e-4. The fbank
-and the model input are held to 1e-5, tighter than the README's 5e-3 / 5e-4: with the reference's mel formula,
-log(1 + f/700) in float32, ours is within one float32 step of it; floored cells exact.
+Every bound here holds on any CPU, not only on the one the fixture was made on (the fixture README's numbers, or an
+error bound derived below); measured margins are in the comments.
+- The encoder, given the reference's model input: 2e-5 max abs (the fixture README's recommendation; measured 4e-6 on
+  AVX2 and AVX-512 machines). Outputs reach about 4; float32 GEMMs over 768 and 3072 terms whose order depends on the
+  CPU's kernels round to a few 1e-6 there.
+- The fbank and the model input: compared in the power domain against the FFT's error bound (`_fbank_close`), because
+  a log-domain max-abs bound is not a property of the computation: a cell far below its frame's energy amplifies the
+  FFT's rounding without limit (0.0003 on an Intel AMX machine, whose MKL takes other FFT kernels, 1e-6 on AMD).
+- End to end, from the waveform: 1e-4 max abs (the fixture README's recommendation). With a differently rounded float32
+  FFT (numpy's pocketfft in place of torch's) the input moves by up to 5e-5 and the output by 1.6e-5: 6x margin.
 """
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from encoders.kaldi_fbank import kaldi_fbank
+from encoders.kaldi_fbank import kaldi_fbank, mel_banks
 from encoders.sslam.checkpoint import load_sslam
 from encoders.sslam.features import SSLAMFeatures
 from encoders.sslam.frontend import FrontendConfig, model_inputs
@@ -61,22 +69,55 @@ def test_encoder_only_matches_reference(fixture, encoder):
         _close(out.last_hidden_state[0], ref[f"output__{name}"], 2e-5)
 
 
-def test_front_end_matches_reference(fixture):
+# Higham, Accuracy and Stability of Numerical Algorithms (2nd ed.), Thm 24.2: a radix-2 FFT of size N computed in
+# floating point has ‖X̂ - X‖₂ ≤ log2(N)·η·‖X‖₂, η = μ + γ4(√2 + μ) ≈ (1 + 4√2)·u for twiddles good to u = 2^-24.
+# A mel cell sums |X_k|² with weights ≤ 1, so |ΔP_m| ≤ 2‖X‖‖ΔX‖ ≤ 2·log2(N)·η·E_t, where E_t = Σ_k |X_k|² is the frame's
+# energy (Σ_m P_m: adjacent triangles' weights sum to 1). Ours and the reference's each err that much: twice it.
+_U = 2.0 ** -24
+FFT_POWER_BOUND = 2 * 2 * math.log2(512) * (1 + 4 * math.sqrt(2)) * _U  # 1.4e-5 of E_t; measured ≤ 8e-7
+
+
+def _fbank_close(log_ours: torch.Tensor, log_ref: np.ndarray):
+    """Log-mel [T, M] against the reference in the power domain: |exp(ours) - exp(ref)| ≤ FFT_POWER_BOUND·E_t + the
+    float32 rounding of the stored logs (|log| ≤ 16; through the normalisation's ×9.14 and back: 64u relative)."""
+    ours, ref = log_ours.double().exp(), torch.from_numpy(log_ref).double().exp()
+    energy = ref.sum(-1, keepdim=True)
+    excess = (ours - ref).abs() - (FFT_POWER_BOUND * energy + 64 * _U * ref.maximum(ours))
+    assert excess.max() <= 0, (f"power differs from the reference beyond the FFT's bound at {excess.argmax().item()}: "
+                               f"{((ours - ref).abs() / energy).max().item():.3g} of the frame energy over "
+                               f"{FFT_POWER_BOUND:.3g}")
+
+
+def _numpy_rfft(x: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.from_numpy(np.fft.rfft(x.numpy(), n=n).astype(np.complex64))
+
+
+# "numpy": the same test with numpy's pocketfft as the float32 FFT, whose rounding differs from this machine's MKL as
+# another CPU's kernels do (it moves low-energy cells of the log fbank by up to 0.003): the bound is not tuned to one.
+@pytest.mark.parametrize("fft", ["torch", "numpy"])
+def test_front_end_matches_reference(fixture, monkeypatch, fft):
     names, waves, ref = fixture
+    if fft == "numpy":
+        monkeypatch.setattr(torch.fft, "rfft", _numpy_rfft)
+    empty_bank = int((mel_banks(128, 512, 16000.0, 20.0, 8000.0).sum(1) == 0).nonzero())  # no FFT bin under it
     for name in names:
         wave = waves[name] - waves[name].mean()
         fbank = kaldi_fbank(wave)
         reference = ref[f"fbank__{name}"]
         assert fbank.shape[0] == int(ref[f"num_frames__{name}"])
-        _close(fbank, reference, 1e-5)
-        floored = reference == reference.min()
-        assert np.allclose(reference[floored], -15.942385) and torch.equal(
-            fbank[torch.from_numpy(floored)], torch.full((int(floored.sum()),), float(reference.min()))
-        )
-    spec, counts = model_inputs([waves[n] - waves[n].mean() for n in names], FrontendConfig())
+        _fbank_close(fbank, reference)
+        # The floor is ln(float32 eps) on both sides, and a bank with no FFT bin under it is floored in every frame.
+        assert float(reference.min()) == float(fbank.min()) == pytest.approx(-15.942385)
+        assert (reference[:, empty_bank] == reference.min()).all() and (fbank[:, empty_bank] == fbank.min()).all()
+    config = FrontendConfig()
+    spec, counts = model_inputs([waves[n] - waves[n].mean() for n in names], config)
     assert counts == [1, 1, 1]
     for i, name in enumerate(names):
-        _close(spec[i], ref[f"model_input__{name}"], 1e-5)
+        # Undo the normalisation (exact up to float32 rounding, 1e-6 here) and hold the fbank to the same bound.
+        frames = int(ref[f"num_frames__{name}"])
+        restore = lambda x: x * (2 * config.norm_std) + config.norm_mean  # noqa: E731
+        _fbank_close(restore(spec[i, :frames].double()),
+                     restore(torch.from_numpy(ref[f"model_input__{name}"][:frames]).double()).numpy())
 
 
 def test_end_to_end_matches_reference(fixture, encoder):

@@ -51,6 +51,7 @@ def step(reference):
     return _run(reference)
 
 
+# fixture: every bound below is the fixture README's table of recommended tolerances (observed error vs smallest bug effect)
 def _close(ours, ref, atol=0.0, rtol=0.0):
     torch.testing.assert_close(ours.detach().double(), torch.from_numpy(np.asarray(ref)).double(), atol=atol, rtol=rtol)
 

@@ -102,6 +102,7 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(corpus, tmp_path):
     _pal("sslam", "pretrain", "--config", str(two), "--out", str(tmp_path / "r2"), *args, nproc=2)
     a, b = _student(tmp_path / "r1"), _student(tmp_path / "r2")
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    # reorder: the all-reduce sums two half-batch gradients in another order; 4 Adam steps (normalised updates amplify the rounding of small second moments): 1e-4
     assert worst < 1e-4, f"1-rank and 2-rank weights differ by {worst}"
     la, lb = _log(tmp_path / "r1"), _log(tmp_path / "r2")
     assert la[-1]["step"] == lb[-1]["step"] == 4

@@ -29,13 +29,54 @@ def native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+# What `precision: auto` resolves to, forced: the two CPU kinds we run on take different paths under "auto" (bf16 on
+# AVX-512/AMX bf16, fp32 on AVX2), so the suite and CI are run both ways with this variable.
+PRECISION_ENV = "PAL_PRECISION"
+
+
+def auto_precision() -> str:
+    """What "auto" means on this machine: $PAL_PRECISION ("bf16" or "fp32") when set, else "bf16" where bf16 is
+    native (`native_bf16`), else "fp32"."""
+    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if forced in ("", "auto"):
+        return "bf16" if native_bf16() else "fp32"
+    if forced not in ("bf16", "fp32"):
+        raise ValueError(f"${PRECISION_ENV} = {forced!r}: expected 'bf16', 'fp32' or 'auto' (or leave it unset).")
+    return forced
+
+
 def resolve_precision(precision: str) -> str:
-    """"auto" → "bf16" where this machine runs it natively (`native_bf16`), else "fp32"; "bf16" / "fp32" as given."""
+    """"auto" → `auto_precision()`; "bf16" / "fp32" as given."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision = {precision!r}: expected 'auto', 'bf16' or 'fp32' (fp16 is refused on CPU).")
-    if precision == "auto":
-        return "bf16" if native_bf16() else "fp32"
-    return precision
+    return auto_precision() if precision == "auto" else precision
+
+
+def machine_report() -> dict[str, str]:
+    """What decides this machine's numeric path, for `pal env` and CI logs: the CPU model and its bf16/AMX flags,
+    torch's kernel level, whether oneDNN runs bf16 natively, $PAL_PRECISION and what "auto" chose."""
+    flags, model = set(), "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {
+        "cpu": model,
+        "cores": str(os.cpu_count()),
+        "cpu flags": " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted),
+        "torch": torch.__version__,
+        "torch cpu kernels": torch.backends.cpu.get_cpu_capability(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "native bf16": "yes" if native_bf16() else "no",
+        PRECISION_ENV: os.environ.get(PRECISION_ENV, "(unset)"),
+        "precision auto chose": auto_precision(),
+    }
 
 
 def slow_bf16_note(precision: str, where: str) -> str | None:
