@@ -56,8 +56,9 @@ PRESETS = {
     "quick": dict(dims="smollm2-135m", audio_tokens=[64, 512], pairs=1, steps=1),
     "gpu": dict(dims="llama3.2-1b", audio_tokens=[64, 512, 1500], batch=8, pairs=5, steps=3, device="cuda",
                 precision="bf16"),
+    # tiny: the machinery on toy dims (`pal compare --preset smoke`, tests); the four connectors, not their variants
     "tiny": dict(dims="tiny", audio_tokens=[8, 32], text_tokens=16, supervised_tokens=8, pairs=1, steps=1,
-                 decode_tokens=2, encoder_dim=32, n_summary=4, lowrank_rank=4),
+                 decode_tokens=2, encoder_dim=32, n_summary=4, lowrank_rank=4, variants=["plits", "lal", "pal", "xattn"]),
 }
 DIMS = {"smollm2-135m": SMOLLM2_135M, "llama3.2-1b": LLAMA32_1B, "tiny": TINY}
 VARIANTS = ("plits", "lal", "lal_stored", "lal_lowrank", "pal", "xattn")  # lal_stored: lal_recompute_audio off

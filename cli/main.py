@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from encoders.safe_write import OutputError
+from encoders.safe_write import OutputError, atomic_write_json
 from eval.metrics.captioning import MetricUnavailable
 
 # `pal bench NAME`: each module has `add_arguments(parser)` and `main(args)`.
@@ -34,6 +34,24 @@ def _env(args) -> int:
 
     for key, value in machine_report().items():
         print(f"{key:22s} {value}")
+    return 0
+
+
+def _probe(args) -> int:
+    from eval.probe import run_probe
+    from eval.report import metric_cell
+
+    result = run_probe(args.features, args.encoders, args.manifest, args.test, args.seed)
+    print(f"linear probe: {result['train_clips']} training clips, {result['test_clips']} test clips, "
+          f"{len(result['classes'])} classes")
+    for name, scores in result["encoders"].items():
+        print(f"{name:14s} balanced accuracy {metric_cell(scores['balanced_accuracy'])}   mAP {metric_cell(scores['mAP'])}")
+        for label, cell in scores["classes"].items():
+            print(f"    {label:28s} {metric_cell(cell) if cell['value'] == cell['value'] else 'one-sided test set'}"
+                  f"   ({cell['positives']} positives)")
+    if args.out:
+        atomic_write_json(args.out, result)
+        print(f"results: {args.out}")
     return 0
 
 
@@ -174,18 +192,24 @@ def _infer(args) -> int:
 
 def _eval(args) -> int:
     from eval.evaluate import evaluate
+    from eval.report import CONTROLS
 
     result = evaluate(_load_llm(args), args.manifest, args.out, _decoding(args), args.batch_size,
                       baseline=not args.no_baseline)
     for task, entry in result["tasks"].items():
         for name, metric in entry["metrics"].items():
             if isinstance(metric, dict) and "value" in metric:
-                base = entry.get("no_audio", {}).get(name, {}).get("value")
                 low, high = metric["ci95"]
-                print(f"{task:9s} {name:16s} {metric['value']:.4f}  [{low:.4f}, {high:.4f}]  n={metric['n']}"
-                      + (f"   no audio: {base:.4f}" if base is not None else ""))
+                controls = "".join(f"   {label}: {entry[key][name]['value']:.4f}" for key, label in CONTROLS.items()
+                                   if "value" in entry.get(key, {}).get(name, {}))
+                print(f"{task:9s} {name:16s} {metric['value']:.4f}  [{low:.4f}, {high:.4f}]  n={metric['n']}{controls}")
             elif isinstance(metric, dict) and "unavailable" in metric:
                 print(f"{task:9s} {name:16s} unavailable: {metric['unavailable']}")
+    reliance = result.get("reliance")
+    if reliance:
+        gap = reliance["gap"]
+        print(f"audio-reliance gap (answer loss with another clip's audio minus with its own, nats/token): "
+              f"{gap['value']:+.4f} [{gap['ci95'][0]:+.4f}, {gap['ci95'][1]:+.4f}], n={reliance['n']}")
     print(f"results: {args.out}")
     for example_id, why in result["skipped"].items():
         print(f"pal: skipped {example_id}: {why}", file=sys.stderr)
@@ -257,6 +281,16 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--out", default=None, help="output folder (default runs/demo or runs/demo-smoke); reruns resume")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    probe = commands.add_parser("probe", help="linear-probe ceiling of each encoder on a manifest's labels")
+    probe.add_argument("--features", required=True, help="a feature cache folder (`pal features`)")
+    probe.add_argument("--encoders", required=True,
+                       help="the ensemble YAML the cache was built with, or a trained model folder (its encoders.json)")
+    probe.add_argument("--manifest", required=True, help="clips with classification labels (fit on these)")
+    probe.add_argument("--test", help="held-out clips to score on (default: 20%% of --manifest's clips)")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--out", help="write the results as JSON here")
+    probe.set_defaults(func=_probe)
 
     env = commands.add_parser("env", help="this machine's numeric path: CPU, bf16/AMX, what precision auto picks")
     env.set_defaults(func=_env)

@@ -24,15 +24,15 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from encoders.audio import audio_header_problem
 from encoders.manifest import ManifestError, manifest_lines, resolve_audio
 from encoders.safe_write import atomic_write_json, check_writable, disk_errors
 
-__all__ = ["AUDIO", "TASKS", "Example", "ManifestError", "validate_manifest", "check_lengths", "manifest_table",
-           "examples_dataset"]
+__all__ = ["AUDIO", "TASKS", "Example", "ManifestError", "mismatched_audio", "validate_manifest", "check_lengths",
+           "manifest_table", "examples_dataset"]
 
 ROLES = ("system", "user", "assistant")
 TASKS = ("caption", "qa", "classify", "asr")
@@ -65,6 +65,18 @@ class Example:
 
     def where(self) -> dict:
         return {"manifest": self.source, "line": self.line, "id": self.id}
+
+
+def mismatched_audio(examples: list[Example]) -> list[Example] | None:
+    """The same examples, each asked with another clip's audio: the distinct clips, in order of first appearance, are
+    shifted by one (clip j → clip j + 1, the last → the first), a fixed derangement, so no example keeps its own audio
+    and a clip's several questions all move to the same other clip. Text-only examples stay as they are.
+    → None when fewer than two distinct clips are there (no derangement exists)."""
+    clips = list(dict.fromkeys(e.audio for e in examples if e.audio is not None))
+    if len(clips) < 2:
+        return None
+    other = {clip: clips[(j + 1) % len(clips)] for j, clip in enumerate(clips)}
+    return [e if e.audio is None else replace(e, audio=other[e.audio]) for e in examples]
 
 
 def _conversation_problem(messages, require_answer: bool = True) -> str | None:

@@ -42,14 +42,16 @@ from encoders.safe_write import atomic_write_json, check_writable, disk_errors
 from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
                              peak_memory_mb, reset_peak_memory, setup_distributed, slow_bf16_note)
 from pal import TRAINABLE_GROUPS, PALConfig, PALForConditionalGeneration, PALProcessor, set_trainable
+from pal.audio_norm import AudioFeatureNorm
 from pal.llm import load_tokenizer, pal_home, resolve_llm_path
 from pal.trainable import LORA_KEYS
 
 from .config import CurriculumConfig, StageConfig
 from .data import Collator, StageData, stage_loader
-from .manifest import ManifestError, manifest_table
+from .manifest import ManifestError, manifest_table, mismatched_audio
 
 STAGE_RECORD = "stage.json"
+AUDIO_NORM_CLIPS = 256  # training clips the feature standardisation is fitted on (pal/audio_norm.py)
 
 
 def plot_losses(log_path: Path, png: Path, title: str) -> None:
@@ -61,11 +63,14 @@ def plot_losses(log_path: Path, png: Path, title: str) -> None:
     rows = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    mismatched = [(r["step"], r["val_loss_mismatched"]) for r in rows if "val_loss_mismatched" in r]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if train:
         ax.plot(*zip(*train), label="train")
     if val:
         ax.plot(*zip(*val), marker="o", label="validation")
+    if mismatched:  # the space between the two validation curves is the audio-reliance gap
+        ax.plot(*zip(*mismatched), marker="x", linestyle="--", label="validation, another clip's audio")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
@@ -74,6 +79,21 @@ def plot_losses(log_path: Path, png: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+# Below this gap (nats per answer token, validation loss with another clip's audio minus with its own) the model
+# answers as well with the wrong audio as with the right one: it does not use the audio.
+MIN_RELIANCE_GAP = 0.02
+
+
+def deafness_warning(val: dict) -> str | None:
+    """The warning for a stage whose last evaluation shows no audio-reliance gap, or None."""
+    gap = val.get("reliance_gap")
+    if gap is None or gap >= MIN_RELIANCE_GAP:
+        return None
+    return (f"the model does not use the audio: its validation loss with another clip's audio is "
+            f"{val['val_loss_mismatched']:.3f} against {val['val_loss']:.3f} with its own (gap {gap:+.3f}, under "
+            f"{MIN_RELIANCE_GAP}). Train longer, or see the README's 'Does the model hear?'.")
 
 
 class CurriculumRecipe:
@@ -123,14 +143,47 @@ class CurriculumRecipe:
     def _build_model(self, k: int) -> PALForConditionalGeneration:
         if k == 0:
             m = self.config.model
-            return PALForConditionalGeneration.from_llm(
+            model = PALForConditionalGeneration.from_llm(
                 None if m.llm == "default" else m.llm, encoder_dims=self.ensemble.dims, lora=m.lora,
                 dtype=getattr(torch, m.dtype), seed=self.config.seed, **m.connector,
             )
+            if model.audio_norm is not None:
+                self.fit_audio_norm(model)
+            return model
         previous = self.stage_dir(k - 1) / "final"
         if not (previous / "config.json").is_file():
             raise FileNotFoundError(f"stage {k + 1} starts from {previous}, which does not exist: run stage {k} first.")
         return PALForConditionalGeneration.from_pretrained(previous, dtype=torch.float32)
+
+    def fit_audio_norm(self, model: PALForConditionalGeneration) -> None:
+        """Stage 1's feature standardisation (pal/audio_norm.py), fitted on the features of up to AUDIO_NORM_CLIPS
+        distinct training clips, in the stage's epoch-0 order, and kept in stage 1's folder so that every build of
+        the model (the engine's, final/'s, a resumed run's, on every rank) reads the same statistics."""
+        path = self.stage_dir(0) / "audio_norm.safetensors"
+        if path.is_file():
+            stats = load_file(path)
+            positions = {n: stats[f"{n}.mean"].shape[0] for n in model.config.encoder_dims}
+            model.audio_norm = AudioFeatureNorm(model.config.encoder_dims, positions)
+            model.audio_norm.load_state_dict({f"stats.{k}": v for k, v in stats.items()})
+            model.config.audio_norm_positions = positions
+            return
+        data, seen, clips = self.data[0], set(), []
+        for index in data.epoch(0).reshape(-1):
+            example = data[int(index)]
+            if example.audio is not None and example.audio not in seen:
+                seen.add(example.audio)
+                clips.append(example)
+            if len(clips) == AUDIO_NORM_CLIPS:
+                break
+        collate = Collator(PALProcessor(self.tokenizer(0), model.config), self.ensemble, self.cache)
+        batches = [collate.features(clips[i : i + 16])[0] for i in range(0, len(clips), 16)]
+        model.fit_audio_norm([b for b in batches if b is not None])
+        if self.rank == 0:
+            tmp = path.with_suffix(".tmp")
+            with disk_errors(path):
+                save_file({k.removeprefix("stats."): v.contiguous() for k, v in model.audio_norm.state_dict().items()},
+                          str(tmp))
+                tmp.replace(path)
 
     def tokenizer(self, k: int):
         source = self.stage_dir(k - 1) / "final" if k > 0 else None
@@ -366,7 +419,7 @@ class CurriculumRecipe:
         batches = iter(stage_loader(data, collate, start * accum, stop * accum, self.rank, stage.batch_size,
                                     stage.num_workers, stage.prefetch_factor))
         bad_total, last_loss, train_s = 0, float("nan"), 0.0
-        self.last_batch = None
+        self.last_batch, self.last_val = None, {}
         reset_peak_memory()
         bar = tqdm(total=stop, initial=start, desc=f"stage {k + 1} ({stage.name})", disable=self.rank != 0, unit="step")
         for step in range(start, stop):
@@ -399,7 +452,12 @@ class CurriculumRecipe:
         bar.close()
         if stop > start:  # what `pal compare` reports: this rank's throughput and memory high-water mark
             examples = (stop - start) * accum * stage.batch_size * self.world
-            log.write(event="end", step=stop, examples_per_s=examples / train_s, **peak_memory_mb())
+            log.write(event="end", step=stop, examples_per_s=examples / train_s, **peak_memory_mb(), **self.last_val)
+            warning = deafness_warning(self.last_val)
+            if warning:
+                log.write(event="warning", step=stop, warning=warning)
+                if self.rank == 0:
+                    print(f"stage {k + 1} ({stage.name}): warning: {warning}")
         if stop == total:
             self.finish(k, stage_dir, processor)
         if bad_total and self.rank == 0:
@@ -432,11 +490,18 @@ class CurriculumRecipe:
     def evaluate(self, engine, val: StageData, collate, processor, stage, stage_dir: Path, step: int, log,
                  zero3: bool) -> None:
         engine.eval()
-        losses = []
+        losses, mismatched = [], []
         for b in range(stage.val_batches):
-            batch, _ = collate([val[i] for i in val.global_batch(b)])
+            examples = [val[i] for i in val.global_batch(b)]
+            batch, _ = collate(examples)
             if batch is not None:
                 losses.append(float(self.micro_step(engine, batch)))
+            # The audio-reliance gap: the same batch with each example given another clip's audio (a derangement of
+            # the batch's clips). A model that ignores the audio scores the same on both.
+            swapped = mismatched_audio(examples)
+            batch, _ = collate(swapped) if swapped else (None, None)
+            if batch is not None:
+                mismatched.append(float(self.micro_step(engine, batch)))
         examples = [val[i] for i in val.epoch(0).reshape(-1)[: stage.num_samples]]
         audio, kept, _ = collate.features(examples)
         if kept:  # on every rank: under ZeRO-3 each forward is a collective; rank 0 writes
@@ -454,7 +519,12 @@ class CurriculumRecipe:
                         f.write(json.dumps({"step": step, "id": e.id, "reference": e.messages[-1]["content"],
                                             "generated": text}) + "\n")
         if losses:
-            log.write(step=step, val_loss=sum(losses) / len(losses))
+            record = {"val_loss": sum(losses) / len(losses)}
+            if mismatched:
+                record["val_loss_mismatched"] = sum(mismatched) / len(mismatched)
+                record["reliance_gap"] = record["val_loss_mismatched"] - record["val_loss"]
+            log.write(step=step, **record)
+            self.last_val = record
         engine.train()
 
     def checkpoint(self, engine, stage_dir: Path, step: int, keep_last: int, trainable_names: list[str]) -> None:

@@ -309,7 +309,7 @@ def smoke_setup(folder: Path) -> tuple[list[Path], list[Path]]:
     configs = []
     for name, connector in SMOKE_CONNECTORS.items():
         config = {"model": {"llm": "llm", "encoders": {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}},
-                            "connector": connector},
+                            "connector": {**connector, "audio_norm": "standardize"}},
                   "stages": [{"name": "connector", "data": [{"manifest": "train.jsonl"}], "trainable": ["connector", "llm"],
                               "optim": {"lr": 1e-2, "warmup_steps": 2}, "steps": 12, "batch_size": 4,
                               "precision": "fp32", "checkpoint_every": 12, "keep_last": 1, "log_every": 1,

@@ -4,8 +4,9 @@
 resumes where it stopped (rows already there are not recomputed), and files that cannot be read are skipped, listed
 with their reason, and tried again next time.
 
-`evaluate` scores the answers by task (`task` of each manifest line; eval/metrics/) and does the same with the audio
-removed from the prompt (the no-audio baseline: same model, same questions), so the report shows what the audio adds.
+`evaluate` scores the answers by task (`task` of each manifest line; eval/metrics/) and, beside every score, two controls
+of the same model on the same questions: each asked with another clip's audio (mismatched audio), and with the audio
+removed from the prompt (audio removed); plus the teacher-forced audio-reliance gap (eval/reliance.py).
 The result file records what reproduces it: the model folder and a hash of its weights, the manifest and its hash, the
 prompt template, decoding settings, answer parsers, library versions and the date.
 """
@@ -23,12 +24,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from curriculum.data import scatter_rows
-from curriculum.manifest import Example, validate_manifest
+from curriculum.manifest import Example, mismatched_audio, validate_manifest
 from encoders.audio import AudioError
 from encoders.identity import file_hash
 from encoders.safe_write import atomic_write_json, check_writable, disk_errors
 
 from .inference import AudioLLM, Decoding
+from .reliance import reliance_gap
 
 LIBRARIES = ("pal-audio-llm", "torch", "transformers", "pycocoevalcap", "jiwer", "whisper-normalizer",
              "sentence-transformers", "scikit-learn")
@@ -63,7 +65,7 @@ def read_questions(manifest: str | Path) -> list[Example]:
 
 
 def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str | Path, decoding: Decoding | None = None,
-                 batch_size: int = 8, with_audio: bool = True, progress: bool = True) -> dict:
+                 batch_size: int = 8, with_audio: bool = True, progress: bool = True, label: str | None = None) -> dict:
     """Answer every example of `manifest` (a path, or its examples) into `out` (JSONL, resumable).
 
     → {"answered", "new", "skipped": {id: why}, "seconds": time spent answering the new ones (audio reading and
@@ -77,7 +79,7 @@ def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str |
     # length (the answers are the same in any order: a batch answers as its rows would alone).
     todo = sorted((e for e in examples if e.id not in done), key=lambda e: e.task)
     skipped, new, seconds = {}, 0, 0.0
-    bar = tqdm(total=len(todo), desc="no-audio baseline" if not with_audio else "answering", unit="q",
+    bar = tqdm(total=len(todo), desc=label or ("no-audio baseline" if not with_audio else "answering"), unit="q",
                disable=not progress)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
@@ -186,10 +188,21 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
                           "seconds_per_question": with_audio["seconds"] / with_audio["new"]}
                          if with_audio["new"] else previous)
     if baseline:
+        # Controls beside every score. "mismatched_audio": every question asked with another clip's audio (a fixed
+        # derangement of the manifest's clips), scored against its own clip's answer: what the model gets without
+        # hearing the right clip. "no_audio": the same model with the audio removed from the prompt, which it never
+        # saw in training (a model that babbles here proves nothing). The teacher-forced reliance gap beside them.
+        swapped = mismatched_audio(examples)
+        if swapped is not None:
+            path = out.with_name(out.stem + ".mismatched.jsonl")
+            run_manifest(llm, swapped, path, decoding, batch_size, True, progress, "mismatched audio")
+            for task, scores in score(examples, read_rows(path)).items():
+                result["tasks"].setdefault(task, {"n": 0, "metrics": {}})["mismatched_audio"] = scores["metrics"]
         plain = out.with_name(out.stem + ".no_audio.jsonl")
         run_manifest(llm, examples, plain, decoding, batch_size, False, progress)
         for task, scores in score(examples, read_rows(plain)).items():
             result["tasks"].setdefault(task, {"n": 0, "metrics": {}})["no_audio"] = scores["metrics"]
+        result["reliance"] = reliance_gap(llm, examples, batch_size)
     with disk_errors(out):
         atomic_write_json(out, result)
     return result

@@ -125,6 +125,23 @@ class AudioLLM:
                                   streamer=streamer, **decoding.kwargs())
         return [text.strip() for text in self.processor.decode(out, inputs["input_ids"].shape[1])]
 
+    @torch.no_grad()
+    def answer_losses(self, conversations: list[list[dict]], audio: dict | None) -> torch.Tensor:
+        """Teacher-forced cross-entropy of each conversation's assistant turns (nats per answer token), given its
+        prompt and its audio row → [B]. The audio-reliance diagnostics compare it with own and with mismatched audio."""
+        processor = PALProcessor(self.processor.tokenizer, self.model.config, padding_side="right")  # as in training
+        inputs = processor(conversations, audio)
+        audio = inputs.pop("audio", None)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        labels = inputs.pop("labels")
+        out = self.model(**inputs, audio=audio, labels=labels)
+        # out.logits: [N_supervised, V], the supervised positions (shifted labels ≠ -100) in row-major order
+        shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+        rows = (shifted != -100).nonzero()[:, 0]
+        token_loss = torch.nn.functional.cross_entropy(out.logits.float(), shifted[shifted != -100], reduction="none")
+        sums = torch.zeros(len(labels), device=token_loss.device).index_add_(0, rows, token_loss)
+        return (sums / torch.bincount(rows, minlength=len(labels)).clamp(min=1)).cpu()
+
     def ask_batch(self, audios: list[Audio], questions: list[str | list[dict]], decoding: Decoding | None = None
                   ) -> list[str]:
         """One question per clip, answered in one batch."""

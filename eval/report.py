@@ -41,14 +41,20 @@ def metric_cell(metric: dict | None, digits: int = 3) -> str:
 
 
 def metrics_table(result: dict) -> Table:
-    """One row per task and metric of a `pal eval` result, with the no-audio baseline beside it."""
+    """One row per task and metric of a `pal eval` result, with its controls beside it: another clip's audio, and
+    the audio removed (from a model that never saw a prompt without audio)."""
     rows = []
     for task, entry in result["tasks"].items():
         for name, metric in entry["metrics"].items():
             if isinstance(metric, dict) and ("value" in metric or "unavailable" in metric):
-                base = entry.get("no_audio", {}).get(name)
-                rows.append([task, name, str(metric.get("n", "")), metric_cell(metric), metric_cell(base)])
-    return Table(["task", "metric", "n", "with audio [95% CI]", "no audio [95% CI]"], rows)
+                controls = [metric_cell(entry.get(key, {}).get(name)) for key in CONTROLS]
+                rows.append([task, name, str(metric.get("n", "")), metric_cell(metric), *controls])
+    return Table(["task", "metric", "n", "with audio [95% CI]", *CONTROLS.values()], rows)
+
+
+# The controls of a `pal eval` result, by key, as the reports head their columns.
+CONTROLS = {"mismatched_audio": "another clip's audio", "text_only_trained": "text-only trained model",
+            "no_audio": "audio removed"}
 
 
 def to_markdown(title: str, sections: list[Section], folder: Path) -> str:

@@ -67,6 +67,11 @@ class PALConfig(PreTrainedConfig):
     xattn_layers: an explicit list of layers (0-indexed) that get a block in front of them.
     xattn_heads: attention heads of each block (None: the LLM's own head count); xattn_ffn_mult: its FFN width
         as a multiple of the hidden size.
+    audio_norm: "standardize" subtracts each encoder's training-set mean at every token position and divides by the
+        per-channel std before any connector (`audio_norm.py`: frozen encoders' outputs are mostly the same for every
+        clip, and a connector trained on them raw can learn to ignore them); "none" passes the features as they are.
+        The statistics are fitted by the curriculum at the start of its first stage and saved with the model.
+    audio_norm_positions: `{encoder name: P}`, the token positions whose means were fitted (set by the fit).
     lora: PEFT LoRA settings attached to the LLM, `{"r", "alpha", "dropout", "target_modules"}`; None for none.
     """
 
@@ -96,6 +101,8 @@ class PALConfig(PreTrainedConfig):
     xattn_layers: list | None = None
     xattn_heads: int | None = None
     xattn_ffn_mult: int = 4
+    audio_norm: Literal["none", "standardize"] = "none"
+    audio_norm_positions: dict | None = None
     lora: dict | None = None
     tie_word_embeddings: bool = False
 
@@ -114,7 +121,7 @@ class PALConfig(PreTrainedConfig):
         """Raise a ValueError naming the bad value and the choices."""
         for key, choices in (("connector", CONNECTORS), ("projector", ("mlp", "qformer")),
                              ("lal_rope", ("prefix", "none")), ("lal_projection", ("linear", "mlp", "lowrank")),
-                             ("lal_audio_bias", ("log_count", "none"))):
+                             ("lal_audio_bias", ("log_count", "none")), ("audio_norm", ("none", "standardize"))):
             if getattr(self, key) not in choices:
                 raise ValueError(f"{key} = {getattr(self, key)!r}: expected one of {choices}.")
         if not isinstance(self.lal_projection_rank, int) or self.lal_projection_rank <= 0:

@@ -21,6 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from encoders.outputs import EncoderOutputs
 
+from .audio_norm import AudioFeatureNorm
 from .configuration_pal import PALConfig
 from .cross_attention import CrossAttentionConnector
 from .lal_injection import LALConnector, PALCache, enable_lal_attention
@@ -88,6 +89,8 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         enable_lal_attention(self.llm)
         if config.lora:
             attach_lora(self.llm, config.lora)
+        self.audio_norm = (AudioFeatureNorm(config.encoder_dims, config.audio_norm_positions)
+                           if config.audio_norm == "standardize" else None)
         self.plits = PLITSConnector(config) if config.has_plits_tokens() else None
         lal_encoders = config.encoders_on("lal")
         self.lal = (
@@ -183,6 +186,18 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             checked[name] = (tokens.masked_fill(~mask.unsqueeze(-1), 0).to(self.dtype), mask)
         return checked
 
+    def audio_inputs(self, audio: AudioFeatures, batch_size: int) -> AudioFeatures:
+        """Checked features, standardised when `config.audio_norm` says so: what every connector reads."""
+        audio = self.check_audio(audio, batch_size)
+        return self.audio_norm(audio) if self.audio_norm is not None else audio
+
+    def fit_audio_norm(self, batches: list[AudioFeatures]) -> None:
+        """Fit the feature standardisation on training features (a list of {name: (tokens, mask)}) and record the
+        fitted shapes in the config, so that `from_pretrained` builds matching buffers."""
+        if self.audio_norm is None:
+            raise ValueError("this model has audio_norm = 'none': nothing to fit.")
+        self.config.audio_norm_positions = self.audio_norm.fit(batches)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -212,7 +227,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             inputs_embeds = self.llm.get_input_embeddings()(input_ids)
         batch = inputs_embeds.shape[0]
         if audio is not None:
-            audio = self.check_audio(audio, batch)
+            audio = self.audio_inputs(audio, batch)
 
         # PLITS: projected tokens go where the prompt holds placeholders.
         has_placeholders = audio_token_mask is not None and bool(audio_token_mask.any())
@@ -284,7 +299,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         """
         batch = next(iter(audio.values()))[0].shape[0]
         cache = PALCache(config=self.llm.config)
-        checked = self.check_audio(audio, batch)
+        checked = self.audio_inputs(audio, batch)
         if self.lal is not None:
             cache.lal_audio = self.lal(checked, self.llm).shared_repeat(repeats)  # stored once, read once per step
         if self.xattn is not None:
@@ -304,7 +319,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             )
         prepared, repeats = source
         batch = next(iter(audio.values()))[0].shape[0]
-        checked = self.check_audio(audio, batch)
+        checked = self.audio_inputs(audio, batch)
         for name, (tokens, mask) in prepared.items():
             given_tokens, given_mask = checked[name]
             same = (given_tokens.shape[0] == tokens.shape[0] * repeats and given_tokens.shape[1:] == tokens.shape[1:]

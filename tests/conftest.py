@@ -228,7 +228,8 @@ def curriculum_dict(root: Path, stages: int = 3, **stage_changes) -> dict:
     return {
         "model": {"llm": str(root / "llm"), "encoders": {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}},
                   "connector": {"connector": "pal", "n_summary": 4, "lal_start_layer": 1, "qformer_layers": 1,
-                                "qformer_heads": 2},
+                                "qformer_heads": 2, "audio_norm": "standardize",
+                                "lal_audio_bias": "none"},  # the recipe the hearing issue measured (README)
                   "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
         "stages": [stage("connector", ["connector"]), stage("lora", ["connector", "lora"], "bf16"),
                    stage("everything", ["connector", "llm"])][:stages],

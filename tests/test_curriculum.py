@@ -5,6 +5,7 @@ and manifest errors are reported with line numbers before training."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ import soundfile
 import torch
 import yaml
 from safetensors.torch import load_file
+
+from curriculum.recipe import MIN_RELIANCE_GAP
 
 from conftest import curriculum_dict, run_pal, write_yaml
 
@@ -50,11 +53,25 @@ def test_three_stages_end_to_end(workdir):
         assert (stage / "final" / "model.safetensors").is_file() and (stage / "loss.png").is_file()
         samples = [json.loads(line) for line in (stage / "samples.jsonl").read_text().splitlines()]
         assert samples and "generated" in samples[0]
+        # The audio-reliance gap at every evaluation, in the end event, and a warning exactly when it is too small.
+        log = [json.loads(line) for line in (stage / "log.jsonl").read_text().splitlines()]
+        evals = [r for r in log if "val_loss" in r and "event" not in r]
+        assert len(evals) == 2 and all(r["reliance_gap"] == r["val_loss_mismatched"] - r["val_loss"] for r in evals)
+        end = next(r for r in log if r.get("event") == "end")
+        assert end["reliance_gap"] == evals[-1]["reliance_gap"]
+        warned = [r for r in log if r.get("event") == "warning"]
+        assert bool(warned) is (end["reliance_gap"] < MIN_RELIANCE_GAP), (stage.name, end, warned)
+        assert not warned or "does not use the audio" in warned[0]["warning"]
 
     from pal import PALForConditionalGeneration
 
     llm = load_file(workdir / "llm" / "model.safetensors")
     s1 = PALForConditionalGeneration.from_pretrained(stages[0] / "final").state_dict()
+    # The feature standardisation fitted at stage 1's start travels with the model through every stage.
+    fitted = load_file(stages[0] / "audio_norm.safetensors")
+    for state in [s1] + [PALForConditionalGeneration.from_pretrained(s / "final").state_dict() for s in stages[1:]]:
+        assert all(torch.equal(state[f"audio_norm.stats.{k}"], v) for k, v in fitted.items())
+    assert fitted["sslam.scale"].ne(1).all()  # fitted, not the identity
     s2 = PALForConditionalGeneration.from_pretrained(stages[1] / "final").state_dict()
     s3 = PALForConditionalGeneration.from_pretrained(stages[2] / "final").state_dict()
     # Stage 1 trains only the connector: every LLM tensor is bit-identical to the source checkpoint.
@@ -72,7 +89,7 @@ def test_kill_and_resume_equals_uninterrupted_with_lora_and_connector_kept(workd
     straight, killed = workdir / "straight", workdir / "killed"
     _pal("train", "--config", str(config), "--out", str(straight), "--stage", "1")
     _pal("train", "--config", str(config), "--out", str(straight), "--stage", "2")
-    _pal("train", "--config", str(config), "--out", str(killed), "--stage", "1")
+    shutil.copytree(straight / "stage1-connector", killed / "stage1-connector")  # stage 1 is deterministic: train it once
     proc = _pal("train", "--config", str(config), "--out", str(killed), "--stage", "2", wait=False)
     latest = killed / "stage2-lora" / "checkpoints" / "latest"
     deadline = time.time() + 600

@@ -1,0 +1,44 @@
+"""A trained model must use its audio (the toolkit's main job). On the tiny tone-caption task the session's trained
+model finds each clip's own caption likelier than with another clip's audio (the reliance gap clears a margin), and
+the same check fails once the connector's output is zeroed: it can tell a model that hears from one that does not."""
+
+from __future__ import annotations
+
+import torch
+
+from curriculum.manifest import mismatched_audio
+from eval.evaluate import read_questions
+from eval.inference import AudioLLM
+from eval.reliance import reliance_gap
+from pal.trainable import TRAINABLE_GROUPS
+
+# nats per answer token. Hearing the pitch is worth at most ln 4 = 1.39 nats on the pitch word of a ~6-token caption,
+# about 0.2 per token; this model reaches 0.25 [0.19, 0.31], a deaf one 0 (raw features, or a zeroed connector).
+MARGIN = 0.1
+
+
+def _hears(result: dict) -> bool:
+    return result["gap"]["ci95"][0] > MARGIN
+
+
+def test_the_derangement_gives_every_clip_another_clip(curriculum_env):
+    examples = read_questions(curriculum_env / "train.jsonl")
+    swapped = mismatched_audio(examples)
+    assert [e.id for e in swapped] == [e.id for e in examples]
+    assert all(s.audio != e.audio for s, e in zip(swapped, examples) if e.audio is not None)
+    assert [s for s, e in zip(swapped, examples) if e.audio is None] == [e for e in examples if e.audio is None]
+    assert mismatched_audio(examples[:1]) is None  # one clip: no derangement exists
+
+
+def test_the_trained_model_hears_and_a_zeroed_connector_does_not(trained_tiny, curriculum_env):
+    llm = AudioLLM.from_pretrained(trained_tiny)
+    examples = read_questions(curriculum_env / "train.jsonl")
+    hearing = reliance_gap(llm, examples)
+    assert hearing["n"] == 8 and _hears(hearing), hearing
+    with torch.no_grad():
+        for name, param in llm.model.named_parameters():
+            if TRAINABLE_GROUPS["connector"](name):
+                param.zero_()
+    deaf = reliance_gap(llm, examples)
+    assert not _hears(deaf), deaf
+    assert abs(deaf["gap"]["value"]) < 1e-6  # the audio no longer reaches the answer at all
