@@ -194,8 +194,13 @@ def _eval(args) -> int:
     from eval.evaluate import evaluate
     from eval.report import CONTROLS
 
+    text_only = None
+    if args.text_only_model:
+        from eval.inference import AudioLLM
+
+        text_only = AudioLLM.from_pretrained(args.text_only_model, encoders=args.encoders)
     result = evaluate(_load_llm(args), args.manifest, args.out, _decoding(args), args.batch_size,
-                      baseline=not args.no_baseline)
+                      baseline=not args.no_baseline, text_only=text_only)
     for task, entry in result["tasks"].items():
         for name, metric in entry["metrics"].items():
             if isinstance(metric, dict) and "value" in metric:
@@ -314,11 +319,14 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     infer.add_argument("--out", help="answers JSONL for --manifest (resumable)")
     infer.set_defaults(func=_infer)
 
-    evaluate = commands.add_parser("eval", help="score a trained model on a manifest, with the no-audio baseline")
+    evaluate = commands.add_parser("eval", help="score a trained model on a manifest, with its controls beside it")
     _add_model_arguments(evaluate)
     evaluate.add_argument("--manifest", required=True, help="JSONL with gold answers and a `task` per line")
     evaluate.add_argument("--out", required=True, help="results JSON (answers go beside it, resumable)")
-    evaluate.add_argument("--no-baseline", action="store_true", help="skip the run without audio")
+    evaluate.add_argument("--no-baseline", action="store_true",
+                          help="skip the controls (another clip's audio, audio removed, the reliance gap)")
+    evaluate.add_argument("--text-only-model", help="a model trained by the same curriculum with the audio removed from "
+                          "its data: asked the same questions without audio, it is the prior a model reaches unheard")
     evaluate.set_defaults(func=_eval)
 
     comparison = commands.add_parser("compare", help="connectors under one curriculum: K seeds, one report")

@@ -161,11 +161,8 @@ class CurriculumRecipe:
         the model (the engine's, final/'s, a resumed run's, on every rank) reads the same statistics."""
         path = self.stage_dir(0) / "audio_norm.safetensors"
         if path.is_file():
-            stats = load_file(path)
-            positions = {n: stats[f"{n}.mean"].shape[0] for n in model.config.encoder_dims}
-            model.audio_norm = AudioFeatureNorm(model.config.encoder_dims, positions)
-            model.audio_norm.load_state_dict({f"stats.{k}": v for k, v in stats.items()})
-            model.config.audio_norm_positions = positions
+            model.audio_norm, model.config.audio_norm_positions = AudioFeatureNorm.from_statistics(
+                path, model.config.encoder_dims)
             return
         data, seen, clips = self.data[0], set(), []
         for index in data.epoch(0).reshape(-1):
@@ -179,11 +176,8 @@ class CurriculumRecipe:
         batches = [collate.features(clips[i : i + 16])[0] for i in range(0, len(clips), 16)]
         model.fit_audio_norm([b for b in batches if b is not None])
         if self.rank == 0:
-            tmp = path.with_suffix(".tmp")
             with disk_errors(path):
-                save_file({k.removeprefix("stats."): v.contiguous() for k, v in model.audio_norm.state_dict().items()},
-                          str(tmp))
-                tmp.replace(path)
+                model.audio_norm.save_statistics(path)
 
     def tokenizer(self, k: int):
         source = self.stage_dir(k - 1) / "final" if k > 0 else None

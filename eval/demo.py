@@ -25,11 +25,15 @@ PRESETS = {
     "smoke": {"clips": 60, "sslam": (12, 6), "curriculum": "demo-smoke.yaml", "max_new_tokens": 24, "batch": 8},
     "full": {"clips": 800, "sslam": (200, 100), "curriculum": "demo-full.yaml", "max_new_tokens": 32, "batch": 16},
 }
-# Goals of the full preset on the test split (issue text); reported as met or missed, whatever they turn out to be.
-GOALS = [("qa", "accuracy_yes_no", "presence yes/no accuracy", 0.85, False),
-         ("classify", "accuracy", "event classification accuracy", 0.60, False),
-         ("qa", "accuracy_short", "spoken-word accuracy", 0.70, False),
-         ("caption", "CIDEr-D", "caption CIDEr-D, times the no-audio model's", 2.0, True)]
+# Goals of the full preset on the test split (the hearing issue's), reported as met or missed, whatever they turn out
+# to be: (task, metric, what, target, "≥" or "≤", which result: the model's "metrics" or a control's key).
+GOALS = [("qa", "accuracy_yes_no", "presence yes/no accuracy", 0.90, "≥", "metrics"),
+         ("classify", "accuracy", "event classification accuracy", 0.60, "≥", "metrics"),
+         ("qa", "accuracy_short", "spoken-word accuracy", 0.80, "≥", "metrics"),
+         ("qa", "accuracy_count", "count accuracy", 0.60, "≥", "metrics"),
+         ("caption", "CIDEr-D", "caption CIDEr-D", 1.0, "≥", "metrics"),
+         ("asr", "wer", "speech WER", 0.40, "≤", "metrics"),
+         ("qa", "accuracy_yes_no", "presence with another clip's audio (control)", 0.60, "≤", "mismatched_audio")]
 
 
 def say(message: str) -> None:
@@ -129,24 +133,29 @@ def step_eval(out: Path, data: Path, final: Path, preset: dict) -> dict:
     if results.is_file():
         say(f"[5/6] evaluation: {results} is there")
         return json.loads(results.read_text())
-    say(f"[5/6] evaluation: the test split with and without audio ({data / 'test.jsonl'})")
+    say(f"[5/6] evaluation: the test split, with its controls ({data / 'test.jsonl'})")
     llm = AudioLLM.from_pretrained(final)
     return evaluate(llm, data / "test.jsonl", results, Decoding(max_new_tokens=preset["max_new_tokens"]),
                     batch_size=preset["batch"])
 
 
+def _gap(out: Path) -> str:
+    ends = [json.loads(line) for stage in sorted((out / "curriculum").glob("stage*/log.jsonl"))
+            for line in stage.read_text().splitlines() if '"event": "end"' in line]
+    gaps = [f"{e['reliance_gap']:+.3f}" for e in ends if "reliance_gap" in e]
+    return " → ".join(gaps) + " nats per answer token over the stages" if gaps else "not measured"
+
+
 def goals(result: dict) -> list[list[str]]:
     rows = []
-    for task, name, what, target, relative in GOALS:
-        entry = result["tasks"].get(task, {})
-        metric, base = entry.get("metrics", {}).get(name), entry.get("no_audio", {}).get(name)
+    for task, name, what, target, direction, source in GOALS:
+        metric = result["tasks"].get(task, {}).get(source, {}).get(name)
         if not metric or "value" not in metric:
-            rows.append([what, f"{target}", "not measured", "–"])
+            rows.append([what, f"{direction} {target}", "not measured", "–"])
             continue
-        value = metric["value"] / max(base["value"], 1e-9) if relative and base and "value" in base else metric["value"]
-        shown = f"{value:.2f}×" if relative else f"{value:.3f}"
-        rows.append([what, f"≥ {target}{'×' if relative else ''}", shown,
-                     "met" if value >= target else f"missed by {target - value:.3f}"])
+        value = metric["value"]
+        met = value >= target if direction == "≥" else value <= target
+        rows.append([what, f"{direction} {target}", f"{value:.3f}", "met" if met else f"missed by {abs(target - value):.3f}"])
     return rows
 
 
@@ -176,7 +185,10 @@ def step_report(out: Path, data: Path, result: dict, final: Path, preset_name: s
             f"Preset {preset_name}: {card['clips']} scenes ({card['scenes']}) of real recorded sounds, espeak-ng speech "
             "and sox tones; SSLAM pre-trained here on the training clips; SmolLM2-135M-Instruct trained through the "
             "three-stage curriculum with PAL (SSLAM via LAL from layer 4, Whisper-base via PLITS). Test split with "
-            "held-out pairs of sources; the baseline is the same model asked without the audio. "
+            "held-out pairs of sources. Beside every score, two controls of the same model: each question asked with "
+            "another clip's audio (a model that hears drops towards chance there), and with the audio removed (which "
+            "it never saw in training). The last stage's audio-reliance gap (validation loss with another clip's audio "
+            f"minus with its own): {_gap(out)}. "
             f"Everything took {seconds / 60:.1f} minutes.",
             metrics_table(result)]),
         Section("Goals", [Table(["goal", "target", "measured", "status"], goals(result))]),

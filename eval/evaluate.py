@@ -161,8 +161,11 @@ def _versions() -> dict[str, str]:
 
 
 def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Decoding | None = None,
-             batch_size: int = 8, baseline: bool = True, progress: bool = True) -> dict:
-    """Answer, score and write `out` (JSON); answers go to `<out>.answers.jsonl` (and `.no_audio.jsonl`), resumable."""
+             batch_size: int = 8, baseline: bool = True, progress: bool = True, text_only: AudioLLM | None = None
+             ) -> dict:
+    """Answer, score and write `out` (JSON); answers go to `<out>.answers.jsonl` (and `.mismatched.jsonl`,
+    `.no_audio.jsonl`, `.text_only.jsonl`), resumable. `text_only`: a model trained by the same curriculum without
+    audio, asked the same questions without audio (the "text_only_trained" control)."""
     decoding = decoding or Decoding()
     out = Path(out)
     examples = read_questions(manifest)
@@ -203,6 +206,12 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
         for task, scores in score(examples, read_rows(plain)).items():
             result["tasks"].setdefault(task, {"n": 0, "metrics": {}})["no_audio"] = scores["metrics"]
         result["reliance"] = reliance_gap(llm, examples, batch_size)
+    if text_only is not None:
+        path = out.with_name(out.stem + ".text_only.jsonl")
+        run_manifest(text_only, examples, path, decoding, batch_size, False, progress, "text-only trained model")
+        for task, scores in score(examples, read_rows(path)).items():
+            result["tasks"].setdefault(task, {"n": 0, "metrics": {}})["text_only_trained"] = scores["metrics"]
+        result["text_only_model"] = str(text_only.folder)
     with disk_errors(out):
         atomic_write_json(out, result)
     return result

@@ -20,6 +20,8 @@ Notation: B batch, N tokens, D channels, P fitted positions.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -65,6 +67,9 @@ class AudioFeatureNorm(nn.Module):
         buffers have their shapes when the model is loaded again."""
         positions = {}
         for name, stats in self.stats.items():
+            if not any(bool(audio[name][1].any()) for audio in batches):  # no audio at all: stay the identity
+                positions[name] = stats.mean.shape[0]
+                continue
             width = max(audio[name][0].shape[1] for audio in batches)
             sums = torch.zeros(width, stats.scale.shape[0], dtype=torch.float64)
             counts = torch.zeros(width, 1, dtype=torch.float64)
@@ -73,14 +78,14 @@ class AudioFeatureNorm(nn.Module):
                 m = mask.double().unsqueeze(-1)
                 sums[: tokens.shape[1]] += (tokens.double() * m).sum(0)
                 counts[: tokens.shape[1]] += m.sum(0)
-            kept = int((counts[:, 0] >= MIN_CLIPS_PER_POSITION).sum())  # real tokens fill positions from the start
-            if kept == 0:
-                raise ValueError(f"audio_norm: fewer than {MIN_CLIPS_PER_POSITION} clips to fit encoder {name!r} on.")
+            # Real tokens fill positions from the start. Under MIN_CLIPS_PER_POSITION clips no position is fitted
+            # (a mean over one clip would erase that clip): every position then takes the mean over positions.
+            kept = int((counts[:, 0] >= MIN_CLIPS_PER_POSITION).sum())
             stats.mean = (sums[:kept] / counts[:kept]).float().to(stats.scale.device)
             stats.fallback.copy_((sums.sum(0) / counts.sum()).float())
             squares, seen = torch.zeros_like(sums[0]), 0.0
             for audio in batches:  # pass 2: σ[c] over what remains once μ is removed, at the fitted positions
-                tokens, mask = audio[name][0][:, :kept], audio[name][1][:, :kept]
+                tokens, mask = (audio[name][0][:, :kept], audio[name][1][:, :kept]) if kept else audio[name]
                 centred = (tokens.double() - self._means(name, tokens.shape[1]).double()) * mask.double().unsqueeze(-1)
                 squares += centred.pow(2).sum((0, 1))
                 seen += float(mask.sum())
@@ -89,6 +94,28 @@ class AudioFeatureNorm(nn.Module):
             stats.scale.copy_(torch.sqrt(var + 1e-6 * var.mean()).float())
             positions[name] = kept
         return positions
+
+
+    def save_statistics(self, path: str | Path) -> None:
+        """The fitted statistics alone, as safetensors ({name}.mean, .fallback, .scale), written atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        save_file({f"{name}.{key}": value.contiguous() for name, stats in self.stats.items()
+                   for key, value in stats.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+
+    @classmethod
+    def from_statistics(cls, path: str | Path, encoder_dims: dict[str, int]) -> tuple["AudioFeatureNorm", dict]:
+        """The module `save_statistics` wrote → (module, {name: fitted positions})."""
+        from safetensors.torch import load_file
+
+        stats = load_file(str(path))
+        positions = {name: stats[f"{name}.mean"].shape[0] for name in encoder_dims}
+        module = cls(encoder_dims, positions)
+        module.load_state_dict({f"stats.{key}": value for key, value in stats.items()})
+        return module, positions
 
 
 __all__ = ["AudioFeatureNorm"]

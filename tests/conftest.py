@@ -228,8 +228,7 @@ def curriculum_dict(root: Path, stages: int = 3, **stage_changes) -> dict:
     return {
         "model": {"llm": str(root / "llm"), "encoders": {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}},
                   "connector": {"connector": "pal", "n_summary": 4, "lal_start_layer": 1, "qformer_layers": 1,
-                                "qformer_heads": 2, "audio_norm": "standardize",
-                                "lal_audio_bias": "none"},  # the recipe the hearing issue measured (README)
+                                "qformer_heads": 2, "audio_norm": "standardize"},
                   "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
         "stages": [stage("connector", ["connector"]), stage("lora", ["connector", "lora"], "bf16"),
                    stage("everything", ["connector", "llm"])][:stages],
@@ -259,8 +258,9 @@ def trained_tiny(curriculum_env, tmp_path_factory):
     """A tiny PAL model trained once per session (one stage, connector and LoRA) on the tone captions: a `final/`
     folder as `pal train` writes it, with its tokenizer and encoders.json."""
     root = tmp_path_factory.mktemp("trained")
-    config = curriculum_dict(curriculum_env, stages=1, steps=60, val_manifest=None, num_samples=0,
-                             checkpoint_every=60, log_every=10, group_by_length=False,
+    # 100 steps: the reliance gap opens between 60 (0.12 nats) and 100 (0.53) on this task (README, "Does it hear?")
+    config = curriculum_dict(curriculum_env, stages=1, steps=100, val_manifest=None, num_samples=0,
+                             checkpoint_every=100, log_every=10, group_by_length=False,
                              trainable=["connector", "llm"], optim={"lr": 5e-3, "warmup_steps": 2})
     train_in_process(write_yaml(root / "c.yaml", config), root / "run")
     return root / "run" / "stage1-connector" / "final"

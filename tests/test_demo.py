@@ -27,15 +27,19 @@ def test_demo_smoke_writes_a_report_with_the_evaluations_numbers(smoke, capsys):
     rows = {}
     for line in report.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 5 and cells[0] in result["tasks"]:
+        if len(cells) == 7 and cells[0] in result["tasks"]:
             rows[cells[0], cells[1]] = cells
     assert {("qa", "accuracy"), ("classify", "accuracy"), ("caption", "CIDEr-D")} <= set(rows)
     for (task, name), cells in rows.items():
         metrics = result["tasks"][task]
         assert cells[3] == metric_cell(metrics["metrics"][name]), (task, name)
-        assert cells[4] == metric_cell(metrics.get("no_audio", {}).get(name)), (task, name)
+        # the controls: another clip's audio, a text-only trained model (none in the demo yet), audio removed
+        assert cells[4] == metric_cell(metrics["mismatched_audio"].get(name)), (task, name)
+        assert cells[5] == "–" and cells[6] == metric_cell(metrics.get("no_audio", {}).get(name)), (task, name)
         if "value" in metrics["metrics"][name]:
             assert re.fullmatch(r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]", cells[3])
+    assert "audio-reliance gap" in report and "nats per answer token over the stages" in report
+    assert "presence with another clip's audio (control)" in report  # the goals, met or missed, controls included
     page = (smoke / "report.html").read_text()
     assert "data:image/png;base64," in page and page.count("<table>") >= 3  # self-contained: curves embedded
     for stage in ("stage1-connector", "stage2-closed-qa", "stage3-all"):

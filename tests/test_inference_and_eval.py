@@ -269,8 +269,10 @@ def test_pal_eval_scores_every_task_with_baseline_and_provenance(trained_tiny, c
     rows += [row(i, "asr", "Transcribe the speech.", text) for i, text in enumerate(["a high pitched tone", "hello"])]
     manifest = write_jsonl(tmp_path / "test.jsonl", rows)
     out = tmp_path / "results.json"
+    # The trained model again as the "text-only trained" model: asked without audio it must score as the audio-removed
+    # control does (the wiring), which a model really trained without audio would not.
     assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
-                 "--max-new-tokens", "10"]) == 0
+                 "--max-new-tokens", "10", "--text-only-model", str(trained_tiny)]) == 0
     result = json.loads(out.read_text())
     answers = {r["id"]: r["answer"] for r in map(json.loads, (tmp_path / "results.answers.jsonl").read_text()
                                                  .splitlines())}
@@ -300,5 +302,12 @@ def test_pal_eval_scores_every_task_with_baseline_and_provenance(trained_tiny, c
     assert result["model"]["weights"]["model.safetensors"] and result["manifest"]["sha256_16"]
     assert result["decoding"]["max_new_tokens"] == 10 and result["libraries"]["pycocoevalcap"] != "not installed"
     assert set(result["answer_parsers"]) == {"caption", "classify", "qa", "asr"} and result["date"]
+    for task, entry in result["tasks"].items():
+        assert entry["text_only_trained"] == entry["no_audio"], task
+        assert set(entry["mismatched_audio"]) == set(entry["metrics"]), task  # every score has its control
+    mismatched = {r["id"]: r for r in map(json.loads, (tmp_path / "results.mismatched.jsonl").read_text().splitlines())}
+    assert all(mismatched[r["id"]]["audio"] != r["audio"] for r in rows)  # every question heard another clip
+    assert result["reliance"]["n"] == len(rows) and len(result["reliance"]["gap"]["ci95"]) == 2
     printed = capsys.readouterr().out
-    assert "qa        accuracy" in printed and "no audio:" in printed
+    assert "qa        accuracy" in printed and "audio removed:" in printed and "another clip's audio:" in printed
+    assert "audio-reliance gap" in printed
