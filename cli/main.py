@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import re
 import sys
 from pathlib import Path
@@ -47,7 +48,8 @@ def _probe(args) -> int:
     for name, scores in result["encoders"].items():
         print(f"{name:14s} balanced accuracy {metric_cell(scores['balanced_accuracy'])}   mAP {metric_cell(scores['mAP'])}")
         for label, cell in scores["classes"].items():
-            print(f"    {label:28s} {metric_cell(cell) if cell['value'] == cell['value'] else 'one-sided test set'}"
+            one_sided = math.isnan(cell["value"])  # every test clip has the label, or none has
+            print(f"    {label:28s} {'one-sided test set' if one_sided else metric_cell(cell)}"
                   f"   ({cell['positives']} positives)")
     if args.out:
         atomic_write_json(args.out, result)

@@ -190,6 +190,14 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     result["latency"] = ({"questions": with_audio["new"], "batch_size": batch_size,
                           "seconds_per_question": with_audio["seconds"] / with_audio["new"]}
                          if with_audio["new"] else previous)
+    def control(key: str, model: AudioLLM, asked: list[Example], suffix: str, audio: bool, label: str) -> None:
+        """Ask `asked` (the manifest's questions, perhaps with other audio) into `<out>.<suffix>.jsonl` and score the
+        answers against the manifest's gold answers under tasks[task][key]."""
+        path = out.with_name(f"{out.stem}.{suffix}.jsonl")
+        run_manifest(model, asked, path, decoding, batch_size, audio, progress, label)
+        for task, scores in score(examples, read_rows(path)).items():
+            result["tasks"].setdefault(task, {"n": 0, "metrics": {}})[key] = scores["metrics"]
+
     if baseline:
         # Controls beside every score. "mismatched_audio": every question asked with another clip's audio (a fixed
         # derangement of the manifest's clips), scored against its own clip's answer: what the model gets without
@@ -197,20 +205,11 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
         # saw in training (a model that babbles here proves nothing). The teacher-forced reliance gap beside them.
         swapped = mismatched_audio(examples)
         if swapped is not None:
-            path = out.with_name(out.stem + ".mismatched.jsonl")
-            run_manifest(llm, swapped, path, decoding, batch_size, True, progress, "mismatched audio")
-            for task, scores in score(examples, read_rows(path)).items():
-                result["tasks"].setdefault(task, {"n": 0, "metrics": {}})["mismatched_audio"] = scores["metrics"]
-        plain = out.with_name(out.stem + ".no_audio.jsonl")
-        run_manifest(llm, examples, plain, decoding, batch_size, False, progress)
-        for task, scores in score(examples, read_rows(plain)).items():
-            result["tasks"].setdefault(task, {"n": 0, "metrics": {}})["no_audio"] = scores["metrics"]
+            control("mismatched_audio", llm, swapped, "mismatched", True, "mismatched audio")
+        control("no_audio", llm, examples, "no_audio", False, "no-audio baseline")
         result["reliance"] = reliance_gap(llm, examples, batch_size)
     if text_only is not None:
-        path = out.with_name(out.stem + ".text_only.jsonl")
-        run_manifest(text_only, examples, path, decoding, batch_size, False, progress, "text-only trained model")
-        for task, scores in score(examples, read_rows(path)).items():
-            result["tasks"].setdefault(task, {"n": 0, "metrics": {}})["text_only_trained"] = scores["metrics"]
+        control("text_only_trained", text_only, examples, "text_only", False, "text-only trained model")
         result["text_only_model"] = str(text_only.folder)
     with disk_errors(out):
         atomic_write_json(out, result)

@@ -95,7 +95,6 @@ class AudioFeatureNorm(nn.Module):
             positions[name] = kept
         return positions
 
-
     def save_statistics(self, path: str | Path) -> None:
         """The fitted statistics alone, as safetensors ({name}.mean, .fallback, .scale), written atomically."""
         from safetensors.torch import save_file
