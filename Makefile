@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 STAMP := $(VENV)/.installed
 # Debian packages the project needs at run time: a Java runtime for pycocoevalcap's PTB tokenizer and METEOR; the
-# demo's real sounds (freedesktop and ALSA sound files), speech (espeak-ng), tones and noise (sox).
-APT_PACKAGES := default-jre-headless espeak-ng sox libsox-fmt-all alsa-utils sound-theme-freedesktop
+# demo's real recorded sounds, several recordings per class (sound themes, game and music sample packages, a real
+# voice reading digits: curriculum/demo_dataset.py lists what each gives and its licence), speech (espeak-ng), tones
+# and noise (sox). About 60 MB to download.
+APT_PACKAGES := default-jre-headless espeak-ng sox libsox-fmt-all alsa-utils sound-theme-freedesktop \
+	minetest-data hydrogen-data lmms-common sonic-pi-samples sound-icons asterisk-core-sounds-en-wav
 
 .PHONY: setup test demo bench clean
 
@@ -18,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 		missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 		if command -v java >/dev/null; then missing=$$(echo $$missing | sed 's/default-jre-headless//'); fi; \
 		if [ -n "$$(echo $$missing)" ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi; \
 	else for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo "note: Debian package $$p is missing (install it as root)"; done; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip setuptools wheel

@@ -237,7 +237,8 @@ def _compare(args) -> int:
         seeds, bench = args.seeds or 3, args.bench_preset or "quick"
     record = compare(configs, seeds, out, manifests, None if bench == "none" else bench, args.batch_size,
                      args.max_new_tokens)
-    failed = [f"{c} seed {s}" for c, runs in record["runs"].items() for s, r in runs.items() if r["status"] != "done"]
+    failed = [f"{c} seed {s}" for c, runs in {**record["runs"], "text-only baseline": record["text_only"]}.items()
+              for s, r in runs.items() if r["status"] != "done"]
     print(f"report: {record['report'][0]} and {record['report'][1]}")
     for run in failed:
         print(f"pal: run failed: {run} (see {out / 'compare.json'})", file=sys.stderr)

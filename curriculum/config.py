@@ -74,6 +74,10 @@ class StageConfig:
     keep_last: int = bounded(2, ge=0)  # 0 keeps every checkpoint
     log_every: int = bounded(10, ge=1)
     group_by_length: bool = True
+    # Up to this many questions about one clip trained as one sequence, the shared prompt and audio once, each
+    # question-answer a branch that sees only the prompt and itself (pal/packing.py: the same loss as separate
+    # examples, at one prompt's cost). batch_size then counts sequences. 0: one example per sequence.
+    pack_questions: int = bounded(0, ge=0)
     # Recompute each decoder layer's activations in the backward pass instead of keeping them: less memory, about
     # a third more compute (`pal bench curriculum` measures both).
     gradient_checkpointing: bool = False

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from encoders.audio import AudioError
+from pal.packing import pack_rows, pad_packed
 
 from .manifest import Example, example_from_row
 
@@ -36,16 +37,20 @@ class StageData(torch.utils.data.Dataset):
     them. Index i of this dataset is row i of the tables laid end to end."""
 
     def __init__(self, sources: list[tuple[object, float, str]], seed: int, stage: int, global_batch: int,
-                 group_by_length: bool = False):
+                 group_by_length: bool = False, pack: int = 0):
         if any(w <= 0 for _, w, _ in sources):
             raise ValueError(f"manifest weights must be positive, got {[w for _, w, _ in sources]}.")
         self.tables = [table for table, _, _ in sources]
         self.names = [name for _, _, name in sources]
-        self.sizes = [len(table) for table in self.tables]
+        # Only the length (and, to pack, the audio) columns are read whole; every other column stays mapped.
+        row_lengths = [t.data.column("length").to_numpy() for t in self.tables]
+        # An item is one example, or with `pack` up to `pack` examples about the same clip (`clip_groups`).
+        self.groups = [clip_groups(t, pack) if pack else None for t in self.tables]
+        self.sizes = [len(t) if g is None else len(g) for t, g in zip(self.tables, self.groups)]
         self.offsets = np.cumsum([0] + self.sizes[:-1])
         self.per_epoch = [max(1, round(w * n)) for (_, w, _), n in zip(sources, self.sizes)]
-        # Only the length column is read whole (4 bytes a row, for the grouping); every other column stays mapped.
-        self.lengths = np.concatenate([t.data.column("length").to_numpy() for t in self.tables])
+        self.lengths = np.concatenate([n if g is None else np.array([n[rows].sum() for rows in g], dtype=np.int64)
+                                       for n, g in zip(row_lengths, self.groups)])
         self.seed, self.stage, self.size, self.group = seed, stage, global_batch, group_by_length
         self.batches_per_epoch = -(-sum(self.per_epoch) // global_batch)
         self._plan: tuple[int, np.ndarray] | None = None
@@ -53,9 +58,12 @@ class StageData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __getitem__(self, index: int) -> Example:
+    def __getitem__(self, index: int) -> Example | list[Example]:
         source = int(np.searchsorted(self.offsets, index, side="right")) - 1
-        return example_from_row(self.tables[source][int(index - self.offsets[source])], self.names[source])
+        item, table, name = int(index - self.offsets[source]), self.tables[source], self.names[source]
+        if self.groups[source] is None:
+            return example_from_row(table[item], name)
+        return [example_from_row(table[int(row)], name) for row in self.groups[source][item]]
 
     def _stream(self, source: int, start: int, count: int) -> np.ndarray:
         """Items [start, start + count) of the source's endless sequence of shuffled passes (pass p: its own seed)."""
@@ -88,6 +96,20 @@ class StageData(torch.utils.data.Dataset):
         """Global batch g of the stage (counting across epochs): dataset indices [global_batch]."""
         epoch, within = divmod(g, self.batches_per_epoch)
         return self.epoch(epoch)[within]
+
+
+def clip_groups(table, size: int) -> list[np.ndarray]:
+    """The table's rows grouped by clip, in first-seen order: lists of at most `size` row indices that share one
+    packing key, the row's `group` or else its audio path (a clip with more questions gives several groups). A row
+    with neither is a group of its own. The text-only baseline's rows keep their clip as `group`."""
+    groups = table.data.column("group").to_pylist()
+    by_clip: dict[str, list[int]] = {}
+    alone: list[list[int]] = []
+    for row, audio in enumerate(table.data.column("audio").to_pylist()):
+        key = groups[row] if groups[row] is not None else audio
+        (alone.append([row]) if key is None else by_clip.setdefault(key, []).append(row))
+    groups = [rows[i : i + size] for rows in by_clip.values() for i in range(0, len(rows), size)] + alone
+    return [np.asarray(g, dtype=np.int64) for g in sorted(groups, key=lambda g: g[0])]
 
 
 class RankBatches(torch.utils.data.Sampler):
@@ -129,33 +151,39 @@ class Collator:
         self.max_length, self.too_long = max_length, too_long
         self.counts: Counter = Counter()  # "truncated", "long audio: <encoder> <policy>", ...
 
-    def load(self, examples: list[Example]) -> dict:
+    def load(self, examples: list[Example] | list[list[Example]]) -> dict:
         """The worker's part: each example's audio read at the encoders' rates (or its cached features) and its
-        conversation templated. → {"examples": kept, "bad": [(example, problem)], "rows": each kept example's audio
-        row or None, "clips" or "cached", "segments", "counts"}."""
-        bad, kept, rows, clips, paths, segments, counts = [], [], [], [], [], [], Counter()
-        for example in examples:
+        conversation templated; a clip that several examples share is read once. `examples` may hold groups of
+        examples about one clip (`StageData` with `pack`), which `finish` packs into one sequence each.
+        → {"examples": kept, "bad": [(example, problem)], "rows": each kept example's audio row or None, "clips" or
+        "cached", "segments", "groups": each kept example's group, "packed", "counts"}."""
+        bad, kept, rows, clips, paths, segments, groups, counts = [], [], [], [], [], [], [], Counter()
+        read: dict[str, int] = {}  # audio path → its row in clips / paths
+        items = [(g, e) for g, item in enumerate(examples) for e in (item if isinstance(item, list) else [item])]
+        for group, example in items:
             try:  # AudioError is a ValueError; so is a conversation the chat template cannot split
                 pieces = self.processor.segments(example.messages)
-                row = None
-                if example.audio is not None and self.cache is not None:
+                row = read.get(example.audio) if example.audio is not None else None
+                if example.audio is not None and row is None and self.cache is not None:
                     if example.audio not in self.cache:
                         raise AudioError(f"{example.audio} is not in the feature cache {self.cache.root}")
                     paths.append(example.audio)
-                    row = len(paths) - 1
-                elif example.audio is not None:
+                    row = read[example.audio] = len(paths) - 1
+                elif example.audio is not None and row is None:
                     clip = self.ensemble.load(example.audio)
                     counts.update(self.ensemble.long_audio_events(clip))
                     clips.append(clip)
-                    row = len(clips) - 1
+                    row = read[example.audio] = len(clips) - 1
             except ValueError as err:
                 bad.append((example, str(err)))
                 continue
             kept.append(example)
             rows.append(row)
             segments.append(pieces)
+            groups.append(group)
         return {"examples": kept, "bad": bad, "rows": rows, "clips": clips,
-                "cached": self.cache.get(paths) if paths else None, "segments": segments, "counts": counts}
+                "cached": self.cache.get(paths) if paths else None, "segments": segments, "groups": groups,
+                "packed": any(isinstance(item, list) for item in examples), "counts": counts}
 
     def audio(self, loaded: dict) -> dict | None:
         """Encoder outputs with one row per kept example: the frozen encoders run here, batched, on their device."""
@@ -198,10 +226,27 @@ class Collator:
             keep.append(i)
         if not rows:
             return None, bad
-        batch = self.processor.pad(rows)
+        if loaded.get("packed"):
+            batch, keep = self.pack(rows, keep, loaded["groups"])
+        else:
+            batch = self.processor.pad(rows)
         if audio is not None:
             batch["audio"] = {n: (t[keep], m[keep]) for n, (t, m) in audio.items()}
+        batch["examples"] = len(rows)  # question-answer examples in the batch (a packed row holds several)
         return batch, bad
+
+    def pack(self, rows: list, keep: list[int], groups: list[int]) -> tuple[dict, list[int]]:
+        """Each group's rows packed into shared-prefix sequences (pal/packing.py) → (batch, each packed row's audio
+        row among the kept examples)."""
+        by_group: dict[int, list[int]] = {}
+        for r, i in enumerate(keep):
+            by_group.setdefault(groups[i], []).append(r)
+        packed, audio_rows = [], []
+        for members in by_group.values():
+            for row in pack_rows([rows[r] for r in members], self.max_length):
+                packed.append(row)
+                audio_rows.append(keep[members[0]])
+        return pad_packed(packed, self.processor.pad_id), audio_rows
 
     def no_audio(self, rows: int) -> dict | None:
         """Features for a batch without audio: one masked-out token per encoder and row. The model then runs its

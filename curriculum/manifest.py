@@ -31,8 +31,8 @@ from encoders.audio import audio_header_problem
 from encoders.manifest import ManifestError, manifest_lines, resolve_audio
 from encoders.safe_write import atomic_write_json, check_writable, disk_errors
 
-__all__ = ["AUDIO", "TASKS", "Example", "ManifestError", "mismatched_audio", "validate_manifest", "check_lengths",
-           "manifest_table", "examples_dataset"]
+__all__ = ["AUDIO", "TASKS", "Example", "ManifestError", "mismatched_audio", "without_audio", "write_without_audio",
+           "validate_manifest", "check_lengths", "manifest_table", "examples_dataset"]
 
 ROLES = ("system", "user", "assistant")
 TASKS = ("caption", "qa", "classify", "asr")
@@ -51,6 +51,7 @@ class Example:
     labels: list[str] | None = None  # classification: the gold label(s), for evaluation
     choices: list[str] | None = None  # multiple-choice QA: the options, for evaluation
     references: list[str] | None = None  # captioning: every reference caption, for evaluation
+    group: str | None = None  # rows packed together (`pack_questions`): this key, else the audio path
 
     @property
     def prompt(self) -> list[dict]:
@@ -77,6 +78,25 @@ def mismatched_audio(examples: list[Example]) -> list[Example] | None:
         return None
     other = {clip: clips[(j + 1) % len(clips)] for j, clip in enumerate(clips)}
     return [e if e.audio is None else replace(e, audio=other[e.audio]) for e in examples]
+
+
+def without_audio(row: dict) -> dict:
+    """A manifest row with its audio removed: no `audio`, and `<audio>` (with the newline after it) gone from every
+    turn; the clip stays as the row's packing `group`, so the clip's questions still pack together. The text-only
+    trained baseline learns from such rows: the answers' prior, reached without hearing."""
+    messages = [{**m, "content": m["content"].replace(AUDIO + "\n", "").replace(AUDIO, "")} for m in row["messages"]]
+    group = row.get("group", row.get("audio"))
+    return ({k: v for k, v in row.items() if k != "audio"} | {"messages": messages}
+            | ({"group": group} if group is not None else {}))
+
+
+def write_without_audio(src: str | Path, dst: str | Path) -> Path:
+    """`without_audio` applied to every line of the manifest `src`, written to `dst`."""
+    rows = [json.loads(line) for line in Path(src).read_text().splitlines() if line.strip()]
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text("".join(json.dumps(without_audio(r)) + "\n" for r in rows))
+    return dst
 
 
 def _conversation_problem(messages, require_answer: bool = True) -> str | None:
@@ -178,7 +198,8 @@ def _checked_chunks(path: Path, check_audio: bool, min_seconds: float, require_a
         messages = row["messages"]
         chunk.append(Example(str(row.get("id", f"{path.stem}-{number}")), audio, messages, row.get("task") or "",
                              sum(len(m["content"]) for m in messages), str(path), number, row.get("labels"),
-                             row.get("choices"), row.get("references")))
+                             row.get("choices"), row.get("references"),
+                             None if row.get("group") is None else str(row["group"])))
         if len(chunk) == CHUNK:
             yield header_checked(chunk)
             chunk = []
@@ -288,7 +309,7 @@ def check_lengths(examples: list[Example], processor, max_length: int, too_long:
 # ----------------------------------------------------------------------------------------------------------------------
 
 # Bump when the table's columns or the checks change, so tables written by older code are rebuilt.
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 _JSON_COLUMNS = ("messages", "labels", "choices", "references")
 
 
@@ -296,14 +317,15 @@ def _schema():
     import pyarrow as pa
 
     return pa.schema([("id", pa.string()), ("audio", pa.string()), ("task", pa.string()), ("length", pa.int32()),
-                      ("line", pa.int32()), *((name, pa.string()) for name in _JSON_COLUMNS)])
+                      ("line", pa.int32()), ("group", pa.string()), *((name, pa.string()) for name in _JSON_COLUMNS)])
 
 
 def _record_batch(examples: list[Example]):
     import pyarrow as pa
 
     columns = {"id": [e.id for e in examples], "audio": [e.audio for e in examples], "task": [e.task for e in examples],
-               "length": [e.length for e in examples], "line": [e.line for e in examples]}
+               "length": [e.length for e in examples], "line": [e.line for e in examples],
+               "group": [e.group for e in examples]}
     for name in _JSON_COLUMNS:  # nested lists as JSON text: one cheap column type, decoded per row on access
         columns[name] = [None if getattr(e, name) is None else json.dumps(getattr(e, name)) for e in examples]
     return pa.RecordBatch.from_pydict(columns, schema=_schema())
@@ -320,7 +342,7 @@ def example_from_row(row: dict, source: str) -> Example:
     """A table row (a dict, as `datasets` returns it) → Example."""
     decoded = {name: None if row[name] is None else json.loads(row[name]) for name in _JSON_COLUMNS}
     return Example(row["id"], row["audio"], decoded["messages"], row["task"], row["length"], source, row["line"],
-                   decoded["labels"], decoded["choices"], decoded["references"])
+                   decoded["labels"], decoded["choices"], decoded["references"], row.get("group"))
 
 
 def _table_key(path: Path, processor, max_length: int, too_long: str, min_seconds: float) -> str:

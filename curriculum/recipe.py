@@ -167,6 +167,7 @@ class CurriculumRecipe:
         data, seen, clips = self.data[0], set(), []
         for index in data.epoch(0).reshape(-1):
             example = data[int(index)]
+            example = example[0] if isinstance(example, list) else example  # a packed group: one clip
             if example.audio is not None and example.audio not in seen:
                 seen.add(example.audio)
                 clips.append(example)
@@ -305,7 +306,8 @@ class CurriculumRecipe:
                                 f"run stage {k} first.")
             if all(e is not None for e, _ in sources) and not (stage.val_manifest and val is None):
                 self.data[k] = StageData([(e[0], w, s.manifest) for (e, w), s in zip(sources, stage.data)],
-                                         self.config.seed, k, stage.batch_size * self.world, stage.group_by_length)
+                                         self.config.seed, k, stage.batch_size * self.world, stage.group_by_length,
+                                         stage.pack_questions)
                 self.val_data[k] = StageData([(val[0], 1.0, stage.val_manifest)], self.config.seed + 1, k,
                                              stage.batch_size) if val else None
         if self.cache is not None:
@@ -412,7 +414,7 @@ class CurriculumRecipe:
         # Workers prepare the micro-batches ahead of the step; global batch g = step · accum + micro.
         batches = iter(stage_loader(data, collate, start * accum, stop * accum, self.rank, stage.batch_size,
                                     stage.num_workers, stage.prefetch_factor))
-        bad_total, last_loss, train_s = 0, float("nan"), 0.0
+        bad_total, last_loss, train_s, seen, tokens = 0, float("nan"), 0.0, 0, 0
         self.last_batch, self.last_val = None, {}
         reset_peak_memory()
         bar = tqdm(total=stop, initial=start, desc=f"stage {k + 1} ({stage.name})", disable=self.rank != 0, unit="step")
@@ -427,6 +429,9 @@ class CurriculumRecipe:
                 if bad:
                     bad_total += len(bad)
                     self.report_bad(stage_dir, step, bad)
+                if batch is not None:
+                    seen += batch["examples"]
+                    tokens += int(batch["input_ids"].numel())
                 loss = self.micro_step(engine, batch)
                 engine.backward(loss)
                 engine.step()
@@ -445,8 +450,9 @@ class CurriculumRecipe:
                 self.checkpoint(engine, stage_dir, done, stage.keep_last, trainable_names)
         bar.close()
         if stop > start:  # what `pal compare` reports: this rank's throughput and memory high-water mark
-            examples = (stop - start) * accum * stage.batch_size * self.world
-            log.write(event="end", step=stop, examples_per_s=examples / train_s, **peak_memory_mb(), **self.last_val)
+            # Question-answer examples (a packed sequence holds several) and token positions (padding included).
+            log.write(event="end", step=stop, examples=seen, examples_per_s=seen / train_s, tokens_per_s=tokens / train_s,
+                      **peak_memory_mb(), **self.last_val)
             warning = deafness_warning(self.last_val)
             if warning:
                 log.write(event="warning", step=stop, warning=warning)

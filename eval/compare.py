@@ -3,7 +3,9 @@ report (Markdown and a self-contained HTML page).
 
 Every config is trained with seeds 0..K-1 into `OUT/runs/<config>/seed<k>/` (what `pal train` writes, the config's
 own seed replaced by k), and its last stage's model is evaluated on every test manifest into `eval-<manifest>.json`
-there (what `pal eval` writes, with the no-audio baseline). Finished runs and evaluations are reused, unfinished ones
+there (what `pal eval` writes, with its controls). The text-only trained baseline, the first config's curriculum
+on the same questions with the audio removed, is trained once per seed into `OUT/runs/text-only/seed<k>/`, and
+every evaluation asks it the same questions beside its model. Finished runs and evaluations are reused, unfinished ones
 resume, and a run that fails is reported with its error while the others go on. Runs happen one after another in
 this process; to train on several GPUs, train the runs with `pal train` under torchrun into the same folders first:
 `pal compare` then only evaluates and reports.
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from encoders.safe_write import atomic_write_json, check_writable
 
-from .report import Image, Section, Table, write_report
+from .report import CONTROLS, Image, Section, Table, write_report
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -34,31 +36,46 @@ from .report import Image, Section, Table, write_report
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+TEXT_ONLY = "text-only"  # the baseline's run folder name: `OUT/runs/text-only/seed<k>/`
+
+
 def run_folder(out: Path, config: Path, seed: int) -> Path:
     return out / "runs" / config.stem / f"seed{seed}"
 
 
-def train_and_evaluate(config: Path, seed: int, folder: Path, manifests: list[Path], batch_size: int,
-                       max_new_tokens: int) -> None:
-    """One run: the curriculum with this seed (resumed or skipped when done), then each manifest evaluated."""
+def train(config: Path, seed: int, folder: Path, text_only: bool = False) -> Path:
+    """The curriculum with this seed (resumed or skipped when done) → its last stage's model folder. `text_only`:
+    the same curriculum on its manifests with the audio removed (curriculum/text_only.py), the manifests written
+    into `folder`."""
     from curriculum.config import CurriculumConfig
     from curriculum.recipe import CurriculumRecipe
-
-    from .evaluate import evaluate
-    from .inference import AudioLLM, Decoding
+    from curriculum.text_only import text_only_curriculum
 
     curriculum = CurriculumConfig.from_yaml(config)
     curriculum.seed = seed
+    if text_only:
+        curriculum = text_only_curriculum(curriculum, check_writable(folder) / "manifests")
     recipe = CurriculumRecipe(curriculum, out=folder, resume=True, source=config)
     recipe.setup()
     recipe.run()
-    final = recipe.stage_dir(len(curriculum.stages) - 1) / "final"
+    return recipe.stage_dir(len(curriculum.stages) - 1) / "final"
+
+
+def train_and_evaluate(config: Path, seed: int, folder: Path, manifests: list[Path], batch_size: int,
+                       max_new_tokens: int, text_only: Path | None = None) -> None:
+    """One run: the curriculum with this seed, then each manifest evaluated with its controls (`text_only`: the
+    text-only trained baseline's model folder for this seed)."""
+    from .evaluate import evaluate
+    from .inference import AudioLLM, Decoding
+
+    final = train(config, seed, folder)
     todo = [m for m in manifests if not (folder / f"eval-{m.stem}.json").is_file()]
     if todo:
         llm = AudioLLM.from_pretrained(final)
+        baseline = AudioLLM.from_pretrained(text_only) if text_only is not None else None
         for manifest in todo:
             evaluate(llm, manifest, folder / f"eval-{manifest.stem}.json", Decoding(max_new_tokens=max_new_tokens),
-                     batch_size, progress=False)
+                     batch_size, progress=False, text_only=baseline)
 
 
 def read_run(folder: Path, manifests: list[Path]) -> dict:
@@ -126,9 +143,10 @@ def summarize(runs: dict, manifests: list[str]) -> dict:
                 if not values:
                     continue
                 entry = {"values": values, **seed_stats(list(values.values()))}
-                baseline = metric_values(runs, config, manifest, task, metric, "no_audio")
-                if baseline:
-                    entry["no_audio"] = seed_stats(list(baseline.values()))
+                for control in CONTROLS:
+                    found = metric_values(runs, config, manifest, task, metric, control)
+                    if found:
+                        entry[control] = seed_stats(list(found.values()))
                 paired = [values[s] - first[s] for s in values if s in first]
                 if config != configs[0] and paired:
                     entry["minus_first"] = seed_stats(paired)
@@ -187,15 +205,20 @@ def build_report(out: Path, record: dict, runs: dict, summary: dict, bench: Path
               for config in configs for seed in range(record["seeds"])]
     setup = Section("Set-up", [
         f"{len(configs)} curricula × {record['seeds']} seeds on the same data; each evaluated on "
-        f"{', '.join(record['manifests'])} with and without its audio (the no-audio baseline). Run folders: "
-        f"`{out / 'runs'}`.",
+        f"{', '.join(record['manifests'])} with its controls: the text-only trained baseline ({first}'s curriculum "
+        "on the same questions without audio, one per seed: the prior a model reaches without hearing), each "
+        "question asked with another clip's audio, and with the audio removed (which the models never saw in "
+        f"training). Run folders: `{out / 'runs'}`.",
         Table(["config", "seed", "status", "error"], status)])
     metrics = Table(["manifest", "task", "metric"] + [f"{c} mean ± std [95% CI]" for c in configs]
-                    + [f"{c} no audio" for c in configs], [])
+                    + ["text-only trained model"] + [f"{c} with another clip's audio" for c in configs]
+                    + [f"{c} audio removed" for c in configs], [])
     paired = Table(["manifest", "task", "metric"] + [f"{c} − {first} [95% CI]" for c in configs[1:]], [])
     for row in summary["metrics"]:
         head = [row["manifest"], row["task"], row["metric"]]
-        metrics.rows.append(head + [_cell(row["configs"].get(c)) for c in configs]
+        text_only = next((e["text_only_trained"] for e in row["configs"].values() if "text_only_trained" in e), None)
+        metrics.rows.append(head + [_cell(row["configs"].get(c)) for c in configs] + [_cell(text_only)]
+                            + [_cell(row["configs"].get(c, {}).get("mismatched_audio")) for c in configs]
                             + [_cell(row["configs"].get(c, {}).get("no_audio")) for c in configs])
         paired.rows.append(head + [_cell(row["configs"].get(c, {}).get("minus_first")) for c in configs[1:]])
     figures = out / "figures"
@@ -234,13 +257,24 @@ def compare(configs: list[Path], seeds: int, out: Path, manifests: list[Path], b
         raise ValueError(f"configs {names}: each needs its own file name (it names its run folders).")
     record = {"configs": {c.stem: str(c) for c in configs}, "seeds": seeds,
               "manifests": [m.stem for m in manifests], "runs": {}}
-    runs = {}
+    runs, baselines = {}, {}
+    # The text-only trained baseline: the first config's curriculum without audio, one per seed; every run's
+    # evaluation asks it the same questions (the "text-only trained" column).
+    record["text_only"] = {}
+    for seed in range(seeds):
+        folder = out / "runs" / TEXT_ONLY / f"seed{seed}"
+        try:
+            baselines[seed] = train(configs[0], seed, folder, text_only=True)
+            record["text_only"][str(seed)] = {"status": "done", "folder": str(folder), "from": configs[0].stem}
+        except Exception as err:
+            record["text_only"][str(seed)] = {"status": "failed", "folder": str(folder),
+                                              "error": f"{type(err).__name__}: {err}"}
     for config in configs:
         record["runs"][config.stem], runs[config.stem] = {}, {}
         for seed in range(seeds):
             folder = run_folder(out, config, seed)
             try:
-                train_and_evaluate(config, seed, folder, manifests, batch_size, max_new_tokens)
+                train_and_evaluate(config, seed, folder, manifests, batch_size, max_new_tokens, baselines.get(seed))
                 runs[config.stem][seed] = read_run(folder, manifests)
                 record["runs"][config.stem][str(seed)] = {"status": "done", "folder": str(folder)}
             except Exception as err:  # a failed run is reported; the comparison goes on with the others

@@ -5,7 +5,9 @@
 3. cache the encoder features (the demo's SSLAM and the real Whisper-base) for every clip;
 4. train SmolLM2-135M-Instruct with PAL through the three-stage curriculum (SSLAM via LAL from layer 4, Whisper-base
    via PLITS);
-5. evaluate the test split with `pal eval`, against the same model with the audio removed;
+   then the text-only trained baseline: the same curriculum on the same questions with the audio removed;
+5. evaluate the test split with `pal eval`: beside every score, the same model given another clip's audio, the
+   text-only trained baseline, and the model with the audio removed;
 6. write a report (Markdown and HTML: per-task metrics with intervals and the baseline, loss curves, example answers
    beside the true composition) and print the summary and a `pal infer` command to ask the model something.
 """
@@ -104,20 +106,29 @@ def step_features(out: Path, data: Path, encoders) -> Path:
     return out / "features"
 
 
-def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Path) -> Path:
+def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Path, text_only: bool = False) -> Path:
+    """Train the curriculum on the demo's manifests; `text_only`: the text-only trained baseline
+    (curriculum/text_only.py), in `curriculum-text-only/`."""
     from curriculum.config import CurriculumConfig
     from curriculum.recipe import CurriculumRecipe
+    from curriculum.text_only import text_only_curriculum
 
     config = CurriculumConfig.from_yaml(ROOT / "configs" / "pal" / preset["curriculum"])
     for stage in config.stages:
         for source in stage.data:
             source.manifest = str(data / Path(source.manifest).name)
         stage.val_manifest = str(data / "val.jsonl")
-    config.model.encoders, config.feature_cache, config.out = encoders, str(features), str(out / "curriculum")
+    if text_only:
+        config = text_only_curriculum(config, data / "text-only")
+    name = "curriculum-text-only" if text_only else "curriculum"
+    config.model.encoders, config.feature_cache, config.out = encoders, str(features), str(out / name)
     final = Path(config.out) / f"stage{len(config.stages)}-{config.stages[-1].name}" / "final"
-    say(f"[4/6] curriculum: {len(config.stages)} stages on SmolLM2-135M-Instruct, PAL (SSLAM via LAL from layer "
-        f"{config.model.connector['lal_start_layer']}, Whisper-base via PLITS)")
-    (out / "curriculum.json").write_text(json.dumps(asdict(config), indent=1, default=str))
+    if text_only:
+        say(f"[4/6] text-only trained baseline: the same curriculum without the audio, in {config.out}")
+    else:
+        say(f"[4/6] curriculum: {len(config.stages)} stages on SmolLM2-135M-Instruct, PAL (SSLAM via LAL from layer "
+            f"{config.model.connector['lal_start_layer']}, Whisper-base via PLITS)")
+    (out / f"{name}.json").write_text(json.dumps(asdict(config), indent=1, default=str))
     recipe = CurriculumRecipe(config, resume=True, source=ROOT / "configs" / "pal" / preset["curriculum"])
     recipe.setup()
     for result in recipe.run():
@@ -125,7 +136,7 @@ def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Pat
     return final
 
 
-def step_eval(out: Path, data: Path, final: Path, preset: dict) -> dict:
+def step_eval(out: Path, data: Path, final: Path, preset: dict, text_only_final: Path | None = None) -> dict:
     from .evaluate import evaluate
     from .inference import AudioLLM, Decoding
 
@@ -135,8 +146,9 @@ def step_eval(out: Path, data: Path, final: Path, preset: dict) -> dict:
         return json.loads(results.read_text())
     say(f"[5/6] evaluation: the test split, with its controls ({data / 'test.jsonl'})")
     llm = AudioLLM.from_pretrained(final)
+    text_only = AudioLLM.from_pretrained(text_only_final) if text_only_final is not None else None
     return evaluate(llm, data / "test.jsonl", results, Decoding(max_new_tokens=preset["max_new_tokens"]),
-                    batch_size=preset["batch"])
+                    batch_size=preset["batch"], text_only=text_only)
 
 
 def _gap(out: Path) -> str:
@@ -160,18 +172,21 @@ def goals(result: dict) -> list[list[str]]:
 
 
 def examples(out: Path, data: Path, count: int = 8) -> list[list[str]]:
-    """A few test answers beside the truth: the clip, the question, the true caption, with and without audio."""
+    """A few test answers beside the truth: the clip, the question, the true caption, the model's answer, its answer
+    with another clip's audio, and the text-only trained baseline's answer."""
     from .evaluate import read_questions, read_rows
 
     with_audio = read_rows(out / "eval" / "results.answers.jsonl")
-    without = read_rows(out / "eval" / "results.no_audio.jsonl")
+    mismatched = read_rows(out / "eval" / "results.mismatched.jsonl")
+    text_only = read_rows(out / "eval" / "results.text_only.jsonl")
     # The manifest's own reader: its audio paths are absolute, as in the answer files.
     truth = {e.audio: e.answer for e in read_questions(data / "test.jsonl") if e.task == "caption"}
     picked = [r for r in with_audio.values() if r["task"] in ("caption", "qa", "asr")]
     rows = []
     for r in picked[:: max(1, len(picked) // count)][:count]:
         rows.append([Path(r["audio"]).name, r["question"].replace("<audio>\n", ""), truth.get(r["audio"], ""),
-                     r["reference"] or "", r["answer"], without.get(r["id"], {}).get("answer", "")])
+                     r["reference"] or "", r["answer"], mismatched.get(r["id"], {}).get("answer", ""),
+                     text_only.get(r["id"], {}).get("answer", "")])
     return rows
 
 
@@ -182,19 +197,25 @@ def step_report(out: Path, data: Path, result: dict, final: Path, preset_name: s
     curves = sorted((out / "curriculum").glob("stage*/loss.png"))
     sections = [
         Section("What the model hears", [
-            f"Preset {preset_name}: {card['clips']} scenes ({card['scenes']}) of real recorded sounds, espeak-ng speech "
-            "and sox tones; SSLAM pre-trained here on the training clips; SmolLM2-135M-Instruct trained through the "
-            "three-stage curriculum with PAL (SSLAM via LAL from layer 4, Whisper-base via PLITS). Test split with "
-            "held-out pairs of sources. Beside every score, two controls of the same model: each question asked with "
-            "another clip's audio (a model that hears drops towards chance there), and with the audio removed (which "
-            "it never saw in training). The last stage's audio-reliance gap (validation loss with another clip's audio "
+            f"Preset {preset_name}: {card['clips']} scenes ({card['scenes']}) of real recorded sounds "
+            f"({len(card['classes'])} classes, several recordings each: see data/card.md), speech and sox tones; "
+            "SSLAM pre-trained here on the training clips; SmolLM2-135M-Instruct trained through the "
+            "three-stage curriculum with PAL (SSLAM via LAL from layer 4, Whisper-base via PLITS), each clip's "
+            "questions packed into one sequence. The test split's scenes hold only recordings never heard in "
+            "training, and half of them a pair of classes never heard together. Beside every score, three controls: "
+            "the same model asked each question with "
+            "another clip's audio (a model that hears drops towards chance there); the text-only trained baseline, "
+            "the same curriculum on the same questions without audio (the answers' prior, reached without hearing); "
+            "and the model with the audio removed (which it never saw in training, so it may babble). "
+            "The last stage's audio-reliance gap (validation loss with another clip's audio "
             f"minus with its own): {_gap(out)}. "
             f"Everything took {seconds / 60:.1f} minutes.",
             metrics_table(result)]),
         Section("Goals", [Table(["goal", "target", "measured", "status"], goals(result))]),
         Section("Training", [Image(p, p.parent.name) for p in curves]),
         Section("Examples from the test split", [Table(["clip", "question", "what it holds", "gold", "answer",
-                                                        "answer without audio"], examples(out, data))]),
+                                                        "with another clip's audio", "text-only trained model"],
+                                                       examples(out, data))]),
         Section("Ask it yourself", [f"pal infer --model {final} --audio {data / 'clips' / 'scene00000.wav'} "
                                     "--prompt \"Describe what you hear in one sentence.\""]),
     ]
@@ -210,7 +231,8 @@ def run_demo(args) -> int:
     encoders = ensemble_config(encoder)
     features = step_features(out, data, encoders)
     final = step_curriculum(out, data, preset, encoders, features)
-    result = step_eval(out, data, final, preset)
+    text_only = step_curriculum(out, data, preset, encoders, features, text_only=True)
+    result = step_eval(out, data, final, preset, text_only)
     md, page = step_report(out, data, result, final, args.preset, time.time() - start)
     say("[6/6] report: " + f"{md} and {page}")
     say("")

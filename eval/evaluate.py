@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from curriculum.data import scatter_rows
 from curriculum.manifest import Example, mismatched_audio, validate_manifest
-from encoders.audio import AudioError
 from encoders.identity import file_hash
 from encoders.safe_write import atomic_write_json, check_writable, disk_errors
 
@@ -83,20 +82,23 @@ def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str |
                disable=not progress)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        clips, rows, kept, began = [], [], [], time.perf_counter()
+        began = time.perf_counter()
+        # Each clip is read and encoded once per model (AudioLLM.file_features): the several questions about it,
+        # and the mismatched control that asks another clip's questions with it, reuse its features.
+        paths = [e.audio for e in batch if with_audio and e.audio is not None]
+        features, bad = llm.file_features(paths) if paths else (None, {})  # row i: paths[i]
+        kept, rows = [], []
         for e in batch:
             if with_audio and e.audio is not None:
-                try:
-                    clips.append(llm.load(e.audio))
-                except AudioError as err:
-                    skipped[e.id] = str(err)
+                if e.audio in bad:
+                    skipped[e.id] = bad[e.audio]
                     continue
-                rows.append(len(clips) - 1)
+                rows.append(paths.index(e.audio))
             else:
                 rows.append(None)
             kept.append(e)
         if kept:
-            audio = scatter_rows(llm.features(clips), rows) if clips else None
+            audio = scatter_rows(features, rows) if features is not None else None
             conversations = [llm.conversation(e.prompt, with_audio and e.audio is not None) for e in kept]
             answers = llm.generate(conversations, audio, decoding)
             seconds += time.perf_counter() - began

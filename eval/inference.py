@@ -16,11 +16,13 @@ Notation: B prompts, N_e encoder tokens.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from encoders.audio import AudioError
 from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
 from encoders.identity import read_ensemble_record
 from pal import AUDIO_PLACEHOLDER, PALForConditionalGeneration, PALProcessor
@@ -45,6 +47,7 @@ class Decoding:
 
 
 Audio = str | Path | torch.Tensor  # a file, or a mono 16 kHz waveform [S]
+FEATURE_MEMO = 512  # files whose encoder outputs an AudioLLM keeps (`file_features`; ~1 MB each for 4 s clips)
 
 
 class AudioLLM:
@@ -57,6 +60,7 @@ class AudioLLM:
             )
         self.model, self.ensemble, self.folder = model.eval(), ensemble, folder
         self.processor = PALProcessor(tokenizer, model.config, padding_side="left")
+        self._memo: OrderedDict[str, dict] = OrderedDict()  # file → its encoder outputs (`file_features`)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, encoders: str | Path | None = None, device_map: str | None = None,
@@ -93,6 +97,42 @@ class AudioLLM:
         """Loaded clips → {name: (tokens [B, N_e, D_e], mask [B, N_e])} on the model's device."""
         features = self.ensemble.encode_loaded(clips)
         return {n: (t.to(self.device), m.to(self.device)) for n, (t, m) in features.items()}
+
+    def file_features(self, paths: list[str]) -> tuple[dict | None, dict[str, str]]:
+        """Encoder outputs of audio files, one row per path: {name: (tokens [B, N_e, D_e], mask [B, N_e])}, and
+        {path: why} for files that cannot be read (their rows are all-masked). Each file is read and encoded once
+        and kept for the next call (the most recent FEATURE_MEMO files), so an evaluation that asks one clip several
+        questions, and again with another clip's audio, encodes it once."""
+        bad, fresh = {}, []
+        for path in dict.fromkeys(paths):
+            if path in self._memo:
+                self._memo.move_to_end(path)
+                continue
+            try:
+                fresh.append((path, self.load(path)))
+            except AudioError as err:
+                bad[path] = str(err)
+        if fresh:
+            features = self.features([clip for _, clip in fresh])
+            for i, (path, _) in enumerate(fresh):
+                self._memo[path] = {n: (t[i], m[i]) for n, (t, m) in features.items()}
+        while len(self._memo) > FEATURE_MEMO:
+            self._memo.popitem(last=False)
+        good = [self._memo[p] for p in paths if p not in bad]
+        if not good:
+            return None, bad
+        out = {}
+        for name in good[0]:
+            width = max(clip[name][0].shape[0] for clip in good)
+            tokens = torch.zeros(len(paths), width, good[0][name][0].shape[-1], dtype=good[0][name][0].dtype,
+                                 device=self.device)
+            mask = torch.zeros(len(paths), width, dtype=torch.bool, device=self.device)
+            for row, path in enumerate(paths):
+                if path not in bad:
+                    t, m = self._memo[path][name]
+                    tokens[row, : t.shape[0]], mask[row, : m.shape[0]] = t, m
+            out[name] = (tokens, mask)
+        return out, bad
 
     # ----------------------------------------------------------------------------------------------------- asking
     @staticmethod

@@ -370,18 +370,21 @@ def _grouped_sdpa(query, key, value, mask, scaling, dropout) -> torch.Tensor:
 _lal_sdpa = _lal_attention(sdpa_attention_forward)
 
 
-def _varlen_can_run(query: torch.Tensor, key: torch.Tensor, dropout: float, window: int | None) -> bool:
+def _varlen_can_run(query: torch.Tensor, key: torch.Tensor, dropout: float, window: int | None,
+                    custom_mask: bool = False) -> bool:
     """Whether FlashAttention-2 can take this call: see `_lal_flash`."""
     decoding = key.shape[2] > query.shape[2] and dropout == 0.0
-    return flash_kernel_runs(query) and not decoding and (window is None or key.shape[2] <= window)
+    return (flash_kernel_runs(query) and not decoding and not custom_mask
+            and (window is None or key.shape[2] <= window))
 
 
 def _lal_flash(module, query, key, value, attention_mask, scaling=None, dropout=0.0, lal_audio=None, **kwargs):
     """The "flash" backend: FlashAttention-2's varlen kernel with audio keys packed in front of each example's text
     keys (lal_varlen.py) where it can run: CUDA, fp16/bf16, flash_attn >= 2.1, no sliding window in reach, and not a
-    decoding step (which reads the audio in place, `_decoding_attention`, rather than packing it again). Anything else
+    decoding step (which reads the audio in place, `_decoding_attention`, rather than packing it again), and not a
+    custom mask (packed questions: the varlen kernel knows causal and padding only). Anything else
     takes the SDPA path, which on CUDA runs PyTorch's memory-efficient kernel (the one that accepts our mask)."""
-    if _varlen_can_run(query, key, dropout, kwargs.get("sliding_window")):
+    if _varlen_can_run(query, key, dropout, kwargs.get("sliding_window"), kwargs.get("lal_custom_mask", False)):
         if lal_audio is not None and module.layer_idx in lal_audio.keys:
             lal_audio = lal_audio.only_layer(module.layer_idx)  # the packing reads one row of keys per example
         return lal_flash_varlen_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,

@@ -215,7 +215,8 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         """
         Args:
             input_ids: [B, T], with PLITS placeholder positions already expanded by `PALProcessor`.
-            attention_mask: [B, T_past + T], 1 for real tokens (left or right padding).
+            attention_mask: [B, T_past + T], 1 for real tokens (left or right padding); or a custom [B, 1, T, T] bool
+                mask (True: may attend) with `position_ids`, as packed questions have (pal/packing.py).
             audio: {encoder name: (tokens [B, N_e, D_e], mask [B, N_e])}; only needed on the first (prefill) call.
             audio_token_mask: [B, T], True at PLITS placeholder positions.
             labels: [B, T], -100 where no loss is taken (prompt, audio placeholders, padding).
@@ -272,6 +273,14 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                         )
                     setattr(past_key_values, key, side[key])
 
+        if attention_mask is not None and attention_mask.dim() == 4:
+            # A custom mask (packed questions, pal/packing.py): the FlashAttention varlen path cannot express it, and
+            # eager attention adds its mask, so a boolean one becomes additive there.
+            kwargs["lal_custom_mask"] = True
+            if attention_mask.dtype == torch.bool and "eager" in str(self.llm.config._attn_implementation):
+                blocked = torch.finfo(inputs_embeds.dtype).min
+                attention_mask = torch.zeros((), dtype=inputs_embeds.dtype, device=attention_mask.device).masked_fill(
+                    ~attention_mask, blocked)
         if position_ids is None and attention_mask is not None:
             # Padding-aware positions (left padding puts each example's first real token at 0), as generate() does.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]

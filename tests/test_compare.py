@@ -45,6 +45,9 @@ def test_report_has_every_section_and_plot(smoke):
     record = json.loads((smoke / "compare.json").read_text())
     assert {c: set(r) for c, r in record["runs"].items()} == {c: {"0", "1"} for c in CONFIGS}
     assert all(r["status"] == "done" for runs in record["runs"].values() for r in runs.values())
+    assert {s: r["status"] for s, r in record["text_only"].items()} == {"0": "done", "1": "done"}
+    manifest = smoke / "runs" / "text-only" / "seed0" / "manifests"
+    assert all("audio" not in json.loads(line) for f in manifest.glob("*.jsonl") for line in f.read_text().splitlines())
 
 
 def test_report_numbers_are_the_run_folders_numbers(smoke):
@@ -57,9 +60,14 @@ def test_report_numbers_are_the_run_folders_numbers(smoke):
             if not (isinstance(value, dict) and "value" in value):
                 continue
             per = {c: [e["tasks"][task]["metrics"][metric]["value"] for e in evals[c]] for c in CONFIGS}
-            base = {c: [e["tasks"][task]["no_audio"][metric]["value"] for e in evals[c]] for c in CONFIGS}
+            control = {key: {c: [e["tasks"][task][key][metric]["value"] for e in evals[c]] for c in CONFIGS}
+                       for key in ("text_only_trained", "mismatched_audio", "no_audio")}
             [row] = _table_rows(markdown, ["test", task, metric])[:1]
-            assert row[3:] == [_expected(per[c]) for c in CONFIGS] + [_expected(base[c]) for c in CONFIGS]
+            assert row[3:] == ([_expected(per[c]) for c in CONFIGS] + [_expected(control["text_only_trained"]["plits"])]
+                               + [_expected(control["mismatched_audio"][c]) for c in CONFIGS]
+                               + [_expected(control["no_audio"][c]) for c in CONFIGS])
+            # one text-only baseline per seed, the same answers in every run's evaluation
+            assert all(control["text_only_trained"][c] == control["text_only_trained"]["plits"] for c in CONFIGS)
             paired = _table_rows(markdown, ["test", task, metric])[1]
             assert paired[3:] == [_expected(list(np.subtract(per[c], per["plits"]))) for c in CONFIGS[1:]]
             checked += 1

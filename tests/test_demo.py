@@ -33,9 +33,10 @@ def test_demo_smoke_writes_a_report_with_the_evaluations_numbers(smoke, capsys):
     for (task, name), cells in rows.items():
         metrics = result["tasks"][task]
         assert cells[3] == metric_cell(metrics["metrics"][name]), (task, name)
-        # the controls: another clip's audio, a text-only trained model (none in the demo yet), audio removed
+        # the controls: another clip's audio, the text-only trained model, audio removed
         assert cells[4] == metric_cell(metrics["mismatched_audio"].get(name)), (task, name)
-        assert cells[5] == "–" and cells[6] == metric_cell(metrics.get("no_audio", {}).get(name)), (task, name)
+        assert cells[5] == metric_cell(metrics["text_only_trained"].get(name)) != "–", (task, name)
+        assert cells[6] == metric_cell(metrics.get("no_audio", {}).get(name)), (task, name)
         if "value" in metrics["metrics"][name]:
             assert re.fullmatch(r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]", cells[3])
     assert "audio-reliance gap" in report and "nats per answer token over the stages" in report
@@ -45,6 +46,17 @@ def test_demo_smoke_writes_a_report_with_the_evaluations_numbers(smoke, capsys):
     for stage in ("stage1-connector", "stage2-closed-qa", "stage3-all"):
         assert (smoke / "curriculum" / stage / "final" / "encoders.json").is_file()
     assert (smoke / "sslam" / "encoder" / "model.safetensors").is_file()
+    # The text-only baseline: the same stages on the same questions, none of them with audio (the connector-only
+    # stage, which cannot change a model without audio, left out).
+    text_only = json.loads((smoke / "curriculum-text-only.json").read_text())
+    audio = json.loads((smoke / "curriculum.json").read_text())
+    assert [(s["name"], s["steps"], s["batch_size"]) for s in text_only["stages"]] == \
+        [(s["name"], s["steps"], s["batch_size"]) for s in audio["stages"] if s["trainable"] != ["connector"]]
+    for stage in text_only["stages"]:
+        for source in stage["data"]:
+            assert all("audio" not in json.loads(line) and "<audio>" not in line
+                       for line in open(source["manifest"]).read().splitlines())
+    assert (smoke / "curriculum-text-only" / "stage2-all" / "final" / "config.json").is_file()
 
 
 def test_a_rerun_resumes_every_step(smoke, capsys):

@@ -1,5 +1,5 @@
-"""The demo dataset: deterministic, valid manifests, answers that follow from the known composition, held-out pairs
-kept out of training."""
+"""The demo dataset: deterministic, valid manifests, answers that follow from the known composition, held-out
+recordings and held-out pairs kept out of training."""
 
 from __future__ import annotations
 
@@ -43,15 +43,22 @@ def test_answers_follow_from_the_composition(demo):
     root, _ = demo
     by_scene: dict[str, dict] = {}
     for row in _rows(root / "a" / "train.jsonl") + _rows(root / "a" / "test.jsonl"):
-        by_scene.setdefault(row["audio"], {})[row["kind"]] = row
-    for scene in by_scene.values():
+        row["evidence"] = row["split"] != "test"  # the test split keeps the bare answers the scorer reads
+        by_scene.setdefault(row["audio"], {}).setdefault(row["kind"], []).append(row)
+    for rows in by_scene.values():
+        scene = {kind: found[0] for kind, found in rows.items()}
         labels = scene["classify"]["labels"]
         assert len(set(labels)) == len(labels) and set(labels) <= set(CLASSES) and labels.count("speech") <= 1
         assert scene["classify"]["messages"][1]["content"] == ", ".join(labels)
-        assert scene["count"]["messages"][1]["content"] == str(len(labels))
-        question = scene["presence"]["messages"][0]["content"]
-        asked = next(c for c in CLASSES if f"Is there {NOUNS[c]} in" in question)
-        assert scene["presence"]["messages"][1]["content"] == ("yes" if asked in labels else "no")
+        heard, end = ("I hear " + ", ".join(labels) + ": ", ".") if scene["classify"]["evidence"] else ("", "")
+        assert scene["count"]["messages"][1]["content"] == f"{heard}{len(labels)}{end}"
+        answers = []
+        for presence in rows["presence"]:  # balanced: as many classes that sound as classes that do not
+            asked = next(c for c in CLASSES if presence["messages"][0]["content"] == f"<audio>\nCan you hear "
+                         f"{NOUNS[c]}? Answer yes or no.")
+            answers.append("yes" if asked in labels else "no")
+            assert presence["messages"][1]["content"] == f"{heard}{answers[-1]}{end}"
+        assert answers.count("yes") == answers.count("no") == min(2, len(labels))
         assert ("word" in scene) == ("speech" in labels) == ("transcript" in scene)
         if "order" in scene:
             assert scene["order"]["choices"] == labels[:2]
@@ -72,6 +79,18 @@ def test_held_out_pairs_only_in_test(demo):
     test = [r for r in _rows(root / "a" / "test.jsonl") if r["kind"] == "classify"]
     assert not any(holds(r) for r in train + val)
     assert sum(holds(r) for r in test) >= len(test) // 2
+
+
+def test_test_scenes_hold_only_recordings_never_heard_in_training(demo):
+    root, card = demo
+    heard = {r for split in ("train.jsonl", "val.jsonl") for row in _rows(root / "a" / split)
+             if row["kind"] == "classify" for r in row["recordings"]}
+    test = [r for row in _rows(root / "a" / "test.jsonl") if row["kind"] == "classify" for r in row["recordings"]]
+    assert test and not heard & set(test)
+    for label, recordings in card["recordings"].items():  # several recordings per class, some held out
+        assert recordings["training pool"] >= 1 and recordings["held out"] >= 1, label
+    assert "| package | licence" in (root / "a" / "card.md").read_text()
+    assert set(card["licences"]) >= {"minetest-data", "hydrogen-data", "sonic-pi-samples", "asterisk-core-sounds-en-wav"}
 
 
 def test_card_counts_match_the_manifests(demo):

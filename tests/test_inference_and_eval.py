@@ -52,6 +52,31 @@ def test_pal_infer_manifest_is_batched_resumable_and_reports_skips(trained_tiny,
     assert again[3]["answer"] == answers[3]["answer"]
 
 
+def test_an_evaluation_encodes_each_clip_once(trained_tiny, curriculum_env, tmp_path):
+    """Several questions about a clip, and the mismatched control, reuse the clip's features; the answers are those
+    of a fresh model that encodes every batch anew."""
+    from eval.evaluate import run_manifest
+    from eval.inference import AudioLLM, Decoding
+
+    rows = [{"id": f"q{i}-{k}", "audio": str(curriculum_env / f"tone{i}.wav"), "task": "caption",
+             "messages": [{"role": "user", "content": question}]}
+            for i in range(3) for k, question in enumerate(["Describe the sound.", "What do you hear?"])]
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    llm = AudioLLM.from_pretrained(trained_tiny)
+    encoded = []
+    original = llm.features
+    llm.features = lambda clips: encoded.append(len(clips)) or original(clips)
+    run_manifest(llm, manifest, tmp_path / "a.jsonl", Decoding(max_new_tokens=6), batch_size=4, progress=False)
+    run_manifest(llm, manifest, tmp_path / "b.jsonl", Decoding(max_new_tokens=6), batch_size=3, progress=False)
+    assert sum(encoded) == 3  # three clips, six questions, two passes
+    fresh = AudioLLM.from_pretrained(trained_tiny)
+    fresh.file_features = lambda paths: (fresh.features([fresh.load(p) for p in paths]), {})  # no memo
+    run_manifest(fresh, manifest, tmp_path / "c.jsonl", Decoding(max_new_tokens=6), batch_size=2, progress=False)
+    answers = [[json.loads(line)["answer"] for line in (tmp_path / f"{n}.jsonl").read_text().splitlines()]
+               for n in "abc"]
+    assert answers[0] == answers[1] == answers[2]
+
+
 CONNECTORS = {
     "plits": dict(connector="plits", mlp_downsample=8),
     "plits_qformer": dict(connector="plits", projector="qformer", qformer_latents=4, qformer_layers=1,
