@@ -260,7 +260,8 @@ def test_flash_backend_in_a_model_equals_sdpa(monkeypatch, connector):
 
     calls = []
     monkeypatch.setattr(lal_injection, "_varlen_can_run",
-                        lambda q, k, dropout, window: k.shape[2] == q.shape[2] and (calls.append(q.shape) or True))
+                        lambda q, k, dropout, window, custom_mask=False: k.shape[2] == q.shape[2] and not custom_mask
+                        and (calls.append(q.shape) or True))
     model, _ = tiny_pal(connector)
     texts = random_texts([9, 13], seed=4)
     audio = random_audio(model.config, [5, 3], seed=4)
