@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from encoders.audio import AudioError
+from encoders.outputs import pad_rows
 from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
 from encoders.identity import read_ensemble_record
 from pal import AUDIO_PLACEHOLDER, PALForConditionalGeneration, PALProcessor
@@ -114,24 +115,16 @@ class AudioLLM:
                 bad[path] = str(err)
         if fresh:
             features = self.features([clip for _, clip in fresh])
-            for i, (path, _) in enumerate(fresh):
-                self._memo[path] = {n: (t[i], m[i]) for n, (t, m) in features.items()}
+            for i, (path, _) in enumerate(fresh):  # each clip's real tokens (encoder masks are prefixes)
+                self._memo[path] = {n: t[i][m[i]] for n, (t, m) in features.items()}
         while len(self._memo) > FEATURE_MEMO:
             self._memo.popitem(last=False)
-        good = [self._memo[p] for p in paths if p not in bad]
-        if not good:
+        good = next((self._memo[p] for p in paths if p not in bad), None)
+        if good is None:
             return None, bad
-        out = {}
-        for name in good[0]:
-            width = max(clip[name][0].shape[0] for clip in good)
-            tokens = torch.zeros(len(paths), width, good[0][name][0].shape[-1], dtype=good[0][name][0].dtype,
-                                 device=self.device)
-            mask = torch.zeros(len(paths), width, dtype=torch.bool, device=self.device)
-            for row, path in enumerate(paths):
-                if path not in bad:
-                    t, m = self._memo[path][name]
-                    tokens[row, : t.shape[0]], mask[row, : m.shape[0]] = t, m
-            out[name] = (tokens, mask)
+        # A file that cannot be read gets a row of no tokens, masked out by pad_rows like any padding.
+        out = {name: pad_rows([self._memo[p][name] if p not in bad else tokens[:0] for p in paths])
+               for name, tokens in good.items()}
         return out, bad
 
     # ----------------------------------------------------------------------------------------------------- asking
