@@ -25,6 +25,19 @@ def test_separable_classes_probe_perfectly_and_noise_does_not():
     assert 0.5 < result["mAP"]["value"] < 1.0 and result["mAP"]["ci95"][0] <= result["mAP"]["value"]
 
 
+def test_a_rare_class_is_probed_for_balanced_accuracy_not_for_the_majority():
+    """A class present in 10 % of the clips, one feature shifted by d = 1 standard deviation when it is present. The
+    threshold that maximises balanced accuracy is the midpoint (equal variances), which scores Φ(d/2) = 0.691; a
+    probe fitted for plain accuracy answers "absent" almost always and scores near 0.5, a ceiling that is not one."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((8000, 1)) < 0.1)
+    x = rng.standard_normal((8000, 1)) + y
+    result = probe(x[:4000], y[:4000], x[4000:], y[4000:], ["rare"])
+    assert abs(result["classes"]["rare"]["value"] - norm.cdf(0.5)) < 0.03
+
+
 def test_pal_probe_on_a_feature_cache_of_tones(tmp_path, capsys):
     rows = []
     for i in range(32):
