@@ -317,9 +317,10 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             cache.lal_source = (checked, repeats)
         return cache
 
-    def _check_prepared(self, cache, audio: AudioFeatures) -> None:
+    def _check_prepared(self, cache, checked: AudioFeatures) -> None:
         """Audio given with a cache that already holds audio keys/values: fine for a fresh cache from `prepare_audio`
-        with the same audio; an error otherwise (the new audio would be silently ignored)."""
+        with the same audio; an error otherwise (the new audio would be silently ignored). `checked`: the given audio
+        as `audio_inputs` returns it, standardised once like the prepared audio it is compared with."""
         source = getattr(cache, "lal_source", None)
         if cache.get_seq_length() > 0 or source is None:
             raise ValueError(
@@ -327,8 +328,6 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                 "ignored: pass a fresh PALCache (or none) with new audio, or leave `audio` out to keep the cached one."
             )
         prepared, repeats = source
-        batch = next(iter(audio.values()))[0].shape[0]
-        checked = self.audio_inputs(audio, batch)
         for name, (tokens, mask) in prepared.items():
             given_tokens, given_mask = checked[name]
             same = (given_tokens.shape[0] == tokens.shape[0] * repeats and given_tokens.shape[1:] == tokens.shape[1:]

@@ -67,13 +67,17 @@ def test_a_decoding_step_never_copies_the_audio_keys(monkeypatch):
     assert not copied, f"{len(copied)} audio key/value tensors were concatenated in a decoding step"
 
 
-@pytest.mark.parametrize("connector", ["lal", "pal", "pal_xattn"])
-def test_questions_about_one_clip_share_its_audio_keys(connector):
+@pytest.mark.parametrize("connector,audio_norm", [("lal", "none"), ("pal", "none"), ("pal_xattn", "none"),
+                                                  ("pal", "standardize")])
+def test_questions_about_one_clip_share_its_audio_keys(connector, audio_norm):
     """`prepare_audio(audio, repeats)` stores one row of LAL keys/values per clip for all the prompts about it, and
-    decoding reads it for all of them: the answers equal those of the batch with each clip repeated."""
-    model, _ = tiny_pal(connector)
+    decoding reads it for all of them: the answers equal those of the batch with each clip repeated. With a fitted
+    feature standardisation too: the same-audio check compares the given features standardised once, as prepared."""
+    model, _ = tiny_pal(connector, audio_norm=audio_norm)
     texts = random_texts([8, 11, 6, 9], seed=6)
     clips = random_audio(model.config, [7, 3], seed=6)  # two clips, two questions each
+    if audio_norm != "none":
+        model.fit_audio_norm([random_audio(model.config, [9, 5], seed=7)])
     repeated = {n: (t.repeat_interleave(2, 0), m.repeat_interleave(2, 0)) for n, (t, m) in clips.items()}
     batch = build_inputs(model, texts, repeated)
     def decoding_step_logits(cache):  # prefill, then one decoding step (the path that reads the shared rows)
