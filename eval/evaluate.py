@@ -23,7 +23,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from curriculum.data import scatter_rows
 from curriculum.manifest import Example, mismatched_audio, validate_manifest
 from encoders.identity import file_hash
 from encoders.safe_write import atomic_write_json, check_writable, disk_errors
@@ -74,40 +73,43 @@ def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str |
     check_writable(out.parent)
     examples = read_questions(manifest) if isinstance(manifest, (str, Path)) else manifest
     done = read_rows(out)
-    # Batches of one task: generation stops when every row has ended, so short answers are not held to a caption's
-    # length (the answers are the same in any order: a batch answers as its rows would alone).
-    todo = sorted((e for e in examples if e.id not in done), key=lambda e: e.task)
+    todo = [e for e in examples if e.id not in done]
+    # With audio, a batch is one clip's questions (up to batch_size): the clip is read and encoded once per model
+    # (AudioLLM.file_features, which the mismatched control's pass reuses) and the prompt prefix its questions share,
+    # audio included, runs through the LLM once (generate_about_one_clip). Rows without audio go in batches of one
+    # task, so short answers are not held to a caption's length. A batch answers as its rows would alone.
+    by_clip: dict[str, list[Example]] = {}
+    textual = []
+    for e in todo:
+        if with_audio and e.audio is not None:
+            by_clip.setdefault(e.audio, []).append(e)
+        else:
+            textual.append(e)
+    textual.sort(key=lambda e: e.task)
+    batches = [group[i : i + batch_size] for group in list(by_clip.values()) + [textual]
+               for i in range(0, len(group), batch_size)]
     skipped, new, seconds = {}, 0, 0.0
     bar = tqdm(total=len(todo), desc=label or ("no-audio baseline" if not with_audio else "answering"), unit="q",
                disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
+    for batch in batches:
         began = time.perf_counter()
-        # Each clip is read and encoded once per model (AudioLLM.file_features): the several questions about it,
-        # and the mismatched control that asks another clip's questions with it, reuse its features.
-        paths = [e.audio for e in batch if with_audio and e.audio is not None]
-        features, bad = llm.file_features(paths) if paths else (None, {})  # row i: paths[i]
-        kept, rows = [], []
-        for e in batch:
-            if with_audio and e.audio is not None:
-                if e.audio in bad:
-                    skipped[e.id] = bad[e.audio]
-                    continue
-                rows.append(paths.index(e.audio))
-            else:
-                rows.append(None)
-            kept.append(e)
-        if kept:
-            audio = scatter_rows(features, rows) if features is not None else None
-            conversations = [llm.conversation(e.prompt, with_audio and e.audio is not None) for e in kept]
-            answers = llm.generate(conversations, audio, decoding)
-            seconds += time.perf_counter() - began
-            with disk_errors(out), open(out, "a") as f:
-                for e, answer in zip(kept, answers):
-                    f.write(json.dumps({"id": e.id, "audio": e.audio, "task": e.task, "line": e.line,
-                                        "question": e.prompt[-1]["content"], "answer": answer,
-                                        "reference": e.answer}) + "\n")
-            new += len(kept)
+        conversations = [llm.conversation(e.prompt, with_audio and e.audio is not None) for e in batch]
+        if with_audio and batch[0].audio is not None:
+            features, bad = llm.file_features([batch[0].audio])
+            if bad:
+                skipped.update({e.id: bad[e.audio] for e in batch})
+                bar.update(len(batch))
+                continue
+            answers = llm.generate_about_one_clip(conversations, features, decoding)
+        else:
+            answers = llm.generate(conversations, None, decoding)
+        seconds += time.perf_counter() - began
+        with disk_errors(out), open(out, "a") as f:
+            for e, answer in zip(batch, answers):
+                f.write(json.dumps({"id": e.id, "audio": e.audio, "task": e.task, "line": e.line,
+                                    "question": e.prompt[-1]["content"], "answer": answer,
+                                    "reference": e.answer}) + "\n")
+        new += len(batch)
         bar.update(len(batch))
     bar.close()
     if skipped:

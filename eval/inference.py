@@ -188,13 +188,18 @@ class AudioLLM:
         return self.generate([self.conversation(question)], audio, decoding, streamer=streamer)[0]
 
     def ask_many(self, audio: Audio, questions: list[str | list[dict]], decoding: Decoding | None = None) -> list[str]:
-        """Several questions about one clip. The clip is encoded once; the part of the prompt that every question
-        shares (the chat template's opening, the audio placeholders with PLITS) runs through the LLM once; LAL's audio
-        keys/values are computed once and read once per decoding step for all the questions (`prepare_audio`)."""
-        decoding = decoding or Decoding()
+        """Several questions about one clip, the clip encoded once (see `generate_about_one_clip`)."""
         features = self.features([self.load(audio)])
-        conversations = [self.conversation(q) for q in questions]
-        repeats = len(questions)
+        return self.generate_about_one_clip([self.conversation(q) for q in questions], features, decoding)
+
+    def generate_about_one_clip(self, conversations: list[list[dict]], features: dict,
+                                decoding: Decoding | None = None) -> list[str]:
+        """The answers to B conversations about one clip (`features`: {name: (tokens [1, N_e, D_e], mask [1, N_e])}).
+        The part of the prompt that every conversation shares (the chat template's opening, the audio placeholders
+        with PLITS) runs through the LLM once; LAL's audio keys/values are computed once and read once per decoding
+        step for all the questions (`prepare_audio`). The answers are those of `generate` with the clip per row."""
+        decoding = decoding or Decoding()
+        repeats = len(conversations)
         prefix, suffixes = self._shared_prefix(conversations, features)
         if decoding.num_beams > 1 or prefix is None:
             # Beam search grows the batch inside generate(); prepared rows would not follow, so it computes its own.

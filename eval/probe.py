@@ -2,8 +2,8 @@
 
 What a connector could at best carry to the LLM: per clip, each encoder's real tokens are mean- and max-pooled
 ([2·D_e]), standardised, and one class-balanced logistic regression per class is fitted on the training clips
-(scikit-learn). On the test clips we report each class's balanced accuracy (threshold 0.5) and the mAP over classes, each with a bootstrap
-95% interval over test clips; and the same for every encoder together. A trained audio LLM whose answers stay at the
+(scikit-learn). On the test clips we report each class's balanced accuracy (threshold 0.5) and the mAP over classes,
+each with a bootstrap 95% interval over test clips; and the same for every encoder together. A trained audio LLM whose answers stay at the
 dataset's prior while its encoders probe well has a connector or curriculum problem, not an encoder one.
 
 Labels: the `labels` of a manifest's classification examples (the answer when there are none), joined per clip.
@@ -65,7 +65,8 @@ def probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: 
             continue
         # Classes weighted to balance: the score is balanced accuracy (the demo's presence questions are half yes,
         # half no), and a fit for plain accuracy would answer "absent" for a rare class and understate the ceiling.
-        model = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed).fit(x_train, y_train[:, c])
+        model = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
+        model.fit(x_train, y_train[:, c])
         scores[:, c] = model.predict_proba(x_test)[:, 1]
     predicted = scores >= 0.5
     n = len(y_test)

@@ -52,29 +52,36 @@ def test_pal_infer_manifest_is_batched_resumable_and_reports_skips(trained_tiny,
     assert again[3]["answer"] == answers[3]["answer"]
 
 
-def test_an_evaluation_encodes_each_clip_once(trained_tiny, curriculum_env, tmp_path):
-    """Several questions about a clip, and the mismatched control, reuse the clip's features; the answers are those
-    of a fresh model that encodes every batch anew."""
+def test_an_evaluation_encodes_each_clip_once_and_runs_its_shared_prompt_once(trained_tiny, curriculum_env, tmp_path):
+    """Several questions about a clip, and the mismatched control, reuse the clip's features; the prompt prefix a
+    clip's questions share runs through the LLM once; the answers are those of each question asked alone."""
     from eval.evaluate import run_manifest
     from eval.inference import AudioLLM, Decoding
 
+    questions = ["Describe the sound.", "What do you hear?"]
     rows = [{"id": f"q{i}-{k}", "audio": str(curriculum_env / f"tone{i}.wav"), "task": "caption",
              "messages": [{"role": "user", "content": question}]}
-            for i in range(3) for k, question in enumerate(["Describe the sound.", "What do you hear?"])]
+            for i in range(3) for k, question in enumerate(questions)]
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
     llm = AudioLLM.from_pretrained(trained_tiny)
-    encoded = []
+    encoded, positions = [], []  # clips per encoder call; [B, T] through the LLM's first layer per forward
     original = llm.features
     llm.features = lambda clips: encoded.append(len(clips)) or original(clips)
-    run_manifest(llm, manifest, tmp_path / "a.jsonl", Decoding(max_new_tokens=6), batch_size=4, progress=False)
-    run_manifest(llm, manifest, tmp_path / "b.jsonl", Decoding(max_new_tokens=6), batch_size=3, progress=False)
+    hook = llm.model.llm.model.layers[0].register_forward_pre_hook(
+        lambda _m, args, kwargs: positions.append((args[0] if args else kwargs["hidden_states"]).shape[:2]),
+        with_kwargs=True)
+    decoding = Decoding(max_new_tokens=6)
+    run_manifest(llm, manifest, tmp_path / "a.jsonl", decoding, batch_size=4, progress=False)
+    grouped, positions[:] = sum(b * t for b, t in positions), []
+    run_manifest(llm, manifest, tmp_path / "b.jsonl", decoding, batch_size=3, progress=False)
     assert sum(encoded) == 3  # three clips, six questions, two passes
-    fresh = AudioLLM.from_pretrained(trained_tiny)
-    fresh.file_features = lambda paths: (fresh.features([fresh.load(p) for p in paths]), {})  # no memo
-    run_manifest(fresh, manifest, tmp_path / "c.jsonl", Decoding(max_new_tokens=6), batch_size=2, progress=False)
+    positions[:] = []
+    alone = [llm.ask(curriculum_env / f"tone{i}.wav", question, decoding) for i in range(3) for question in questions]
+    assert grouped < sum(b * t for b, t in positions)  # the shared prefix once per clip, not once per question
+    hook.remove()
     answers = [[json.loads(line)["answer"] for line in (tmp_path / f"{n}.jsonl").read_text().splitlines()]
-               for n in "abc"]
-    assert answers[0] == answers[1] == answers[2]
+               for n in "ab"]
+    assert answers[0] == answers[1] == alone
 
 
 CONNECTORS = {
