@@ -3,8 +3,9 @@
 What a connector could at best carry to the LLM: per clip, each encoder's real tokens are mean- and max-pooled
 ([2·D_e]), standardised, and one class-balanced logistic regression per class is fitted on the training clips
 (scikit-learn). On the test clips we report each class's balanced accuracy (threshold 0.5) and the mAP over classes,
-each with a bootstrap 95% interval over test clips; and the same for every encoder together. A trained audio LLM whose answers stay at the
-dataset's prior while its encoders probe well has a connector or curriculum problem, not an encoder one.
+each with a bootstrap 95% interval over test clips; and the same for every encoder together. A trained audio LLM
+whose answers stay at the dataset's prior while its encoders probe well has a connector or curriculum problem, not an
+encoder one.
 
 Labels: the `labels` of a manifest's classification examples (the answer when there are none), joined per clip.
 Without a test manifest, the clips are split 80/20 at random (seeded): clips, never examples, so a clip's questions

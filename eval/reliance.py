@@ -13,6 +13,7 @@ import torch
 
 from curriculum.data import scatter_rows
 from curriculum.manifest import Example, mismatched_audio
+from encoders.audio import AudioError
 
 from .bootstrap import mean_with_ci
 from .inference import AudioLLM
@@ -26,9 +27,13 @@ def _losses(llm: AudioLLM, batch: list[Example], clips: list[str], features: dic
 
 
 def _encoded(llm: AudioLLM, examples: list[Example]) -> tuple[list[str], dict]:
-    """The distinct clips of `examples` (all with audio) and their features, each clip read and encoded once."""
+    """The distinct clips of `examples` (all with audio) and their features, from the model's memo of encoded files
+    (`AudioLLM.file_features`: after `pal eval`'s answering passes, no clip is read or encoded again)."""
     clips = list(dict.fromkeys(e.audio for e in examples))
-    return clips, llm.features([llm.load(p) for p in clips])
+    features, bad = llm.file_features(clips)
+    if bad:
+        raise AudioError(next(iter(bad.values())))
+    return clips, features
 
 
 def reliance_gap(llm: AudioLLM, examples: list[Example], batch_size: int = 8) -> dict | None:
