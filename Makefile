@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c const
 STAMP := $(VENV)/.installed
 # Debian packages the project needs at run time: a Java runtime for pycocoevalcap's PTB tokenizer and METEOR; the
 # demo's real recorded sounds, several recordings per class (sound themes, game and music sample packages, a real
-# voice reading digits: curriculum/demo_dataset.py lists what each gives and its licence), speech (espeak-ng), tones
+# voice reading digits: data/demo_dataset.py lists what each gives and its licence), speech (espeak-ng), tones
 # and noise (sox). About 60 MB to download.
 APT_PACKAGES := default-jre-headless espeak-ng sox libsox-fmt-all alsa-utils sound-theme-freedesktop \
 	minetest-data hydrogen-data lmms-common sonic-pi-samples sound-icons asterisk-core-sounds-en-wav

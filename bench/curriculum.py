@@ -49,13 +49,14 @@ def _corpus(root: Path, count: int) -> Path:
 
 def measure(connector: str, cached: bool, batch: int, repeats: int, workers: int = 0,
             checkpointing: bool = False) -> dict:
-    from curriculum.data import Collator, StageData, stage_loader
-    from curriculum.manifest import examples_dataset, validate_manifest
+    from data.manifest import examples_dataset, validate_manifest
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from encoders.feature_cache import FeatureCache
-    from bench.efficiency import tensor_peak_mb, use_bf16
     from pal import PALForConditionalGeneration, PALProcessor, set_trainable
     from pal.llm import load_tokenizer
+    from recipes.curriculum.stage_data import Collator, StageData, stage_loader
+
+    from .efficiency import tensor_peak_mb, use_bf16
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = _corpus(Path(tmp), batch)

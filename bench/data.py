@@ -39,13 +39,13 @@ def _manifest(root: Path, rows: int) -> Path:
 
 def measure(variant: str, manifest: Path, batches: int, batch_size: int, workers: int) -> dict:
     import torch
+    from transformers import AutoConfig
 
-    from curriculum.data import Collator, StageData, stage_loader
-    from curriculum.manifest import check_lengths, examples_dataset, manifest_table, validate_manifest
+    from data.manifest import check_lengths, examples_dataset, manifest_table, validate_manifest
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from pal import PALConfig, PALProcessor
     from pal.llm import load_tokenizer, resolve_llm_path
-    from transformers import AutoConfig
+    from recipes.curriculum.stage_data import Collator, StageData, stage_loader
 
     ensemble = AudioEncoderEnsemble(EnsembleConfig.from_dict({"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}}))
     text_config = AutoConfig.from_pretrained(resolve_llm_path(None), local_files_only=True).to_dict()

@@ -182,18 +182,6 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _peak_rss_mb() -> float:
-    """The process's peak resident set since the last `_reset_peak_rss` (VmHWM), in MB."""
-    with open("/proc/self/status") as f:
-        line = next(l for l in f if l.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-
-
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak resident set size (Linux >= 4.0, proc(5))
-        f.write("5")
-
-
 def _resident_follows_live_tensors() -> None:
     """Make the process's resident memory follow its live tensors: glibc's mmap threshold is fixed at 64 KiB
     (a fixed value also turns off its dynamic raise up to 32 MiB), so every tensor above it is mapped when allocated
@@ -222,8 +210,10 @@ class StepMemory:
             torch.cuda.reset_peak_memory_stats()
             self.before = torch.cuda.memory_allocated() / 2**20
         else:
+            from training.engine import reset_peak_memory
+
             _resident_follows_live_tensors()
-            _reset_peak_rss()
+            reset_peak_memory()  # the kernel's high-water mark (VmHWM)
             self.before = _rss_mb()
         return self
 
@@ -232,7 +222,9 @@ class StepMemory:
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated() / 2**20 - self.before
         else:
-            self.peak = _peak_rss_mb() - self.before
+            from training.engine import peak_memory_mb
+
+            self.peak = peak_memory_mb()["host_mb"] - self.before
 
 
 def tensor_peak_mb(step) -> float:
@@ -517,21 +509,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for the PNG plot and JSON")
 
 
+def write_report(s: BenchSettings, out: Path, progress=print) -> dict:
+    """Run the benchmark and write `OUT/efficiency.json` and its plot `OUT/efficiency.png` → the report.
+    Each measurement runs in its own worker process, so the caller's memory does not enter the figures."""
+    report = run(s, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "efficiency.json").write_text(json.dumps(report, indent=2))
+    plot(report, out / "efficiency.png")
+    return report
+
+
 def main(args) -> int:
     s = settings_from_args(args)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     log(f"efficiency benchmark: {s.dims} dims on {s.device}, N_a={s.audio_tokens}, N_t={s.text_tokens} "
         f"({s.supervised_tokens} supervised), batch {s.batch}, {'bf16' if use_bf16(s.precision, s.device) else 'fp32'}, "
         f"{s.pairs} rounds of {s.steps} timed steps, {torch.get_num_threads()} threads")
-    report = run(s, progress=log)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "efficiency.json").write_text(json.dumps(report, indent=2))
+    report = write_report(s, args.out, progress=log)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(format_table(report))
     print("\n".join(targets(report)))
-    print(f"plot: {plot(report, args.out / 'efficiency.png')}")
+    print(f"plot: {args.out / 'efficiency.png'}")
     return 0
 
 

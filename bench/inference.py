@@ -54,7 +54,7 @@ def _clips(folder: Path, count: int, seconds: float) -> list[Path]:
 
 def measure(connector: str, clips: list[Path], questions: int, repeats: int, setting: dict, ensemble,
             tokenizer) -> dict:
-    from eval.inference import AudioLLM, Decoding
+    from inference.audio_llm import AudioLLM, Decoding
     from pal import PALForConditionalGeneration
 
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from encoders.safe_write import OutputError, atomic_write_json
+from common.safe_write import OutputError, atomic_write_json
 from eval.metrics.captioning import MetricUnavailable
 
 # `pal bench NAME`: each module has `add_arguments(parser)` and `main(args)`.
@@ -24,7 +24,7 @@ BENCHMARKS = {
 
 
 def _demo(args) -> int:
-    from eval.demo import run_demo
+    from workflows.demo import run_demo
 
     args.out = args.out or ("runs/demo" if args.preset == "full" else "runs/demo-smoke")
     return run_demo(args)
@@ -88,9 +88,9 @@ def _print_cache(out, stats: dict, action: str) -> None:
 
 
 def _features(args) -> int:
+    from common.manifest_lines import audio_paths
     from encoders.ensemble import EnsembleConfig
     from encoders.feature_cache import FeatureCache, manifest_part, part_folder
-    from encoders.manifest import audio_paths
 
     if not (args.manifest and args.config and args.out):
         raise ValueError("`pal features` needs --manifest, --config and --out (or `pal features merge --out DIR "
@@ -114,7 +114,7 @@ def _features_merge(args) -> int:
 
 
 def _sslam_pretrain(args) -> int:
-    from training.sslam_pretrain import PretrainConfig, SSLAMPretrainRecipe
+    from recipes.sslam_pretrain import PretrainConfig, SSLAMPretrainRecipe
 
     config = PretrainConfig.from_yaml(args.config)
     if args.manifest:
@@ -134,15 +134,15 @@ def _sslam_pretrain(args) -> int:
 
 
 def _sslam_export(args) -> int:
-    from training.sslam_pretrain import export_student
+    from recipes.sslam_pretrain import export_student
 
     print(f"exported the student encoder to {export_student(args.checkpoint, args.out)}")
     return 0
 
 
 def _train(args) -> int:
-    from curriculum.config import CurriculumConfig
-    from curriculum.recipe import CurriculumRecipe
+    from recipes.curriculum.config import CurriculumConfig
+    from recipes.curriculum.recipe import CurriculumRecipe
 
     config = CurriculumConfig.from_yaml(args.config)
     if args.seed is not None:
@@ -157,14 +157,14 @@ def _train(args) -> int:
 
 
 def _decoding(args):
-    from eval.inference import Decoding
+    from inference.audio_llm import Decoding
 
     return Decoding(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                     top_p=args.top_p, num_beams=args.num_beams, seed=args.seed)
 
 
 def _load_llm(args):
-    from eval.inference import AudioLLM
+    from inference.audio_llm import AudioLLM
 
     return AudioLLM.from_pretrained(args.model, encoders=args.encoders, device_map=args.device_map)
 
@@ -198,7 +198,7 @@ def _eval(args) -> int:
 
     text_only = None
     if args.text_only_model:
-        from eval.inference import AudioLLM
+        from inference.audio_llm import AudioLLM
 
         text_only = AudioLLM.from_pretrained(args.text_only_model, encoders=args.encoders)
     result = evaluate(_load_llm(args), args.manifest, args.out, _decoding(args), args.batch_size,
@@ -224,7 +224,7 @@ def _eval(args) -> int:
 
 
 def _compare(args) -> int:
-    from eval.compare import compare, smoke_setup
+    from workflows.compare import compare, smoke_setup
 
     out = Path(args.out)
     if args.preset == "smoke":
@@ -246,7 +246,7 @@ def _compare(args) -> int:
 
 
 def _data_demo(args) -> int:
-    from curriculum.demo_dataset import build
+    from data.demo_dataset import build
 
     card = build(args.out, seed=args.seed, clips=args.clips, seconds=args.seconds)
     print(f"demo dataset in {args.out}: {card['scenes']} scenes; files {card['files']}; see {args.out}/card.md")
@@ -254,7 +254,7 @@ def _data_demo(args) -> int:
 
 
 def _data_convert(args) -> int:
-    from curriculum.converters import convert
+    from data.converters import convert
 
     summary = convert(args.format, args.input, args.out, args.audio_dir or ".", check_audio=not args.no_check_audio,
                       ontology=args.ontology, pattern=args.audio_pattern)
@@ -352,7 +352,7 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     demo_data.add_argument("--clips", type=int, default=1000, help="number of scenes (80/10/10 train/val/test)")
     demo_data.add_argument("--seconds", type=float, default=4.0, help="length of each scene")
     demo_data.set_defaults(func=_data_demo)
-    from curriculum.converters import FORMATS
+    from data.converters import FORMATS
 
     converter = data_commands.add_parser("convert", help="a public dataset or a messages file → our manifest")
     converter.add_argument("format", choices=sorted(FORMATS))

@@ -23,9 +23,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from common.typed_config import YamlConfig, bounded, path_field
+
 from .audio import load_audio, resample
 from .outputs import EncoderOutputs
-from .typed_config import YamlConfig, bounded, path_field
 
 
 @dataclass

@@ -32,11 +32,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from common.hashing import file_hash
+from common.safe_write import atomic_write_json, check_writable, disk_errors
+
 from .audio import AudioError
 from .ensemble import AudioEncoderEnsemble, EnsembleConfig
-from .identity import encoder_hash, file_hash
+from .identity import encoder_hash
 from .outputs import EncoderOutputs, pad_rows
-from .safe_write import atomic_write_json, check_writable, disk_errors
 
 INDEX = "index.json"
 

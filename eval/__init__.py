@@ -1,1 +1,2 @@
-"""Inference (AudioLLM), `pal infer` / `pal eval`, metrics, the demo and its report. Benchmarks live in `bench/`."""
+"""Evaluation: `pal infer` / `pal eval` over manifests, metrics with intervals, controls (another clip's audio, the
+audio-reliance gap), `pal probe` and the Markdown/HTML report. Inference itself is `inference/`."""

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from curriculum.manifest import Example, mismatched_audio, validate_manifest
-from encoders.identity import file_hash
-from encoders.safe_write import atomic_write_json, check_writable, disk_errors
+from common.hashing import file_hash
+from common.safe_write import atomic_write_json, check_writable, disk_errors
+from data.manifest import Example, mismatched_audio, validate_manifest
+from inference.audio_llm import AudioLLM, Decoding
 
-from .inference import AudioLLM, Decoding
 from .reliance import reliance_gap
 
 LIBRARIES = ("pal-audio-llm", "torch", "transformers", "pycocoevalcap", "jiwer", "whisper-normalizer",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curriculum.manifest import Example
+from data.manifest import Example
 from encoders.ensemble import EnsembleConfig
 from encoders.feature_cache import FeatureCache
 from encoders.identity import read_ensemble_record

@@ -4,19 +4,19 @@ Each example's gold answer is scored teacher-forced (cross-entropy per answer to
 with another clip's audio given by a fixed derangement of the manifest's clips (`mismatched_audio`). A model that uses
 the audio finds its own clip's answer likelier: the gap (mismatched minus own, paired per example) is positive, with a
 bootstrap 95% interval. A model that answers from the question and the dataset's prior has a gap of zero, however
-good its scores look. The same gap is logged during training at every evaluation (curriculum/recipe.py).
+good its scores look. The same gap is logged during training at every evaluation (recipes/curriculum/recipe.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from curriculum.data import scatter_rows
-from curriculum.manifest import Example, mismatched_audio
+from data.manifest import Example, mismatched_audio
 from encoders.audio import AudioError
+from inference.audio_llm import AudioLLM
+from recipes.curriculum.stage_data import scatter_rows
 
 from .bootstrap import mean_with_ci
-from .inference import AudioLLM
 
 
 def _losses(llm: AudioLLM, batch: list[Example], clips: list[str], features: dict) -> torch.Tensor:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from common.home import pal_home
+from common.safe_write import atomic_folder
 
 # LAL reaches into each decoder layer's `input_layernorm` and `self_attn.{k,v}_proj`; these families share that
 # layout and the attention-interface contract of the pinned transformers release.
@@ -22,11 +23,6 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
 DEFAULT_LLM_NAME = "SmolLM2-135M-Instruct"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def pal_home() -> Path:
-    """The cache folder for materialised models: `$PAL_HOME`, else `~/.cache/pal`."""
-    return Path(os.environ.get("PAL_HOME", Path.home() / ".cache" / "pal")).expanduser()
 
 
 def check_supported_llm(llm: nn.Module) -> None:
@@ -71,9 +67,7 @@ def default_llm_path() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_LLM_NAME}-", dir=target.parent))
-    try:
+    with atomic_folder(target) as staging:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The GGUF weights are dequantized on load; drop the quantizer so the folder saves as plain fp32.
@@ -82,9 +76,6 @@ def default_llm_path() -> Path:
             del model.config.quantization_config
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -37,6 +37,14 @@ def is_partitioned(model: nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
+def cast_unpartitioned(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the parameters ZeRO-3 does not hold (built whole: fresh connectors, adapters) to `dtype`. DeepSpeed casts
+    nothing of a model that holds ZeRO-3 parameters, and its slices are already in their own dtype."""
+    for param in model.parameters():
+        if not hasattr(param, "ds_id"):
+            param.data = param.data.to(dtype)
+
+
 def _gathered_for_init(model: nn.Module):
     """Under DeepSpeed ZeRO-3 (`zero.Init`) modules are partitioned as soon as they are built, so the parameters
     initialised here (those not loaded from a checkpoint) and the input embeddings (the PLITS gain is read from them)
@@ -129,7 +137,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
     @classmethod
     def from_llm(cls, llm_path=None, *, dtype: torch.dtype = torch.float32, seed: int | None = None,
                  **connector) -> "PALForConditionalGeneration":
-        """Wrap the LLM in a local folder (None: the embedded SmolLM2) with freshly initialised connectors.
+        """Wrap the LLM in a local folder (None or "default": the embedded SmolLM2) with fresh connectors.
 
         `connector` holds PALConfig fields, e.g. `encoder_dims={"sslam": 768}, connector="lal", lal_start_layer=4`.
         `seed`: seeds the connectors' initialisation after the LLM is loaded, so it does not depend on how many random
@@ -142,9 +150,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         model = cls(config, llm=llm)
         if not is_partitioned(model):
             return model.to(dtype)
-        for param in model.parameters():  # ZeRO-3 holds the LLM's slices in its own dtype; the rest is ours to cast
-            if not hasattr(param, "ds_id"):
-                param.data = param.data.to(dtype)
+        cast_unpartitioned(model, dtype)
         return model
 
     # Generation and resizing go through the LLM's own embeddings.

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM)
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from pal import PALConfig, PALForConditionalGeneration
 
@@ -245,8 +244,8 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 def train_in_process(config: Path, out: Path, **options) -> list[dict]:
     """`pal train` without a new process (DeepSpeed runs as one rank in the test process): setup, then every stage."""
-    from curriculum.config import CurriculumConfig
-    from curriculum.recipe import CurriculumRecipe
+    from recipes.curriculum.config import CurriculumConfig
+    from recipes.curriculum.recipe import CurriculumRecipe
 
     recipe = CurriculumRecipe(CurriculumConfig.from_yaml(config), out=out, source=config, **options)
     recipe.setup()

@@ -15,11 +15,10 @@ import pytest
 import soundfile
 import torch
 import yaml
+from conftest import curriculum_dict, run_pal, write_yaml
 from safetensors.torch import load_file
 
-from curriculum.recipe import MIN_RELIANCE_GAP
-
-from conftest import curriculum_dict, run_pal, write_yaml
+from recipes.curriculum.recipe import MIN_RELIANCE_GAP
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +116,7 @@ def test_two_ranks(workdir):
 
 
 def test_manifest_errors_have_line_numbers(tmp_path):
-    from curriculum.manifest import ManifestError, validate_manifest
+    from data.manifest import ManifestError, validate_manifest
 
     soundfile.write(tmp_path / "ok.wav", np.zeros(1600, dtype=np.float32), 16000)
     lines = [
@@ -143,7 +142,7 @@ def test_manifest_errors_have_line_numbers(tmp_path):
 
 
 def test_unknown_config_key(tmp_path):
-    from curriculum.config import CurriculumConfig
+    from recipes.curriculum.config import CurriculumConfig
 
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rate'\]"):
         CurriculumConfig.from_dict({"model": {}, "stages": [{"name": "a", "data": [{"manifest": "x"}],
@@ -158,9 +157,9 @@ RECIPES = sorted((ROOT / "configs" / "pal").glob("*.yaml"))
 def test_shipped_recipe_runs_one_step_with_tiny_stand_ins(recipe, workdir, tmp_path):
     """Real-scale recipes name local folders we do not have: swap in the tiny LLM, tiny encoders under the same
     names and the test manifest, keep everything else (connector, routes, LoRA, stages), run one step of stage 1."""
-    from curriculum.config import CurriculumConfig, DataSource
-    from curriculum.recipe import CurriculumRecipe
     from encoders.ensemble import EnsembleConfig
+    from recipes.curriculum.config import CurriculumConfig, DataSource
+    from recipes.curriculum.recipe import CurriculumRecipe
 
     config = CurriculumConfig.from_yaml(recipe)
     names = list(config.model.ensemble_config().encoders)
@@ -186,8 +185,8 @@ def test_zero3_builds_partitioned_trains_as_zero2_and_survives_text_only_batches
     fresh connectors are initialised as a plain build would, so training ends where ZeRO-2's does (up to the order of
     floating-point sums). ZeRO-3 also gathers parameters per module call: a rank whose batch has no audio must still
     run the connectors, or the ranks wait on each other forever (a known failure of peer projects)."""
-    from curriculum.data import StageData
-    from curriculum.manifest import examples_dataset, validate_manifest
+    from data.manifest import examples_dataset, validate_manifest
+    from recipes.curriculum.stage_data import StageData
 
     rows = [json.loads(line) for line in (workdir / "train.jsonl").read_text().splitlines()]
     text = [r for r in rows if "audio" not in r][0]

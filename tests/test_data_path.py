@@ -10,13 +10,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import curriculum_dict, train_in_process, write_yaml
+from safetensors.torch import load_file
 
 
 def _examples(n: int, prefix: str, lengths=None):
-    from curriculum.manifest import Example
+    from data.manifest import Example
 
     lengths = lengths if lengths is not None else [1] * n
     return [Example(f"{prefix}{i}", None, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
@@ -24,8 +23,8 @@ def _examples(n: int, prefix: str, lengths=None):
 
 
 def _data(sources, global_batch, group=False, seed=0):
-    from curriculum.data import StageData
-    from curriculum.manifest import examples_dataset
+    from data.manifest import examples_dataset
+    from recipes.curriculum.stage_data import StageData
 
     return StageData([(examples_dataset(ex), w, ex[0].source) for ex, w in sources], seed, 0, global_batch, group)
 
@@ -56,7 +55,7 @@ def test_length_grouping_puts_similar_lengths_together():
 
 
 def test_global_batches_are_a_pure_function_and_ranks_split_them():
-    from curriculum.data import RankBatches
+    from recipes.curriculum.stage_data import RankBatches
 
     make = lambda: _data([(_examples(10, "a"), 1.0), (_examples(7, "b"), 2.0)], global_batch=6, group=True, seed=3)
     one, other = make(), make()
@@ -78,7 +77,7 @@ def _processor(root):
 
 
 def test_manifest_table_is_memory_mapped_reused_and_rebuilt_when_the_manifest_changes(curriculum_env, tmp_path):
-    from curriculum.manifest import ManifestError, check_lengths, example_from_row, manifest_table, validate_manifest
+    from data.manifest import ManifestError, check_lengths, example_from_row, manifest_table, validate_manifest
 
     manifest = tmp_path / "m.jsonl"
     rows = [json.loads(line) for line in (curriculum_env / "train.jsonl").read_text().splitlines()]

@@ -11,9 +11,9 @@ import pytest
 import soundfile
 import torch
 
+from cli.main import main
 from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
 from encoders.feature_cache import FeatureCache
-from cli.main import main
 
 CONFIG = {"encoders": {"sslam": {"type": "sslam", "preset": "tiny", "long_audio": "split"}}}
 
@@ -55,7 +55,7 @@ def test_cached_features_equal_on_the_fly_features(corpus):
 def test_resume_skips_cached_clips(corpus):
     root, manifest = corpus
     config = EnsembleConfig.from_dict(CONFIG)
-    from encoders.manifest import audio_paths
+    from common.manifest_lines import audio_paths
 
     paths = audio_paths(manifest)
     first = FeatureCache(root / "cache", config).build(paths[:1], progress=False)
@@ -66,7 +66,7 @@ def test_resume_skips_cached_clips(corpus):
 @pytest.mark.parametrize("front_end", [{"long_audio": "truncate"}, {"window_frames": 512}])
 def test_stale_cache_is_detected(corpus, front_end):
     root, manifest = corpus
-    from encoders.manifest import audio_paths
+    from common.manifest_lines import audio_paths
 
     FeatureCache(root / "cache", EnsembleConfig.from_dict(CONFIG)).build(audio_paths(manifest)[:1], progress=False)
     other = {"encoders": {"sslam": {**CONFIG["encoders"]["sslam"], **front_end}}}
@@ -76,8 +76,8 @@ def test_stale_cache_is_detected(corpus, front_end):
 
 def test_a_new_features_version_makes_the_old_cache_an_error(corpus, monkeypatch):
     """Code that computes tokens differently (e.g. a new fbank formula) under unchanged settings served stale tokens."""
+    from common.manifest_lines import audio_paths
     from encoders import identity
-    from encoders.manifest import audio_paths
 
     FeatureCache(root := corpus[0] / "cache", EnsembleConfig.from_dict(CONFIG)).build(audio_paths(corpus[1])[:1],
                                                                                       progress=False)
@@ -129,7 +129,7 @@ def test_every_setting_that_changes_tokens_is_in_the_identity(tmp_path):
 
 def test_changed_audio_is_not_served_from_the_cache(corpus):
     root, manifest = corpus
-    from encoders.manifest import audio_paths
+    from common.manifest_lines import audio_paths
 
     cache = FeatureCache(root / "cache", EnsembleConfig.from_dict(CONFIG))
     cache.build(audio_paths(manifest)[:1], progress=False)
@@ -140,7 +140,7 @@ def test_changed_audio_is_not_served_from_the_cache(corpus):
 
 def test_a_repaired_file_leaves_the_bad_list(corpus):
     root, manifest = corpus
-    from encoders.manifest import audio_paths
+    from common.manifest_lines import audio_paths
 
     config = EnsembleConfig.from_dict(CONFIG)
     first = FeatureCache(root / "cache", config).build(audio_paths(manifest), progress=False)
@@ -240,7 +240,7 @@ def _stored(root, path) -> torch.Tensor:
     """The tokens [n, D_e] a cache folder holds for a clip, read with safetensors directly."""
     from safetensors.torch import load_file
 
-    from encoders.identity import file_hash
+    from common.hashing import file_hash
 
     index = json.loads((root / "index.json").read_text())
     key = file_hash(path)
@@ -339,8 +339,8 @@ def test_parts_built_apart_merge_into_the_single_run(corpus, capsys):
 
 def test_merging_parts_of_other_encoders_is_an_error_naming_the_part(corpus, capsys):
     root, manifest = corpus
+    from common.manifest_lines import audio_paths
     from encoders.feature_cache import merge_caches
-    from encoders.manifest import audio_paths
 
     clips = audio_paths(manifest)
     FeatureCache(root / "a", EnsembleConfig.from_dict(CONFIG)).build(clips[:1], progress=False)
@@ -356,7 +356,7 @@ def test_merging_parts_of_other_encoders_is_an_error_naming_the_part(corpus, cap
 def test_a_merge_killed_part_way_resumes_without_leftovers(corpus, monkeypatch):
     root, manifest = corpus
     import encoders.feature_cache as feature_cache
-    from encoders.manifest import audio_paths
+    from common.manifest_lines import audio_paths
 
     clips, config = audio_paths(manifest), EnsembleConfig.from_dict(CONFIG)
     parts = [feature_cache.part_folder(root / "parts", i, 2) for i in range(2)]

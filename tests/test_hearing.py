@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from curriculum.manifest import mismatched_audio
+from data.manifest import mismatched_audio
 from eval.evaluate import read_questions
-from eval.inference import AudioLLM
 from eval.reliance import reliance_gap
+from inference.audio_llm import AudioLLM
 from pal.trainable import TRAINABLE_GROUPS
 
 # nats per answer token: the session's model reaches 0.53 [0.45, 0.61] (another clip's audio makes it confidently

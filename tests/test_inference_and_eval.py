@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-
 from conftest import tone, write_jsonl
+
 from cli.main import main
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def test_an_evaluation_encodes_each_clip_once_and_runs_its_shared_prompt_once(tr
     """Several questions about a clip, and the mismatched control, reuse the clip's features; the prompt prefix a
     clip's questions share runs through the LLM once; the answers are those of each question asked alone."""
     from eval.evaluate import run_manifest
-    from eval.inference import AudioLLM, Decoding
+    from inference.audio_llm import AudioLLM, Decoding
 
     questions = ["Describe the sound.", "What do you hear?"]
     rows = [{"id": f"q{i}-{k}", "audio": str(curriculum_env / f"tone{i}.wav"), "task": "caption",
@@ -109,7 +109,7 @@ def test_batched_answers_equal_single_answers(curriculum_env, clips, connector):
     from transformers import LlamaForCausalLM
 
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
-    from eval.inference import AudioLLM, Decoding
+    from inference.audio_llm import AudioLLM, Decoding
     from pal import PALConfig, PALForConditionalGeneration
     from pal.llm import load_tokenizer
 
@@ -140,7 +140,7 @@ def test_batched_answers_equal_single_answers(curriculum_env, clips, connector):
 
 def test_encoders_recorded_with_the_model_are_checked(trained_tiny, tmp_path):
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
-    from eval.inference import AudioLLM
+    from inference.audio_llm import AudioLLM
     from pal import PALForConditionalGeneration
     from pal.llm import load_tokenizer
 
@@ -163,7 +163,7 @@ def test_encoders_recorded_with_the_model_are_checked(trained_tiny, tmp_path):
 
 
 def test_device_map_auto_loads_on_cpu_with_the_same_answers(trained_tiny, curriculum_env):
-    from eval.inference import AudioLLM, Decoding
+    from inference.audio_llm import AudioLLM, Decoding
 
     plain = AudioLLM.from_pretrained(trained_tiny)
     mapped = AudioLLM.from_pretrained(trained_tiny, device_map="auto")

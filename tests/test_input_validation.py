@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import ROOT, curriculum_dict, train_in_process, write_yaml
 
 
@@ -53,7 +52,7 @@ CASES = [
 
 
 def test_every_manifest_rule_is_reported_with_its_line(clips):
-    from curriculum.manifest import ManifestError, validate_manifest
+    from data.manifest import ManifestError, validate_manifest
 
     path = clips / "m.jsonl"
     with open(path, "wb") as f:
@@ -71,10 +70,11 @@ def test_every_manifest_rule_is_reported_with_its_line(clips):
 
 
 def test_text_longer_than_the_context_is_rejected_or_truncated_with_its_line(curriculum_env, tmp_path):
-    from curriculum.manifest import ManifestError, check_lengths, validate_manifest
+    from transformers import AutoConfig
+
+    from data.manifest import ManifestError, check_lengths, validate_manifest
     from pal import PALConfig, PALProcessor
     from pal.llm import load_tokenizer
-    from transformers import AutoConfig
 
     long_answer = "word " * 300
     rows = [{"id": "short", "messages": _turns("Yes.", "Hi?")},
@@ -121,7 +121,7 @@ def test_a_prompt_over_the_llm_context_stops_pal_train_before_training(curriculu
     (("stages", 0, "zero_stage"), 4, r"stages\[0\].zero_stage = 4: expected one of \[0, 1, 2, 3\] or null"),
 ])
 def test_bad_config_values_name_the_file_key_and_expectation(curriculum_env, tmp_path, where, value, expected):
-    from curriculum.config import CurriculumConfig
+    from recipes.curriculum.config import CurriculumConfig
 
     config = curriculum_dict(curriculum_env, stages=1)
     node = config
@@ -135,7 +135,7 @@ def test_bad_config_values_name_the_file_key_and_expectation(curriculum_env, tmp
 
 
 def test_yaml_11_exponents_are_numbers_and_syntax_errors_name_the_line(curriculum_env, tmp_path):
-    from curriculum.config import CurriculumConfig
+    from recipes.curriculum.config import CurriculumConfig
 
     config = curriculum_dict(curriculum_env, stages=1)
     config["stages"][0]["optim"]["lr"] = "1e-4"  # what YAML 1.1 hands us for an unquoted 1e-4
@@ -165,9 +165,9 @@ def test_connector_settings_are_checked_against_the_llm_before_training(curricul
 
 
 def test_shipped_configs_resolve_their_paths_from_any_directory(tmp_path, monkeypatch):
-    from curriculum.config import CurriculumConfig
     from encoders.ensemble import EnsembleConfig
-    from training.sslam_pretrain import PretrainConfig
+    from recipes.curriculum.config import CurriculumConfig
+    from recipes.sslam_pretrain import PretrainConfig
 
     monkeypatch.chdir(tmp_path)
     for path in sorted((ROOT / "configs" / "pal").glob("*.yaml")):

@@ -5,7 +5,21 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["encoders", "pal", "training", "curriculum", "eval", "bench", "cli"]
+# Bottom to top (ARCHITECTURE.md): shared utilities, encoders, data, the model, training plumbing, recipes, inference,
+# evaluation, benchmarks, workflows, the command line.
+LAYERS = ["common", "encoders", "data", "pal", "training", "recipes", "inference", "eval", "bench", "workflows", "cli"]
+
+
+def _cli_launches(path: Path) -> list[int]:
+    """Lines where a file builds a `python -m cli ...` command (a list or tuple holding "-m" then "cli" or
+    "cli.main"): a call up to the top layer that no import shows."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.List, ast.Tuple)):
+            words = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+            if any(a == "-m" and b in ("cli", "cli.main") for a, b in zip(words, words[1:])):
+                lines.append(node.lineno)
+    return lines
 
 
 def _imports(path: Path) -> set[str]:
@@ -37,6 +51,19 @@ def test_no_import_runs_up_the_layers():
             if top in LAYERS and LAYERS.index(top) > rank:
                 upward.append(f"{module} imports {name}")
     assert not upward, upward
+
+
+def test_no_package_below_the_cli_launches_it():
+    launches = [f"{module} line {line}" for module, path in _modules().items() if not module.startswith("cli")
+                for line in _cli_launches(path)]
+    assert not launches, launches
+
+
+def test_the_launch_check_sees_a_cli_subprocess(tmp_path):
+    source = tmp_path / "launcher.py"
+    source.write_text('import subprocess, sys\nsubprocess.run([sys.executable, "-m", "cli", "data", "demo"])\n'
+                      'other = ("-m", "bench.data")\n')
+    assert _cli_launches(source) == [2]
 
 
 def test_no_import_cycles():

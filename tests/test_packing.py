@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_audio, tiny_pal
-from curriculum.data import Collator, StageData
-from curriculum.manifest import examples_dataset, validate_manifest
+
+from data.manifest import examples_dataset, validate_manifest
 from pal.packing import pack_rows, pad_packed, shared_prefix_length
 from pal.processing_pal import IGNORE_INDEX
+from recipes.curriculum.stage_data import Collator, StageData
 
 
 def _clip_rows(model, clip_tokens: int, questions: int, seed: int):
@@ -147,10 +147,11 @@ class _Cache:
 
 
 def test_stage_data_groups_a_clips_questions_and_the_collator_packs_them(tmp_path):
+    from conftest import tiny_llm_config
+
     from pal.configuration_pal import PALConfig
     from pal.llm import load_tokenizer
     from pal.processing_pal import PALProcessor
-    from conftest import tiny_llm_config
 
     rows = [{"id": f"{c}-{q}", "audio": f"clip{c}.wav", "messages": [
         {"role": "user", "content": f"<audio>\nQuestion {q} about the clip?"},

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 import training.engine as training
-from curriculum.config import CurriculumConfig
-from training.engine import deepspeed_config, resolve_precision, slow_bf16_note
+from recipes.curriculum.config import CurriculumConfig
 from tests.conftest import ROOT
+from training.engine import deepspeed_config, resolve_precision, slow_bf16_note
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -14,9 +14,8 @@ import pytest
 import soundfile
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import run_pal
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "sslam" / "tiny.yaml"
@@ -134,7 +133,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(corpus, tmp_path):
 
 
 def test_resume_without_checkpoint_and_missing_data_are_clear_errors(tmp_path):
-    from training.sslam_pretrain import PretrainConfig, SSLAMPretrainRecipe
+    from recipes.sslam_pretrain import PretrainConfig, SSLAMPretrainRecipe
 
     config = PretrainConfig.from_yaml(TINY)
     with pytest.raises(ValueError, match="no training data"):

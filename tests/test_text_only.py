@@ -1,5 +1,5 @@
-"""The text-only trained baseline (curriculum/text_only.py): the same curriculum on the same questions without audio,
-and why its connector-only stages can be left out."""
+"""The text-only trained baseline (recipes/curriculum/text_only.py): the same curriculum on the same questions without
+audio, and why its connector-only stages can be left out."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-
 from conftest import build_inputs, curriculum_dict, random_audio, random_texts, tiny_pal, write_yaml
-from curriculum.config import CurriculumConfig
-from curriculum.text_only import text_only_curriculum
+
+from recipes.curriculum.config import CurriculumConfig
+from recipes.curriculum.text_only import text_only_curriculum
 
 
 @pytest.mark.parametrize("connector", ["plits", "lal", "pal", "xattn"])

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT, caption_row, curriculum_dict, train_in_process, write_jsonl, write_yaml
+from safetensors.torch import load_file
 
 
 def _one_stage(env: Path, name: str, **stage) -> Path:
@@ -92,6 +91,18 @@ def test_truncated_checkpoint_falls_back_to_the_newest_intact_one(stopped_run, t
     _assert_same(_final(root / "straight"), _final(tmp_path / "run"))
 
 
+def test_trained_steps_counts_only_intact_checkpoints(stopped_run, tmp_path):
+    from training.checkpointing import trained_steps
+
+    checkpoints = _copy(stopped_run, tmp_path)
+    run = checkpoints.parent
+    assert trained_steps(run) == 3
+    optim = next((checkpoints / "step-00000003").glob("*optim_states.pt"))
+    optim.write_bytes(optim.read_bytes()[: optim.stat().st_size // 2])
+    assert trained_steps(run) == 2  # what `pal demo` resumes from, not the damaged step 3
+    assert trained_steps(tmp_path / "never-trained") == 0
+
+
 def test_empty_latest_falls_back_to_the_newest_intact_one(stopped_run, tmp_path, capsys):
     config, root = stopped_run
     checkpoints = _copy(stopped_run, tmp_path)
@@ -143,7 +154,7 @@ def test_a_save_killed_before_its_last_file_leaves_latest_on_the_previous_checkp
                                                                                      monkeypatch):
     """`trainable.safetensors` used to be written after `latest` moved: a kill there left `latest` on a checkpoint
     without it."""
-    import curriculum.recipe as recipe
+    import recipes.curriculum.recipe as recipe
 
     config = _one_stage(curriculum_env, "kill", steps=4)
     real = recipe.save_file
@@ -251,7 +262,7 @@ def test_samples_that_fail_at_run_time_are_skipped_with_their_line_and_the_stage
 
 def test_stages_train_in_train_mode_from_the_first_step(curriculum_env, tmp_path, monkeypatch):
     """`from_pretrained` returns eval mode; stages 2-3 used to train without dropout until the first evaluation."""
-    from curriculum.recipe import CurriculumRecipe
+    from recipes.curriculum.recipe import CurriculumRecipe
 
     config = write_yaml(tmp_path / "c.yaml", curriculum_dict(curriculum_env, stages=2, steps=2, val_manifest=None,
                                                              num_samples=0))
@@ -268,7 +279,7 @@ def test_stages_train_in_train_mode_from_the_first_step(curriculum_env, tmp_path
 
 
 def test_an_unwritable_output_is_refused_before_training(curriculum_env, tmp_path):
-    from encoders.safe_write import OutputError
+    from common.safe_write import OutputError
 
     (tmp_path / "a-file").write_text("")
     config = write_yaml(tmp_path / "c.yaml", curriculum_dict(curriculum_env, stages=1, val_manifest=None))

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from encoders.sslam.model import PRESETS
-from training.sslam_pretrain import read_audio_manifest
 from encoders.sslam.pretraining import SSLAMPretrainer
+from recipes.sslam_pretrain import read_audio_manifest
 from training.engine import cosine_lr, param_groups
 
 
@@ -52,9 +52,9 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_shipped_yaml_loads_into_its_typed_config(path):
-    from curriculum.config import CurriculumConfig
     from encoders.ensemble import EnsembleConfig
-    from training.sslam_pretrain import PretrainConfig
+    from recipes.curriculum.config import CurriculumConfig
+    from recipes.sslam_pretrain import PretrainConfig
 
     kind = {"pal": CurriculumConfig, "compare": CurriculumConfig, "encoders": EnsembleConfig,
             "sslam": PretrainConfig}[path.parent.name]
@@ -73,7 +73,7 @@ def test_a_clip_shorter_than_one_fbank_frame_is_a_reported_skip_not_a_crash(tmp_
     import torch
 
     from encoders.sslam.frontend import FrontendConfig, batch_fbank
-    from training.sslam_pretrain import ClipDataset
+    from recipes.sslam_pretrain import ClipDataset
 
     soundfile.write(tmp_path / "blip.wav", np.zeros(160, dtype=np.float32), 16000)
     _, spec, error = ClipDataset([tmp_path / "blip.wav"], FrontendConfig())[0]
@@ -85,7 +85,7 @@ def test_a_clip_shorter_than_one_fbank_frame_is_a_reported_skip_not_a_crash(tmp_
 def test_write_failures_are_said_in_words(tmp_path):
     import errno
 
-    from encoders.safe_write import OutputError, disk_errors
+    from common.safe_write import OutputError, disk_errors
 
     with pytest.raises(OutputError, match=r"cannot write .*x.pt: the write stopped part-way, most likely no space"):
         with disk_errors(tmp_path / "x.pt"):
@@ -96,3 +96,22 @@ def test_write_failures_are_said_in_words(tmp_path):
     with pytest.raises(RuntimeError, match="something else"):  # other errors pass through untouched
         with disk_errors(tmp_path / "x.pt"):
             raise RuntimeError("something else")
+
+
+def test_a_folder_written_atomically_replaces_the_old_one_whole_or_not_at_all(tmp_path):
+    import errno
+
+    from common.safe_write import OutputError, atomic_folder
+
+    target = tmp_path / "final"
+    with atomic_folder(target) as staging:
+        (staging / "weights").write_text("old")
+        assert not target.exists()  # nothing under the target name while it is written
+    with atomic_folder(target) as staging:
+        (staging / "weights").write_text("new")
+    assert (target / "weights").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["final"]
+    with pytest.raises(OutputError, match=r"final: no space left on device"):
+        with atomic_folder(target) as staging:
+            (staging / "weights").write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert (target / "weights").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["final"]

@@ -1,1 +1,2 @@
-"""What every training recipe shares (DeepSpeed set-up, precision, schedules, checkpoints), and the SSLAM pre-training recipe."""
+"""Plumbing every training recipe shares: DeepSpeed set-up, precision, LR schedule, weight-decay groups, logs, and
+atomic, verified checkpoints. The recipes themselves live in `recipes/`."""

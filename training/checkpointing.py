@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from encoders.safe_write import atomic_write_json, atomic_write_text, disk_errors
+from common.safe_write import atomic_write_json, atomic_write_text, disk_errors
 
 COMPLETE = "complete.json"
 _TAG = re.compile(r"^step-(\d+)$")
@@ -269,7 +269,13 @@ def newest_intact(out: Path) -> Path | None:
     return checkpoint_root(out) / usable[0] if usable else None
 
 
+def trained_steps(out: Path) -> int:
+    """Optimizer steps a run has behind it: the step of its newest intact checkpoint, 0 without one."""
+    newest = newest_intact(out)
+    return tag_step(newest.name) if newest is not None else 0
+
+
 __all__ = [
     "CheckpointError", "checkpoint_root", "checkpoint_tags", "clear_run", "has_checkpoints", "load_latest_checkpoint",
-    "newest_intact", "safe_torch_load", "save_checkpoint", "trainable_fp32_state",
+    "newest_intact", "safe_torch_load", "save_checkpoint", "trainable_fp32_state", "trained_steps",
 ]

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.safe_write import check_writable, disk_errors
+
 from ..audio import AudioError, load_audio
-from ..safe_write import check_writable, disk_errors
 from .checkpoint import load_sslam
 from .features import SSLAMFeatures
 from .frontend import FrontendConfig

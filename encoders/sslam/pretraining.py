@@ -23,12 +23,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..typed_config import bounded
+from common.typed_config import bounded
+
 from .decoder import Decoder2d
 from .masking import inverse_block_mask
 from .model import SSLAMConfig, SSLAMEncoder
-from .source_retention import (draw_window_starts, drop_unmixed, mixed_patch_rows, mixed_positions,
-                               partial_mixture, srl_targets)
+from .source_retention import (draw_window_starts, drop_unmixed, mixed_patch_rows, mixed_positions, partial_mixture,
+                               srl_targets)
 
 
 @dataclass

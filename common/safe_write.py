@@ -5,6 +5,7 @@
   and torch's `RuntimeError: ... unexpected pos` when a zip stream hits a full disk) into an `OutputError` that names
   the path, the device's free space and what to do.
 - `atomic_write_text` / `atomic_write_json`: a temporary sibling, then `os.replace`, so a reader never sees half a file.
+- `atomic_folder(target)`: the same for a folder (a converted model, a stage's `final/`).
 """
 
 from __future__ import annotations
@@ -87,3 +88,26 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=1))
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | Path):
+    """Yields an empty temporary sibling folder of `target` to write into; when the block ends without an error it
+    takes the place of `target` (an old `target` is moved aside first and removed after), otherwise it is removed.
+    Either way no half-written `target` exists. Write errors become `OutputError`s naming `target`."""
+    target = Path(target)
+    with disk_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-new-", dir=target.parent))
+    try:
+        with disk_errors(target):
+            yield staging
+            old = None
+            if target.exists():  # os.replace cannot replace a non-empty folder: move the old one aside first
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+                os.replace(target, old / target.name)
+            os.replace(staging, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

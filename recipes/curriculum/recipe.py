@@ -13,11 +13,12 @@ A run folder remembers what trained it: each stage records a hash of its effecti
 its weights, chained through the stages before it). A finished stage with the same hash is skipped; a different hash,
 or an unfinished stage without `--resume`, is refused unless `--restart` asks to start over.
 
-Exact resume: batches are a function of (seed, stage, step), also mid-epoch (curriculum/data.py); DeepSpeed restores weights and optimizer state from the
-newest intact checkpoint. Samples that fail at run time are skipped, counted and listed with manifest, line, id and
-reason in `bad_samples.rank*.jsonl`. ZeRO-3: a batch without audio still goes through the connectors (with masked-out
-audio), and a batch whose examples were all skipped repeats the last good one with zero weight, so every rank calls
-the same modules in the same order and none hangs (a known failure of peer projects).
+Exact resume: batches are a function of (seed, stage, step), also mid-epoch (recipes/curriculum/stage_data.py);
+DeepSpeed restores weights and optimizer state from the newest intact checkpoint. Samples that fail at run time are
+skipped, counted and listed with manifest, line, id and reason in `bad_samples.rank*.jsonl`. ZeRO-3: a batch without
+audio still goes through the connectors (with masked-out audio), and a batch whose examples were all skipped repeats the
+last good one with zero weight, so every rank calls the same modules in the same order and none hangs (a known failure
+of peer projects).
 """
 
 from __future__ import annotations
@@ -34,21 +35,23 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from training.checkpointing import (CheckpointError, clear_run, has_checkpoints, load_latest_checkpoint, newest_intact,
-                                    save_checkpoint, trainable_fp32_state)
+from common.home import pal_home
+from common.safe_write import atomic_folder, atomic_write_json, check_writable, disk_errors
+from data.manifest import ManifestError, manifest_table, mismatched_audio
 from encoders.ensemble import AudioEncoderEnsemble
 from encoders.identity import write_ensemble_record
-from encoders.safe_write import atomic_write_json, check_writable, disk_errors
-from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
-                             peak_memory_mb, reset_peak_memory, setup_distributed, slow_bf16_note)
 from pal import TRAINABLE_GROUPS, PALConfig, PALForConditionalGeneration, PALProcessor, set_trainable
 from pal.audio_norm import AudioFeatureNorm
-from pal.llm import load_tokenizer, pal_home, resolve_llm_path
+from pal.llm import load_tokenizer, resolve_llm_path
+from pal.modeling_pal import cast_unpartitioned
 from pal.trainable import LORA_KEYS
+from training.checkpointing import (CheckpointError, clear_run, has_checkpoints, load_latest_checkpoint, newest_intact,
+                                    save_checkpoint, trainable_fp32_state)
+from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
+                             peak_memory_mb, reset_peak_memory, setup_distributed, slow_bf16_note)
 
 from .config import CurriculumConfig, StageConfig
-from .data import Collator, StageData, stage_loader
-from .manifest import ManifestError, manifest_table, mismatched_audio
+from .stage_data import Collator, StageData, stage_loader
 
 STAGE_RECORD = "stage.json"
 AUDIO_NORM_CLIPS = 256  # training clips the feature standardisation is fitted on (pal/audio_norm.py)
@@ -133,18 +136,14 @@ class CurriculumRecipe:
             model = self._build_model(k)
         finally:
             del hf_zero3  # later plain builds (final/ on rank 0) must not see ZeRO-3
-        # DeepSpeed casts nothing of a model that holds ZeRO-3 parameters: the whole-built ones take its dtype here.
-        dtype = torch.bfloat16 if zero3.get("bf16", {}).get("enabled") else torch.float32
-        for param in model.parameters():
-            if not hasattr(param, "ds_id"):
-                param.data = param.data.to(dtype)
+        cast_unpartitioned(model, torch.bfloat16 if zero3.get("bf16", {}).get("enabled") else torch.float32)
         return model
 
     def _build_model(self, k: int) -> PALForConditionalGeneration:
         if k == 0:
             m = self.config.model
             model = PALForConditionalGeneration.from_llm(
-                None if m.llm == "default" else m.llm, encoder_dims=self.ensemble.dims, lora=m.lora,
+                m.llm, encoder_dims=self.ensemble.dims, lora=m.lora,
                 dtype=getattr(torch, m.dtype), seed=self.config.seed, **m.connector,
             )
             if model.audio_norm is not None:
@@ -187,7 +186,7 @@ class CurriculumRecipe:
 
             return AutoTokenizer.from_pretrained(source, local_files_only=True)
         llm = self.config.model.llm
-        return load_tokenizer(None if llm == "default" else llm)
+        return load_tokenizer(llm)
 
     def stage_hash(self, k: int) -> str:
         """Identifies what stage k's weights depend on: the model section, its own training settings (not logging,
@@ -240,7 +239,7 @@ class CurriculumRecipe:
         from transformers import AutoConfig
 
         m = self.config.model
-        text_config = AutoConfig.from_pretrained(resolve_llm_path(None if m.llm == "default" else m.llm),
+        text_config = AutoConfig.from_pretrained(resolve_llm_path(m.llm),
                                                  local_files_only=True)
         try:
             pal_config = PALConfig(text_config=text_config.to_dict(), encoder_dims=self.ensemble.dims, **m.connector)
@@ -552,14 +551,10 @@ class CurriculumRecipe:
             unexpected = model.load_state_dict(trained, strict=False).unexpected_keys
             if unexpected:
                 raise RuntimeError(f"trained weights carry unknown keys {unexpected[:5]}")
-            final, tmp = stage_dir / "final", stage_dir / "final.tmp"
-            with disk_errors(final):
-                clear_run(tmp)
-                model.save_pretrained(tmp)
-                processor.tokenizer.save_pretrained(tmp)
-                (tmp / STAGE_RECORD).write_text((stage_dir / STAGE_RECORD).read_text())
-                write_ensemble_record(tmp, self.ensemble.config)
-                clear_run(final)
-                tmp.rename(final)
+            with atomic_folder(stage_dir / "final") as staging:
+                model.save_pretrained(staging)
+                processor.tokenizer.save_pretrained(staging)
+                (staging / STAGE_RECORD).write_text((stage_dir / STAGE_RECORD).read_text())
+                write_ensemble_record(staging, self.ensemble.config)
             plot_losses(stage_dir / "log.jsonl", stage_dir / "loss.png", f"stage {k + 1}: {self.config.stages[k].name}")
         torch.distributed.barrier()

@@ -22,14 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from common.manifest_lines import ManifestError, manifest_lines, resolve_audio
+from common.safe_write import atomic_write_json, check_writable, disk_errors
 from encoders.audio import audio_header_problem
-from encoders.manifest import ManifestError, manifest_lines, resolve_audio
-from encoders.safe_write import atomic_write_json, check_writable, disk_errors
 
 __all__ = ["AUDIO", "TASKS", "Example", "ManifestError", "mismatched_audio", "without_audio", "write_without_audio",
            "validate_manifest", "check_lengths", "manifest_table", "examples_dataset"]

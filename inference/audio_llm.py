@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from encoders.audio import AudioError
-from encoders.outputs import pad_rows
 from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
 from encoders.identity import read_ensemble_record
+from encoders.outputs import pad_rows
 from pal import AUDIO_PLACEHOLDER, PALForConditionalGeneration, PALProcessor
 
 

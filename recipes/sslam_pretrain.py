@@ -26,18 +26,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from common.manifest_lines import audio_paths
+from common.safe_write import atomic_write_json, check_writable
+from common.typed_config import YamlConfig, bounded, path_field
 from encoders.audio import AudioError, load_audio
-from encoders.manifest import audio_paths
-from .checkpointing import (CheckpointError, checkpoint_root, clear_run, has_checkpoints, load_latest_checkpoint,
-                             newest_intact, save_checkpoint, trainable_fp32_state)
-from encoders.safe_write import atomic_write_json, check_writable
-from .engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups, setup_distributed,
-                        slow_bf16_note)
-from encoders.typed_config import YamlConfig, bounded, path_field
 from encoders.sslam.frontend import FrontendConfig, model_inputs
 from encoders.sslam.masking import inverse_block_mask
 from encoders.sslam.model import PRESETS, SSLAMConfig
 from encoders.sslam.pretraining import Draws, EMATeacher, ObjectiveConfig, SSLAMPretrainer, load_pretraining_weights
+from training.checkpointing import (CheckpointError, checkpoint_root, clear_run, has_checkpoints,
+                                    load_latest_checkpoint, newest_intact, save_checkpoint, trainable_fp32_state)
+from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
+                             setup_distributed, slow_bf16_note)
 
 
 @dataclass

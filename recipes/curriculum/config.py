@@ -12,7 +12,7 @@
         ...
 
 Typed dataclasses: an unknown key, a value of the wrong type or out of range is an error naming the file, the key
-path and what is expected (encoders/typed_config.py). Relative paths of inputs (LLM folder, encoders, manifests,
+path and what is expected (common/typed_config.py). Relative paths of inputs (LLM folder, encoders, manifests,
 DeepSpeed JSON, feature cache) resolve against the folder of the YAML; `out` is an output and resolves against the
 working directory, like `--out`.
 """
@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from common.typed_config import YamlConfig, bounded, path_field
 from encoders.ensemble import EnsembleConfig
-from encoders.typed_config import YamlConfig, bounded, path_field
 
 
 @dataclass

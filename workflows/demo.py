@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -49,16 +47,23 @@ def step_data(out: Path, preset: dict, seed: int) -> Path:
         say(f"[1/6] dataset: {data} is there")
         return data
     say(f"[1/6] dataset: building {preset['clips']} scenes in {data}")
-    # In a child process, as `pal data demo`: building the scenes in this process left the curriculum's steps 5x
-    # slower afterwards on this CPU (measured: 20 s/step instead of 4 s), and a child process gives its memory back.
-    subprocess.run([sys.executable, "-m", "cli", "data", "demo", "--out", str(data), "--seed", str(seed),
-                    "--clips", str(preset["clips"])], check=True)
+    # In a fresh child process: building the scenes in this process left the curriculum's steps 5x slower afterwards
+    # on this CPU (measured: 20 s/step instead of 4 s), and a child process gives its memory back. Its errors are
+    # raised here.
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from data.demo_dataset import build
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as child:
+        card = child.submit(build, data, seed=seed, clips=preset["clips"]).result()
+    say(f"      {sum(card['scenes'].values())} scenes; see {data / 'card.md'}")
     return data
 
 
 def step_sslam(out: Path, data: Path, preset: dict) -> Path:
-    from training.checkpointing import has_checkpoints, newest_intact
-    from training.sslam_pretrain import PretrainConfig, SSLAMPretrainRecipe, export_student
+    from recipes.sslam_pretrain import PretrainConfig, SSLAMPretrainRecipe, export_student
+    from training.checkpointing import has_checkpoints, trained_steps
 
     encoder = out / "sslam" / "encoder"
     if (encoder / "config.json").is_file():
@@ -67,8 +72,7 @@ def step_sslam(out: Path, data: Path, preset: dict) -> Path:
     runs = {1: out / "sslam" / "stage1", 2: out / "sslam" / "stage2"}
     for stage, steps in zip((1, 2), preset["sslam"]):
         run = runs[stage]
-        done = newest_intact(run)
-        if done is not None and json.loads((done / "trainer_state.json").read_text())["step"] >= steps:
+        if trained_steps(run) >= steps:
             continue
         say(f"[2/6] SSLAM stage {stage}: {steps} steps on {data / 'clips.jsonl'}")
         config = PretrainConfig.from_yaml(ROOT / "configs" / "sslam" / "demo.yaml")
@@ -108,10 +112,10 @@ def step_features(out: Path, data: Path, encoders) -> Path:
 
 def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Path, text_only: bool = False) -> Path:
     """Train the curriculum on the demo's manifests; `text_only`: the text-only trained baseline
-    (curriculum/text_only.py), in `curriculum-text-only/`."""
-    from curriculum.config import CurriculumConfig
-    from curriculum.recipe import CurriculumRecipe
-    from curriculum.text_only import text_only_curriculum
+    (recipes/curriculum/text_only.py), in `curriculum-text-only/`."""
+    from recipes.curriculum.config import CurriculumConfig
+    from recipes.curriculum.recipe import CurriculumRecipe
+    from recipes.curriculum.text_only import text_only_curriculum
 
     config = CurriculumConfig.from_yaml(ROOT / "configs" / "pal" / preset["curriculum"])
     for stage in config.stages:
@@ -137,8 +141,8 @@ def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Pat
 
 
 def step_eval(out: Path, data: Path, final: Path, preset: dict, text_only_final: Path | None = None) -> dict:
-    from .evaluate import evaluate
-    from .inference import AudioLLM, Decoding
+    from eval.evaluate import evaluate
+    from inference.audio_llm import AudioLLM, Decoding
 
     results = out / "eval" / "results.json"
     if results.is_file():
@@ -174,7 +178,7 @@ def goals(result: dict) -> list[list[str]]:
 def examples(out: Path, data: Path, count: int = 8) -> list[list[str]]:
     """A few test answers beside the truth: the clip, the question, the true caption, the model's answer, its answer
     with another clip's audio, and the text-only trained baseline's answer."""
-    from .evaluate import read_questions, read_rows
+    from eval.evaluate import read_questions, read_rows
 
     with_audio = read_rows(out / "eval" / "results.answers.jsonl")
     mismatched = read_rows(out / "eval" / "results.mismatched.jsonl")
@@ -191,7 +195,7 @@ def examples(out: Path, data: Path, count: int = 8) -> list[list[str]]:
 
 
 def step_report(out: Path, data: Path, result: dict, final: Path, preset_name: str, seconds: float):
-    from .report import Image, Section, Table, metrics_table, write_report
+    from eval.report import Image, Section, Table, metrics_table, write_report
 
     card = json.loads((data / "card.json").read_text())
     curves = sorted((out / "curriculum").glob("stage*/loss.png"))
@@ -236,7 +240,7 @@ def run_demo(args) -> int:
     md, page = step_report(out, data, result, final, args.preset, time.time() - start)
     say("[6/6] report: " + f"{md} and {page}")
     say("")
-    from .report import metrics_table
+    from eval.report import metrics_table
 
     table = metrics_table(result)
     widths = [max(len(str(c)) for c in col) for col in zip(table.header, *table.rows)]
@@ -246,6 +250,3 @@ def run_demo(args) -> int:
         "--prompt \"Describe what you hear in one sentence.\"")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(run_demo(type("Args", (), {"preset": "smoke", "out": "runs/demo-smoke", "seed": 0})()))

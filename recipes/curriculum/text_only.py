@@ -17,8 +17,9 @@ from __future__ import annotations
 from copy import deepcopy
 from pathlib import Path
 
+from data.manifest import write_without_audio
+
 from .config import CurriculumConfig
-from .manifest import write_without_audio
 
 
 def text_only_curriculum(config: CurriculumConfig, manifests_dir: str | Path) -> CurriculumConfig:

@@ -19,7 +19,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-
 CAPTION_PROMPT = "Describe what you hear in one sentence."
 CLASSIFY_PROMPT = "Which sounds can you hear? List them."
 

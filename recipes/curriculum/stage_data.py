@@ -1,6 +1,6 @@
 """Curriculum data: a stage's examples, its batches as real epochs, the DataLoader that prepares them, and collation.
 
-Batches: a stage's data is one or more manifests (memory-mapped tables, curriculum/manifest.py), each with a `weight`:
+Batches: a stage's data is one or more manifests (memory-mapped tables, data/manifest.py), each with a `weight`:
 how many times each of its examples appears per epoch (1: once; 2: twice; 0.5: a fresh half each epoch, so every
 example is seen before any repeats). An epoch is a shuffled pass over that many examples; with `group_by_length`, each
 window of 16 global batches is sorted by length before it is cut into batches (similar lengths in a batch, less
@@ -22,10 +22,9 @@ from collections import Counter
 import numpy as np
 import torch
 
+from data.manifest import Example, example_from_row
 from encoders.audio import AudioError
 from pal.packing import pack_rows, pad_packed
-
-from .manifest import Example, example_from_row
 
 GROUP_WINDOW = 16  # global batches sorted by length together
 

@@ -22,14 +22,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from encoders.safe_write import atomic_write_json, check_writable
-
-from .report import CONTROLS, Image, Section, Table, write_report
-
+from common.safe_write import atomic_write_json, check_writable
+from eval.report import CONTROLS, Image, Section, Table, write_report
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Running
@@ -45,11 +41,11 @@ def run_folder(out: Path, config: Path, seed: int) -> Path:
 
 def train(config: Path, seed: int, folder: Path, text_only: bool = False) -> Path:
     """The curriculum with this seed (resumed or skipped when done) → its last stage's model folder. `text_only`:
-    the same curriculum on its manifests with the audio removed (curriculum/text_only.py), the manifests written
+    the same curriculum on its manifests with the audio removed (recipes/curriculum/text_only.py), the manifests written
     into `folder`."""
-    from curriculum.config import CurriculumConfig
-    from curriculum.recipe import CurriculumRecipe
-    from curriculum.text_only import text_only_curriculum
+    from recipes.curriculum.config import CurriculumConfig
+    from recipes.curriculum.recipe import CurriculumRecipe
+    from recipes.curriculum.text_only import text_only_curriculum
 
     curriculum = CurriculumConfig.from_yaml(config)
     curriculum.seed = seed
@@ -65,8 +61,8 @@ def train_and_evaluate(config: Path, seed: int, folder: Path, manifests: list[Pa
                        max_new_tokens: int, text_only: Path | None = None) -> None:
     """One run: the curriculum with this seed, then each manifest evaluated with its controls (`text_only`: the
     text-only trained baseline's model folder for this seed)."""
-    from .evaluate import evaluate
-    from .inference import AudioLLM, Decoding
+    from eval.evaluate import evaluate
+    from inference.audio_llm import AudioLLM, Decoding
 
     final = train(config, seed, folder)
     todo = [m for m in manifests if not (folder / f"eval-{m.stem}.json").is_file()]
@@ -89,13 +85,14 @@ def read_run(folder: Path, manifests: list[Path]) -> dict:
 
 
 def efficiency_report(out: Path, preset: str) -> Path:
-    """`pal bench efficiency --preset P` in its own process (its workers measure memory cleanly), which writes its
-    report and its plot (step time, memory and decode latency against N_a) under `OUT/bench/`; reused if done.
-    → the plot."""
+    """`pal bench efficiency --preset P` (bench/efficiency.py; each measurement in its own worker process), which
+    writes its report and its plot (step time, memory and decode latency against N_a) under `OUT/bench/`; reused if
+    done. → the plot."""
+    from bench.efficiency import PRESETS, BenchSettings, write_report
+
     folder = out / "bench"
     if not (folder / "efficiency.json").is_file() or not (folder / "efficiency.png").is_file():
-        subprocess.run([sys.executable, "-m", "cli", "bench", "efficiency", "--preset", preset, "--out", str(folder)],
-                       check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        write_report(BenchSettings(**PRESETS[preset]), folder, progress=lambda *_: None)
     return folder / "efficiency.png"
 
 

@@ -1,1 +1,0 @@
-"""The three-stage DeepSpeed curriculum (stages, data, engine loop, checkpoints)."""

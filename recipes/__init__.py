@@ -1,0 +1,2 @@
+"""Training recipes on the `training/` plumbing: the three-stage curriculum (`recipes/curriculum/`) and SSLAM
+pre-training (`sslam_pretrain.py`)."""
