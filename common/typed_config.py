@@ -8,7 +8,11 @@ Used by every YAML config of the project (encoder ensembles, and the curriculum 
   expected, e.g. `curriculum.yaml: stages[0].batch_size = 2.5: expected an integer >= 1`;
 - YAML 1.1 reads `1e-4` (no dot) as a string: a string that spells a number is read as the number meant;
 - fields marked `path_field()` hold file or folder paths: a relative path resolves against the folder of the YAML
-  that names it (not the working directory), so a config runs from anywhere.
+  that names it (not the working directory), so a config runs from anywhere;
+- a variant names its parent: `base: lal.yaml` (a YAML in the same folder) and writes only what differs. A nested
+  config section (a dataclass field: `model`, `model.encoders` inline) merges key by key into the base's; any other
+  value (a number, a string, a list such as `stages`, a free-form mapping such as `model.connector`) replaces the
+  base's whole, so a variant always reads as what it sets.
 """
 
 from __future__ import annotations
@@ -156,11 +160,12 @@ def from_dict(cls, data: dict, where: str | None = None, base: str | Path | None
         raise ValueError(f"{here}: {err}") from None
 
 
-def load_yaml(cls, path: str | Path):
-    """Read a YAML file into dataclass `cls` (errors name the file; relative paths resolve against its folder)."""
+BASE_KEY = "base"  # a YAML variant's parent, by file name (see the module docstring)
+
+
+def _read_yaml(path: Path):
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist.")
     try:
@@ -171,7 +176,60 @@ def load_yaml(cls, path: str | Path):
         raise ValueError(f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML ({err.problem}).") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid YAML ({err}).") from None
-    return from_dict(cls, data if data is not None else {}, where=f"{path}:", base=path.resolve().parent)
+    return data if data is not None else {}
+
+
+def _config_type(tp):
+    """The dataclass a field holds (alone or as one option of a union), or None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+    return None
+
+
+def merge_onto(cls, base: dict, variant: dict) -> dict:
+    """`variant` written over `base` for dataclass `cls`: a key whose field is a nested config merges recursively;
+    every other value replaces the base's."""
+    hints = typing.get_type_hints(cls)
+    merged = dict(base)
+    for key, value in variant.items():
+        inner = _config_type(hints.get(key))
+        if inner is not None and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_onto(inner, merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _with_base(cls, path: Path, data, chain: tuple[Path, ...] = ()):
+    """`data` read from `path`, with its `base:` chain merged under it."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(data, dict) or BASE_KEY not in data or BASE_KEY in fields:
+        return data
+    data = dict(data)
+    name = data.pop(BASE_KEY)
+    if not isinstance(name, str) or Path(name).name != name:
+        raise ValueError(f"{path}: {BASE_KEY} = {name!r}: expected the file name of a YAML in the same folder "
+                         "(relative paths in it resolve against that folder, so it must be this one).")
+    parent = path.parent / name
+    if parent.resolve() in (path.resolve(), *chain):
+        raise ValueError(f"{path}: {BASE_KEY} = {name!r} leads back to itself: "
+                         + " -> ".join(p.name for p in (*chain, path.resolve(), parent.resolve())))
+    if not parent.is_file():
+        raise FileNotFoundError(f"{path}: {BASE_KEY} = {name!r}: {parent} does not exist.")
+    inherited = _with_base(cls, parent, _read_yaml(parent), (*chain, path.resolve()))
+    if not isinstance(inherited, dict):
+        raise ValueError(f"{parent}: expected a mapping of settings, the base of {path.name}.")
+    return merge_onto(cls, inherited, data)
+
+
+def load_yaml(cls, path: str | Path):
+    """Read a YAML file into dataclass `cls` (errors name the file; relative paths resolve against its folder),
+    merged over its `base:` YAML if it names one."""
+    path = Path(path)
+    data = _with_base(cls, path, _read_yaml(path))
+    return from_dict(cls, data, where=f"{path}:", base=path.resolve().parent)
 
 
 class YamlConfig:

@@ -4,7 +4,7 @@ import importlib
 
 # Names resolve on first use (PEP 562), so `pal --help` and `import cli.main` do not load torch and transformers.
 _EXPORTS = {
-    "PALConfig": ".configuration_pal", "PALCache": ".lal_injection", "AudioFeatures": ".modeling_pal",
+    "PALConfig": ".configuration_pal", "PALCache": ".audio_cache", "AudioFeatures": ".modeling_pal",
     "PALForConditionalGeneration": ".modeling_pal", "AUDIO_PLACEHOLDER": ".processing_pal",
     "PALProcessor": ".processing_pal", "TRAINABLE_GROUPS": ".trainable", "attach_lora": ".trainable",
     "set_trainable": ".trainable",

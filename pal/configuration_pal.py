@@ -19,8 +19,16 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-CONNECTORS = ("plits", "lal", "pal", "xattn")
-ROUTES = ("plits", "lal", "xattn")
+# The choices of each option, named once: the fields' types below and `validate_connector` read them.
+CONNECTORS = ("plits", "lal", "pal", "xattn")  # "pal": each encoder on its own route (`routes`)
+# The paths an encoder can take: each is one connector module of the model, under that attribute name, and the
+# trainable group of its parameters.
+ROUTES = tuple(c for c in CONNECTORS if c != "pal")
+PROJECTORS = ("mlp", "qformer")
+LAL_ROPES = ("prefix", "none")
+LAL_PROJECTIONS = ("linear", "mlp", "lowrank")
+LAL_AUDIO_BIASES = ("log_count", "none")
+AUDIO_NORMS = ("none", "standardize")
 # Keyword arguments that Hugging Face itself passes to every config; anything else unknown is a typo.
 _HF_CONFIG_KWARGS = {
     "model_type", "name_or_path", "_name_or_path", "_commit_hash", "output_attentions", "attn_implementation",
@@ -80,9 +88,9 @@ class PALConfig(PreTrainedConfig):
 
     text_config: dict | PreTrainedConfig | None = None
     encoder_dims: dict | None = None
-    connector: Literal["plits", "lal", "pal", "xattn"] = "lal"
+    connector: Literal[CONNECTORS] = "lal"
     routes: dict | None = None
-    projector: Literal["mlp", "qformer"] = "mlp"
+    projector: Literal[PROJECTORS] = "mlp"
     mlp_downsample: int = 1
     qformer_latents: int = 32
     qformer_layers: int = 2
@@ -91,17 +99,17 @@ class PALConfig(PreTrainedConfig):
     n_summary: int = 0
     lal_start_layer: int = 0
     lal_layers: list | None = None
-    lal_rope: Literal["prefix", "none"] = "prefix"
-    lal_projection: Literal["linear", "mlp", "lowrank"] = "linear"
+    lal_rope: Literal[LAL_ROPES] = "prefix"
+    lal_projection: Literal[LAL_PROJECTIONS] = "linear"
     lal_projection_rank: int = 64
     lal_recompute_audio: bool = True
-    lal_audio_bias: Literal["log_count", "none"] = "log_count"
+    lal_audio_bias: Literal[LAL_AUDIO_BIASES] = "log_count"
     plits_output_norm: bool = True
     xattn_every: int = 4
     xattn_layers: list | None = None
     xattn_heads: int | None = None
     xattn_ffn_mult: int = 4
-    audio_norm: Literal["none", "standardize"] = "none"
+    audio_norm: Literal[AUDIO_NORMS] = "none"
     audio_norm_positions: dict | None = None
     lora: dict | None = None
     tie_word_embeddings: bool = False
@@ -119,9 +127,9 @@ class PALConfig(PreTrainedConfig):
 
     def validate_connector(self) -> None:
         """Raise a ValueError naming the bad value and the choices."""
-        for key, choices in (("connector", CONNECTORS), ("projector", ("mlp", "qformer")),
-                             ("lal_rope", ("prefix", "none")), ("lal_projection", ("linear", "mlp", "lowrank")),
-                             ("lal_audio_bias", ("log_count", "none")), ("audio_norm", ("none", "standardize"))):
+        for key, choices in (("connector", CONNECTORS), ("projector", PROJECTORS), ("lal_rope", LAL_ROPES),
+                             ("lal_projection", LAL_PROJECTIONS), ("lal_audio_bias", LAL_AUDIO_BIASES),
+                             ("audio_norm", AUDIO_NORMS)):
             if getattr(self, key) not in choices:
                 raise ValueError(f"{key} = {getattr(self, key)!r}: expected one of {choices}.")
         if not isinstance(self.lal_projection_rank, int) or self.lal_projection_rank <= 0:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .lal_injection import LALAudioKV
+from .audio_cache import AudioKV
+from .configuration_pal import PALConfig
 
 
 class GatedCrossAttentionBlock(nn.Module):
@@ -67,22 +68,30 @@ class GatedCrossAttentionBlock(nn.Module):
 class CrossAttentionConnector(nn.Module):
     """Per-encoder projections to the LLM width and one gated block per chosen layer; installs itself as hooks."""
 
-    def __init__(self, encoder_dims: dict[str, int], hidden_size: int, layers: list[int], heads: int,
-                 ffn_mult: int = 4):
-        super().__init__()
-        self.layers = list(layers)
-        self.projections = nn.ModuleDict({name: nn.Linear(dim, hidden_size) for name, dim in encoder_dims.items()})
-        self.blocks = nn.ModuleDict({str(l): GatedCrossAttentionBlock(hidden_size, heads, ffn_mult) for l in layers})
+    route = "xattn"  # its encoders' route, its attribute on the model and its trainable group (trainable.py)
+    cache_key = "xattn_audio"  # what the decoder layers receive its keys/values as, and where PALCache keeps them
+    shares_rows = False  # each text row's block reads its own row of keys/values
 
-    def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LALAudioKV:
+    def __init__(self, config: PALConfig):
+        super().__init__()
+        self.layers = config.xattn_layer_indices()
+        hidden = config.text_config.hidden_size
+        heads = config.xattn_heads or config.text_config.num_attention_heads
+        self.projections = nn.ModuleDict({name: nn.Linear(config.encoder_dims[name], hidden)
+                                          for name in config.encoders_on(self.route)})
+        self.blocks = nn.ModuleDict({str(l): GatedCrossAttentionBlock(hidden, heads, config.xattn_ffn_mult)
+                                     for l in self.layers})
+
+    def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]], llm: nn.Module | None = None) -> AudioKV:
         """audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} → every block's keys/values over the concatenated
-        projected tokens ([B, H, N_a, D_h] per layer) and their mask [B, N_a]."""
+        projected tokens ([B, H, N_a, D_h] per layer) and their mask [B, N_a]. `llm` is not needed (the blocks have
+        their own projections); it is taken so that every side connector is called the same way."""
         projected = torch.cat([proj(audio[name][0]) for name, proj in self.projections.items()], dim=1)
         mask = torch.cat([audio[name][1] for name in self.projections], dim=1)
         keys, values = {}, {}
         for layer in self.layers:
             keys[layer], values[layer] = self.blocks[str(layer)].audio_kv(projected)
-        return LALAudioKV(keys, values, mask)
+        return AudioKV(keys, values, mask)
 
     def install(self, llm: nn.Module) -> None:
         """Run block l in front of decoder layer l whenever the layer is called with `xattn_audio`."""

@@ -35,16 +35,17 @@ H_kv key/value heads, D_h head dim.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import AttentionInterface, DynamicCache
+from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward, rotate_half
 
+from .audio_cache import AudioKV
+from .configuration_pal import PALConfig
 from .lal_varlen import flash_attn_available, flash_kernel_runs, lal_flash_varlen_attention
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -101,94 +102,8 @@ class LALProjection(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Audio keys/values, computed once and carried through the cache during generation
+# Audio positions (RoPE) and keys/values of one layer (the keys/values type and the cache: audio_cache.py)
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LALAudioKV:
-    """Audio keys/values for every audio layer, ready to prepend to that layer's text keys/values.
-
-    keys[l], values[l]: [B / rows_per_audio, H_kv, N_a, D_h] (keys already rotated when RoPE is on); mask: [B, N_a],
-    True = real token; bias: [B] logit offset of every real audio key of the example (-log n_b), or None.
-    rows_per_audio: how many consecutive text rows share one row of keys/values (several questions about one clip,
-    `shared_repeat`): the keys are stored once and a decoding step reads them once for all those rows.
-    """
-
-    keys: dict[int, torch.Tensor]
-    values: dict[int, torch.Tensor]
-    mask: torch.Tensor
-    bias: torch.Tensor | None = None
-    rows_per_audio: int = 1
-
-    def layer_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `layer`'s keys and values with one row per text row, [B, H_kv, N_a, D_h] (a copy when rows share)."""
-        k, v = self.keys[layer], self.values[layer]
-        if self.rows_per_audio > 1:
-            k, v = k.repeat_interleave(self.rows_per_audio, 0), v.repeat_interleave(self.rows_per_audio, 0)
-        return k, v
-
-    def only_layer(self, layer: int) -> "LALAudioKV":
-        """This layer alone, one row of keys/values per text row (what a backend that packs per example needs)."""
-        k, v = self.layer_rows(layer)
-        return LALAudioKV({layer: k}, {layer: v}, self.mask, self.bias)
-
-    def _map(self, fn) -> "LALAudioKV":
-        rows = {l: self.layer_rows(l) for l in self.keys}
-        return LALAudioKV({l: fn(k) for l, (k, _) in rows.items()}, {l: fn(v) for l, (_, v) in rows.items()},
-                          fn(self.mask), None if self.bias is None else fn(self.bias))
-
-    def index_select(self, index: torch.Tensor) -> "LALAudioKV":
-        """Rows `index` of the batch (batch selection)."""
-        return self._map(lambda t: t.index_select(0, index.to(t.device)))
-
-    def repeat_interleave(self, repeats: int) -> "LALAudioKV":
-        """Each row `repeats` times, copied (for keys that every row then changes on its own)."""
-        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def once_per_call(self, name: str, attention_mask, key: tuple, build):
-        """`build()`, computed once per decoder call and reused by every audio layer: the decoder hands all layers the
-        same mask object, so (that object, `key`) identifies the call. The memo holds the mask, so its identity
-        cannot be reused by a later call's mask."""
-        memo = self.__dict__.get(name)
-        if memo is None or memo[0] is not attention_mask or memo[1] != key:
-            memo = self.__dict__[name] = (attention_mask, key, build())
-        return memo[2]
-
-    def shared_repeat(self, repeats: int) -> "LALAudioKV":
-        """Each row `repeats` times without copying the keys/values: the new rows share them."""
-        repeat = lambda t: None if t is None else t.repeat_interleave(repeats, dim=0)  # noqa: E731
-        return LALAudioKV(self.keys, self.values, repeat(self.mask), repeat(self.bias), self.rows_per_audio * repeats)
-
-
-class PALCache(DynamicCache):
-    """A DynamicCache that also holds LAL's audio keys/values, so they are computed once at prefill.
-
-    Batch expansion (beams, several samples per prompt) repeats the audio rows with the text cache (LAL's without
-    copying them: the new rows share). Beam reordering needs nothing: it only permutes the beams of one example,
-    whose audio rows are identical.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lal_audio: LALAudioKV | None = None
-        self.xattn_audio: LALAudioKV | None = None  # the cross-attention blocks' keys/values (cross_attention.py)
-        self.lal_source = None  # (per-encoder features, repeats) when filled by `prepare_audio`
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        super().batch_repeat_interleave(repeats)
-        if self.lal_audio is not None:  # read in place by the LAL attention: the new rows share the keys
-            self.lal_audio = self.lal_audio.shared_repeat(repeats)
-        if self.xattn_audio is not None:
-            self.xattn_audio = self.xattn_audio.repeat_interleave(repeats)
-        if self.lal_source is not None:
-            self.lal_source = (self.lal_source[0], self.lal_source[1] * repeats)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        super().batch_select_indices(indices)
-        for key in ("lal_audio", "xattn_audio"):
-            if getattr(self, key) is not None:
-                setattr(self, key, getattr(self, key).index_select(indices))
 
 
 def prefix_audio_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -273,7 +188,7 @@ def _decoding_attention(query, key, value, attention_mask, scaling, audio_k, aud
     Concatenating keys (what the prefill path does) would copy every audio key and value at every new token; here
     only the scores are joined, [B, H, T, N_a + S], which for T = 1 is D_h times smaller. One softmax, as before.
     Grouped-query heads are folded into the query axis so the shared keys are read, never repeated; so are the text
-    rows that share one row of audio keys (`LALAudioKV.rows_per_audio`).
+    rows that share one row of audio keys (`AudioKV.rows_per_audio`).
     """
     batch, heads, q_len, head_dim = query.shape
     kv_heads, text_keys = key.shape[1], key.shape[2]
@@ -301,7 +216,7 @@ def _shared_rows_matmul(x: torch.Tensor, y: torch.Tensor, rows: int) -> torch.Te
     return out.view(batch // rows, heads, rows, m, -1).transpose(1, 2).reshape(batch, heads, m, -1)
 
 
-def _decoding_masks(lal_audio: LALAudioKV, attention_mask, q_len: int, text_keys: int, device):
+def _decoding_masks(lal_audio: AudioKV, attention_mask, q_len: int, text_keys: int, device):
     """The additive fp32 masks of a decoding step, built once per step and shared by every audio layer: audio
     [B, 1, 1, N_a] (the bias on real keys, blocked padding) and text [B|1, 1, T, S] (the LLM's mask; None means
     causal over the cached keys)."""
@@ -344,7 +259,7 @@ def _lal_attention(base_attention):
     return attention
 
 
-def _shared_mask(lal_audio: LALAudioKV, attention_mask, query: torch.Tensor, text_keys: int, groups: int):
+def _shared_mask(lal_audio: AudioKV, attention_mask, query: torch.Tensor, text_keys: int, groups: int):
     """`_widen_mask`, built once per forward and shared by every audio layer (the layers get the same text mask and
     the same audio): one [B, 1, G·T, N_a + S] tensor instead of one per layer, in memory and in the saved
     activations. With `groups` G > 1 its rows are repeated for `_grouped_sdpa`'s folded query heads."""
@@ -439,21 +354,28 @@ class LALConnector(nn.Module):
     LAL's activation memory, and they cost a small fraction of the step to compute again (`pal bench efficiency`).
     """
 
-    def __init__(self, encoder_dims: dict[str, int], hidden_size: int, layers: list[int], kind: str, rope: str,
-                 audio_bias: str = "log_count", rank: int = 64, recompute: bool = True):
+    route = "lal"  # its encoders' route, its attribute on the model and its trainable group (trainable.py)
+    cache_key = "lal_audio"  # what the decoder layers receive its keys/values as, and where PALCache keeps them
+    shares_rows = True  # several prompts about one clip read one row of keys/values (`AudioKV.shared_repeat`)
+
+    def __init__(self, config: PALConfig):
         super().__init__()
-        self.layers = list(layers)
-        self.rope, self.audio_bias, self.recompute = rope, audio_bias, recompute
-        self.projections = nn.ModuleDict(
-            {name: LALProjection(dim, hidden_size, self.layers, kind, rank) for name, dim in encoder_dims.items()}
-        )
+        self.layers = config.lal_layer_indices()
+        self.rope, self.audio_bias = config.lal_rope, config.lal_audio_bias
+        self.recompute = config.lal_recompute_audio
+        hidden = config.text_config.hidden_size
+        self.projections = nn.ModuleDict({
+            name: LALProjection(config.encoder_dims[name], hidden, self.layers, config.lal_projection,
+                                config.lal_projection_rank)
+            for name in config.encoders_on(self.route)
+        })
 
     def _layer_kv(self, decoder_layer: nn.Module, layer: str, cos_sin, *shared: torch.Tensor):
         """A_l = [P_l of each encoder] concatenated along tokens, then that layer's keys/values."""
         projected = torch.cat([p.heads[layer](x) for p, x in zip(self.projections.values(), shared)], dim=1)
         return layer_audio_kv(decoder_layer, projected, cos_sin)
 
-    def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]], llm: nn.Module) -> LALAudioKV:
+    def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]], llm: nn.Module) -> AudioKV:
         """audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} → audio K/V [B, H_kv, N_a, D_h] for every audio layer."""
         shared = [projection.trunk(audio[name][0]) for name, projection in self.projections.items()]
         mask = torch.cat([audio[name][1] for name in self.projections], dim=1)  # [B, N_a]
@@ -466,4 +388,4 @@ class LALConnector(nn.Module):
             else:
                 keys[layer], values[layer] = run(*shared)
         bias = -mask.sum(-1).clamp(min=1).float().log() if self.audio_bias == "log_count" else None  # [B]
-        return LALAudioKV(keys, values, mask, bias)
+        return AudioKV(keys, values, mask, bias)

@@ -255,7 +255,7 @@ def lal_flash_varlen_attention(module, query, key, value, attention_mask, scalin
                                **kwargs):
     """HF attention function: LAL (or, for a layer without audio, plain causal attention) on the varlen kernel.
 
-    query [B, H, T, D_h], key/value [B, H_kv, S, D_h] (S = cached text + T); `lal_audio` a LALAudioKV or None;
+    query [B, H, T, D_h], key/value [B, H_kv, S, D_h] (S = cached text + T); `lal_audio` an AudioKV or None;
     `scaling` the softmax scale (HF passes module.scaling; None means D_h^-0.5). Returns (out [B, T, H, D_h], None),
     the layout of HF's sdpa function; padded query positions are zeros.
     """

@@ -24,7 +24,8 @@ from encoders.outputs import EncoderOutputs
 from .audio_norm import AudioFeatureNorm
 from .configuration_pal import PALConfig
 from .cross_attention import CrossAttentionConnector
-from .lal_injection import LALConnector, PALCache, enable_lal_attention
+from .audio_cache import PALCache
+from .lal_injection import LALConnector, enable_lal_attention
 from .llm import check_supported_llm, load_llm
 from .plits import PLITSConnector, splice_audio_tokens
 from .trainable import attach_lora
@@ -99,34 +100,10 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             attach_lora(self.llm, config.lora)
         self.audio_norm = (AudioFeatureNorm(config.encoder_dims, config.audio_norm_positions)
                            if config.audio_norm == "standardize" else None)
+        # The connectors, each built from the config and present only when some encoder takes its route.
         self.plits = PLITSConnector(config) if config.has_plits_tokens() else None
-        lal_encoders = config.encoders_on("lal")
-        self.lal = (
-            LALConnector(
-                {name: config.encoder_dims[name] for name in lal_encoders},
-                config.text_config.hidden_size,
-                config.lal_layer_indices(),
-                config.lal_projection,
-                config.lal_rope,
-                config.lal_audio_bias,
-                config.lal_projection_rank,
-                config.lal_recompute_audio,
-            )
-            if lal_encoders and config.lal_layer_indices()
-            else None
-        )
-        xattn_encoders = config.encoders_on("xattn")
-        self.xattn = (
-            CrossAttentionConnector(
-                {name: config.encoder_dims[name] for name in xattn_encoders},
-                config.text_config.hidden_size,
-                config.xattn_layer_indices(),
-                config.xattn_heads or config.text_config.num_attention_heads,
-                config.xattn_ffn_mult,
-            )
-            if xattn_encoders
-            else None
-        )
+        self.lal = LALConnector(config) if config.lal_layer_indices() else None
+        self.xattn = CrossAttentionConnector(config) if config.xattn_layer_indices() else None
         if self.xattn is not None:
             self.xattn.install(self.llm)
         with _gathered_for_init(self):
@@ -162,6 +139,12 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.llm.get_output_embeddings()
+
+    def side_connectors(self) -> list[nn.Module]:
+        """The connectors whose audio keys/values the LLM's layers receive beside the text (LAL, cross-attention),
+        computed once per forward or at prefill: each has `cache_key`, `shares_rows` and is called
+        `connector(audio, llm) → AudioKV`."""
+        return [c for c in (self.lal, self.xattn) if c is not None]
 
     def check_audio(self, audio: AudioFeatures, batch_size: int) -> AudioFeatures:
         """Validate names, widths and batch sizes; zero padded tokens so they cannot leak (e.g. NaN) into outputs.
@@ -261,15 +244,13 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             use_cache = self.config.text_config.use_cache
         if use_cache and past_key_values is None:
             past_key_values = PALCache(config=self.llm.config)
-        routed = {"lal_audio": self.lal, "xattn_audio": self.xattn}
-        side = {key: getattr(past_key_values, key, None) for key in routed}
-        if audio is not None and any(side[key] is not None for key, module in routed.items() if module is not None):
+        side = {c.cache_key: getattr(past_key_values, c.cache_key, None) for c in self.side_connectors()}
+        if audio is not None and any(kv is not None for kv in side.values()):
             self._check_prepared(past_key_values, audio)
         elif audio is not None:
-            for key, module in routed.items():
-                if module is None:
-                    continue
-                side[key] = module(audio, self.llm) if key == "lal_audio" else module(audio)
+            for connector in self.side_connectors():
+                key = connector.cache_key
+                side[key] = connector(audio, self.llm)
                 if use_cache:
                     if not isinstance(past_key_values, PALCache):
                         raise ValueError(
@@ -315,19 +296,20 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         batch = next(iter(audio.values()))[0].shape[0]
         cache = PALCache(config=self.llm.config)
         checked = self.audio_inputs(audio, batch)
-        if self.lal is not None:
-            cache.lal_audio = self.lal(checked, self.llm).shared_repeat(repeats)  # stored once, read once per step
-        if self.xattn is not None:
-            cache.xattn_audio = self.xattn(checked).repeat_interleave(repeats)
-        if self.lal is not None or self.xattn is not None:
-            cache.lal_source = (checked, repeats)
+        for connector in self.side_connectors():
+            kv = connector(checked, self.llm)
+            # LAL's keys are stored once per clip and read once per decoding step for all its prompts
+            setattr(cache, connector.cache_key, kv.shared_repeat(repeats) if connector.shares_rows
+                    else kv.repeat_interleave(repeats))
+        if self.side_connectors():
+            cache.audio_source = (checked, repeats)
         return cache
 
     def _check_prepared(self, cache, checked: AudioFeatures) -> None:
         """Audio given with a cache that already holds audio keys/values: fine for a fresh cache from `prepare_audio`
         with the same audio; an error otherwise (the new audio would be silently ignored). `checked`: the given audio
         as `audio_inputs` returns it, standardised once like the prepared audio it is compared with."""
-        source = getattr(cache, "lal_source", None)
+        source = getattr(cache, "audio_source", None)
         if cache.get_seq_length() > 0 or source is None:
             raise ValueError(
                 "past_key_values already holds LAL audio keys/values from an earlier call, so the new `audio` would be "

@@ -49,6 +49,10 @@ def plits_token_counts(config: PALConfig, audio_masks: dict[str, torch.Tensor]) 
 
 
 class PLITSConnector(nn.Module):
+    """The projectors of the PLITS-routed encoders (and PAL's summary latents): tokens for the `<audio>` positions."""
+
+    route = "plits"  # its encoders' route, its attribute on the model and its trainable group (trainable.py)
+
     def __init__(self, config: PALConfig):
         super().__init__()
         dims = config.encoder_dims

@@ -21,14 +21,20 @@ from typing import Callable
 
 from torch import nn
 
+from .configuration_pal import ROUTES
+
 _ATTENTION = re.compile(r"\.self_attn\.[qkvo]_proj\.")
 _LORA = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\.")
 
+
+def _under(prefix: str) -> Callable[[str], bool]:
+    return lambda n: n.startswith(prefix + ".")
+
+
 TRAINABLE_GROUPS: dict[str, Callable[[str], bool]] = {
-    "connector": lambda n: n.startswith(("plits.", "lal.", "xattn.")),
-    "plits": lambda n: n.startswith("plits."),
-    "lal": lambda n: n.startswith("lal."),
-    "xattn": lambda n: n.startswith("xattn."),
+    # Each route's connector sits on the model under the route's name (modeling_pal.py), so its group is that name.
+    "connector": lambda n: n.split(".", 1)[0] in ROUTES,
+    **{route: _under(route) for route in ROUTES},
     "llm": lambda n: n.startswith("llm.") and not _LORA.search(n),
     "llm_attention": lambda n: n.startswith("llm.") and bool(_ATTENTION.search(n)) and not _LORA.search(n),
     "llm_ffn": lambda n: n.startswith("llm.") and ".mlp." in n and not _LORA.search(n),

@@ -7,7 +7,8 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from conftest import build_inputs, random_audio, random_texts, tiny_pal
-from pal.lal_injection import LALAudioKV, _decoding_attention, _lal_attention
+from pal.audio_cache import AudioKV
+from pal.lal_injection import _decoding_attention, _lal_attention
 
 
 class _Layer:  # what HF's attention functions read from the attention module
@@ -29,7 +30,7 @@ def test_decoding_attention_equals_concatenated_keys(with_bias, q_len):
     text_real[1, :3] = False  # left padding
     causal = torch.ones(q_len, s, dtype=torch.bool).tril(s - q_len)
     mask = (causal[None] & text_real[:, None, :])[:, None]  # [B, 1, T, S]
-    audio = LALAudioKV({0: audio_k}, {0: audio_v}, audio_mask, bias)
+    audio = AudioKV({0: audio_k}, {0: audio_v}, audio_mask, bias)
 
     expected, _ = _lal_attention(sdpa_attention_forward)(_Layer(), query, key, value, mask, scaling=dim**-0.5,
                                                          dropout=1e-9, lal_audio=audio)  # dropout > 0: the prefill path
@@ -96,7 +97,7 @@ def test_questions_about_one_clip_share_its_audio_keys(connector, audio_norm):
         expected = decoding_step_logits(None)
         got = decoding_step_logits(model.prepare_audio(clips, repeats=2))
         swapped = model.prepare_audio({n: (t.flip(0), m.flip(0)) for n, (t, m) in clips.items()}, repeats=2)
-        swapped.lal_source = cache.lal_source  # bypass the same-audio check: each prompt now reads the other clip
+        swapped.audio_source = cache.audio_source  # bypass the same-audio check: each prompt now reads the other clip
         wrong = decoding_step_logits(swapped)
     assert shared.tolist() == plain.tolist()
     # reorder; the swapped clip differs by > 1e-4, so the check can fail

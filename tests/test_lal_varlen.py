@@ -13,7 +13,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from pal.lal_injection import LALAudioKV
+from pal.audio_cache import AudioKV
 from pal.lal_varlen import (_with_bias_columns, lal_flash_varlen_attention, pack_lal_varlen, unpack,
                             varlen_attention_reference)
 
@@ -52,7 +52,7 @@ def _inputs(seed: int, q_len: int, keys: int, audio_counts: list[int], num_audio
     audio_k, audio_v = torch.randn(2, batch, H_KV, num_audio, D, generator=g)
     audio_mask = _padding(audio_counts, num_audio, "right")
     log_bias = -torch.tensor(audio_counts).clamp(min=1).float().log() if bias else None  # -log n_b
-    audio = LALAudioKV({LAYER: audio_k}, {LAYER: audio_v}, audio_mask, log_bias)
+    audio = AudioKV({LAYER: audio_k}, {LAYER: audio_v}, audio_mask, log_bias)
     return query, key, value, audio
 
 
@@ -154,7 +154,7 @@ def test_varlen_equals_lal_sdpa(side, bias, mask_form):
     # reorder
     torch.testing.assert_close(got[2][real[2]], plain[2][real[2]], atol=1e-5, rtol=1e-5)  # 0 audio tokens: plain
     if bias:
-        unbiased = LALAudioKV(audio.keys, audio.values, audio.mask, None)
+        unbiased = AudioKV(audio.keys, audio.values, audio.mask, None)
         other, _ = lal_flash_varlen_attention(_module(), query, key, value, given, scaling=scaling, lal_audio=unbiased)
         assert not torch.allclose(got[0][real[0]], other[0][real[0]], atol=1e-3)
 
@@ -198,7 +198,7 @@ def test_gradients_match_lal_sdpa_with_bias():
     grads = []
     for fn in (_lal_sdpa(), lal_flash_varlen_attention):
         leaves = [t.clone().requires_grad_() for t in (query, key, value, audio_k, audio_v)]
-        lal_audio = LALAudioKV({LAYER: leaves[3]}, {LAYER: leaves[4]}, audio.mask, audio.bias)
+        lal_audio = AudioKV({LAYER: leaves[3]}, {LAYER: leaves[4]}, audio.mask, audio.bias)
         out, _ = fn(_module(), *leaves[:3], mask, scaling=0.3, lal_audio=lal_audio)
         (out * weight).sum().backward()
         grads.append([t.grad for t in leaves])
@@ -238,14 +238,14 @@ def test_bf16_inputs_stay_close_to_fp32():
     text_real = _padding([6, 4, 3], 6, "right")
     mask = _mask_4d(text_real, 6)
     to_bf16 = lambda t: t.bfloat16()  # noqa: E731
-    audio_bf16 = LALAudioKV({LAYER: to_bf16(audio.keys[LAYER])}, {LAYER: to_bf16(audio.values[LAYER])}, audio.mask,
+    audio_bf16 = AudioKV({LAYER: to_bf16(audio.keys[LAYER])}, {LAYER: to_bf16(audio.values[LAYER])}, audio.mask,
                             audio.bias)
     got, _ = lal_flash_varlen_attention(_module(), to_bf16(query), to_bf16(key), to_bf16(value), mask, scaling=0.3,
                                         lal_audio=audio_bf16)
     assert got.dtype == torch.bfloat16
     # The oracle sees the same bf16-rounded inputs, in fp32: what is left is the output rounding (2^-8 relative).
     up = lambda t: t.bfloat16().float()  # noqa: E731
-    audio_up = LALAudioKV({LAYER: up(audio.keys[LAYER])}, {LAYER: up(audio.values[LAYER])}, audio.mask, audio.bias)
+    audio_up = AudioKV({LAYER: up(audio.keys[LAYER])}, {LAYER: up(audio.values[LAYER])}, audio.mask, audio.bias)
     want, _ = _lal_sdpa()(_module(), up(query), up(key), up(value), mask, scaling=0.3, lal_audio=audio_up)
     torch.testing.assert_close(got[text_real].float(), want[text_real], atol=1e-2, rtol=1e-2)
 

@@ -55,3 +55,23 @@ def test_unknown_or_empty_group_is_an_error():
     with pytest.raises(ValueError, match="attach LoRA first"):
         set_trainable(model, ["lora"])
     assert "connector" in TRAINABLE_GROUPS
+
+
+@pytest.mark.parametrize("connector", ["pal", "pal_xattn", "xattn", "pal_summary"])
+def test_each_route_is_one_connector_under_its_name_owning_its_group(connector):
+    """The connector contract: the module of route r is `model.r`, says `route == r`, holds the parameters of
+    trainable group r, and together they are the group "connector"; the side routes hand their keys/values to the
+    layers under `cache_key`."""
+    from pal.configuration_pal import ROUTES
+
+    model, _ = tiny_pal(connector)
+    present = [r for r in ROUTES if getattr(model, r) is not None]
+    assert present and all(getattr(model, r).route == r for r in present)
+    names = [n for n, _ in model.named_parameters()]
+    for r in ROUTES:
+        owned = {f"{r}.{n}" for n, _ in getattr(model, r).named_parameters()} if r in present else set()
+        assert {n for n in names if TRAINABLE_GROUPS[r](n)} == owned
+    assert {n for n in names if TRAINABLE_GROUPS["connector"](n)} == {n for n in names if n.split(".")[0] in present}
+    routes = {model.config.route_of(name) for name in model.config.encoder_dims}
+    assert {c.route for c in model.side_connectors()} == routes - {"plits"}
+    assert {c.cache_key for c in model.side_connectors()} <= {"lal_audio", "xattn_audio"}

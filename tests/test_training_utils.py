@@ -65,6 +65,56 @@ def test_every_shipped_yaml_loads_into_its_typed_config(path):
         assert len(config.stages) == 3 and config.model.ensemble_config().encoders
 
 
+@pytest.mark.parametrize("variant", sorted(p.name for p in (ROOT / "configs" / "compare").glob("*.yaml")))
+def test_every_comparison_config_trains_the_same_curriculum(variant):
+    """pal-spec §7: the compared models differ in the connector (or the encoders), never in data or schedule."""
+    from dataclasses import asdict
+
+    from recipes.curriculum.config import CurriculumConfig
+
+    reference = asdict(CurriculumConfig.from_yaml(ROOT / "configs" / "compare" / "lal.yaml"))
+    config = asdict(CurriculumConfig.from_yaml(ROOT / "configs" / "compare" / variant))
+    for key in ("connector", "encoders"):
+        reference["model"].pop(key), config["model"].pop(key)
+    reference.pop("out"), config.pop("out")
+    assert config == reference
+
+
+def test_a_yaml_variant_is_its_base_with_what_it_writes(tmp_path):
+    from recipes.curriculum.config import CurriculumConfig
+
+    (tmp_path / "base.yaml").write_text(
+        "model: {llm: ../llm, encoders: enc.yaml, connector: {connector: lal, lal_start_layer: 4}, dtype: float32}\n"
+        "seed: 3\nstages:\n- {name: a, data: [{manifest: a.jsonl}], trainable: [connector], steps: 5}\n"
+        "- {name: b, data: [{manifest: b.jsonl}], trainable: [connector], steps: 6}\n")
+    (tmp_path / "plits.yaml").write_text("base: base.yaml\nmodel: {connector: {connector: plits}}\nseed: 4\n")
+    config = CurriculumConfig.from_yaml(tmp_path / "plits.yaml")
+    assert config.model.connector == {"connector": "plits"}  # a free-form mapping is replaced whole
+    assert config.model.llm == str(tmp_path.parent / "llm") and config.model.dtype == "float32"  # `model` merged
+    assert config.seed == 4 and [s.steps for s in config.stages] == [5, 6]
+    assert config.stages[0].data[0].manifest == str(tmp_path / "a.jsonl")
+    (tmp_path / "short.yaml").write_text("base: plits.yaml\nstages:\n"
+                                         "- {name: c, data: [{manifest: c.jsonl}], trainable: [connector], steps: 2}\n")
+    chained = CurriculumConfig.from_yaml(tmp_path / "short.yaml")  # a list is replaced whole; bases chain
+    assert [s.name for s in chained.stages] == ["c"]
+    assert chained.seed == 4 and chained.model.connector["connector"] == "plits"
+
+    (tmp_path / "typo.yaml").write_text("base: base.yaml\nmodel: {conector: {}}\n")
+    with pytest.raises(ValueError, match=r"typo.yaml: model: unknown key\(s\) \['conector'\]"):
+        CurriculumConfig.from_yaml(tmp_path / "typo.yaml")
+    (tmp_path / "loop.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ValueError, match=r"leads back to itself: loop.yaml -> loop2.yaml -> loop.yaml"):
+        CurriculumConfig.from_yaml(tmp_path / "loop.yaml")
+    (tmp_path / "far.yaml").write_text("base: ../elsewhere/base.yaml\n")
+    with pytest.raises(ValueError, match=r"far.yaml: base = '../elsewhere/base.yaml': expected the file name of a "
+                                         r"YAML in the same folder"):
+        CurriculumConfig.from_yaml(tmp_path / "far.yaml")
+    (tmp_path / "lost.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"lost.yaml: base = 'gone.yaml': .*gone.yaml does not exist"):
+        CurriculumConfig.from_yaml(tmp_path / "lost.yaml")
+
+
 def test_a_clip_shorter_than_one_fbank_frame_is_a_reported_skip_not_a_crash(tmp_path):
     """In `sslam pretrain`, `sslam extract` and `pal features` a 10 ms clip raised a bare ValueError; inside a batch
     with longer clips it was encoded as an all-zero spectrogram."""
