@@ -10,7 +10,7 @@ Data path: "inline" collates inside the step (how the curriculum ran before its 
 curriculum's own path, 2 DataLoader workers reading audio and templating ahead while the step trains, the frozen
 encoder in the training process. Memory: LAL with and without gradient checkpointing (the stage option). Peak memory
 is the first step's high-water mark of live tensors (the optimizer state is created in it), from PyTorch's profiler
-(`bench.efficiency.tensor_peak_mb`); the step times are those of the later steps.
+(`bench.memory.tensor_peak_mb`); the step times are those of the later steps.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CONNECTORS = {
-    "plits": dict(connector="plits"),
-    "lal": dict(connector="lal", lal_start_layer=4),
-    "pal": dict(connector="pal", n_summary=8, lal_start_layer=4, qformer_layers=1),
-}
+from pal.presets import connector_preset
+
+CONNECTORS = {"plits": connector_preset("plits"), "lal": connector_preset("lal", lal_start_layer=4),
+              "pal": connector_preset("pal", n_summary=8, lal_start_layer=4)}
 ENCODERS = {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}}
 
 
@@ -56,7 +55,8 @@ def measure(connector: str, cached: bool, batch: int, repeats: int, workers: int
     from pal.llm import load_tokenizer
     from recipes.curriculum.stage_data import Collator, StageData, stage_loader
 
-    from .efficiency import tensor_peak_mb, use_bf16
+    from .efficiency import use_bf16
+    from .memory import tensor_peak_mb
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = _corpus(Path(tmp), batch)

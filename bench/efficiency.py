@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from .flops import layer_flops, model_flops
+from .memory import StepMemory, rss_mb, tensor_peak_mb
 
 # SmolLM2-135M-Instruct's and Llama-3.2-1B's dimensions (their config.json); weights are random.
 SMOLLM2_135M = dict(
@@ -62,7 +64,6 @@ PRESETS = {
 }
 DIMS = {"smollm2-135m": SMOLLM2_135M, "llama3.2-1b": LLAMA32_1B, "tiny": TINY}
 VARIANTS = ("plits", "lal", "lal_stored", "lal_lowrank", "pal", "xattn")  # lal_stored: lal_recompute_audio off
-XATTN_EVERY, XATTN_FFN_MULT = 4, 4  # the cross-attention baseline: a block in front of every 4th layer
 
 
 @dataclass
@@ -85,62 +86,6 @@ class BenchSettings:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Predicted FLOPs (pal-spec §4.4, plus what it leaves out)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def layer_flops(connector: str, n_a: int, n_t: int, d: int, d_kv: int, d_ff: int, n_s: int = 0) -> float:
-    """Forward FLOPs of one audio layer (pal-spec §4.4); PAL: n_s summary tokens in sequence plus LAL audio."""
-    per_token = 2 * (2 * d * d + 2 * d * d_kv + 3 * d * d_ff)
-    if connector == "xattn":  # the LLM's own layer sees text only
-        return n_t * per_token + 4 * n_t * n_t * d
-    if connector == "plits":
-        n = n_a + n_t
-        return n * per_token + 4 * n * n * d
-    n_q = n_t + (n_s if connector == "pal" else 0)  # in-sequence tokens: the queries
-    return n_q * per_token + n_a * 4 * d * d_kv + 4 * n_q * (n_a + n_q) * d
-
-
-def xattn_block_flops(n_a: int, n_t: int, d: int, ffn_mult: int = XATTN_FFN_MULT) -> float:
-    """Forward FLOPs of one gated cross-attention block: k/v over the audio, q/o and the FFN over the text, and
-    the text-to-audio attention (scores and weighted sum)."""
-    return 2 * (2 * n_a * d * d + 2 * n_t * d * d + 2 * n_t * d * ffn_mult * d) + 4 * n_t * n_a * d
-
-
-def connector_flops(variant: str, n_a: int, dims: dict, encoder_dim: int, rank: int = 64) -> float:
-    """Forward FLOPs of the connector's own projections, which §4.4 leaves out: the PLITS MLP (D_e→d→d, once);
-    LAL's P_l (D_e→d per audio layer, or for `lal_lowrank` D_e→d once plus d→r→d per layer); PAL's P_l plus its
-    summary latents' input projection and K/V; the cross-attention baseline's one projection to d."""
-    d, layers = dims["hidden_size"], dims["num_hidden_layers"]
-    if variant == "plits":
-        return 2 * n_a * (encoder_dim * d + d * d)
-    if variant == "xattn":
-        return 2 * n_a * encoder_dim * d
-    if variant == "lal_lowrank":
-        return 2 * n_a * encoder_dim * d + layers * 2 * n_a * 2 * d * rank
-    flops = layers * 2 * n_a * encoder_dim * d
-    if variant == "pal":
-        flops += 2 * n_a * (encoder_dim * d + 2 * d * d)
-    return flops
-
-
-def model_flops(variant: str, n_a: int, n_t: int, dims: dict, n_s: int = 0, encoder_dim: int = 0,
-                n_sup: int | None = None, rank: int = 64) -> float:
-    """Forward FLOPs of every layer, plus the LM head at the `n_sup` supervised positions (every in-sequence
-    position when None, as a model without `supervised_lm_loss` would), plus with `encoder_dim` the connector's own
-    projections."""
-    d, d_ff, layers = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"]
-    d_kv = dims["num_key_value_heads"] * d // dims["num_attention_heads"]
-    connector = "lal" if variant.startswith("lal") else variant
-    if n_sup is None:
-        n_sup = n_a + n_t if connector == "plits" else n_t + (n_s if connector == "pal" else 0)
-    flops = layers * layer_flops(connector, n_a, n_t, d, d_kv, d_ff, n_s) + 2 * d * dims["vocab_size"] * n_sup
-    if connector == "xattn":
-        flops += len(range(0, layers, XATTN_EVERY)) * xattn_block_flops(n_a, n_t, d)
-    return flops + (connector_flops(variant, n_a, dims, encoder_dim, rank) if encoder_dim else 0)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # One measurement (runs in its own process)
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -149,12 +94,10 @@ def _build(variant: str, s: BenchSettings):
     from transformers import LlamaConfig
 
     from pal import PALConfig, PALForConditionalGeneration
+    from pal.presets import connector_preset
 
-    options = {"plits": dict(connector="plits"), "lal": dict(connector="lal"),
-               "lal_stored": dict(connector="lal", lal_recompute_audio=False),
-               "lal_lowrank": dict(connector="lal", lal_projection="lowrank", lal_projection_rank=s.lowrank_rank),
-               "pal": dict(connector="pal", n_summary=s.n_summary, qformer_layers=1),
-               "xattn": dict(connector="xattn", xattn_every=XATTN_EVERY, xattn_ffn_mult=XATTN_FFN_MULT)}[variant]
+    sizes = {"lal_lowrank": dict(lal_projection_rank=s.lowrank_rank), "pal": dict(n_summary=s.n_summary)}
+    options = connector_preset(variant, **sizes.get(variant, {}))
     config = PALConfig(text_config=LlamaConfig(**DIMS[s.dims]).to_dict(), encoder_dims={"sslam": s.encoder_dim},
                        **options)
     torch.manual_seed(0)
@@ -175,74 +118,6 @@ def _inputs(model, n_a: int, s: BenchSettings) -> dict:
     labels = torch.full_like(ids, -100)
     labels[:, -s.supervised_tokens:] = ids[:, -s.supervised_tokens:]  # the answer; prompt and audio carry no loss
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids), audio_token_mask=flags, audio=audio, labels=labels)
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _resident_follows_live_tensors() -> None:
-    """Make the process's resident memory follow its live tensors: glibc's mmap threshold is fixed at 64 KiB
-    (a fixed value also turns off its dynamic raise up to 32 MiB), so every tensor above it is mapped when allocated
-    and unmapped when freed, and what earlier steps freed into the heap is trimmed back to the system. Without this,
-    memory a warm-up step freed stays resident and a later step's peak reads too low (by a different amount for each
-    variant)."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    m_mmap_threshold = -3  # mallopt(3)
-    libc.mallopt(m_mmap_threshold, 64 * 1024)
-    libc.malloc_trim(0)
-
-
-class StepMemory:
-    """The high-water mark of one step above what was allocated before it: CUDA's allocator statistics on a GPU;
-    on CPU the kernel's peak resident set (VmHWM, reset on entry), with resident memory made to follow live tensors
-    (`_resident_follows_live_tensors`). Sampling RSS would miss short peaks; this cannot."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.before = torch.cuda.memory_allocated() / 2**20
-        else:
-            from training.engine import reset_peak_memory
-
-            _resident_follows_live_tensors()
-            reset_peak_memory()  # the kernel's high-water mark (VmHWM)
-            self.before = _rss_mb()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() / 2**20 - self.before
-        else:
-            from training.engine import peak_memory_mb
-
-            self.peak = peak_memory_mb()["host_mb"] - self.before
-
-
-def tensor_peak_mb(step) -> float:
-    """The high-water mark of CPU tensor bytes allocated while `step()` runs, above what was allocated when it
-    started (the CPU counterpart of `torch.cuda.max_memory_allocated`): PyTorch's profiler records every allocation
-    and free of the CPU allocator with its running total ("Total Allocated" of each "[memory]" event in its trace)."""
-    import tempfile
-
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(path))
-        events = json.loads(path.read_text())["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]" and e["args"]["Device Type"] == 0]
-    return max([0, *totals]) / 2**20
 
 
 def use_bf16(precision: str, device: str = "cpu") -> bool:
@@ -291,7 +166,7 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
         loss.backward()
 
     train_step()  # warm-up
-    static = _rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated() / 2**20
+    static = rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated() / 2**20
     times = [_timed(train_step, device) for _ in range(s.steps)]
 
     model.eval()

@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pal.presets import connector_preset
+
 PRESETS = {"full": {"sslam": "vitb", "llm": None, "new_tokens": 32, "seconds": 10.0},
            "tiny": {"sslam": "tiny", "llm": None, "new_tokens": 4, "seconds": 2.0}}
-CONNECTORS = {"plits": dict(connector="plits"), "lal": dict(connector="lal", lal_start_layer=4),
-              "pal": dict(connector="pal", n_summary=32, lal_start_layer=4, qformer_layers=1),
-              "xattn": dict(connector="xattn", xattn_every=4)}
+CONNECTORS = {"plits": connector_preset("plits"), "lal": connector_preset("lal", lal_start_layer=4),
+              "pal": connector_preset("pal", n_summary=32, lal_start_layer=4), "xattn": connector_preset("xattn")}
 
 
 def _best(fn, repeats: int) -> float:

@@ -30,6 +30,17 @@ def _demo(args) -> int:
     return run_demo(args)
 
 
+def _serve(args) -> int:
+    import os
+
+    from serving.app import serve
+
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("PAL_API_KEY"),
+          model_id=args.name, max_audio_seconds=args.max_audio_seconds, cache_clips=args.cache_clips,
+          max_request_mb=args.max_request_mb)
+    return 0
+
+
 def _env(args) -> int:
     from training.engine import machine_report
 
@@ -331,6 +342,20 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--text-only-model", help="a model trained by the same curriculum with the audio removed from "
                           "its data: asked the same questions without audio, it is the prior a model reaches unheard")
     evaluate.set_defaults(func=_eval)
+
+    server = commands.add_parser("serve", help="a trained model behind an OpenAI-compatible chat API")
+    server.add_argument("--model", required=True, help="a trained model folder (a stage's final/)")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (another than loopback needs "
+                        "--api-key; default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--api-key", help="clients must send `Authorization: Bearer KEY` (default: the "
+                        "PAL_API_KEY environment variable, else none)")
+    server.add_argument("--name", help="the model id clients ask for (default: the run's stage folder name)")
+    server.add_argument("--max-audio-seconds", type=float, default=60.0, help="longest clip accepted (default 60)")
+    server.add_argument("--cache-clips", type=int, default=64,
+                        help="clips kept with their encoder outputs and audio keys/values (default 64)")
+    server.add_argument("--max-request-mb", type=float, default=25.0, help="largest request body (default 25)")
+    server.set_defaults(func=_serve)
 
     comparison = commands.add_parser("compare", help="connectors under one curriculum: K seeds, one report")
     comparison.add_argument("--configs", nargs="+", help="curriculum YAMLs (the first is the reference)")

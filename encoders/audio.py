@@ -54,31 +54,41 @@ def audio_header_problem(path: str | Path, min_seconds: float = 0.0, max_seconds
     return None
 
 
-def load_audio(path: str | Path, sample_rate: int = TARGET_SAMPLE_RATE, max_seconds: float = MAX_SECONDS,
-               remove_dc: bool = True, min_samples: int = 0) -> torch.Tensor:
-    """Read a file → mono float32 waveform [S] at `sample_rate`, with its mean removed (sslam-spec §2.1).
+def load_audio(path: str | Path | bytes, sample_rate: int = TARGET_SAMPLE_RATE, max_seconds: float = MAX_SECONDS,
+               remove_dc: bool = True, min_samples: int = 0, name: str = "the audio") -> torch.Tensor:
+    """Read a file (or a file's bytes, called `name` in errors) → mono float32 waveform [S] at `sample_rate`, with
+    its mean removed (sslam-spec §2.1).
 
     `min_samples`: the shortest usable waveform at `sample_rate` (e.g. 400 for one 25 ms fbank frame at 16 kHz).
     """
+    import io
+
     import soundfile
 
-    path = Path(path)
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not an audio file.")
-    if not path.is_file():
-        raise AudioError(f"{path}: no such audio file.")
+    if isinstance(path, bytes):
+        source, path = io.BytesIO(path), name
+    else:
+        path = Path(path)
+        if path.is_dir():
+            raise AudioError(f"{path}: is a folder, not an audio file.")
+        if not path.is_file():
+            raise AudioError(f"{path}: no such audio file.")
+        source = str(path)
     try:
-        info = soundfile.info(str(path))
+        info = soundfile.info(source)
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
         if info.frames > 0 and info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
             raise AudioError(
                 f"{path}: {info.frames / info.samplerate:.0f} s long, over the {max_seconds:.0f} s limit; "
                 "cut it, or raise max_seconds if this is intended."
             )
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        data, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except AudioError:
         raise
     except Exception as err:  # soundfile raises LibsndfileError / RuntimeError / TypeError for bad bytes
-        raise AudioError(f"{path}: unreadable or corrupt audio ({err}).") from None
+        reason = str(err).split(": ", 1)[-1] if isinstance(source, io.BytesIO) else str(err)  # no object address
+        raise AudioError(f"{path}: unreadable or corrupt audio ({reason}).") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: the file holds no samples.")
     if not np.isfinite(data).all():

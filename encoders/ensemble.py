@@ -25,7 +25,7 @@ from torch import nn
 
 from common.typed_config import YamlConfig, bounded, path_field
 
-from .audio import load_audio, resample
+from .audio import MAX_SECONDS, load_audio, resample
 from .outputs import EncoderOutputs
 
 
@@ -115,26 +115,29 @@ class AudioEncoderEnsemble:
 
     def __call__(self, waveforms: list[torch.Tensor], sample_rate: int = 16000) -> EncoderOutputs:
         """Mono clips at `sample_rate` → {name: (tokens [B, N_e, D_e], mask [B, N_e])}; resampled per encoder."""
-        out = {}
-        for name, member in self.members.items():
-            clips = waveforms if member.sample_rate == sample_rate else [
-                torch.from_numpy(resample(w.cpu().numpy(), sample_rate, member.sample_rate)) for w in waveforms
-            ]
-            out[name] = self._encode(member, clips)
-        return out
+        return self.encode_loaded([self.at_member_rates(w, sample_rate) for w in waveforms])
+
+    def at_member_rates(self, waveform: torch.Tensor, sample_rate: int = 16000) -> dict[int, torch.Tensor]:
+        """One mono waveform [S] at `sample_rate` → {rate: the waveform at that rate} for each member's rate: the
+        clip as `load` gives it for a file. The one place in-memory audio is resampled."""
+        return {rate: waveform if rate == sample_rate
+                else torch.from_numpy(resample(waveform.cpu().numpy(), sample_rate, rate))
+                for rate in {m.sample_rate for m in self.members.values()}}
 
     @property
     def min_seconds(self) -> float:
         """The shortest clip every member can encode (SSLAM: one 25 ms fbank frame)."""
         return max(getattr(m, "min_samples", 1) / m.sample_rate for m in self.members.values())
 
-    def load(self, path: str | Path) -> dict[int, torch.Tensor]:
-        """One file read at each encoder's own sample rate (one resampling from the source); AudioError if bad,
-        including a clip too short for one of the members."""
+    def load(self, path: str | Path | bytes, max_seconds: float = MAX_SECONDS, name: str = "the audio"
+             ) -> dict[int, torch.Tensor]:
+        """One file (or a file's bytes, called `name` in errors) read at each encoder's own sample rate (one
+        resampling from the source); AudioError if bad, including a clip too short for one of the members or longer
+        than `max_seconds`."""
         clip = {}
         for rate in {m.sample_rate for m in self.members.values()}:
             shortest = max(getattr(m, "min_samples", 1) for m in self.members.values() if m.sample_rate == rate)
-            clip[rate] = load_audio(path, sample_rate=rate, min_samples=shortest)
+            clip[rate] = load_audio(path, sample_rate=rate, min_samples=shortest, max_seconds=max_seconds, name=name)
         return clip
 
     def long_audio_events(self, clip: dict[int, torch.Tensor]) -> list[str]:

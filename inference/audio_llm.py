@@ -39,12 +39,19 @@ class Decoding:
     top_p: float = 1.0
     num_beams: int = 1
     seed: int = 0
+    stop: tuple[str, ...] = ()  # strings that end the answer (kept out of it)
 
     def kwargs(self) -> dict:
         out = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "num_beams": self.num_beams}
         if self.do_sample:
             out.update(temperature=self.temperature, top_p=self.top_p)
+        if self.stop:
+            out["stop_strings"] = list(self.stop)
         return out
+
+    def cut(self, text: str) -> str:
+        """`text` up to the first stop string."""
+        return min((text[: text.index(s)] for s in self.stop if s in text), key=len, default=text)
 
 
 Audio = str | Path | torch.Tensor  # a file, or a mono 16 kHz waveform [S]
@@ -88,10 +95,7 @@ class AudioLLM:
     def load(self, audio: Audio) -> dict[int, torch.Tensor]:
         """A file or a 16 kHz waveform → the clip at each encoder's rate (AudioError names a bad file)."""
         if torch.is_tensor(audio):
-            from encoders.audio import resample
-
-            rates = {m.sample_rate for m in self.ensemble.members.values()}
-            return {r: audio if r == 16000 else torch.from_numpy(resample(audio.numpy(), 16000, r)) for r in rates}
+            return self.ensemble.at_member_rates(audio, 16000)
         return self.ensemble.load(audio)
 
     def features(self, clips: list[dict[int, torch.Tensor]]) -> dict:
@@ -152,11 +156,43 @@ class AudioLLM:
     @torch.no_grad()
     def _generate(self, inputs: dict, audio: dict | None, decoding: Decoding, cache=None, streamer=None) -> list[str]:
         """Token inputs ({input_ids, attention_mask, ...} [B, T]) → the answers after them."""
+        new = self._generate_ids(inputs, audio, decoding, cache, streamer)
+        return [decoding.cut(text).strip() for text in self.processor.decode(new, 0)]
+
+    def _generate_ids(self, inputs: dict, audio: dict | None, decoding: Decoding, cache=None, streamer=None,
+                      **extra) -> torch.Tensor:
+        """The generated token ids [B, N] after the inputs."""
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         torch.manual_seed(decoding.seed)
+        if decoding.stop:
+            extra["tokenizer"] = self.processor.tokenizer
         out = self.model.generate(**inputs, audio=audio, past_key_values=cache, pad_token_id=self.processor.pad_id,
-                                  streamer=streamer, **decoding.kwargs())
-        return [text.strip() for text in self.processor.decode(out, inputs["input_ids"].shape[1])]
+                                  streamer=streamer, **decoding.kwargs(), **extra)
+        return out[:, inputs["input_ids"].shape[1]:]
+
+    @torch.no_grad()
+    def chat(self, conversation: list[dict], features: dict | None, decoding: Decoding, cache=None, streamer=None,
+             cancel=None) -> tuple[str, int, int]:
+        """One conversation (with `<audio>` where the clip belongs, or none) and its clip's features [1, ...] →
+        (the answer, prompt positions including audio placeholders, generated tokens). `cache`: a PALCache prepared
+        for these features (`prepare_audio`), reused instead of computing the audio keys/values again; `cancel`: a
+        threading.Event that stops the generation at its next token once set."""
+        inputs = self.processor([conversation], features)
+        audio = inputs.pop("audio", None)
+        extra = {}
+        if cancel is not None:
+            from transformers import StoppingCriteria, StoppingCriteriaList
+
+            class Cancelled(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kwargs):
+                    return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+            extra["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
+        new = self._generate_ids(inputs, audio, decoding, cache, streamer, **extra)[0]
+        eos = {self.processor.tokenizer.eos_token_id, self.processor.pad_id}
+        generated = next((i + 1 for i, t in enumerate(new.tolist()) if t in eos), len(new))
+        text = decoding.cut(self.processor.decode(new[None], 0)[0]).strip()
+        return text, int(inputs["input_ids"].shape[1]), generated
 
     @torch.no_grad()
     def answer_losses(self, conversations: list[list[dict]], audio: dict | None) -> torch.Tensor:

@@ -8,7 +8,8 @@ import sys
 
 from conftest import ROOT
 
-HEAVY = ("torch", "transformers", "deepspeed", "bench.efficiency", "bench.sslam_pretrain", "recipes.curriculum.recipe")
+HEAVY = ("torch", "transformers", "deepspeed", "fastapi", "bench.efficiency", "bench.sslam_pretrain",
+         "recipes.curriculum.recipe")
 
 
 def _loaded_after(code: str) -> list[str]:

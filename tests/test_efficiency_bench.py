@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.efficiency import layer_flops
+from bench.flops import layer_flops
 from cli.main import main
 
 
@@ -24,7 +24,7 @@ def test_xattn_block_flops_match_torch_flop_counter():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bench.efficiency import xattn_block_flops
+    from bench.flops import xattn_block_flops
     from pal.cross_attention import GatedCrossAttentionBlock
 
     block = GatedCrossAttentionBlock(64, 4, ffn_mult=4)
@@ -67,14 +67,14 @@ def test_ratios_are_medians_of_rounds_with_their_spread():
 def test_step_memory_is_the_high_water_mark_not_the_end_state():
     import torch
 
-    from bench.efficiency import StepMemory
+    from bench.memory import StepMemory
 
     with StepMemory(torch.device("cpu")) as memory:
         block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched, then freed before the step ends
         del block
     assert 60 <= memory.peak <= 80, memory.peak
 
-    from bench.efficiency import tensor_peak_mb
+    from bench.memory import tensor_peak_mb
 
     kept = torch.ones(2**20)  # live before the step: not the step's
 
@@ -93,7 +93,8 @@ def test_lal_projection_flops_match_torch_flop_counter(kind, variant):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bench.efficiency import TINY, connector_flops
+    from bench.efficiency import TINY
+    from bench.flops import connector_flops
     from pal.lal_injection import LALProjection
 
     layers, n_a, encoder_dim = TINY["num_hidden_layers"], 13, 48

@@ -7,7 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top (ARCHITECTURE.md): shared utilities, encoders, data, the model, training plumbing, recipes, inference,
 # evaluation, benchmarks, workflows, the command line.
-LAYERS = ["common", "encoders", "data", "pal", "training", "recipes", "inference", "eval", "bench", "workflows", "cli"]
+LAYERS = ["common", "encoders", "data", "pal", "training", "recipes", "inference", "serving", "eval", "bench", "workflows",
+          "cli"]
 
 
 def _cli_launches(path: Path) -> list[int]:

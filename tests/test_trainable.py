@@ -75,3 +75,21 @@ def test_each_route_is_one_connector_under_its_name_owning_its_group(connector):
     routes = {model.config.route_of(name) for name in model.config.encoder_dims}
     assert {c.route for c in model.side_connectors()} == routes - {"plits"}
     assert {c.cache_key for c in model.side_connectors()} <= {"lal_audio", "xattn_audio"}
+
+
+def test_every_named_connector_preset_builds_the_connector_it_names():
+    from conftest import tiny_llm
+    from pal import PALConfig, PALForConditionalGeneration
+    from pal.presets import CONNECTOR_PRESETS, connector_preset
+
+    built = {}
+    for name in CONNECTOR_PRESETS:
+        sizes = {"n_summary": 2, "qformer_heads": 2} if name == "pal" else {}
+        config = PALConfig(text_config=tiny_llm("llama", 0).config.to_dict(), encoder_dims={"sslam": 24},
+                           **connector_preset(name, lal_start_layer=1, **sizes))
+        model = PALForConditionalGeneration(config, llm=tiny_llm("llama", 0))
+        built[name] = {r for r in ("plits", "lal", "xattn") if getattr(model, r) is not None}
+    assert built == {"plits": {"plits"}, "lal": {"lal"}, "lal_stored": {"lal"}, "lal_lowrank": {"lal"},
+                     "pal": {"plits", "lal"}, "xattn": {"xattn"}}
+    with pytest.raises(ValueError, match=r"unknown connector preset 'lal_fast'; choose from \['lal', "):
+        connector_preset("lal_fast")

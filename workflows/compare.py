@@ -26,6 +26,7 @@ from pathlib import Path
 
 from common.safe_write import atomic_write_json, check_writable
 from eval.report import CONTROLS, Image, Section, Table, write_report
+from pal.presets import connector_preset
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Running
@@ -290,11 +291,11 @@ def compare(configs: list[Path], seeds: int, out: Path, manifests: list[Path], b
 # The smoke preset: the tests' tiny models on tones, four connectors, in a few minutes
 # ----------------------------------------------------------------------------------------------------------------------
 
-SMOKE_CONNECTORS = {
-    "plits": {"connector": "plits"},
-    "lal": {"connector": "lal", "lal_start_layer": 1},
-    "pal": {"connector": "pal", "n_summary": 2, "lal_start_layer": 1, "qformer_layers": 1, "qformer_heads": 2},
-    "xattn": {"connector": "xattn", "xattn_every": 1, "xattn_heads": 2, "xattn_ffn_mult": 2},
+SMOKE_CONNECTORS = {  # pal/presets.py, sized for the tiny 2-layer LLM
+    "plits": connector_preset("plits"),
+    "lal": connector_preset("lal", lal_start_layer=1),
+    "pal": connector_preset("pal", n_summary=2, lal_start_layer=1, qformer_heads=2),
+    "xattn": connector_preset("xattn", xattn_every=1, xattn_heads=2, xattn_ffn_mult=2),
 }
 _PITCHES = [(220, "low"), (440, "middle"), (880, "high"), (1760, "very high")]
 

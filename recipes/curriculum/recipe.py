@@ -28,7 +28,7 @@ import json
 import math
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -46,7 +46,7 @@ from pal.llm import load_tokenizer, resolve_llm_path
 from pal.modeling_pal import cast_unpartitioned
 from pal.trainable import LORA_KEYS
 from training.checkpointing import (CheckpointError, clear_run, has_checkpoints, load_latest_checkpoint, newest_intact,
-                                    save_checkpoint, trainable_fp32_state)
+                                    save_checkpoint, tag_step, trainable_fp32_state)
 from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
                              peak_memory_mb, reset_peak_memory, setup_distributed, slow_bf16_note)
 
@@ -97,6 +97,31 @@ def deafness_warning(val: dict) -> str | None:
     return (f"the model does not use the audio: its validation loss with another clip's audio is "
             f"{val['val_loss_mismatched']:.3f} against {val['val_loss']:.3f} with its own (gap {gap:+.3f}, under "
             f"{MIN_RELIANCE_GAP}). Train longer, or see the README's 'Does the model hear?'.")
+
+
+@dataclass
+class StageRun:
+    """One stage in training: what `setup_stage` builds, `train_stage` advances and `end_stage` reports."""
+
+    k: int  # the stage's index (stage k + 1 to the user)
+    stage: StageConfig
+    dir: Path  # <out>/stage<k+1>-<name>
+    engine: object  # the DeepSpeed engine around the model
+    optimizer: torch.optim.Optimizer
+    processor: PALProcessor
+    collate: Collator  # training batches
+    val_collate: Collator  # validation batches (its own counts)
+    zero3: bool
+    log: JsonlLog
+    trainable_names: list[str]
+    start: int  # the first step this process runs (after a resume: the checkpoint's)
+    total: int  # the stage's steps
+    stop: int  # where this process stops (`max_steps` can stop early)
+    examples: int = 0  # question-answer examples trained on by this rank
+    tokens: int = 0
+    train_s: float = 0.0
+    bad_samples: int = 0
+    last_loss: float = float("nan")
 
 
 class CurriculumRecipe:
@@ -366,6 +391,14 @@ class CurriculumRecipe:
 
     # ---------------------------------------------------------------------------------------------------- stage
     def run_stage(self, k: int, resume: bool = False) -> dict:
+        """Stage k's lifecycle: set up (model, data, DeepSpeed, resume), train, end (figures, `final/`)."""
+        run = self.setup_stage(k, resume)
+        self.train_stage(run)
+        return self.end_stage(run)
+
+    def setup_stage(self, k: int, resume: bool) -> StageRun:
+        """Record the stage, build its model and trainable groups, its collators and DeepSpeed engine; resume from
+        the newest intact checkpoint when asked."""
         import deepspeed
 
         stage: StageConfig = self.config.stages[k]
@@ -382,15 +415,11 @@ class CurriculumRecipe:
         counts = set_trainable(model, stage.trainable)
         if stage.gradient_checkpointing:  # non-reentrant: LAL's audio keys/values reach the recomputed layers as kwargs
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
         processor = PALProcessor(self.tokenizer(k), model.config, padding_side="right")
         m = self.config.model
-        collate = Collator(processor, self.ensemble, self.cache, self.max_length, m.too_long)
-        val_collate = Collator(processor, self.ensemble, self.cache, self.max_length, m.too_long)
-        data, val = self.data[k], self.val_data[k]
-        accum = stage.gradient_accumulation_steps
-        total = stage.steps or max(1, math.ceil(stage.epochs * data.batches_per_epoch / accum))
-        stop = min(total, self.max_steps) if self.max_steps else total
+        collators = [Collator(processor, self.ensemble, self.cache, self.max_length, m.too_long) for _ in range(2)]
+        total = stage.steps or max(1, math.ceil(stage.epochs * self.data[k].batches_per_epoch
+                                                / stage.gradient_accumulation_steps))
 
         # How much of the LLM this rank held once it was built: under ZeRO-3 a 1/world slice of each tensor.
         llm = [p for n, p in model.named_parameters() if n.startswith("llm.") and ".lora_" not in n]
@@ -401,68 +430,82 @@ class CurriculumRecipe:
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_configs[k])
         start = 0
         if resume:
-            tag_dir = load_latest_checkpoint(engine, stage_dir, self.rank)
-            start = json.loads((tag_dir / "trainer_state.json").read_text())["step"]
+            start = tag_step(load_latest_checkpoint(engine, stage_dir, self.rank).name)
         engine.train()  # from_pretrained returns eval mode: dropout (LoRA's included) must be on from the first step
         log = JsonlLog(stage_dir / "log.jsonl", self.rank == 0)
         if self.rank == 0 and start == 0:
             log.write(event="start", stage=k + 1, name=stage.name, trainable=counts, total_steps=total,
                       world_size=self.world, notes=self.notes, built=built,
                       gradient_checkpointing=model.is_gradient_checkpointing)
+        return StageRun(k=k, stage=stage, dir=stage_dir, engine=engine, optimizer=optimizer, processor=processor,
+                        collate=collators[0], val_collate=collators[1], zero3=zero3, log=log,
+                        trainable_names=[n for n, p in model.named_parameters() if p.requires_grad],
+                        start=start, total=total, stop=min(total, self.max_steps) if self.max_steps else total)
 
+    def train_stage(self, run: StageRun) -> None:
+        """The steps from `run.start` to `run.stop`: warm-up + cosine LR, gradient accumulation, logs, evaluation
+        and checkpoints at their intervals."""
+        stage, accum = run.stage, run.stage.gradient_accumulation_steps
         # Workers prepare the micro-batches ahead of the step; global batch g = step · accum + micro.
-        batches = iter(stage_loader(data, collate, start * accum, stop * accum, self.rank, stage.batch_size,
-                                    stage.num_workers, stage.prefetch_factor))
-        bad_total, last_loss, train_s, seen, tokens = 0, float("nan"), 0.0, 0, 0
+        batches = iter(stage_loader(self.data[run.k], run.collate, run.start * accum, run.stop * accum, self.rank,
+                                    stage.batch_size, stage.num_workers, stage.prefetch_factor))
         self.last_batch, self.last_val = None, {}
         reset_peak_memory()
-        bar = tqdm(total=stop, initial=start, desc=f"stage {k + 1} ({stage.name})", disable=self.rank != 0, unit="step")
-        for step in range(start, stop):
-            torch.manual_seed(self.config.seed * 1_000_003 + k * 100_003 + step)  # dropout: same draws after resume
-            lr = cosine_lr(step, stage.optim.lr, stage.optim.warmup_steps, total, stage.optim.min_lr)
-            for group_ in optimizer.param_groups:
+        bar = tqdm(total=run.stop, initial=run.start, desc=f"stage {run.k + 1} ({stage.name})",
+                   disable=self.rank != 0, unit="step")
+        for step in range(run.start, run.stop):
+            torch.manual_seed(self.config.seed * 1_000_003 + run.k * 100_003 + step)  # dropout: same draws on resume
+            lr = cosine_lr(step, stage.optim.lr, stage.optim.warmup_steps, run.total, stage.optim.min_lr)
+            for group_ in run.optimizer.param_groups:
                 group_["lr"] = lr
             losses, started = [], time.perf_counter()
             for _ in range(accum):
-                batch, bad = collate.finish(next(batches))
+                batch, bad = run.collate.finish(next(batches))
                 if bad:
-                    bad_total += len(bad)
-                    self.report_bad(stage_dir, step, bad)
+                    run.bad_samples += len(bad)
+                    self.report_bad(run.dir, step, bad)
                 if batch is not None:
-                    seen += batch["examples"]
-                    tokens += int(batch["input_ids"].numel())
-                loss = self.micro_step(engine, batch)
-                engine.backward(loss)
-                engine.step()
+                    run.examples += batch["examples"]
+                    run.tokens += int(batch["input_ids"].numel())
+                loss = self.micro_step(run.engine, batch)
+                run.engine.backward(loss)
+                run.engine.step()
                 losses.append(float(loss.detach()))
-            last_loss = sum(losses) / len(losses)
-            train_s += time.perf_counter() - started  # the training steps alone (data wait included)
+            run.last_loss = sum(losses) / len(losses)
+            run.train_s += time.perf_counter() - started  # the training steps alone (data wait included)
             done = step + 1
             if self.rank == 0:
                 bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}")
-            if done % stage.log_every == 0 or done == stop:
-                log.write(step=done, lr=lr, loss=last_loss, bad_samples=bad_total, **collate.counts)
-            if val is not None and ((stage.eval_every and done % stage.eval_every == 0) or done == stop):
-                self.evaluate(engine, val, val_collate, processor, stage, stage_dir, done, log, zero3)
-            if done % stage.checkpoint_every == 0 or done == stop:
-                self.checkpoint(engine, stage_dir, done, stage.keep_last, trainable_names)
+                bar.set_postfix(loss=f"{run.last_loss:.3f}")
+            if done % stage.log_every == 0 or done == run.stop:
+                run.log.write(step=done, lr=lr, loss=run.last_loss, bad_samples=run.bad_samples, **run.collate.counts)
+            if self.val_data[run.k] is not None and ((stage.eval_every and done % stage.eval_every == 0)
+                                                     or done == run.stop):
+                self.evaluate(run, done)
+            if done % stage.checkpoint_every == 0 or done == run.stop:
+                self.checkpoint(run, done)
         bar.close()
-        if stop > start:  # what `pal compare` reports: this rank's throughput and memory high-water mark
+
+    def end_stage(self, run: StageRun) -> dict:
+        """Throughput, memory and the last validation in the log's `end` event (a warning if the model does not use
+        the audio); `final/` once the stage has run all its steps. → the stage's summary."""
+        k, stage = run.k, run.stage
+        if run.stop > run.start:  # what `pal compare` reports: this rank's throughput and memory high-water mark
             # Question-answer examples (a packed sequence holds several) and token positions (padding included).
-            log.write(event="end", step=stop, examples=seen, examples_per_s=seen / train_s, tokens_per_s=tokens / train_s,
-                      **peak_memory_mb(), **self.last_val)
+            run.log.write(event="end", step=run.stop, examples=run.examples,
+                          examples_per_s=run.examples / run.train_s, tokens_per_s=run.tokens / run.train_s,
+                          **peak_memory_mb(), **self.last_val)
             warning = deafness_warning(self.last_val)
             if warning:
-                log.write(event="warning", step=stop, warning=warning)
+                run.log.write(event="warning", step=run.stop, warning=warning)
                 if self.rank == 0:
                     print(f"stage {k + 1} ({stage.name}): warning: {warning}")
-        if stop == total:
-            self.finish(k, stage_dir, processor)
-        if bad_total and self.rank == 0:
-            print(f"stage {k + 1}: {bad_total} sample(s) skipped; see {stage_dir}/bad_samples.rank*.jsonl")
-        return {"stage": k + 1, "name": stage.name, "steps": stop, "loss": last_loss, "bad_samples": bad_total,
-                **collate.counts}
+        if run.stop == run.total:
+            self.finish(k, run.dir, run.processor)
+        if run.bad_samples and self.rank == 0:
+            print(f"stage {k + 1}: {run.bad_samples} sample(s) skipped; see {run.dir}/bad_samples.rank*.jsonl")
+        return {"stage": k + 1, "name": stage.name, "steps": run.stop, "loss": run.last_loss,
+                "bad_samples": run.bad_samples, **run.collate.counts}
 
     def report_bad(self, stage_dir: Path, step: int, bad) -> None:
         with disk_errors(stage_dir), open(stage_dir / f"bad_samples.rank{self.rank}.jsonl", "a") as f:
@@ -486,8 +529,11 @@ class CurriculumRecipe:
         return engine(**inputs, use_cache=False).loss * scale
 
     @torch.no_grad()
-    def evaluate(self, engine, val: StageData, collate, processor, stage, stage_dir: Path, step: int, log,
-                 zero3: bool) -> None:
+    def evaluate(self, run: StageRun, step: int) -> None:
+        """Validation loss with the true audio and with another clip's audio (the reliance gap), and a few answers
+        generated into `samples.jsonl`."""
+        engine, val, collate, processor = run.engine, self.val_data[run.k], run.val_collate, run.processor
+        stage, stage_dir, log, zero3 = run.stage, run.dir, run.log, run.zero3
         engine.eval()
         losses, mismatched = [], []
         for b in range(stage.val_batches):
@@ -526,17 +572,17 @@ class CurriculumRecipe:
             self.last_val = record
         engine.train()
 
-    def checkpoint(self, engine, stage_dir: Path, step: int, keep_last: int, trainable_names: list[str]) -> None:
+    def checkpoint(self, run: StageRun, step: int) -> None:
         """DeepSpeed state (trainables and optimizer) plus `trainable.safetensors`: the fp32 master of every trainable
         tensor (connector, LoRA, unfrozen LLM), gathered on every rank and written by rank 0."""
 
         def extra(tag_dir: Path):
-            masters = trainable_fp32_state(engine, trainable_names, self.rank)
+            masters = trainable_fp32_state(run.engine, run.trainable_names, self.rank)
             if self.rank == 0:
                 save_file(masters, str(tag_dir / "trainable.safetensors"))
                 (tag_dir / "trainer_state.json").write_text(json.dumps({"step": step, "seed": self.config.seed}))
 
-        save_checkpoint(engine, stage_dir, step, extra, keep_last, self.rank)
+        save_checkpoint(run.engine, run.dir, step, extra, run.stage.keep_last, self.rank)
 
     def finish(self, k: int, stage_dir: Path, processor) -> None:
         """The newest checkpoint's fp32 masters over the stage's starting weights → `final/` (save_pretrained +

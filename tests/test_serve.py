@@ -1,0 +1,184 @@
+"""`pal serve`: the official `openai` client against the server on 127.0.0.1 (plain and streaming), the clip cache,
+and every kind of bad request answered with OpenAI's error JSON and a 4xx status, never a traceback."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import tone
+
+QUESTION = "Describe the sound."
+
+
+def _b64(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _audio_message(data: str, text: str = QUESTION, fmt: str = "wav") -> dict:
+    return {"role": "user", "content": [{"type": "text", "text": text},
+                                        {"type": "input_audio", "input_audio": {"data": data, "format": fmt}}]}
+
+
+def _wav_bytes(samples: np.ndarray, rate: int = 16000) -> str:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples.astype(np.float32), rate, format="WAV")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def served(trained_tiny):
+    """The tiny trained model served by uvicorn on a free loopback port, in a thread; → (base URL, AudioLLM, app)."""
+    import uvicorn
+
+    from inference.audio_llm import AudioLLM
+    from serving.app import ServeSettings, create_app
+
+    llm = AudioLLM.from_pretrained(trained_tiny)
+    app = create_app(llm, ServeSettings(model_id="tiny", max_audio_seconds=5.0, cache_clips=2, max_request_mb=1.0))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the server did not start"
+    yield f"http://127.0.0.1:{port}", llm, app
+    server.should_exit = True
+    thread.join(10)
+
+
+def _client(url: str, key: str = "unused"):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def test_the_openai_client_gets_the_answer_the_model_gives(served, curriculum_env):
+    from inference.audio_llm import Decoding
+
+    url, llm, _ = served
+    clip = curriculum_env / "tone2.wav"
+    expected = llm.ask(clip, QUESTION, Decoding(max_new_tokens=8))
+    client = _client(url)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    reply = client.chat.completions.create(model="tiny", messages=[_audio_message(_b64(clip))], max_tokens=8)
+    assert reply.choices[0].message.content == expected and reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens > 10 and 1 <= reply.usage.completion_tokens <= 8
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+    chunks = list(client.chat.completions.create(model="tiny", messages=[_audio_message(_b64(clip))], max_tokens=8,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens  # the usage chunk comes last
+
+    # A text-only conversation and a follow-up turn are conversations like any other.
+    follow = [_audio_message(_b64(clip)), {"role": "assistant", "content": expected},
+              {"role": "user", "content": "Say it again."}]
+    from inference.audio_llm import AudioLLM
+
+    again = llm.chat(AudioLLM.conversation([{"role": "user", "content": QUESTION}, follow[1], follow[2]]),
+                     llm.features([llm.load(clip)]), Decoding(max_new_tokens=8))[0]
+    reply = client.chat.completions.create(model="tiny", messages=follow, max_tokens=8)
+    assert reply.choices[0].message.content == again
+
+
+def test_a_clip_heard_before_skips_the_encoders_and_the_cache_stays_bounded(served, curriculum_env, tmp_path):
+    import httpx
+
+    url, llm, _ = served
+    client = _client(url)
+    clip = tone(tmp_path / "new.wav", 660.0)
+    before = httpx.get(f"{url}/health").json()["clip_cache"]
+    encoded = []
+    original = llm.features
+    llm.features = lambda clips: encoded.append(len(clips)) or original(clips)
+    try:
+        answers = [client.chat.completions.create(model="tiny", messages=[_audio_message(_b64(clip), q)],
+                                                  max_tokens=6).choices[0].message.content
+                   for q in (QUESTION, QUESTION, "What is it?")]
+    finally:
+        llm.features = original
+    after = httpx.get(f"{url}/health").json()["clip_cache"]
+    assert encoded == [1] and answers[0] == answers[1]  # encoded once; the cached keys/values give the same answer
+    assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (1, 2)
+    for freq in (300.0, 500.0, 700.0):  # three more clips into a cache of two
+        client.chat.completions.create(model="tiny", max_tokens=2,
+                                       messages=[_audio_message(_b64(tone(tmp_path / f"{freq}.wav", freq)))])
+    assert httpx.get(f"{url}/health").json()["clip_cache"]["clips"] == 2
+
+
+def _error(response, status: int, param: str | None, *words: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"]
+    for word in words:
+        assert word in error["message"], error["message"]
+    assert "Traceback" not in response.text
+
+
+def test_every_bad_request_gets_an_openai_error_that_names_the_field(served, curriculum_env):
+    from fastapi.testclient import TestClient
+
+    _, _, app = served
+    client = TestClient(app)
+    good = _b64(curriculum_env / "tone1.wav")
+    post = lambda body: client.post("/v1/chat/completions", json=body)  # noqa: E731
+    _error(client.post("/v1/chat/completions", content=b"{not json"), 400, None, "not valid JSON")
+    _error(post({"model": "tiny", "messages": [_audio_message("%%%")]}), 400,
+           "messages[0].content[1].input_audio.data", "not valid base64")
+    _error(post({"model": "tiny", "messages": [_audio_message(base64.b64encode(b"no audio here").decode())]}), 400,
+           "messages", "unreadable or corrupt audio")
+    _error(post({"model": "tiny", "messages": [_audio_message(_wav_bytes(np.zeros(0)))]}), 400, "messages",
+           "holds no samples")
+    _error(post({"model": "tiny", "messages": [_audio_message(_wav_bytes(np.zeros(16000 * 6)))]}), 400, "messages",
+           "6 s long, over the 5 s limit")
+    two = _audio_message(good)
+    two["content"].append(two["content"][1])
+    _error(post({"model": "tiny", "messages": [two]}), 400, "messages[0].content", "one clip per conversation")
+    _error(post({"model": "gpt-4o", "messages": [_audio_message(good)]}), 404, "model", "holds 'tiny'")
+    _error(post({"model": "tiny", "messages": [_audio_message(good)], "max_tokens": "many"}), 400, "max_tokens",
+           "expected an integer")
+    _error(post({"model": "tiny", "messages": [_audio_message(good)], "temperature": 3}), 400, "temperature",
+           "between 0 and 2")
+    _error(post({"model": "tiny", "messages": [_audio_message(good)], "max_tokens": 100_000}), 400, "messages",
+           "over the model's 1024")
+    url_part = {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "file:///etc/passwd"}}]}
+    _error(post({"model": "tiny", "messages": [url_part]}), 400, "messages[0].content[0].type", "reads no URL")
+    _error(post({"model": "tiny", "messages": [_audio_message("https://example.org/a.wav")]}), 400,
+           "messages[0].content[1].input_audio.data", "is a URL")
+    _error(post({"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]}), 400, "messages[0].role")
+    _error(post({"model": "tiny", "messages": [_audio_message(_wav_bytes(np.zeros(16000 * 40)))]}), 413, None,
+           "over the 1 MB limit")
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_an_api_key_is_required_off_loopback_and_checked_on_every_v1_route(trained_tiny):
+    from fastapi.testclient import TestClient
+
+    from inference.audio_llm import AudioLLM
+    from serving.app import ServeSettings, check_binding, create_app
+
+    with pytest.raises(ValueError, match=r"--host 0.0.0.0 would accept requests from other machines: give --api-key"):
+        check_binding("0.0.0.0", None)
+    check_binding("0.0.0.0", "secret")
+    check_binding("127.0.0.1", None)
+    client = TestClient(create_app(AudioLLM.from_pretrained(trained_tiny), ServeSettings(model_id="tiny",
+                                                                                       api_key="secret")))
+    _error(client.get("/v1/models"), 401, None, "API key")
+    _error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, None, "API key")
+    assert client.get("/v1/models", headers={"Authorization": "Bearer secret"}).status_code == 200
+    assert client.get("/health").status_code == 200  # liveness needs no key
