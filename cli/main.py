@@ -20,6 +20,7 @@ BENCHMARKS = {
     "curriculum": ("bench.curriculum", "one curriculum step: PLITS/LAL/PAL, with/without cache"),
     "data": ("bench.data", "peak memory of a rank reading a 1M-row manifest through DataLoader workers"),
     "inference": ("bench.inference", "questions/s for 1 vs 8 questions per clip (one encoding shared)"),
+    "serve": ("bench.serve", "pal serve: requests/s batched vs one at a time, the same answers"),
 }
 
 
@@ -37,7 +38,7 @@ def _serve(args) -> int:
 
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("PAL_API_KEY"),
           model_id=args.name, max_audio_seconds=args.max_audio_seconds, cache_clips=args.cache_clips,
-          max_request_mb=args.max_request_mb)
+          max_request_mb=args.max_request_mb, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
     return 0
 
 
@@ -355,6 +356,9 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     server.add_argument("--cache-clips", type=int, default=64,
                         help="clips kept with their encoder outputs and audio keys/values (default 64)")
     server.add_argument("--max-request-mb", type=float, default=25.0, help="largest request body (default 25)")
+    server.add_argument("--max-batch", type=int, default=8, help="requests answered together at most (default 8)")
+    server.add_argument("--batch-wait-ms", type=float, default=10.0,
+                        help="how long a request waits for others to batch with (default 10)")
     server.set_defaults(func=_serve)
 
     comparison = commands.add_parser("compare", help="connectors under one curriculum: K seeds, one report")

@@ -5,7 +5,8 @@
     GET  /v1/models             the one model this server holds
     GET  /health                liveness and readiness, with the clip cache's figures
 
-One generation runs at a time, in a worker thread, so the event loop keeps taking requests. A clip the server has
+One generation runs at a time, in a worker thread, so the event loop keeps taking requests; non-streaming requests
+that arrive together are answered in one batch, each with the answer it gets alone (serving/batching.py). A clip the server has
 seen (same bytes) skips the encoders and its audio keys/values (serving/clip_cache.py). Greedy decoding when
 `temperature` is 0 (the default), sampling otherwise, seeded by `seed`.
 
@@ -32,6 +33,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from encoders.audio import AudioError
 from inference.audio_llm import AudioLLM, Decoding
 
+from .batching import Batcher
 from .clip_cache import ClipCache, cached_clip, prepared_cache
 from .requests import ChatRequest, RequestError, parse_chat_request
 
@@ -46,6 +48,8 @@ class ServeSettings:
     max_request_mb: float = 25.0  # a 10-minute 16 kHz 16-bit WAV is about 19 MB, 25 MB of base64 JSON
     max_audio_seconds: float = 60.0  # the longest clip accepted (the encoders' windows split or cut longer audio)
     cache_clips: int = 64  # clips kept with their encoder outputs and audio keys/values
+    max_batch: int = 8  # requests answered together at most (serving/batching.py); 1: one at a time
+    batch_wait_ms: float = 10.0  # how long the first request of a batch waits for company
 
 
 def check_binding(host: str, api_key: str | None) -> None:
@@ -114,9 +118,8 @@ class ChatService:
         with self.generation:
             text, prompt, generated = self.llm.chat(request.messages, features, decoding, cache=cache,
                                                     streamer=streamer, cancel=cancel)
-        stopped = generated < request.max_tokens or any(s in text for s in request.stop)
         return {"text": text, "prompt_tokens": prompt, "completion_tokens": generated,
-                "finish_reason": "stop" if stopped else "length"}
+                "finish_reason": "stop" if generated < request.max_tokens else "length"}
 
 
 def _chunk(request_id: str, created: int, model: str, delta: dict, finish: str | None = None, usage=None) -> str:
@@ -138,6 +141,7 @@ def create_app(llm: AudioLLM, settings: ServeSettings | None = None):
     service = ChatService(llm, settings)
     app = FastAPI(title="PAL audio LLM", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
+    app.state.batcher = batcher = Batcher(service, settings.max_batch, settings.batch_wait_ms)
 
     @app.exception_handler(RequestError)
     async def request_error(_request: Request, err: RequestError):
@@ -168,8 +172,10 @@ def create_app(llm: AudioLLM, settings: ServeSettings | None = None):
 
     @app.get("/health")
     async def health():
+        sizes = list(batcher.batches)
         return {"status": "ok", "model": settings.model_id, "uptime_s": round(time.time() - service.started, 1),
-                "clip_cache": service.clips.stats()}
+                "clip_cache": service.clips.stats(),
+                "batches": {"run": len(sizes), "requests": sum(sizes), "largest": max(sizes, default=0)}}
 
     @app.get("/v1/models")
     async def models():
@@ -185,7 +191,9 @@ def create_app(llm: AudioLLM, settings: ServeSettings | None = None):
         chat = parse_chat_request(raw)
         request_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not chat.stream:
-            result = await asyncio.to_thread(service.complete, chat)
+            prepared = await asyncio.to_thread(service.prepare, chat)
+            service.check_length(chat, prepared[0])
+            result = await asyncio.wrap_future(batcher.submit(chat, prepared))
             return {"id": request_id, "object": "chat.completion", "created": created, "model": settings.model_id,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": result["text"]},
                                  "finish_reason": result["finish_reason"]}],
@@ -257,9 +265,31 @@ async def _stream(service: ChatService, chat: ChatRequest, request_id: str, crea
         cancel.set()  # the client left (or we are done): the worker stops at its next token
 
 
+def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):
+    """Run `app` on uvicorn in a daemon thread (tests, benchmarks) → (server, thread, base URL); port 0 picks a free
+    one. Stop it with `server.should_exit = True; thread.join()`."""
+    import socket
+
+    import uvicorn
+
+    if not port:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True, name="pal-serve")
+    thread.start()
+    deadline = time.time() + timeout
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.02)
+    return server, thread, f"http://{host}:{port}"
+
+
 def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           model_id: str | None = None, max_audio_seconds: float = 60.0, cache_clips: int = 64,
-          max_request_mb: float = 25.0) -> None:
+          max_request_mb: float = 25.0, max_batch: int = 8, batch_wait_ms: float = 10.0) -> None:
     """Load the model folder and serve it until interrupted."""
     import uvicorn
 
@@ -268,8 +298,9 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key
     llm = AudioLLM.from_pretrained(folder)
     name = model_id or (folder.resolve().parent.name if folder.name == "final" else folder.name)
     settings = ServeSettings(model_id=name, api_key=api_key, max_audio_seconds=max_audio_seconds,
-                             cache_clips=cache_clips, max_request_mb=max_request_mb)
+                             cache_clips=cache_clips, max_request_mb=max_request_mb, max_batch=max_batch,
+                             batch_wait_ms=batch_wait_ms)
     uvicorn.run(create_app(llm, settings), host=host, port=port, log_level="info")
 
 
-__all__ = ["ChatService", "ServeSettings", "check_binding", "create_app", "serve"]
+__all__ = ["ChatService", "ServeSettings", "check_binding", "create_app", "serve", "start_in_thread"]

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -36,24 +33,14 @@ def _wav_bytes(samples: np.ndarray, rate: int = 16000) -> str:
 @pytest.fixture(scope="module")
 def served(trained_tiny):
     """The tiny trained model served by uvicorn on a free loopback port, in a thread; → (base URL, AudioLLM, app)."""
-    import uvicorn
-
     from inference.audio_llm import AudioLLM
-    from serving.app import ServeSettings, create_app
+    from serving.app import ServeSettings, create_app, start_in_thread
 
     llm = AudioLLM.from_pretrained(trained_tiny)
-    app = create_app(llm, ServeSettings(model_id="tiny", max_audio_seconds=5.0, cache_clips=2, max_request_mb=1.0))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}", llm, app
+    app = create_app(llm, ServeSettings(model_id="tiny", max_audio_seconds=5.0, cache_clips=2, max_request_mb=1.0,
+                                        batch_wait_ms=50.0))
+    server, thread, url = start_in_thread(app)
+    yield url, llm, app
     server.should_exit = True
     thread.join(10)
 
@@ -182,3 +169,32 @@ def test_an_api_key_is_required_off_loopback_and_checked_on_every_v1_route(train
     _error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, None, "API key")
     assert client.get("/v1/models", headers={"Authorization": "Bearer secret"}).status_code == 200
     assert client.get("/health").status_code == 200  # liveness needs no key
+
+
+def test_requests_that_arrive_together_are_batched_and_answered_as_alone(served, curriculum_env, tmp_path):
+    """Greedy requests queued together run as one batch, with a cut of each row to its own max_tokens and stop
+    strings, and each answer equals the one the request gets alone."""
+    from serving.requests import parse_chat_request
+
+    _, _, app = served
+    service, batcher = app.state.service, app.state.batcher
+    clips = [curriculum_env / f"tone{i}.wav" for i in (0, 1, 2)] + [tone(tmp_path / "t.wav", 1000.0)]
+    bodies = [{"model": "tiny", "messages": [_audio_message(_b64(clip))], "max_tokens": n}
+              for clip, n in zip(clips, (8, 3, 8, 6))]
+    bodies.append({"model": "tiny", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 5})
+    bodies[2]["stop"] = ["e"]
+    requests = [parse_chat_request(__import__("json").dumps(b).encode()) for b in bodies]
+    prepared = [service.prepare(r) for r in requests]
+    alone = [service.complete(r, prepared=p) for r, p in zip(requests, prepared)]
+    before = len(batcher.batches)
+    together = [f.result(timeout=120) for f in [batcher.submit(r, p) for r, p in zip(requests, prepared)]]
+    assert batcher.batches[before:] == [5]  # one batch of the five
+    assert together == alone
+
+
+def test_the_serving_benchmark_measures_both_ways_with_the_same_answers():
+    from bench.serve import run
+
+    report = run(preset="tiny", requests=6, clients=3, max_batch=4, wait_ms=30.0, max_tokens=4, progress=lambda *_: None)
+    assert report["same_answers"] and report["ratio"] > 0
+    assert report["one_at_a_time"]["largest_batch"] == 1 and report["batched"]["largest_batch"] > 1
