@@ -8,9 +8,11 @@ STAMP := $(VENV)/.installed
 # Debian packages the project needs at run time: a Java runtime for pycocoevalcap's PTB tokenizer and METEOR; the
 # demo's real recorded sounds, several recordings per class (sound themes, game and music sample packages, a real
 # voice reading digits: data/demo_dataset.py lists what each gives and its licence), speech (espeak-ng), tones
-# and noise (sox). About 60 MB to download.
+# and noise (sox). About 60 MB to download; and a headless Chromium with its driver, which the tests of `pal serve`'s
+# web page drive (about 100 MB more).
 APT_PACKAGES := default-jre-headless espeak-ng sox libsox-fmt-all alsa-utils sound-theme-freedesktop \
-	minetest-data hydrogen-data lmms-common sonic-pi-samples sound-icons asterisk-core-sounds-en-wav
+	minetest-data hydrogen-data lmms-common sonic-pi-samples sound-icons asterisk-core-sounds-en-wav \
+	chromium chromium-driver
 
 .PHONY: setup test demo bench clean
 

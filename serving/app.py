@@ -4,6 +4,8 @@
                                 answers as server-sent events in OpenAI's chunk format
     GET  /v1/models             the one model this server holds
     GET  /health                liveness and readiness, with the clip cache's figures
+    GET  /                      a web page: pick or record a clip, see its waveform, ask, read the streamed answer,
+                                ask follow-ups (static/index.html: plain HTML and JavaScript, nothing fetched elsewhere)
 
 One generation runs at a time, in a worker thread, so the event loop keeps taking requests; non-streaming requests
 that arrive together are answered in one batch, each with the answer it gets alone (serving/batching.py). A clip the server has
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from encoders.audio import AudioError
 from inference.audio_llm import AudioLLM, Decoding
@@ -39,6 +41,7 @@ from .requests import ChatRequest, RequestError, parse_chat_request
 
 LOG = logging.getLogger("pal.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PAGE = Path(__file__).with_name("static") / "index.html"  # the web page at /
 
 
 @dataclass
@@ -169,6 +172,10 @@ def create_app(llm: AudioLLM, settings: ServeSettings | None = None):
         except RequestError as err:
             return error_response(err)
         return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
     @app.get("/health")
     async def health():

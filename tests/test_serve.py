@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import numpy as np
 import pytest
@@ -198,3 +199,121 @@ def test_the_serving_benchmark_measures_both_ways_with_the_same_answers():
     report = run(preset="tiny", requests=6, clients=3, max_batch=4, wait_ms=30.0, max_tokens=4, progress=lambda *_: None)
     assert report["same_answers"] and report["ratio"] > 0
     assert report["one_at_a_time"]["largest_batch"] == 1 and report["batched"]["largest_batch"] > 1
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium through its chromedriver (Selenium), nothing downloaded."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.fail("the page test needs Debian's chromium and chromium-driver: `make setup` installs them as root "
+                    "(apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,900",
+                 "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_the_page_asks_about_an_uploaded_clip_and_streams_the_answer(served, browser, curriculum_env):
+    """In a real headless Chromium: upload a clip, see its waveform, ask, read the streamed answer, ask a follow-up;
+    the answers are the model's for that file and conversation."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from inference.audio_llm import AudioLLM, Decoding
+
+    url, llm, _ = served
+    clip = curriculum_env / "tone3.wav"
+    features = llm.features([llm.load(clip)])
+    first = llm.chat(AudioLLM.conversation(QUESTION), features, Decoding(max_new_tokens=64))[0]
+    follow = AudioLLM.conversation([{"role": "user", "content": QUESTION}, {"role": "assistant", "content": first},
+                                    {"role": "user", "content": "And again?"}])
+    second = llm.chat(follow, features, Decoding(max_new_tokens=64))[0]
+
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_element(By.ID, "model").text == "model: tiny")
+    browser.find_element(By.ID, "file").send_keys(str(clip))
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("clip ready: 0.5 s"))
+    for question, expected, n in ((QUESTION, first, 1), ("And again?", second, 3)):
+        browser.find_element(By.ID, "question").send_keys(question)
+        browser.find_element(By.ID, "ask").click()
+        wait.until(lambda d: d.find_element(By.ID, "status").text == "done")
+        assert browser.find_element(By.ID, f"answer-{n}").text == f"Model: {expected}"
+
+    # The page renders: the waveform is drawn (many distinct pixel values in the canvas), the log holds four turns.
+    import numpy as np
+    from PIL import Image
+
+    shot = np.asarray(Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("L"))
+    canvas = browser.find_element(By.ID, "wave").rect
+    top, left = int(canvas["y"]), int(canvas["x"])
+    region = shot[top:top + int(canvas["height"]), left:left + int(canvas["width"])]
+    assert shot.shape[0] > 500 and region.size and (region < 150).mean() > 0.02  # blue waveform strokes on grey
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#log .turn")) == 4
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_generation_and_a_slow_one_gets_it_all(served, curriculum_env):
+    import httpx
+
+    url, llm, app = served
+    service = app.state.service
+    body = {"model": "tiny", "messages": [_audio_message(_b64(curriculum_env / "tone0.wav"))], "max_tokens": 150,
+            "stream": True}
+    llm.model.generation_config.min_new_tokens = 150  # the answer runs to max_tokens: a long generation
+    try:
+        start = time.perf_counter()
+        whole = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).text
+        full = time.perf_counter() - start
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
+            next(response.iter_lines())  # the first event, then the client goes away
+            left = time.perf_counter()
+        assert service.generation.acquire(timeout=full)  # the model is free again...
+        freed = time.perf_counter() - left
+        service.generation.release()
+        print(f"whole answer {full:.2f} s, free {freed:.2f} s after the client left")
+        assert freed < full / 2, (freed, full)  # ...long before the whole answer would have been generated
+        assert "[DONE]" in whole and whole.count("chat.completion.chunk") > 20
+    finally:
+        llm.model.generation_config.min_new_tokens = None
+
+    slow = []  # a client that reads one event every 20 ms still gets every event, in order
+    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=120,
+                      json={**body, "max_tokens": 12}) as response:
+        for line in response.iter_lines():
+            time.sleep(0.02)
+            if line:
+                slow.append(line)
+    alone = httpx.post(f"{url}/v1/chat/completions", json={**body, "max_tokens": 12, "stream": False}, timeout=120)
+    text = "".join(__import__("json").loads(line[6:])["choices"][0]["delta"].get("content", "")
+                   for line in slow if line.startswith("data: {") and '"choices": [{' in line)
+    assert slow[-1] == "data: [DONE]" and text.strip() == alone.json()["choices"][0]["message"]["content"]
+
+
+def test_under_load_with_bad_requests_mixed_in_every_good_request_is_answered_right(served, curriculum_env, tmp_path):
+    """A small load test (6 clients, 4 s, a bad request every fourth): no failure, every bad request its 4xx, every
+    good answer the one it gets alone, the clip cache within its bound, the server healthy after."""
+    import httpx
+
+    from bench.serve import BAD_REQUESTS, load_test
+
+    url, _, app = served
+    clips = [curriculum_env / f"tone{i}.wav" for i in range(4)] + [tone(tmp_path / "x.wav", 990.0)]
+    good = [{"model": "tiny", "messages": [_audio_message(_b64(c))], "max_tokens": 6} for c in clips]
+    expected = [httpx.post(f"{url}/v1/chat/completions", json=b, timeout=60).json()["choices"][0]["message"]["content"]
+                for b in good]
+    report = load_test(url, good, expected, clients=6, seconds=4.0)
+    assert report["wrong_answers"] == [] and report["requests"] > 20
+    assert set(report["outcomes"]) == {"good: 200"} | {f"{kind}: {status}" for kind, (_, status) in BAD_REQUESTS.items()}
+    health = httpx.get(f"{url}/health").json()
+    assert health["status"] == "ok" and health["clip_cache"]["clips"] <= 2
+    assert report["rss_mb_after"] - report["rss_mb_before"] < 300  # nothing grows per request (the cache is bounded)
