@@ -39,7 +39,7 @@ def _model(preset: str, folder: str | None):
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from inference.audio_llm import AudioLLM
     from pal import PALConfig, PALForConditionalGeneration
-    from pal.llm import load_llm, load_tokenizer
+    from pal.llm import load_llm, load_tokenizer, tiny_llama
 
     if folder:
         return AudioLLM.from_pretrained(folder)
@@ -49,12 +49,7 @@ def _model(preset: str, folder: str | None):
         {"encoders": {"sslam": {"type": "sslam", "preset": setting["sslam"]}}}))
     tokenizer = load_tokenizer(None)
     if setting["llm"] == "tiny":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                           tie_word_embeddings=True, max_position_embeddings=1024))
-        start = 1
+        llm, start = tiny_llama(len(tokenizer)), 1
     else:
         llm, start = load_llm(setting["llm"]), 4
     config = PALConfig(text_config=llm.config.to_dict(), encoder_dims=ensemble.dims,

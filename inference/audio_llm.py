@@ -156,10 +156,10 @@ class AudioLLM:
     @torch.no_grad()
     def _generate(self, inputs: dict, audio: dict | None, decoding: Decoding, cache=None, streamer=None) -> list[str]:
         """Token inputs ({input_ids, attention_mask, ...} [B, T]) → the answers after them."""
-        new = self._generate_ids(inputs, audio, decoding, cache, streamer)
+        new = self.generate_ids(inputs, audio, decoding, cache, streamer)
         return [decoding.cut(text).strip() for text in self.processor.decode(new, 0)]
 
-    def _generate_ids(self, inputs: dict, audio: dict | None, decoding: Decoding, cache=None, streamer=None,
+    def generate_ids(self, inputs: dict, audio: dict | None, decoding: Decoding, cache=None, streamer=None,
                       **extra) -> torch.Tensor:
         """The generated token ids [B, N] after the inputs."""
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
@@ -188,11 +188,20 @@ class AudioLLM:
                     return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
             extra["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
-        new = self._generate_ids(inputs, audio, decoding, cache, streamer, **extra)[0]
-        eos = {self.processor.tokenizer.eos_token_id, self.processor.pad_id}
-        generated = next((i + 1 for i, t in enumerate(new.tolist()) if t in eos), len(new))
-        text = decoding.cut(self.processor.decode(new[None], 0)[0]).strip()
+        new = self.generate_ids(inputs, audio, decoding, cache, streamer, **extra)[0]
+        text, generated = self.read_answer(new.tolist(), decoding)
         return text, int(inputs["input_ids"].shape[1]), generated
+
+    def read_answer(self, ids: list[int], decoding: Decoding) -> tuple[str, int]:
+        """One row's generated ids → (its answer, the tokens generation runs for it alone: up to its end of text, or
+        to the token that completes one of `decoding.stop`). Ids past that point (a longer row of the same batch)
+        do not count."""
+        decode = lambda part: self.processor.tokenizer.decode(part, skip_special_tokens=True)  # noqa: E731
+        eos = {self.processor.tokenizer.eos_token_id, self.processor.pad_id}
+        generated = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
+        if decoding.stop and any(s in decode(ids[:generated]) for s in decoding.stop):
+            generated = next(j for j in range(1, generated + 1) if any(s in decode(ids[:j]) for s in decoding.stop))
+        return decoding.cut(decode(ids[:generated])).strip(), generated
 
     @torch.no_grad()
     def answer_losses(self, conversations: list[list[dict]], audio: dict | None) -> torch.Tensor:

@@ -101,6 +101,16 @@ def load_llm(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.f
     return llm
 
 
+def tiny_llama(vocab_size: int) -> nn.Module:
+    """A 2-layer Llama with random weights (hidden 64) for `vocab_size` tokens: what smoke runs, benchmarks and tests
+    use in place of a real LLM with the default tokenizer. Seed torch first for the same weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        tie_word_embeddings=True, max_position_embeddings=1024))
+
+
 def load_tokenizer(path: str | os.PathLike | None = None):
     """The tokenizer (with chat template) saved beside the LLM."""
     from transformers import AutoTokenizer

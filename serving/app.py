@@ -8,9 +8,9 @@
                                 ask follow-ups (static/index.html: plain HTML and JavaScript, nothing fetched elsewhere)
 
 One generation runs at a time, in a worker thread, so the event loop keeps taking requests; non-streaming requests
-that arrive together are answered in one batch, each with the answer it gets alone (serving/batching.py). A clip the server has
-seen (same bytes) skips the encoders and its audio keys/values (serving/clip_cache.py). Greedy decoding when
-`temperature` is 0 (the default), sampling otherwise, seeded by `seed`.
+that arrive together are answered in one batch, each with the answer it gets alone (serving/batching.py). A clip the
+server has seen (same bytes) skips the encoders and its audio keys/values (serving/clip_cache.py). Greedy decoding
+when `temperature` is 0 (the default), sampling otherwise, seeded by `seed`.
 
 Safe by default: it binds 127.0.0.1; another address needs an API key (Bearer, compared in constant time), checked on
 every /v1 route. Request bodies over `max_request_mb` and clips over `max_audio_seconds` are refused, URLs are never
@@ -82,11 +82,13 @@ class ChatService:
                         stop=tuple(request.stop))
 
     def prepare(self, request: ChatRequest):
-        """The request's clip (from the cache or encoded now) → (features or None, a prepared PALCache or None)."""
+        """The request checked against this server (its model, its length with the audio) and its clip, from the
+        cache or encoded now → (features or None, a prepared PALCache or None)."""
         if request.model != self.settings.model_id:
             raise RequestError(f"model = {request.model!r}: this server holds {self.settings.model_id!r} "
                                "(GET /v1/models).", "model", status=404, code="model_not_found")
         if request.audio is None:
+            self.check_length(request, None)
             return None, None
 
         def encode():
@@ -100,7 +102,8 @@ class ChatService:
 
         with self.generation:
             clip, _ = self.clips.get_or_make(request.audio, encode)
-            return clip.features, prepared_cache(self.llm.model, clip)
+        self.check_length(request, clip.features)
+        return clip.features, prepared_cache(self.llm.model, clip)
 
     def check_length(self, request: ChatRequest, features) -> None:
         if self.max_positions is None:
@@ -108,15 +111,14 @@ class ChatService:
         prompt = self.llm.processor([request.messages], features)["input_ids"].shape[1]
         if prompt + request.max_tokens > self.max_positions:
             raise RequestError(f"the prompt is {prompt} tokens (audio included) and max_tokens asks "
-                               f"{request.max_tokens} more, over the model's {self.max_positions}: shorten the conversation or lower "
-                               "max_tokens.", "messages", code="context_length_exceeded")
+                               f"{request.max_tokens} more, over the model's {self.max_positions}: shorten the "
+                               "conversation or lower max_tokens.", "messages", code="context_length_exceeded")
 
     def complete(self, request: ChatRequest, streamer=None, cancel: threading.Event | None = None,
                  prepared: tuple | None = None) -> dict:
         """Generate (blocking; one at a time) → {"text", "prompt_tokens", "completion_tokens", "finish_reason"}.
         `prepared`: what `prepare` returned for this request, when the caller already asked it."""
         features, cache = prepared or self.prepare(request)
-        self.check_length(request, features)
         decoding = self.decoding(request)
         with self.generation:
             text, prompt, generated = self.llm.chat(request.messages, features, decoding, cache=cache,
@@ -199,7 +201,6 @@ def create_app(llm: AudioLLM, settings: ServeSettings | None = None):
         request_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not chat.stream:
             prepared = await asyncio.to_thread(service.prepare, chat)
-            service.check_length(chat, prepared[0])
             result = await asyncio.wrap_future(batcher.submit(chat, prepared))
             return {"id": request_id, "object": "chat.completion", "created": created, "model": settings.model_id,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": result["text"]},
@@ -207,7 +208,6 @@ def create_app(llm: AudioLLM, settings: ServeSettings | None = None):
                     "usage": _usage(result)}
         # Streaming: errors in the request surface before the first byte, as a plain error response.
         prepared = await asyncio.to_thread(service.prepare, chat)
-        service.check_length(chat, prepared[0])
         return StreamingResponse(_stream(service, chat, request_id, created, prepared),
                                  media_type="text/event-stream")
 
@@ -257,7 +257,8 @@ async def _stream(service: ChatService, chat: ChatRequest, request_id: str, crea
                 break
         await asyncio.to_thread(worker.join)
         if "error" in outcome:
-            failure = {"error": {"message": "generation failed; the server log has the details.", "type": "server_error"}}
+            failure = {"error": {"message": "generation failed; the server log has the details.",
+                                 "type": "server_error"}}
             yield f"data: {json.dumps(failure)}\n\n"
             return
         result = outcome["result"]

@@ -100,17 +100,12 @@ class Batcher:
         audio = inputs.pop("audio", None)
         longest = max(r.max_tokens for r in requests)
         with self.service.generation:
-            new = llm._generate_ids(inputs, audio, Decoding(max_new_tokens=longest))
-        eos = {llm.processor.tokenizer.eos_token_id, llm.processor.pad_id}
-        decode = lambda ids: llm.processor.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+            new = llm.generate_ids(inputs, audio, Decoding(max_new_tokens=longest))
         results = []
         for row, request in enumerate(requests):
-            tokens = new[row, : request.max_tokens].tolist()
-            generated = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
-            if request.stop and any(s in decode(tokens[:generated]) for s in request.stop):
-                # alone, generation ends at the token that completes a stop string
-                generated = next(j for j in range(1, generated + 1) if any(s in decode(tokens[:j]) for s in request.stop))
-            text = Decoding(stop=tuple(request.stop)).cut(decode(tokens[:generated])).strip()
+            # each row as alone: its own max_tokens, end of text and stop strings
+            ids = new[row, : request.max_tokens].tolist()
+            text, generated = llm.read_answer(ids, Decoding(stop=tuple(request.stop)))
             results.append({"text": text, "prompt_tokens": int(inputs["attention_mask"][row].sum()),
                             "completion_tokens": generated,
                             "finish_reason": "stop" if generated < request.max_tokens else "length"})

@@ -194,14 +194,12 @@ def write_jsonl(path: Path, rows: list) -> Path:
 @pytest.fixture(scope="session")
 def curriculum_env(tmp_path_factory):
     """A tiny random Llama with SmolLM2's tokenizer and chat template, and a manifest of tones with captions."""
-    from pal.llm import load_tokenizer
+    from pal.llm import load_tokenizer, tiny_llama
 
     root = tmp_path_factory.mktemp("curriculum")
     tokenizer = load_tokenizer(None)
     torch.manual_seed(0)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                       tie_word_embeddings=True, max_position_embeddings=1024))
+    llm = tiny_llama(len(tokenizer))
     llm.save_pretrained(root / "llm")
     tokenizer.save_pretrained(root / "llm")
     rows = []

@@ -307,18 +307,15 @@ def smoke_setup(folder: Path) -> tuple[list[Path], list[Path]]:
     import soundfile
     import torch
     import yaml
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pal.llm import load_tokenizer
+    from pal.llm import load_tokenizer, tiny_llama
 
     folder = check_writable(folder)
     llm = folder / "llm"
     if not (llm / "config.json").is_file():
         tokenizer = load_tokenizer(None)
         torch.manual_seed(0)
-        LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                     tie_word_embeddings=True, max_position_embeddings=1024)).save_pretrained(llm)
+        tiny_llama(len(tokenizer)).save_pretrained(llm)
         tokenizer.save_pretrained(llm)
     rows = {"train": [], "test": []}
     for i in range(16):
