@@ -53,7 +53,7 @@ def measure(connector: str, cached: bool, batch: int, repeats: int, workers: int
     from encoders.feature_cache import FeatureCache
     from pal import PALForConditionalGeneration, PALProcessor, set_trainable
     from pal.llm import load_tokenizer
-    from recipes.curriculum.stage_data import Collator, StageData, stage_loader
+    from recipes.curriculum.stage_data import StageData, stage_loader
 
     from .efficiency import use_bf16
     from .memory import tensor_peak_mb
@@ -72,15 +72,16 @@ def measure(connector: str, cached: bool, batch: int, repeats: int, workers: int
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        collate = Collator(PALProcessor(load_tokenizer(None), model.config, padding_side="right"), ensemble, cache)
+        processor = PALProcessor(load_tokenizer(None), model.config, padding_side="right", ensemble=ensemble,
+                                 cache=cache)
         examples = validate_manifest(manifest)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16("auto"))
 
         data = StageData([(examples_dataset(examples), 1.0, str(manifest))], 0, 0, batch)
-        batches = iter(stage_loader(data, collate, 0, repeats + 1, 0, batch, workers)) if workers else None
+        batches = iter(stage_loader(data, processor, 0, repeats + 1, 0, batch, workers)) if workers else None
 
         def step():
-            inputs, _ = collate.finish(next(batches)) if workers else collate(examples)
+            inputs, _ = processor.collate(next(batches) if workers else processor.prepare(examples))
             with autocast:
                 loss = model(**inputs, use_cache=False).loss
             loss.backward()

@@ -45,12 +45,12 @@ def measure(variant: str, manifest: Path, batches: int, batch_size: int, workers
     from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from pal import PALConfig, PALProcessor
     from pal.llm import load_tokenizer, resolve_llm_path
-    from recipes.curriculum.stage_data import Collator, StageData, stage_loader
+    from recipes.curriculum.stage_data import StageData, stage_loader
 
     ensemble = AudioEncoderEnsemble(EnsembleConfig.from_dict({"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}}))
     text_config = AutoConfig.from_pretrained(resolve_llm_path(None), local_files_only=True).to_dict()
     processor = PALProcessor(load_tokenizer(None), PALConfig(text_config=text_config, encoder_dims=ensemble.dims),
-                             padding_side="right")
+                             padding_side="right", ensemble=ensemble)
     start = time.perf_counter()
     if variant == "arrow":
         table, _ = manifest_table(manifest, processor, 2048, "reject", ensemble.min_seconds, manifest.parent / "tables")
@@ -60,9 +60,8 @@ def measure(variant: str, manifest: Path, batches: int, batch_size: int, workers
         table = examples_dataset(examples)
     validate_s = time.perf_counter() - start
     data = StageData([(table, 1.0, str(manifest))], 0, 0, batch_size, group_by_length=True)
-    collator = Collator(processor, ensemble)
     start, seen = time.perf_counter(), 0
-    for loaded in stage_loader(data, collator, 0, batches, 0, batch_size, workers):
+    for loaded in stage_loader(data, processor, 0, batches, 0, batch_size, workers):
         seen += len(loaded["examples"])
     loader_s = time.perf_counter() - start
     rss = lambda who: resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux

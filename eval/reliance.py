@@ -14,7 +14,7 @@ import torch
 from data.manifest import Example, mismatched_audio
 from encoders.audio import AudioError
 from inference.audio_llm import AudioLLM
-from recipes.curriculum.stage_data import scatter_rows
+from pal.processing_pal import scatter_rows
 
 from .bootstrap import mean_with_ci
 

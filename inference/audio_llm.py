@@ -27,6 +27,7 @@ from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
 from encoders.identity import read_ensemble_record
 from encoders.outputs import pad_rows
 from pal import AUDIO_PLACEHOLDER, PALForConditionalGeneration, PALProcessor
+from pal.processing_pal import to_device
 
 
 @dataclass
@@ -67,7 +68,8 @@ class AudioLLM:
                 f"the encoders given are {ensemble.dims}: use the encoders it was trained with."
             )
         self.model, self.ensemble, self.folder = model.eval(), ensemble, folder
-        self.processor = PALProcessor(tokenizer, model.config, padding_side="left")
+        # The one examples → batch path (pal/processing_pal.py): audio read and encoded, prompts templated, padded.
+        self.processor = PALProcessor(tokenizer, model.config, padding_side="left", ensemble=ensemble)
         self._memo: OrderedDict[str, dict] = OrderedDict()  # file → its encoder outputs (`file_features`)
 
     @classmethod
@@ -94,14 +96,11 @@ class AudioLLM:
     # ------------------------------------------------------------------------------------------------------ audio
     def load(self, audio: Audio) -> dict[int, torch.Tensor]:
         """A file or a 16 kHz waveform → the clip at each encoder's rate (AudioError names a bad file)."""
-        if torch.is_tensor(audio):
-            return self.ensemble.at_member_rates(audio, 16000)
-        return self.ensemble.load(audio)
+        return self.processor.load_audio(audio)
 
     def features(self, clips: list[dict[int, torch.Tensor]]) -> dict:
         """Loaded clips → {name: (tokens [B, N_e, D_e], mask [B, N_e])} on the model's device."""
-        features = self.ensemble.encode_loaded(clips)
-        return {n: (t.to(self.device), m.to(self.device)) for n, (t, m) in features.items()}
+        return self.processor.encode_audio(clips, self.device)
 
     def file_features(self, paths: list[str]) -> tuple[dict | None, dict[str, str]]:
         """Encoder outputs of audio files, one row per path: {name: (tokens [B, N_e, D_e], mask [B, N_e])}, and
@@ -149,24 +148,21 @@ class AudioLLM:
     def generate(self, conversations: list[list[dict]], audio: dict | None, decoding: Decoding | None = None,
                  cache=None, streamer=None) -> list[str]:
         """The model's answers to B conversations, with audio features for each row (or None)."""
-        inputs = self.processor(conversations, audio)
-        audio = inputs.pop("audio", None)
-        return self._generate(inputs, audio, decoding or Decoding(), cache, streamer)
+        return self._generate(self.processor(conversations, audio), decoding or Decoding(), cache, streamer)
 
     @torch.no_grad()
-    def _generate(self, inputs: dict, audio: dict | None, decoding: Decoding, cache=None, streamer=None) -> list[str]:
-        """Token inputs ({input_ids, attention_mask, ...} [B, T]) → the answers after them."""
-        new = self.generate_ids(inputs, audio, decoding, cache, streamer)
+    def _generate(self, inputs: dict, decoding: Decoding, cache=None, streamer=None) -> list[str]:
+        """A batch ({input_ids, attention_mask, ...} [B, T], audio) → the answers after its prompts."""
+        new = self.generate_ids(inputs, decoding, cache, streamer)
         return [decoding.cut(text).strip() for text in self.processor.decode(new, 0)]
 
-    def generate_ids(self, inputs: dict, audio: dict | None, decoding: Decoding, cache=None, streamer=None,
-                      **extra) -> torch.Tensor:
-        """The generated token ids [B, N] after the inputs."""
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+    def generate_ids(self, inputs: dict, decoding: Decoding, cache=None, streamer=None, **extra) -> torch.Tensor:
+        """A batch as the processor gives it ({input_ids, ...} [B, T], audio) → the generated token ids [B, N]."""
+        inputs = to_device(inputs, self.device)
         torch.manual_seed(decoding.seed)
         if decoding.stop:
             extra["tokenizer"] = self.processor.tokenizer
-        out = self.model.generate(**inputs, audio=audio, past_key_values=cache, pad_token_id=self.processor.pad_id,
+        out = self.model.generate(**inputs, past_key_values=cache, pad_token_id=self.processor.pad_id,
                                   streamer=streamer, **decoding.kwargs(), **extra)
         return out[:, inputs["input_ids"].shape[1]:]
 
@@ -178,7 +174,6 @@ class AudioLLM:
         for these features (`prepare_audio`), reused instead of computing the audio keys/values again; `cancel`: a
         threading.Event that stops the generation at its next token once set."""
         inputs = self.processor([conversation], features)
-        audio = inputs.pop("audio", None)
         extra = {}
         if cancel is not None:
             from transformers import StoppingCriteria, StoppingCriteriaList
@@ -188,7 +183,7 @@ class AudioLLM:
                     return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
             extra["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
-        new = self.generate_ids(inputs, audio, decoding, cache, streamer, **extra)[0]
+        new = self.generate_ids(inputs, decoding, cache, streamer, **extra)[0]
         text, generated = self.read_answer(new.tolist(), decoding)
         return text, int(inputs["input_ids"].shape[1]), generated
 
@@ -207,12 +202,9 @@ class AudioLLM:
     def answer_losses(self, conversations: list[list[dict]], audio: dict | None) -> torch.Tensor:
         """Teacher-forced cross-entropy of each conversation's assistant turns (nats per answer token), given its
         prompt and its audio row → [B]. The audio-reliance diagnostics compare it with own and with mismatched audio."""
-        processor = PALProcessor(self.processor.tokenizer, self.model.config, padding_side="right")  # as in training
-        inputs = processor(conversations, audio)
-        audio = inputs.pop("audio", None)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        labels = inputs.pop("labels")
-        out = self.model(**inputs, audio=audio, labels=labels)
+        inputs = to_device(self.processor.with_settings(padding_side="right")(conversations, audio), self.device)
+        labels = inputs["labels"]  # right padding, as in training
+        out = self.model(**inputs)
         # out.logits: [N_supervised, V], the supervised positions (shifted labels ≠ -100) in row-major order
         shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
         rows = (shifted != -100).nonzero()[:, 0]
@@ -261,7 +253,7 @@ class AudioLLM:
         inputs = {"input_ids": torch.cat([prefix["input_ids"].expand(repeats, -1), rest["input_ids"]], dim=1),
                   "attention_mask": torch.cat([torch.ones(repeats, shared, dtype=rest["attention_mask"].dtype),
                                                rest["attention_mask"]], dim=1)}  # padding between the two parts
-        return self._generate(inputs, None, decoding, cache)
+        return self._generate(inputs, decoding, cache)
 
     def _shared_prefix(self, conversations: list[list[dict]], features: dict):
         """The token prefix that every conversation's prompt shares, as a batch of one ({input_ids, attention_mask,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .processing_pal import IGNORE_INDEX
+IGNORE_INDEX = -100  # labels that take no loss (torch's cross-entropy default)
 
 Row = tuple[list[int], list[int], list[bool]]  # (ids, labels, audio flags), as PALProcessor.encode gives them
 

@@ -1,4 +1,12 @@
-"""PALProcessor: prompts or whole conversations (with an `<audio>` placeholder) → model inputs.
+"""PALProcessor: the one path from examples to model inputs, for training, evaluation, inference and serving.
+
+It pairs the tokenizer with the audio front-ends (the frozen encoder ensemble, or a feature cache):
+
+    prepare(examples)  the part a DataLoader worker does: each clip read once at every encoder's rate (or its
+                       cached features), each conversation templated; bad samples set aside with their reason
+    collate(prepared)  the training process's part: the encoders run batched, `<audio>` expanded, rows cut to
+                       `max_length`, packed (a clip's questions in one sequence) or padded
+    __call__(prompts, audio)   prompts or conversations with features already computed (generation)
 
 `<audio>` is not added to the vocabulary (the LLM's embeddings and logits stay exactly the bare model's). Instead each
 prompt's `<audio>` expands into as many placeholder positions as the example has real PLITS tokens, flagged in
@@ -10,27 +18,43 @@ Labels: -100 everywhere except the assistant turns (every assistant turn of a co
 what the model should say, including the chat template's end-of-turn tokens.
 
 Output keys: input_ids [B, T], attention_mask [B, T], audio_token_mask [B, T], labels [B, T] (when there are
-assistant turns), audio (passed through).
+assistant turns), audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} when there is audio; `to_device` moves a batch.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
+from encoders.audio import AudioError
+
 from .configuration_pal import PALConfig
+from .packing import IGNORE_INDEX, pack_rows, pad_packed
 from .plits import plits_token_counts
 
 AUDIO_PLACEHOLDER = "<audio>"
-IGNORE_INDEX = -100
 
 
 class PALProcessor:
-    def __init__(self, tokenizer, config: PALConfig, padding_side: str = "left"):
+    """tokenizer: the LLM's; config: the model's PALConfig; padding_side: "left" to generate, "right" to train;
+    ensemble: the frozen encoders (an AudioEncoderEnsemble), needed to read audio; cache: a FeatureCache to read
+    features from instead; max_length / too_long: a row longer than max_length once its PLITS audio is in is skipped
+    ("reject") or cut ("truncate"). `counts` counts what `prepare` and `collate` did to the data (rows truncated,
+    clips past an encoder's window)."""
+
+    def __init__(self, tokenizer, config: PALConfig, padding_side: str = "left", ensemble=None, cache=None,
+                 max_length: int | None = None, too_long: str = "reject"):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side = {padding_side!r}: expected 'left' (generation) or 'right'.")
+        if too_long not in ("reject", "truncate"):
+            raise ValueError(f"too_long = {too_long!r}: expected 'reject' or 'truncate'.")
         self.tokenizer = tokenizer
         self.config = config
         self.padding_side = padding_side
+        self.ensemble, self.cache = ensemble, cache
+        self.max_length, self.too_long = max_length, too_long
+        self.counts: Counter = Counter()  # "truncated", "long_audio_<encoder>_<policy>", ...
         # The placeholder id is only a filler: the model overwrites those embeddings.
         self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
 
@@ -183,3 +207,151 @@ class PALProcessor:
     def decode(self, sequences: torch.Tensor, prompt_length: int) -> list[str]:
         """Generated continuations (after `prompt_length` input positions) as text."""
         return self.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
+
+    def with_settings(self, **changes) -> "PALProcessor":
+        """The same tokenizer, config and audio front-ends with other settings (e.g. padding_side="left" to generate
+        from a training processor), counting on its own."""
+        settings = {"padding_side": self.padding_side, "ensemble": self.ensemble, "cache": self.cache,
+                    "max_length": self.max_length, "too_long": self.too_long, **changes}
+        return PALProcessor(self.tokenizer, self.config, **settings)
+
+    # --------------------------------------------------------------------------------------------- audio front-ends
+    def load_audio(self, audio, **limits) -> dict[int, torch.Tensor]:
+        """A file, a file's bytes, or a mono 16 kHz waveform [S] → the clip at each encoder's sample rate
+        ({rate: [S_rate]}); AudioError names a file that cannot be read. limits: `max_seconds`, and `name` (what
+        errors call bytes), as `AudioEncoderEnsemble.load` takes them."""
+        if self.ensemble is None:
+            raise ValueError("this processor has no encoders to read audio for: build it with ensemble=...")
+        if torch.is_tensor(audio):
+            return self.ensemble.at_member_rates(audio, 16000)
+        return self.ensemble.load(audio, **limits)
+
+    def encode_audio(self, clips: list[dict[int, torch.Tensor]], device=None) -> dict:
+        """Loaded clips → {name: (tokens [B, N_e, D_e], mask [B, N_e])}, the frozen encoders run batched (on
+        `device` if given)."""
+        features = self.ensemble.encode_loaded(clips)
+        if device is None:
+            return features
+        return {n: (t.to(device), m.to(device)) for n, (t, m) in features.items()}
+
+    # -------------------------------------------------------------------------------------------- examples → batch
+    def prepare(self, examples) -> dict:
+        """The worker's part: each example's audio read at the encoders' rates (or its cached features) and its
+        conversation templated; a clip that several examples share is read once. `examples` (data.manifest.Example)
+        may hold groups of examples about one clip (a list each), which `collate` packs into one sequence each.
+        → {"examples": kept, "bad": [(example, problem)], "rows": each kept example's audio row or None, "clips" or
+        "cached", "segments", "groups": each kept example's group, "packed", "counts"}."""
+        bad, kept, rows, clips, paths, segments, groups, counts = [], [], [], [], [], [], [], Counter()
+        read: dict[str, int] = {}  # audio path → its row in clips / paths
+        items = [(g, e) for g, item in enumerate(examples) for e in (item if isinstance(item, list) else [item])]
+        for group, example in items:
+            try:  # AudioError is a ValueError; so is a conversation the chat template cannot split
+                pieces = self.segments(example.messages)
+                row = read.get(example.audio) if example.audio is not None else None
+                if example.audio is not None and row is None and self.cache is not None:
+                    if example.audio not in self.cache:
+                        raise AudioError(f"{example.audio} is not in the feature cache {self.cache.root}")
+                    paths.append(example.audio)
+                    row = read[example.audio] = len(paths) - 1
+                elif example.audio is not None and row is None:
+                    clip = self.load_audio(example.audio)
+                    counts.update(self.ensemble.long_audio_events(clip))
+                    clips.append(clip)
+                    row = read[example.audio] = len(clips) - 1
+            except ValueError as err:
+                bad.append((example, str(err)))
+                continue
+            kept.append(example)
+            rows.append(row)
+            segments.append(pieces)
+            groups.append(group)
+        return {"examples": kept, "bad": bad, "rows": rows, "clips": clips,
+                "cached": self.cache.get(paths) if paths else None, "segments": segments, "groups": groups,
+                "packed": any(isinstance(item, list) for item in examples), "counts": counts}
+
+    def prepared_audio(self, prepared: dict) -> dict | None:
+        """Encoder outputs with one row per kept example of `prepare`'s output (the encoders run here, batched)."""
+        if prepared["cached"] is None and not prepared["clips"]:
+            return self.no_audio(len(prepared["examples"]))
+        features = prepared["cached"] if prepared["cached"] is not None else self.encode_audio(prepared["clips"])
+        return scatter_rows(features, prepared["rows"])
+
+    def collate(self, prepared: dict) -> tuple[dict | None, list]:
+        """The training process's part, on what `prepare` gave: → (batch, or None when nothing usable is left;
+        [(example, problem)] of the skipped examples). A sample is skipped for audio that does not decode, a row over
+        `max_length` once its PLITS audio tokens are in (`too_long="truncate"` cuts it instead, counted), or no
+        assistant token. batch["examples"]: the question-answer examples in it (a packed row holds several)."""
+        self.counts.update(prepared["counts"])
+        audio, kept, bad = self.prepared_audio(prepared), prepared["examples"], list(prepared["bad"])
+        counts = self.audio_token_counts(audio, len(kept))
+        plits = self.config.encoders_on("plits") + self.config.summary_encoders()
+        rows, keep = [], []
+        for i, example in enumerate(kept):
+            try:
+                row = self.encode(prepared["segments"][i], int(counts[i]), plits, i)
+                if self.max_length is not None and len(row[0]) > self.max_length:
+                    if self.too_long != "truncate":
+                        raise ValueError(f"{len(row[0])} tokens with its audio, over max_length {self.max_length}.")
+                    row = self.truncate(row, self.max_length, i)
+                    self.counts["truncated"] += 1
+            except ValueError as err:
+                bad.append((example, str(err).replace(f"prompt {i}", "the example", 1)))
+                continue
+            if all(label == IGNORE_INDEX for label in row[1]):
+                bad.append((example, "no assistant tokens after templating."))
+                continue
+            rows.append(row)
+            keep.append(i)
+        if not rows:
+            return None, bad
+        if prepared.get("packed"):
+            batch, keep = self._pack(rows, keep, prepared["groups"])
+        else:
+            batch = self.pad(rows)
+        if audio is not None:
+            batch["audio"] = {n: (t[keep], m[keep]) for n, (t, m) in audio.items()}
+        batch["examples"] = len(rows)
+        return batch, bad
+
+    def _pack(self, rows: list, keep: list[int], groups: list[int]) -> tuple[dict, list[int]]:
+        """Each group's rows packed into shared-prefix sequences (pal/packing.py) → (batch, each packed row's audio
+        row among the kept examples)."""
+        by_group: dict[int, list[int]] = {}
+        for r, i in enumerate(keep):
+            by_group.setdefault(groups[i], []).append(r)
+        packed, audio_rows = [], []
+        for members in by_group.values():
+            for row in pack_rows([rows[r] for r in members], self.max_length):
+                packed.append(row)
+                audio_rows.append(keep[members[0]])
+        return pad_packed(packed, self.pad_id), audio_rows
+
+    def no_audio(self, rows: int) -> dict | None:
+        """Features for a batch without audio: one masked-out token per encoder and row. The model then runs its
+        connectors as for any batch, which ZeRO-3 needs on every rank (peer projects hang here otherwise)."""
+        dims = self.ensemble.dims if self.ensemble is not None else None
+        if not rows or not dims:
+            return None
+        return {name: (torch.zeros(rows, 1, dim), torch.zeros(rows, 1, dtype=torch.bool)) for name, dim in dims.items()}
+
+
+def scatter_rows(features: dict, rows: list[int | None]) -> dict:
+    """Features of the audio examples → one row per example; `rows[i]` is example i's row in `features`, or None for
+    a text-only example, which gets an all-False mask (it sees no audio on any route)."""
+    out = {}
+    for name, (tokens, mask) in features.items():
+        full_t = tokens.new_zeros(len(rows), *tokens.shape[1:])
+        full_m = mask.new_zeros(len(rows), mask.shape[1])
+        for i, r in enumerate(rows):
+            if r is not None:
+                full_t[i], full_m[i] = tokens[r], mask[r]
+        out[name] = (full_t, full_m)
+    return out
+
+
+def to_device(batch: dict, device) -> dict:
+    """A batch's tensors and its audio features on `device` (other entries, e.g. "examples", dropped)."""
+    out = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+    if batch.get("audio") is not None:
+        out["audio"] = {n: (t.to(device), m.to(device)) for n, (t, m) in batch["audio"].items()}
+    return out

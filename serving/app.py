@@ -93,8 +93,8 @@ class ChatService:
 
         def encode():
             try:
-                loaded = self.llm.ensemble.load(request.audio, max_seconds=self.settings.max_audio_seconds,
-                                                name=f"the {request.audio_format} audio")
+                loaded = self.llm.processor.load_audio(request.audio, max_seconds=self.settings.max_audio_seconds,
+                                                       name=f"the {request.audio_format} audio")
             except AudioError as err:
                 raise RequestError(f"{err} Send a {request.audio_format} file's bytes in base64.",
                                    "messages", code="invalid_audio") from None

@@ -97,10 +97,9 @@ class Batcher:
         requests = [request for request, _, _ in items]
         features = stack_features([prepared[0] for _, prepared, _ in items], llm.model.config.encoder_dims)
         inputs = llm.processor([r.messages for r in requests], features)
-        audio = inputs.pop("audio", None)
         longest = max(r.max_tokens for r in requests)
         with self.service.generation:
-            new = llm.generate_ids(inputs, audio, Decoding(max_new_tokens=longest))
+            new = llm.generate_ids(inputs, Decoding(max_new_tokens=longest))
         results = []
         for row, request in enumerate(requests):
             # each row as alone: its own max_tokens, end of text and stop strings

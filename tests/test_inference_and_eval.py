@@ -84,6 +84,34 @@ def test_an_evaluation_encodes_each_clip_once_and_runs_its_shared_prompt_once(tr
     assert answers[0] == answers[1] == alone
 
 
+
+def test_training_evaluation_and_inference_make_one_batch_of_an_example(trained_tiny, curriculum_env):
+    """One examples → batch path: the batch a training step collates from manifest examples (worker `prepare`, then
+    `collate`) is the batch inference builds from the same conversations and clips (tokens, labels, placeholders,
+    features), and the loss training takes on one example is the teacher-forced loss evaluation reports for it."""
+    from data.manifest import validate_manifest
+    from inference.audio_llm import AudioLLM
+    from pal.processing_pal import to_device
+
+    llm = AudioLLM.from_pretrained(trained_tiny)
+    examples = validate_manifest(curriculum_env / "train.jsonl")[:3]
+    training = llm.processor.with_settings(padding_side="right")
+    batch, bad = training.collate(training.prepare(examples))
+    assert not bad and batch["examples"] == 3
+    features = llm.features([llm.load(e.audio) for e in examples])
+    asked = training([e.messages for e in examples], features)
+    for key in ("input_ids", "attention_mask", "audio_token_mask", "labels"):
+        assert torch.equal(batch[key], asked[key]), key
+    for name, (tokens, mask) in features.items():
+        assert torch.equal(batch["audio"][name][1], mask) and torch.equal(batch["audio"][name][0], tokens)
+    reported = llm.answer_losses([e.messages for e in examples], features)
+    for i, example in enumerate(examples):
+        alone, _ = training.collate(training.prepare([example]))
+        with torch.no_grad():
+            loss = float(llm.model(**to_device(alone, llm.device)).loss)
+        assert math.isclose(loss, float(reported[i]), rel_tol=1e-5), (i, loss, float(reported[i]))
+
+
 CONNECTORS = {
     "plits": dict(connector="plits", mlp_downsample=8),
     "plits_qformer": dict(connector="plits", projector="qformer", qformer_latents=4, qformer_layers=1,

@@ -14,7 +14,7 @@ from conftest import random_audio, tiny_pal
 from data.manifest import examples_dataset, validate_manifest
 from pal.packing import pack_rows, pad_packed, shared_prefix_length
 from pal.processing_pal import IGNORE_INDEX
-from recipes.curriculum.stage_data import Collator, StageData
+from recipes.curriculum.stage_data import StageData
 
 
 def _clip_rows(model, clip_tokens: int, questions: int, seed: int):
@@ -174,12 +174,12 @@ def test_stage_data_groups_a_clips_questions_and_the_collator_packs_them(tmp_pat
     assert [e.id for e in data[len(data) - 1]] == ["g0", "g1"]  # rows without audio pack by their `group`
 
     cache = _Cache([str(tmp_path / f"clip{c}.wav") for c in range(3)])
-    collate = Collator(processor, cache=cache)
+    processor = processor.with_settings(cache=cache)
     group = data[0]
-    batch, bad = collate([group])
+    batch, bad = processor.collate(processor.prepare([group]))
     assert not bad and batch["examples"] == 2 and batch["input_ids"].shape[0] == 1
     assert cache.reads == 1  # the clip is read once for its two questions
-    separate, _ = Collator(processor, cache=cache)(group)
+    separate, _ = processor.collate(processor.prepare(group))
     # Branch k of the packed row, read through its mask and positions, is exactly separate row k.
     ids, positions = batch["input_ids"][0], batch["position_ids"][0]
     mask = batch["attention_mask"][0, 0]

@@ -44,6 +44,7 @@ from pal import TRAINABLE_GROUPS, PALConfig, PALForConditionalGeneration, PALPro
 from pal.audio_norm import AudioFeatureNorm
 from pal.llm import load_tokenizer, resolve_llm_path
 from pal.modeling_pal import cast_unpartitioned
+from pal.processing_pal import to_device
 from pal.trainable import LORA_KEYS
 from training.checkpointing import (CheckpointError, clear_run, has_checkpoints, load_latest_checkpoint, newest_intact,
                                     save_checkpoint, tag_step, trainable_fp32_state)
@@ -51,7 +52,7 @@ from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepsp
                              peak_memory_mb, reset_peak_memory, setup_distributed, slow_bf16_note)
 
 from .config import CurriculumConfig, StageConfig
-from .stage_data import Collator, StageData, stage_loader
+from .stage_data import StageData, stage_loader
 
 STAGE_RECORD = "stage.json"
 AUDIO_NORM_CLIPS = 256  # training clips the feature standardisation is fitted on (pal/audio_norm.py)
@@ -108,9 +109,8 @@ class StageRun:
     dir: Path  # <out>/stage<k+1>-<name>
     engine: object  # the DeepSpeed engine around the model
     optimizer: torch.optim.Optimizer
-    processor: PALProcessor
-    collate: Collator  # training batches
-    val_collate: Collator  # validation batches (its own counts)
+    processor: PALProcessor  # training batches (its counts: rows truncated, long clips)
+    val_processor: PALProcessor  # validation batches (its own counts)
     zero3: bool
     log: JsonlLog
     trainable_names: list[str]
@@ -197,8 +197,8 @@ class CurriculumRecipe:
                 clips.append(example)
             if len(clips) == AUDIO_NORM_CLIPS:
                 break
-        collate = Collator(PALProcessor(self.tokenizer(0), model.config), self.ensemble, self.cache)
-        batches = [collate.features(clips[i : i + 16])[0] for i in range(0, len(clips), 16)]
+        processor = PALProcessor(self.tokenizer(0), model.config, ensemble=self.ensemble, cache=self.cache)
+        batches = [processor.prepared_audio(processor.prepare(clips[i : i + 16])) for i in range(0, len(clips), 16)]
         model.fit_audio_norm([b for b in batches if b is not None])
         if self.rank == 0:
             with disk_errors(path):
@@ -397,7 +397,7 @@ class CurriculumRecipe:
         return self.end_stage(run)
 
     def setup_stage(self, k: int, resume: bool) -> StageRun:
-        """Record the stage, build its model and trainable groups, its collators and DeepSpeed engine; resume from
+        """Record the stage, build its model and trainable groups, its processors and DeepSpeed engine; resume from
         the newest intact checkpoint when asked."""
         import deepspeed
 
@@ -415,9 +415,8 @@ class CurriculumRecipe:
         counts = set_trainable(model, stage.trainable)
         if stage.gradient_checkpointing:  # non-reentrant: LAL's audio keys/values reach the recomputed layers as kwargs
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        processor = PALProcessor(self.tokenizer(k), model.config, padding_side="right")
-        m = self.config.model
-        collators = [Collator(processor, self.ensemble, self.cache, self.max_length, m.too_long) for _ in range(2)]
+        processor = PALProcessor(self.tokenizer(k), model.config, padding_side="right", ensemble=self.ensemble,
+                                 cache=self.cache, max_length=self.max_length, too_long=self.config.model.too_long)
         total = stage.steps or max(1, math.ceil(stage.epochs * self.data[k].batches_per_epoch
                                                 / stage.gradient_accumulation_steps))
 
@@ -438,7 +437,7 @@ class CurriculumRecipe:
                       world_size=self.world, notes=self.notes, built=built,
                       gradient_checkpointing=model.is_gradient_checkpointing)
         return StageRun(k=k, stage=stage, dir=stage_dir, engine=engine, optimizer=optimizer, processor=processor,
-                        collate=collators[0], val_collate=collators[1], zero3=zero3, log=log,
+                        val_processor=processor.with_settings(), zero3=zero3, log=log,
                         trainable_names=[n for n, p in model.named_parameters() if p.requires_grad],
                         start=start, total=total, stop=min(total, self.max_steps) if self.max_steps else total)
 
@@ -447,7 +446,7 @@ class CurriculumRecipe:
         and checkpoints at their intervals."""
         stage, accum = run.stage, run.stage.gradient_accumulation_steps
         # Workers prepare the micro-batches ahead of the step; global batch g = step · accum + micro.
-        batches = iter(stage_loader(self.data[run.k], run.collate, run.start * accum, run.stop * accum, self.rank,
+        batches = iter(stage_loader(self.data[run.k], run.processor, run.start * accum, run.stop * accum, self.rank,
                                     stage.batch_size, stage.num_workers, stage.prefetch_factor))
         self.last_batch, self.last_val = None, {}
         reset_peak_memory()
@@ -460,7 +459,7 @@ class CurriculumRecipe:
                 group_["lr"] = lr
             losses, started = [], time.perf_counter()
             for _ in range(accum):
-                batch, bad = run.collate.finish(next(batches))
+                batch, bad = run.processor.collate(next(batches))
                 if bad:
                     run.bad_samples += len(bad)
                     self.report_bad(run.dir, step, bad)
@@ -478,7 +477,7 @@ class CurriculumRecipe:
                 bar.update(1)
                 bar.set_postfix(loss=f"{run.last_loss:.3f}")
             if done % stage.log_every == 0 or done == run.stop:
-                run.log.write(step=done, lr=lr, loss=run.last_loss, bad_samples=run.bad_samples, **run.collate.counts)
+                run.log.write(step=done, lr=lr, loss=run.last_loss, bad_samples=run.bad_samples, **run.processor.counts)
             if self.val_data[run.k] is not None and ((stage.eval_every and done % stage.eval_every == 0)
                                                      or done == run.stop):
                 self.evaluate(run, done)
@@ -505,7 +504,7 @@ class CurriculumRecipe:
         if run.bad_samples and self.rank == 0:
             print(f"stage {k + 1}: {run.bad_samples} sample(s) skipped; see {run.dir}/bad_samples.rank*.jsonl")
         return {"stage": k + 1, "name": stage.name, "steps": run.stop, "loss": run.last_loss,
-                "bad_samples": run.bad_samples, **run.collate.counts}
+                "bad_samples": run.bad_samples, **run.processor.counts}
 
     def report_bad(self, stage_dir: Path, step: int, bad) -> None:
         with disk_errors(stage_dir), open(stage_dir / f"bad_samples.rank{self.rank}.jsonl", "a") as f:
@@ -522,41 +521,34 @@ class CurriculumRecipe:
             self.last_batch = batch
         if batch is None:
             raise RuntimeError("the first micro-batch of this stage has no usable example: check bad_samples*.jsonl.")
-        inputs = {k: v.to(engine.device) for k, v in batch.items() if torch.is_tensor(v)}
-        audio = batch.get("audio")
-        if audio is not None:
-            inputs["audio"] = {n: (t.to(engine.device), m.to(engine.device)) for n, (t, m) in audio.items()}
-        return engine(**inputs, use_cache=False).loss * scale
+        return engine(**to_device(batch, engine.device), use_cache=False).loss * scale
 
     @torch.no_grad()
     def evaluate(self, run: StageRun, step: int) -> None:
         """Validation loss with the true audio and with another clip's audio (the reliance gap), and a few answers
         generated into `samples.jsonl`."""
-        engine, val, collate, processor = run.engine, self.val_data[run.k], run.val_collate, run.processor
+        engine, val, processor = run.engine, self.val_data[run.k], run.val_processor
         stage, stage_dir, log, zero3 = run.stage, run.dir, run.log, run.zero3
         engine.eval()
         losses, mismatched = [], []
         for b in range(stage.val_batches):
             examples = [val[i] for i in val.global_batch(b)]
-            batch, _ = collate(examples)
+            batch, _ = processor.collate(processor.prepare(examples))
             if batch is not None:
                 losses.append(float(self.micro_step(engine, batch)))
             # The audio-reliance gap: the same batch with each example given another clip's audio (a derangement of
             # the batch's clips). A model that ignores the audio scores the same on both.
             swapped = mismatched_audio(examples)
-            batch, _ = collate(swapped) if swapped else (None, None)
+            batch, _ = processor.collate(processor.prepare(swapped)) if swapped else (None, None)
             if batch is not None:
                 mismatched.append(float(self.micro_step(engine, batch)))
         examples = [val[i] for i in val.epoch(0).reshape(-1)[: stage.num_samples]]
-        audio, kept, _ = collate.features(examples)
+        prepared = processor.prepare(examples)
+        kept = prepared["examples"]
         if kept:  # on every rank: under ZeRO-3 each forward is a collective; rank 0 writes
-            gen = PALProcessor(processor.tokenizer, processor.config, padding_side="left")
-            inputs = gen([e.messages[:-1] for e in kept], audio)
-            audio = inputs.pop("audio", None)
-            inputs = {k: v.to(engine.device) for k, v in inputs.items()}
-            if audio is not None:
-                audio = {n: (t.to(engine.device), m.to(engine.device)) for n, (t, m) in audio.items()}
-            out = engine.module.generate(**inputs, audio=audio, max_new_tokens=32, do_sample=False,
+            gen = processor.with_settings(padding_side="left")
+            inputs = to_device(gen([e.messages[:-1] for e in kept], processor.prepared_audio(prepared)), engine.device)
+            out = engine.module.generate(**inputs, max_new_tokens=32, do_sample=False,
                                          pad_token_id=gen.pad_id, synced_gpus=zero3 and self.world > 1)
             if self.rank == 0:
                 with disk_errors(stage_dir), open(stage_dir / "samples.jsonl", "a") as f:

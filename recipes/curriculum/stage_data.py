@@ -9,22 +9,19 @@ run killed mid-epoch resumes at the very batch it would have trained next. Rank 
 each global batch.
 
 Loading: a `torch.utils.data.DataLoader` with worker processes prepares the batches ahead of the training step:
-reading and resampling audio (or reading cached features), templating and tokenizing the text. The frozen encoders
-then run batched in the training process, on this rank's device (`Collator.finish`). A sample that fails (audio that
-does not decode, a row that no longer fits once its PLITS audio tokens are in) is skipped, counted and written with
-its manifest, line, id and reason to the stage's `bad_samples.rank*.jsonl`.
+reading and resampling audio (or reading cached features), templating and tokenizing the text
+(`PALProcessor.prepare`). The frozen encoders then run batched in the training process, on this rank's device
+(`PALProcessor.collate`). A sample that fails (audio that does not decode, a row that no longer fits once its PLITS
+audio tokens are in) is skipped, counted and written with its manifest, line, id and reason to the stage's
+`bad_samples.rank*.jsonl`.
 """
 
 from __future__ import annotations
-
-from collections import Counter
 
 import numpy as np
 import torch
 
 from data.manifest import Example, example_from_row
-from encoders.audio import AudioError
-from pal.packing import pack_rows, pad_packed
 
 GROUP_WINDOW = 16  # global batches sorted by length together
 
@@ -126,145 +123,11 @@ class RankBatches(torch.utils.data.Sampler):
             yield self.data.global_batch(g)[lo : lo + self.batch_size].tolist()
 
 
-def stage_loader(data: StageData, collator: "Collator", start: int, stop: int, rank: int, batch_size: int,
+def stage_loader(data: StageData, processor, start: int, stop: int, rank: int, batch_size: int,
                  workers: int, prefetch: int = 2) -> torch.utils.data.DataLoader:
-    """Prepared micro-batches of global batches [start, stop) for this rank (see `Collator.load`)."""
+    """Micro-batches of global batches [start, stop) for this rank, as the workers prepare them
+    (`PALProcessor.prepare`; the training process finishes each with `PALProcessor.collate`)."""
     return torch.utils.data.DataLoader(
-        data, batch_sampler=RankBatches(data, start, stop, rank, batch_size), collate_fn=collator.load,
+        data, batch_sampler=RankBatches(data, start, stop, rank, batch_size), collate_fn=processor.prepare,
         num_workers=workers, prefetch_factor=prefetch if workers else None, pin_memory=torch.cuda.is_available(),
     )
-
-
-class Collator:
-    """Examples → model inputs: audio decoded and encoded (or read from the feature cache), chat template applied,
-    labels on assistant tokens only, padding on the processor's side. `load` is the part a DataLoader worker does
-    (audio reading and resampling or cache reads, templating); `finish` runs the frozen encoders and builds the batch.
-
-    A sample that fails here is dropped from the batch and returned with its reason: audio that does not decode, a
-    row over `max_length` once its PLITS audio tokens are in (`too_long="truncate"` cuts it instead, counted in
-    `self.counts`). Audio past an encoder's window is truncated or split by that encoder's policy, counted too.
-    """
-
-    def __init__(self, processor, ensemble=None, cache=None, max_length: int | None = None, too_long: str = "reject"):
-        self.processor, self.ensemble, self.cache = processor, ensemble, cache
-        self.max_length, self.too_long = max_length, too_long
-        self.counts: Counter = Counter()  # "truncated", "long audio: <encoder> <policy>", ...
-
-    def load(self, examples: list[Example] | list[list[Example]]) -> dict:
-        """The worker's part: each example's audio read at the encoders' rates (or its cached features) and its
-        conversation templated; a clip that several examples share is read once. `examples` may hold groups of
-        examples about one clip (`StageData` with `pack`), which `finish` packs into one sequence each.
-        → {"examples": kept, "bad": [(example, problem)], "rows": each kept example's audio row or None, "clips" or
-        "cached", "segments", "groups": each kept example's group, "packed", "counts"}."""
-        bad, kept, rows, clips, paths, segments, groups, counts = [], [], [], [], [], [], [], Counter()
-        read: dict[str, int] = {}  # audio path → its row in clips / paths
-        items = [(g, e) for g, item in enumerate(examples) for e in (item if isinstance(item, list) else [item])]
-        for group, example in items:
-            try:  # AudioError is a ValueError; so is a conversation the chat template cannot split
-                pieces = self.processor.segments(example.messages)
-                row = read.get(example.audio) if example.audio is not None else None
-                if example.audio is not None and row is None and self.cache is not None:
-                    if example.audio not in self.cache:
-                        raise AudioError(f"{example.audio} is not in the feature cache {self.cache.root}")
-                    paths.append(example.audio)
-                    row = read[example.audio] = len(paths) - 1
-                elif example.audio is not None and row is None:
-                    clip = self.ensemble.load(example.audio)
-                    counts.update(self.ensemble.long_audio_events(clip))
-                    clips.append(clip)
-                    row = read[example.audio] = len(clips) - 1
-            except ValueError as err:
-                bad.append((example, str(err)))
-                continue
-            kept.append(example)
-            rows.append(row)
-            segments.append(pieces)
-            groups.append(group)
-        return {"examples": kept, "bad": bad, "rows": rows, "clips": clips,
-                "cached": self.cache.get(paths) if paths else None, "segments": segments, "groups": groups,
-                "packed": any(isinstance(item, list) for item in examples), "counts": counts}
-
-    def audio(self, loaded: dict) -> dict | None:
-        """Encoder outputs with one row per kept example: the frozen encoders run here, batched, on their device."""
-        if loaded["cached"] is None and not loaded["clips"]:
-            return self.no_audio(len(loaded["examples"]))
-        features = loaded["cached"] if loaded["cached"] is not None else self.ensemble.encode_loaded(loaded["clips"])
-        return scatter_rows(features, loaded["rows"])
-
-    def features(self, examples: list[Example]) -> tuple[dict | None, list[Example], list[tuple[Example, str]]]:
-        """→ (audio features with one row per kept example or None, kept examples, [(example, problem)] skipped)."""
-        loaded = self.load(examples)
-        return self.audio(loaded), loaded["examples"], loaded["bad"]
-
-    def __call__(self, examples: list[Example]) -> tuple[dict | None, list[tuple[Example, str]]]:
-        """→ (batch, or None when nothing usable is left; [(example, problem)] of the skipped examples)."""
-        return self.finish(self.load(examples))
-
-    def finish(self, loaded: dict) -> tuple[dict | None, list[tuple[Example, str]]]:
-        """The training process's part of `__call__`, on what `load` prepared."""
-        self.counts.update(loaded["counts"])
-        audio, kept, bad = self.audio(loaded), loaded["examples"], list(loaded["bad"])
-        counts = self.processor.audio_token_counts(audio, len(kept))
-        plits = self.processor.config.encoders_on("plits") + self.processor.config.summary_encoders()
-        rows, keep = [], []
-        for i, example in enumerate(kept):
-            try:
-                row = self.processor.encode(loaded["segments"][i], int(counts[i]), plits, i)
-                if self.max_length is not None and len(row[0]) > self.max_length:
-                    if self.too_long != "truncate":
-                        raise ValueError(f"{len(row[0])} tokens with its audio, over max_length {self.max_length}.")
-                    row = self.processor.truncate(row, self.max_length, i)
-                    self.counts["truncated"] += 1
-            except ValueError as err:
-                bad.append((example, str(err).replace(f"prompt {i}", "the example", 1)))
-                continue
-            if all(label == -100 for label in row[1]):
-                bad.append((example, "no assistant tokens after templating."))
-                continue
-            rows.append(row)
-            keep.append(i)
-        if not rows:
-            return None, bad
-        if loaded.get("packed"):
-            batch, keep = self.pack(rows, keep, loaded["groups"])
-        else:
-            batch = self.processor.pad(rows)
-        if audio is not None:
-            batch["audio"] = {n: (t[keep], m[keep]) for n, (t, m) in audio.items()}
-        batch["examples"] = len(rows)  # question-answer examples in the batch (a packed row holds several)
-        return batch, bad
-
-    def pack(self, rows: list, keep: list[int], groups: list[int]) -> tuple[dict, list[int]]:
-        """Each group's rows packed into shared-prefix sequences (pal/packing.py) → (batch, each packed row's audio
-        row among the kept examples)."""
-        by_group: dict[int, list[int]] = {}
-        for r, i in enumerate(keep):
-            by_group.setdefault(groups[i], []).append(r)
-        packed, audio_rows = [], []
-        for members in by_group.values():
-            for row in pack_rows([rows[r] for r in members], self.max_length):
-                packed.append(row)
-                audio_rows.append(keep[members[0]])
-        return pad_packed(packed, self.processor.pad_id), audio_rows
-
-    def no_audio(self, rows: int) -> dict | None:
-        """Features for a batch without audio: one masked-out token per encoder and row. The model then runs its
-        connectors as for any batch, which ZeRO-3 needs on every rank (peer projects hang here otherwise)."""
-        dims = self.ensemble.dims if self.ensemble is not None else None
-        if not rows or not dims:
-            return None
-        return {name: (torch.zeros(rows, 1, dim), torch.zeros(rows, 1, dtype=torch.bool)) for name, dim in dims.items()}
-
-
-def scatter_rows(features: dict, rows: list[int | None]) -> dict:
-    """Features of the audio examples → one row per example; `rows[i]` is example i's row in `features`, or None for
-    a text-only example, which gets an all-False mask (it sees no audio on any route)."""
-    out = {}
-    for name, (tokens, mask) in features.items():
-        full_t = tokens.new_zeros(len(rows), *tokens.shape[1:])
-        full_m = mask.new_zeros(len(rows), mask.shape[1])
-        for i, r in enumerate(rows):
-            if r is not None:
-                full_t[i], full_m[i] = tokens[r], mask[r]
-        out[name] = (full_t, full_m)
-    return out
