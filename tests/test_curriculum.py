@@ -18,7 +18,7 @@ import yaml
 from conftest import curriculum_dict, run_pal, write_yaml
 from safetensors.torch import load_file
 
-from recipes.curriculum.recipe import MIN_RELIANCE_GAP
+from recipes.curriculum.validation import MIN_RELIANCE_GAP
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,11 @@ skipped, counted and listed with manifest, line, id and reason in `bad_samples.r
 audio still goes through the connectors (with masked-out audio), and a batch whose examples were all skipped repeats the
 last good one with zero weight, so every rank calls the same modules in the same order and none hangs (a known failure
 of peer projects).
+
+What lives elsewhere: the stage's data (stage_data.py), its validation and plots (validation.py), the config
+(config.py), the DeepSpeed and checkpoint plumbing (training/). This file stays at about 500 lines because the
+lifecycle is one class read top to bottom: the checks of a whole curriculum before any step (`validate`) and the
+stage's set-up, loop and hand-off, each a method of one screen or two.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from tqdm import tqdm
 
 from common.home import pal_home
 from common.safe_write import atomic_folder, atomic_write_json, check_writable, disk_errors
-from data.manifest import ManifestError, manifest_table, mismatched_audio
+from data.manifest import ManifestError, manifest_table
 from encoders.ensemble import AudioEncoderEnsemble
 from encoders.identity import write_ensemble_record
 from pal import TRAINABLE_GROUPS, PALConfig, PALForConditionalGeneration, PALProcessor, set_trainable
@@ -53,51 +58,10 @@ from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepsp
 
 from .config import CurriculumConfig, StageConfig
 from .stage_data import StageData, stage_loader
+from .validation import deafness_warning, plot_losses, validate_stage
 
 STAGE_RECORD = "stage.json"
 AUDIO_NORM_CLIPS = 256  # training clips the feature standardisation is fitted on (pal/audio_norm.py)
-
-
-def plot_losses(log_path: Path, png: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    mismatched = [(r["step"], r["val_loss_mismatched"]) for r in rows if "val_loss_mismatched" in r]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if train:
-        ax.plot(*zip(*train), label="train")
-    if val:
-        ax.plot(*zip(*val), marker="o", label="validation")
-    if mismatched:  # the space between the two validation curves is the audio-reliance gap
-        ax.plot(*zip(*mismatched), marker="x", linestyle="--", label="validation, another clip's audio")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
-# Below this gap (nats per answer token, validation loss with another clip's audio minus with its own) the model
-# answers as well with the wrong audio as with the right one: it does not use the audio.
-MIN_RELIANCE_GAP = 0.02
-
-
-def deafness_warning(val: dict) -> str | None:
-    """The warning for a stage whose last evaluation shows no audio-reliance gap, or None."""
-    gap = val.get("reliance_gap")
-    if gap is None or gap >= MIN_RELIANCE_GAP:
-        return None
-    return (f"the model does not use the audio: its validation loss with another clip's audio is "
-            f"{val['val_loss_mismatched']:.3f} against {val['val_loss']:.3f} with its own (gap {gap:+.3f}, under "
-            f"{MIN_RELIANCE_GAP}). Train longer, or see the README's 'Does the model hear?'.")
 
 
 @dataclass
@@ -480,7 +444,8 @@ class CurriculumRecipe:
                 run.log.write(step=done, lr=lr, loss=run.last_loss, bad_samples=run.bad_samples, **run.processor.counts)
             if self.val_data[run.k] is not None and ((stage.eval_every and done % stage.eval_every == 0)
                                                      or done == run.stop):
-                self.evaluate(run, done)
+                self.last_val = validate_stage(run, self.val_data[run.k], done, self.micro_step, self.rank,
+                                               self.world) or self.last_val
             if done % stage.checkpoint_every == 0 or done == run.stop:
                 self.checkpoint(run, done)
         bar.close()
@@ -522,47 +487,6 @@ class CurriculumRecipe:
         if batch is None:
             raise RuntimeError("the first micro-batch of this stage has no usable example: check bad_samples*.jsonl.")
         return engine(**to_device(batch, engine.device), use_cache=False).loss * scale
-
-    @torch.no_grad()
-    def evaluate(self, run: StageRun, step: int) -> None:
-        """Validation loss with the true audio and with another clip's audio (the reliance gap), and a few answers
-        generated into `samples.jsonl`."""
-        engine, val, processor = run.engine, self.val_data[run.k], run.val_processor
-        stage, stage_dir, log, zero3 = run.stage, run.dir, run.log, run.zero3
-        engine.eval()
-        losses, mismatched = [], []
-        for b in range(stage.val_batches):
-            examples = [val[i] for i in val.global_batch(b)]
-            batch, _ = processor.collate(processor.prepare(examples))
-            if batch is not None:
-                losses.append(float(self.micro_step(engine, batch)))
-            # The audio-reliance gap: the same batch with each example given another clip's audio (a derangement of
-            # the batch's clips). A model that ignores the audio scores the same on both.
-            swapped = mismatched_audio(examples)
-            batch, _ = processor.collate(processor.prepare(swapped)) if swapped else (None, None)
-            if batch is not None:
-                mismatched.append(float(self.micro_step(engine, batch)))
-        examples = [val[i] for i in val.epoch(0).reshape(-1)[: stage.num_samples]]
-        prepared = processor.prepare(examples)
-        kept = prepared["examples"]
-        if kept:  # on every rank: under ZeRO-3 each forward is a collective; rank 0 writes
-            gen = processor.with_settings(padding_side="left")
-            inputs = to_device(gen([e.messages[:-1] for e in kept], processor.prepared_audio(prepared)), engine.device)
-            out = engine.module.generate(**inputs, max_new_tokens=32, do_sample=False,
-                                         pad_token_id=gen.pad_id, synced_gpus=zero3 and self.world > 1)
-            if self.rank == 0:
-                with disk_errors(stage_dir), open(stage_dir / "samples.jsonl", "a") as f:
-                    for e, text in zip(kept, gen.decode(out, inputs["input_ids"].shape[1])):
-                        f.write(json.dumps({"step": step, "id": e.id, "reference": e.messages[-1]["content"],
-                                            "generated": text}) + "\n")
-        if losses:
-            record = {"val_loss": sum(losses) / len(losses)}
-            if mismatched:
-                record["val_loss_mismatched"] = sum(mismatched) / len(mismatched)
-                record["reliance_gap"] = record["val_loss_mismatched"] - record["val_loss"]
-            log.write(step=step, **record)
-            self.last_val = record
-        engine.train()
 
     def checkpoint(self, run: StageRun, step: int) -> None:
         """DeepSpeed state (trainables and optimizer) plus `trainable.safetensors`: the fp32 master of every trainable
