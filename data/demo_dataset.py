@@ -19,9 +19,9 @@ A scene (4 s by default) mixes 1-4 sources of different classes (at most one spe
 From each scene: a caption ("A guitar plays, then a woman says "seven" while someone walks."), the classification of
 every event, closed questions (can you hear X? — balanced, 2-4 per scene; how many sounds? which comes first? which
 word is spoken?) and the transcript of the speech. In training and validation, presence and count answers state
-what is heard before they answer ("I hear guitar, speech: no."); the test split keeps the bare answers ("no") that the
-scorer compares a model's first yes/no word or number with. Everything is a function of the seed: the same seed gives the same
-files.
+what is heard before they answer ("I hear guitar, speech; bell: no.", "I hear (a) guitar, (b) speech: 2."); the test
+split keeps the bare answers ("no") that the scorer compares a model's first yes/no word or number with. Everything
+is a function of the seed: the same seed gives the same files.
 
 Notation: S samples at 16 kHz.
 """
@@ -301,8 +301,9 @@ def rows(scene: Scene, audio: str, rng: random.Random, evidence: bool = True) ->
     labels = scene.labels
     # Presence and count answers first say what is heard (the classification), then answer from it: the decision
     # follows from a perception the model states, which it learns as classification (README, "Does the model
-    # hear?"). The scorer reads the first yes/no word or number; no class name holds either.
-    heard = f"I hear {', '.join(labels)}: " if evidence else ""
+    # hear?"). Each last step is made local: a presence answer names the asked label again just before its yes/no
+    # (a check that the word just written occurs in the list), a count answer letters its list (the count is the
+    # last letter's rank). The scorer reads the first yes/no word or number; no class name or letter holds either.
     out = [row("caption", "caption", "Describe what you hear in one sentence.", caption(scene)),
            row("classify", "classify", "Which sounds can you hear? List them.", ", ".join(labels), labels=labels,
                recordings=[f"{e.source.package}/{e.source.name}" for e in scene.events])]
@@ -310,10 +311,12 @@ def rows(scene: Scene, audio: str, rng: random.Random, evidence: bool = True) ->
     side = min(PRESENCE_PER_SIDE, len(labels))
     asked = rng.sample(labels, side) + rng.sample([c for c in CLASSES if c not in labels], side)
     for j, label in enumerate(sorted(asked, key=lambda _: rng.random())):
+        decision = "yes" if label in labels else "no"
         out.append(row("presence", "qa", f"Can you hear {NOUNS[label]}? Answer yes or no.",
-                       heard + ("yes" if label in labels else "no") + ("." if evidence else ""), suffix=str(j)))
+                       f"I hear {', '.join(labels)}; {label}: {decision}." if evidence else decision, suffix=str(j)))
+    lettered = ", ".join(f"({letter}) {x}" for letter, x in zip("abcdefgh", labels))
     out.append(row("count", "qa", "How many different sounds can you hear? Answer with a number.",
-                   heard + str(len(labels)) + ("." if evidence else "")))
+                   f"I hear {lettered}: {len(labels)}." if evidence else str(len(labels))))
     if len(scene.events) >= 2 and scene.events[1].onset - scene.events[0].onset >= 0.25:
         first, second = scene.events[0].source.label, scene.events[1].source.label
         a, b = sorted([first, second], key=lambda _: rng.random())

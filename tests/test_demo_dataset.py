@@ -50,14 +50,17 @@ def test_answers_follow_from_the_composition(demo):
         labels = scene["classify"]["labels"]
         assert len(set(labels)) == len(labels) and set(labels) <= set(CLASSES) and labels.count("speech") <= 1
         assert scene["classify"]["messages"][1]["content"] == ", ".join(labels)
-        heard, end = ("I hear " + ", ".join(labels) + ": ", ".") if scene["classify"]["evidence"] else ("", "")
-        assert scene["count"]["messages"][1]["content"] == f"{heard}{len(labels)}{end}"
+        evidence = scene["classify"]["evidence"]
+        lettered = ", ".join(f"({'abcd'[i]}) {label}" for i, label in enumerate(labels))
+        assert scene["count"]["messages"][1]["content"] == (f"I hear {lettered}: {len(labels)}." if evidence
+                                                             else str(len(labels)))
         answers = []
         for presence in rows["presence"]:  # balanced: as many classes that sound as classes that do not
             asked = next(c for c in CLASSES if presence["messages"][0]["content"] == f"<audio>\nCan you hear "
                          f"{NOUNS[c]}? Answer yes or no.")
             answers.append("yes" if asked in labels else "no")
-            assert presence["messages"][1]["content"] == f"{heard}{answers[-1]}{end}"
+            assert presence["messages"][1]["content"] == (f"I hear {', '.join(labels)}; {asked}: {answers[-1]}."
+                                                          if evidence else answers[-1])
         assert answers.count("yes") == answers.count("no") == min(2, len(labels))
         assert ("word" in scene) == ("speech" in labels) == ("transcript" in scene)
         if "order" in scene:
