@@ -299,13 +299,14 @@ def rows(scene: Scene, audio: str, rng: random.Random, evidence: bool = True) ->
             {"role": "user", "content": f"<audio>\n{question}"}, {"role": "assistant", "content": answer}], **extra}
 
     labels = scene.labels
+    listed = ", ".join(labels)
     # Presence and count answers first say what is heard (the classification), then answer from it: the decision
     # follows from a perception the model states, which it learns as classification (README, "Does the model
     # hear?"). Each last step is made local: a presence answer names the asked label again just before its yes/no
     # (a check that the word just written occurs in the list), a count answer letters its list (the count is the
     # last letter's rank). The scorer reads the first yes/no word or number; no class name or letter holds either.
     out = [row("caption", "caption", "Describe what you hear in one sentence.", caption(scene)),
-           row("classify", "classify", "Which sounds can you hear? List them.", ", ".join(labels), labels=labels,
+           row("classify", "classify", "Which sounds can you hear? List them.", listed, labels=labels,
                recordings=[f"{e.source.package}/{e.source.name}" for e in scene.events])]
     # Balanced presence questions: up to PRESENCE_PER_SIDE classes that sound, as many that do not.
     side = min(PRESENCE_PER_SIDE, len(labels))
@@ -313,8 +314,8 @@ def rows(scene: Scene, audio: str, rng: random.Random, evidence: bool = True) ->
     for j, label in enumerate(sorted(asked, key=lambda _: rng.random())):
         decision = "yes" if label in labels else "no"
         out.append(row("presence", "qa", f"Can you hear {NOUNS[label]}? Answer yes or no.",
-                       f"I hear {', '.join(labels)}; {label}: {decision}." if evidence else decision, suffix=str(j)))
-    lettered = ", ".join(f"({letter}) {x}" for letter, x in zip("abcdefgh", labels))
+                       f"I hear {listed}; {label}: {decision}." if evidence else decision, suffix=str(j)))
+    lettered = ", ".join(f"({chr(ord('a') + i)}) {x}" for i, x in enumerate(labels))
     out.append(row("count", "qa", "How many different sounds can you hear? Answer with a number.",
                    f"I hear {lettered}: {len(labels)}." if evidence else str(len(labels))))
     if len(scene.events) >= 2 and scene.events[1].onset - scene.events[0].onset >= 0.25:
