@@ -4,7 +4,8 @@ import importlib
 
 # Names resolve on first use (PEP 562), so `pal --help` and `import cli.main` do not load torch and transformers.
 _EXPORTS = {
-    "PALConfig": ".configuration_pal", "PALCache": ".audio_cache", "AudioFeatures": ".modeling_pal",
+    "PALConfig": ".configuration_pal", "PLITSConfig": ".configuration_pal", "LALConfig": ".configuration_pal",
+    "XAttnConfig": ".configuration_pal", "PALCache": ".audio_cache", "AudioFeatures": ".modeling_pal",
     "PALForConditionalGeneration": ".modeling_pal", "AUDIO_PLACEHOLDER": ".processing_pal",
     "PALProcessor": ".processing_pal", "TRAINABLE_GROUPS": ".trainable", "attach_lora": ".trainable",
     "set_trainable": ".trainable",
@@ -20,11 +21,14 @@ def __getattr__(name: str):
 __all__ = [
     "AUDIO_PLACEHOLDER",
     "AudioFeatures",
+    "LALConfig",
     "PALCache",
     "PALConfig",
     "PALForConditionalGeneration",
     "PALProcessor",
+    "PLITSConfig",
     "TRAINABLE_GROUPS",
+    "XAttnConfig",
     "attach_lora",
     "set_trainable",
 ]

@@ -1,28 +1,39 @@
-"""PALConfig: the wrapped LLM's config plus how each audio encoder is connected to it.
+"""PALConfig: the wrapped LLM's config, how each audio encoder is routed into it, and one sub-config per connector.
+
+As in Hugging Face's Mllama (a text and a vision sub-config composed into one), each connector reads its own small
+typed config: `plits_config` (PLITSConfig: the projectors, PAL's summary tokens), `lal_config` (LALConfig: the audio
+layers and P_l) and `xattn_config` (XAttnConfig: the gated cross-attention blocks). PALConfig itself holds what is
+shared: the LLM (`text_config`), the encoders' widths, the routing over the connectors and the feature norm.
 
 Example:
     >>> from transformers import LlamaConfig
     >>> config = PALConfig(
     ...     text_config=LlamaConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4),
     ...     encoder_dims={"sslam": 768, "whisper": 512},
-    ...     connector="pal", routes={"sslam": "lal", "whisper": "plits"}, lal_start_layer=1,
+    ...     connector="pal", routes={"sslam": "lal", "whisper": "plits"}, lal_config={"start_layer": 1},
     ... )
     >>> config.lal_layer_indices()
     [1, 2, 3]
+
+Configs saved before the sub-configs (flat keys such as `lal_start_layer`, `mlp_downsample`) still load: `FLAT_KEYS`
+maps each old key to its place, so a model folder or a YAML `connector:` block written then builds the same model.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from typing import ClassVar, Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-# The choices of each option, named once: the fields' types below and `validate_connector` read them.
+from common.typed_config import bounded, from_dict
+
+# The choices of each option, named once: the fields' types below read them.
 CONNECTORS = ("plits", "lal", "pal", "xattn")  # "pal": each encoder on its own route (`routes`)
-# The paths an encoder can take: each is one connector module of the model, under that attribute name, and the
-# trainable group of its parameters.
+# The paths an encoder can take: each is one connector module of the model, under that attribute name, built from
+# the sub-config `<route>_config`, and the trainable group of its parameters.
 ROUTES = tuple(c for c in CONNECTORS if c != "pal")
 PROJECTORS = ("mlp", "qformer")
 LAL_ROPES = ("prefix", "none")
@@ -36,45 +47,196 @@ _HF_CONFIG_KWARGS = {
 }
 
 
+def _check_layers(key: str, layers: list | None, num_layers: int) -> None:
+    if layers is not None and (len(set(layers)) != len(layers)
+                               or not all(isinstance(i, int) and 0 <= i < num_layers for i in layers)):
+        raise ValueError(f"{key} = {layers}: expected distinct layer indices in [0, {num_layers - 1}].")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One sub-config per connector
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PLITSConfig:
+    r"""PLITS (plits.py): encoder tokens projected into the prompt at the `<audio>` positions.
+
+    projector: "mlp" (LLaVA-style two-layer MLP) or "qformer" (latent queries cross-attending to the encoder tokens).
+    mlp_downsample: the MLP projector concatenates this many consecutive tokens before projecting (1 = none).
+    qformer_latents / qformer_layers / qformer_heads / qformer_dim: the latent-query projector's size (also that of
+        PAL's summary projectors); `qformer_dim=None` uses the LLM hidden size.
+    n_summary: PAL's single-encoder form (connector "pal"): this many latent summary tokens per LAL-routed encoder go
+        through PLITS while the full sequence goes through LAL (pal-spec §5). 0 turns summaries off.
+    output_norm: PLITS tokens (and summary tokens) end in an RMSNorm whose gain starts at the RMS of the LLM's own
+        input embeddings, so in-sequence audio starts, and stays, at the scale of the text around it.
+    """
+
+    route: ClassVar[str] = "plits"
+    projector: Literal[PROJECTORS] = "mlp"
+    mlp_downsample: int = bounded(1, ge=1)
+    qformer_latents: int = bounded(32, ge=1)
+    qformer_layers: int = bounded(2, ge=0)
+    qformer_heads: int = bounded(4, ge=1)
+    qformer_dim: int | None = bounded(None, ge=1)
+    n_summary: int = bounded(0, ge=0)
+    output_norm: bool = True
+
+
+@dataclasses.dataclass
+class LALConfig:
+    r"""LAL (lal_injection.py): per-layer projections of the audio become extra keys/values of the LLM's attention.
+
+    start_layer: first LLM layer (0-indexed) that receives audio keys/values; earlier layers are the untouched LLM
+        ("delayed integration", pal-spec §3 H1). Ignored when `layers` is given.
+    layers: an explicit list of audio layers (0-indexed), instead of `start_layer`.
+    rope: "prefix" rotates audio keys as if the audio stood just before the text (the PLITS layout, pal-spec §4.3
+        option i); "none" leaves audio keys position-free (option ii).
+    audio_bias: "log_count" offsets each real audio key's attention logit by -log(n_b) (n_b real audio tokens of the
+        example), so an untrained connector barely disturbs the LLM (lal_injection.py, "Start-up"); "none" is the
+        plain pal-spec §4.2 formula.
+    projection: P_l, "linear" (an independent linear map of the encoder output per layer, the paper's form), "mlp" (a
+        shared two-layer MLP trunk followed by one linear head per layer) or "lowrank" (one shared linear map to d
+        plus a rank-`projection_rank` correction per layer: about a fifth of "linear"'s FLOPs on SmolLM2-135M with a
+        ViT-B encoder; see `LALProjection`).
+    projection_rank: the rank of each layer's correction when `projection="lowrank"`.
+    recompute_audio: in training, keep only each audio layer's keys/values and recompute P_l, the layer's norm and its
+        k/v projections in the backward pass (at N_a = 512 on SmolLM2: 528 instead of 730 MB of peak step memory for
+        an 11 % longer step, `pal bench efficiency`'s lal vs lal_stored).
+    """
+
+    route: ClassVar[str] = "lal"
+    start_layer: int = bounded(0, ge=0)
+    layers: list[int] | None = None
+    rope: Literal[LAL_ROPES] = "prefix"
+    projection: Literal[LAL_PROJECTIONS] = "linear"
+    projection_rank: int = bounded(64, ge=1)
+    recompute_audio: bool = True
+    audio_bias: Literal[LAL_AUDIO_BIASES] = "log_count"
+
+    def check(self, text_config) -> None:
+        """Raise a ValueError if the layers do not fit the LLM."""
+        num_layers = text_config.num_hidden_layers
+        _check_layers("lal_config.layers", self.layers, num_layers)
+        if self.layers is None and self.start_layer > num_layers:
+            # == num_layers is the explicit "no audio layer" edge (the LAL route is then the bare LLM); past it: a typo
+            raise ValueError(f"lal_config.start_layer = {self.start_layer}: the LLM has {num_layers} layers; expected "
+                             f"0..{num_layers - 1}.")
+
+    def layer_indices(self, num_layers: int) -> list[int]:
+        """The audio layers of an LLM with `num_layers` layers."""
+        return sorted(self.layers) if self.layers is not None else list(range(self.start_layer, num_layers))
+
+
+@dataclasses.dataclass
+class XAttnConfig:
+    r"""The gated cross-attention baseline (cross_attention.py): new blocks in front of chosen LLM layers.
+
+    every: blocks go in front of layers 0, k, 2k, ... (Flamingo's "every k-th layer"). Ignored when `layers` is given.
+    layers: an explicit list of layers (0-indexed) that get a block in front of them.
+    heads: attention heads of each block (None: the LLM's own head count).
+    ffn_mult: each block's FFN width as a multiple of the hidden size.
+    """
+
+    route: ClassVar[str] = "xattn"
+    every: int = bounded(4, ge=1)
+    layers: list[int] | None = None
+    heads: int | None = bounded(None, ge=1)
+    ffn_mult: int = bounded(4, ge=1)
+
+    def check(self, text_config) -> None:
+        """Raise a ValueError if the layers or heads do not fit the LLM."""
+        _check_layers("xattn_config.layers", self.layers, text_config.num_hidden_layers)
+        if self.heads is not None and text_config.hidden_size % self.heads:
+            raise ValueError(f"xattn_config.heads = {self.heads}: expected a divisor of the hidden size "
+                             f"{text_config.hidden_size}.")
+
+    def layer_indices(self, num_layers: int) -> list[int]:
+        """The layers with a block in front, in an LLM with `num_layers` layers."""
+        return sorted(self.layers) if self.layers is not None else list(range(0, num_layers, self.every))
+
+
+SUB_CONFIGS = {cls.route: cls for cls in (PLITSConfig, LALConfig, XAttnConfig)}  # route → its connector's config
+
+# The flat keys PALConfig had before the sub-configs, and where each lives now: (route, key in its sub-config). Old
+# config.json files and YAML `connector:` blocks are read through it, and the curriculum hashes configs in this form.
+FLAT_KEYS = {
+    "projector": ("plits", "projector"), "mlp_downsample": ("plits", "mlp_downsample"),
+    "qformer_latents": ("plits", "qformer_latents"), "qformer_layers": ("plits", "qformer_layers"),
+    "qformer_heads": ("plits", "qformer_heads"), "qformer_dim": ("plits", "qformer_dim"),
+    "n_summary": ("plits", "n_summary"), "plits_output_norm": ("plits", "output_norm"),
+    "lal_start_layer": ("lal", "start_layer"), "lal_layers": ("lal", "layers"), "lal_rope": ("lal", "rope"),
+    "lal_projection": ("lal", "projection"), "lal_projection_rank": ("lal", "projection_rank"),
+    "lal_recompute_audio": ("lal", "recompute_audio"), "lal_audio_bias": ("lal", "audio_bias"),
+    "xattn_every": ("xattn", "every"), "xattn_layers": ("xattn", "layers"), "xattn_heads": ("xattn", "heads"),
+    "xattn_ffn_mult": ("xattn", "ffn_mult"),
+}
+
+
+def _as_mapping(sub_config) -> dict:
+    """A sub-config as given (an instance, a mapping or None) as a mapping."""
+    return dataclasses.asdict(sub_config) if dataclasses.is_dataclass(sub_config) else dict(sub_config or {})
+
+
+def nest_flat_keys(settings: dict) -> dict:
+    """PALConfig settings with any flat key of `FLAT_KEYS` moved into its sub-config (`lal_start_layer: 4` →
+    `lal_config: {start_layer: 4}`); a setting given both ways is an error. Other keys are left as they are."""
+    nested = {k: v for k, v in settings.items() if k not in FLAT_KEYS}
+    for key in [k for k in settings if k in FLAT_KEYS]:
+        route, inner = FLAT_KEYS[key]
+        sub = _as_mapping(nested.get(f"{route}_config"))
+        if inner in sub:
+            raise ValueError(f"{key} and {route}_config.{inner} are both given: keep {route}_config.{inner} "
+                             f"(the flat key {key} is the form before sub-configs).")
+        nested[f"{route}_config"] = {**sub, inner: settings[key]}
+    return nested
+
+
+def flatten_sub_configs(settings: dict) -> dict:
+    """The inverse of `nest_flat_keys`: PALConfig settings in the flat form, sub-config keys at the top level under
+    their old names. A key of a sub-config without a flat name (a typo) stays in its sub-config."""
+    inverse = {where: key for key, where in FLAT_KEYS.items()}
+    flat = {k: v for k, v in settings.items() if k not in {f"{route}_config" for route in SUB_CONFIGS}}
+    for route in SUB_CONFIGS:
+        sub = _as_mapping(settings.get(f"{route}_config"))
+        rest = {}
+        for inner, value in sub.items():
+            if (route, inner) in inverse:
+                flat[inverse[route, inner]] = value
+            else:
+                rest[inner] = value
+        if rest:
+            flat[f"{route}_config"] = rest
+    return flat
+
+
+def _sub_config(route: str, value):
+    """A sub-config from what PALConfig was given: an instance, a mapping (checked: unknown keys, types, bounds,
+    choices) or None (the defaults)."""
+    cls = SUB_CONFIGS[route]
+    if isinstance(value, cls):
+        return dataclasses.replace(value)  # a copy: two configs never share one
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{route}_config = {value!r}: expected a mapping of {cls.__name__} settings.")
+    return from_dict(cls, value or {}, where=f"{route}_config")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The composite config
+# ----------------------------------------------------------------------------------------------------------------------
+
+
 @strict
 class PALConfig(PreTrainedConfig):
     r"""
     text_config: the wrapped causal LM's config (Llama, Qwen2 or Mistral family).
     encoder_dims: `{encoder name: D_e}`, the width of each encoder's output tokens, in a fixed order.
     connector: "plits" routes every encoder through PLITS, "lal" every encoder through LAL, "xattn" every encoder
-        through gated cross-attention blocks (the Flamingo-style baseline), "pal" follows `routes` and/or `n_summary`
-        (DESIGN.md "The connectors").
+        through gated cross-attention blocks (the Flamingo-style baseline), "pal" follows `routes` and/or
+        `plits_config.n_summary` (DESIGN.md "The connectors").
     routes: for "pal", `{encoder name: "plits" | "lal" | "xattn"}`; every encoder must be named.
-    projector: the PLITS projector, "mlp" (LLaVA-style two-layer MLP) or "qformer" (latent queries cross-attending
-        to the encoder tokens).
-    mlp_downsample: the MLP projector concatenates this many consecutive tokens before projecting (1 = none).
-    qformer_latents / qformer_layers / qformer_heads / qformer_dim: the latent-query projector's size;
-        `qformer_dim=None` uses the LLM hidden size.
-    n_summary: PAL's single-encoder form: this many latent summary tokens per LAL-routed encoder go through PLITS
-        while the full sequence goes through LAL (pal-spec §5). 0 turns summaries off.
-    lal_start_layer: first LLM layer (0-indexed) that receives audio keys/values; earlier layers are the untouched
-        LLM ("delayed integration", pal-spec §3 H1). Ignored when `lal_layers` is given.
-    lal_layers: an explicit list of audio layers (0-indexed), instead of `lal_start_layer`.
-    lal_rope: "prefix" rotates audio keys as if the audio stood just before the text (the PLITS layout, pal-spec
-        §4.3 option i); "none" leaves audio keys position-free (option ii).
-    lal_audio_bias: "log_count" offsets each real audio key's attention logit by -log(n_b) (n_b real audio tokens of
-        the example), so an untrained connector barely disturbs the LLM (lal_injection.py, "Start-up"); "none" is
-        the plain pal-spec §4.2 formula.
-    plits_output_norm: PLITS tokens (and summary tokens) end in an RMSNorm whose gain starts at the RMS of the LLM's
-        own input embeddings, so in-sequence audio starts, and stays, at the scale of the text around it.
-    lal_projection: P_l, "linear" (an independent linear map of the encoder output per layer, the paper's form),
-        "mlp" (a shared two-layer MLP trunk followed by one linear head per layer) or "lowrank" (one shared linear
-        map to d plus a rank-`lal_projection_rank` correction per layer: about a fifth of "linear"'s FLOPs on
-        SmolLM2-135M with a ViT-B encoder; see `LALProjection`).
-    lal_projection_rank: the rank of each layer's correction when `lal_projection="lowrank"`.
-    lal_recompute_audio: in training, keep only each audio layer's keys/values and recompute P_l, the layer's norm
-        and its k/v projections in the backward pass (at N_a = 512 on SmolLM2: 528 instead of 730 MB of peak step
-        memory for an 11 % longer step, `pal bench efficiency`'s lal vs lal_stored).
-    xattn_every: gated cross-attention blocks go in front of layers 0, k, 2k, ... (Flamingo's "every k-th layer").
-        Ignored when `xattn_layers` is given.
-    xattn_layers: an explicit list of layers (0-indexed) that get a block in front of them.
-    xattn_heads: attention heads of each block (None: the LLM's own head count); xattn_ffn_mult: its FFN width
-        as a multiple of the hidden size.
+    plits_config / lal_config / xattn_config: each connector's own settings (PLITSConfig, LALConfig, XAttnConfig
+        above), given as a mapping or an instance; a connector no encoder takes keeps its defaults unused.
     audio_norm: "standardize" subtracts each encoder's training-set mean at every token position and divides by the
         per-channel std before any connector (`audio_norm.py`: frozen encoders' outputs are mostly the same for every
         clip, and a connector trained on them raw can learn to ignore them); "none" passes the features as they are.
@@ -90,58 +252,49 @@ class PALConfig(PreTrainedConfig):
     encoder_dims: dict | None = None
     connector: Literal[CONNECTORS] = "lal"
     routes: dict | None = None
-    projector: Literal[PROJECTORS] = "mlp"
-    mlp_downsample: int = 1
-    qformer_latents: int = 32
-    qformer_layers: int = 2
-    qformer_heads: int = 4
-    qformer_dim: int | None = None
-    n_summary: int = 0
-    lal_start_layer: int = 0
-    lal_layers: list | None = None
-    lal_rope: Literal[LAL_ROPES] = "prefix"
-    lal_projection: Literal[LAL_PROJECTIONS] = "linear"
-    lal_projection_rank: int = 64
-    lal_recompute_audio: bool = True
-    lal_audio_bias: Literal[LAL_AUDIO_BIASES] = "log_count"
-    plits_output_norm: bool = True
-    xattn_every: int = 4
-    xattn_layers: list | None = None
-    xattn_heads: int | None = None
-    xattn_ffn_mult: int = 4
+    plits_config: dict | PLITSConfig | None = None
+    lal_config: dict | LALConfig | None = None
+    xattn_config: dict | XAttnConfig | None = None
     audio_norm: Literal[AUDIO_NORMS] = "none"
     audio_norm_positions: dict | None = None
     lora: dict | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        flat = {key: kwargs.pop(key) for key in list(kwargs) if key in FLAT_KEYS}  # a config from before sub-configs
         unknown = sorted(k for k in kwargs if k not in _HF_CONFIG_KWARGS)
         if unknown:
             known = sorted(f for f in self.__dataclass_fields__ if not f.startswith("_"))
             raise ValueError(f"unknown PALConfig key(s) {unknown}; known keys: {known}.")
+        subs = nest_flat_keys({**{f"{r}_config": getattr(self, f"{r}_config") for r in SUB_CONFIGS}, **flat})
+        for route in SUB_CONFIGS:
+            setattr(self, f"{route}_config", _sub_config(route, subs.get(f"{route}_config")))
         super().__post_init__(**kwargs)
         # Generation and saving look for tied embeddings on the top-level config.
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         self.encoder_dims = dict(self.encoder_dims or {})
         self.validate_connector()
 
+    def to_dict(self) -> dict:
+        """Hugging Face's serialisation, with each sub-config as a plain mapping (config.json)."""
+        output = super().to_dict()
+        for route in SUB_CONFIGS:
+            output[f"{route}_config"] = dataclasses.asdict(getattr(self, f"{route}_config"))
+        return output
+
     def validate_connector(self) -> None:
         """Raise a ValueError naming the bad value and the choices."""
-        for key, choices in (("connector", CONNECTORS), ("projector", PROJECTORS), ("lal_rope", LAL_ROPES),
-                             ("lal_projection", LAL_PROJECTIONS), ("lal_audio_bias", LAL_AUDIO_BIASES),
-                             ("audio_norm", AUDIO_NORMS)):
+        for key, choices in (("connector", CONNECTORS), ("audio_norm", AUDIO_NORMS)):
             if getattr(self, key) not in choices:
                 raise ValueError(f"{key} = {getattr(self, key)!r}: expected one of {choices}.")
-        if not isinstance(self.lal_projection_rank, int) or self.lal_projection_rank <= 0:
-            raise ValueError(f"lal_projection_rank = {self.lal_projection_rank!r}: expected a positive int.")
         for name, dim in self.encoder_dims.items():
             if not isinstance(dim, int) or dim <= 0:
                 raise ValueError(f"encoder_dims[{name!r}] = {dim!r}: expected a positive int, the encoder's width D_e.")
         if self.connector == "pal":
             routes = dict(self.routes or {})
-            if not routes and self.n_summary == 0:
+            if not routes and self.plits_config.n_summary == 0:
                 raise ValueError(
-                    "connector='pal' needs `routes` ({encoder: 'plits'|'lal'}) and/or `n_summary` > 0; "
+                    "connector='pal' needs `routes` ({encoder: 'plits'|'lal'}) and/or `plits_config.n_summary` > 0; "
                     "use connector='lal' or 'plits' for a single route."
                 )
             unknown = sorted(set(routes) - set(self.encoder_dims))
@@ -156,32 +309,8 @@ class PALConfig(PreTrainedConfig):
                     raise ValueError(f"routes[{name!r}] = {route!r}: expected one of {ROUTES}.")
         elif self.routes:
             raise ValueError(f"routes are only read with connector='pal', not {self.connector!r}; drop them.")
-        if self.mlp_downsample < 1:
-            raise ValueError(f"mlp_downsample = {self.mlp_downsample}: expected an int >= 1.")
-        if self.n_summary < 0:
-            raise ValueError(f"n_summary = {self.n_summary}: expected an int >= 0.")
-        num_layers = self.text_config.num_hidden_layers
-        if self.xattn_every < 1:
-            raise ValueError(f"xattn_every = {self.xattn_every}: expected an int >= 1.")
-        if self.xattn_layers is not None and (
-                len(set(self.xattn_layers)) != len(self.xattn_layers)
-                or not all(isinstance(i, int) and 0 <= i < num_layers for i in self.xattn_layers)):
-            raise ValueError(f"xattn_layers = {self.xattn_layers}: expected distinct layer indices in "
-                             f"[0, {num_layers - 1}].")
-        if self.xattn_heads is not None and (self.xattn_heads < 1 or self.text_config.hidden_size % self.xattn_heads):
-            raise ValueError(f"xattn_heads = {self.xattn_heads}: expected a divisor of the hidden size "
-                             f"{self.text_config.hidden_size}.")
-        if self.lal_layers is not None:
-            bad = [i for i in self.lal_layers if not isinstance(i, int) or not 0 <= i < num_layers]
-            if bad or len(set(self.lal_layers)) != len(self.lal_layers):
-                raise ValueError(
-                    f"lal_layers = {self.lal_layers}: expected distinct layer indices in [0, {num_layers - 1}]."
-                )
-        elif not 0 <= self.lal_start_layer <= num_layers:
-            # == num_layers is the explicit "no audio layer" edge (the LAL route is then the bare LLM); past it is a typo.
-            raise ValueError(
-                f"lal_start_layer = {self.lal_start_layer}: the LLM has {num_layers} layers; expected 0..{num_layers - 1}."
-            )
+        self.xattn_config.check(self.text_config)
+        self.lal_config.check(self.text_config)
 
     def route_of(self, name: str) -> str:
         """Which path encoder `name` takes into the LLM: "plits", "lal" or "xattn"."""
@@ -193,29 +322,29 @@ class PALConfig(PreTrainedConfig):
         """The encoders routed through `route`, in `encoder_dims` order."""
         return [name for name in self.encoder_dims if self.route_of(name) == route]
 
+    def dims_of(self, names: list[str]) -> dict[str, int]:
+        """`{name: D_e}` of the encoders `names`, in that order: what a connector is built for."""
+        return {name: self.encoder_dims[name] for name in names}
+
     def summary_encoders(self) -> list[str]:
-        """Encoders that also send `n_summary` latent tokens through PLITS (PAL's single-encoder form)."""
-        return self.encoders_on("lal") if self.connector == "pal" and self.n_summary > 0 else []
+        """Encoders that also send `plits_config.n_summary` latent tokens through PLITS (PAL's single-encoder form)."""
+        return self.encoders_on("lal") if self.connector == "pal" and self.plits_config.n_summary > 0 else []
 
     def lal_layer_indices(self) -> list[int]:
         """The LLM layers that receive audio keys/values (empty when nothing is routed through LAL)."""
         if not self.encoders_on("lal"):
             return []
-        if self.lal_layers is not None:
-            return sorted(self.lal_layers)
-        return list(range(self.lal_start_layer, self.text_config.num_hidden_layers))
+        return self.lal_config.layer_indices(self.text_config.num_hidden_layers)
 
     def xattn_layer_indices(self) -> list[int]:
         """The LLM layers with a gated cross-attention block in front (empty when nothing is routed through xattn)."""
         if not self.encoders_on("xattn"):
             return []
-        if self.xattn_layers is not None:
-            return sorted(self.xattn_layers)
-        return list(range(0, self.text_config.num_hidden_layers, self.xattn_every))
+        return self.xattn_config.layer_indices(self.text_config.num_hidden_layers)
 
     def has_plits_tokens(self) -> bool:
         """True when the prompt must hold an `<audio>` placeholder for in-sequence audio tokens."""
         return bool(self.encoders_on("plits") or self.summary_encoders())
 
 
-__all__ = ["PALConfig"]
+__all__ = ["LALConfig", "PALConfig", "PLITSConfig", "XAttnConfig"]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .audio_cache import AudioKV
-from .configuration_pal import PALConfig
+from .configuration_pal import XAttnConfig
 
 
 class GatedCrossAttentionBlock(nn.Module):
@@ -32,7 +32,7 @@ class GatedCrossAttentionBlock(nn.Module):
     def __init__(self, hidden_size: int, heads: int, ffn_mult: int = 4):
         super().__init__()
         if hidden_size % heads:
-            raise ValueError(f"xattn_heads = {heads} does not divide the LLM's hidden size {hidden_size}.")
+            raise ValueError(f"xattn_config.heads = {heads} does not divide the LLM's hidden size {hidden_size}.")
         self.heads, self.head_dim = heads, hidden_size // heads
         self.attn_norm = nn.LayerNorm(hidden_size)
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -72,14 +72,15 @@ class CrossAttentionConnector(nn.Module):
     cache_key = "xattn_audio"  # what the decoder layers receive its keys/values as, and where PALCache keeps them
     shares_rows = False  # each text row's block reads its own row of keys/values
 
-    def __init__(self, config: PALConfig):
+    def __init__(self, config: XAttnConfig, text_config, encoder_dims: dict[str, int]):
+        """`config`: its sub-config; `text_config`: the LLM's (width, depth, heads); `encoder_dims`: `{name: D_e}` of
+        the encoders it carries, in order."""
         super().__init__()
-        self.layers = config.xattn_layer_indices()
-        hidden = config.text_config.hidden_size
-        heads = config.xattn_heads or config.text_config.num_attention_heads
-        self.projections = nn.ModuleDict({name: nn.Linear(config.encoder_dims[name], hidden)
-                                          for name in config.encoders_on(self.route)})
-        self.blocks = nn.ModuleDict({str(l): GatedCrossAttentionBlock(hidden, heads, config.xattn_ffn_mult)
+        self.layers = config.layer_indices(text_config.num_hidden_layers)
+        hidden = text_config.hidden_size
+        heads = config.heads or text_config.num_attention_heads
+        self.projections = nn.ModuleDict({name: nn.Linear(dim, hidden) for name, dim in encoder_dims.items()})
+        self.blocks = nn.ModuleDict({str(l): GatedCrossAttentionBlock(hidden, heads, config.ffn_mult)
                                      for l in self.layers})
 
     def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]], llm: nn.Module | None = None) -> AudioKV:

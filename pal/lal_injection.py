@@ -45,7 +45,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_
 from transformers.models.llama.modeling_llama import eager_attention_forward, rotate_half
 
 from .audio_cache import AudioKV
-from .configuration_pal import PALConfig
+from .configuration_pal import LALConfig
 from .lal_varlen import flash_attn_available, flash_kernel_runs, lal_flash_varlen_attention
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ class LALProjection(nn.Module):
             self.trunk = nn.Linear(encoder_dim, hidden_size)
             head = lambda: LowRankHead(hidden_size, rank)  # noqa: E731
         else:
-            raise ValueError(f"lal_projection = {kind!r}: expected 'linear', 'mlp' or 'lowrank'.")
+            raise ValueError(f"lal_config.projection = {kind!r}: expected 'linear', 'mlp' or 'lowrank'.")
         self.heads = nn.ModuleDict({str(layer): head() for layer in layers})
 
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -358,16 +358,16 @@ class LALConnector(nn.Module):
     cache_key = "lal_audio"  # what the decoder layers receive its keys/values as, and where PALCache keeps them
     shares_rows = True  # several prompts about one clip read one row of keys/values (`AudioKV.shared_repeat`)
 
-    def __init__(self, config: PALConfig):
+    def __init__(self, config: LALConfig, text_config, encoder_dims: dict[str, int]):
+        """`config`: its sub-config; `text_config`: the LLM's (width, depth); `encoder_dims`: `{name: D_e}` of the
+        encoders it carries, in order."""
         super().__init__()
-        self.layers = config.lal_layer_indices()
-        self.rope, self.audio_bias = config.lal_rope, config.lal_audio_bias
-        self.recompute = config.lal_recompute_audio
-        hidden = config.text_config.hidden_size
+        self.layers = config.layer_indices(text_config.num_hidden_layers)
+        self.rope, self.audio_bias = config.rope, config.audio_bias
+        self.recompute = config.recompute_audio
         self.projections = nn.ModuleDict({
-            name: LALProjection(config.encoder_dims[name], hidden, self.layers, config.lal_projection,
-                                config.lal_projection_rank)
-            for name in config.encoders_on(self.route)
+            name: LALProjection(dim, text_config.hidden_size, self.layers, config.projection, config.projection_rank)
+            for name, dim in encoder_dims.items()
         })
 
     def _layer_kv(self, decoder_layer: nn.Module, layer: str, cos_sin, *shared: torch.Tensor):

@@ -100,10 +100,14 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             attach_lora(self.llm, config.lora)
         self.audio_norm = (AudioFeatureNorm(config.encoder_dims, config.audio_norm_positions)
                            if config.audio_norm == "standardize" else None)
-        # The connectors, each built from the config and present only when some encoder takes its route.
-        self.plits = PLITSConnector(config) if config.has_plits_tokens() else None
-        self.lal = LALConnector(config) if config.lal_layer_indices() else None
-        self.xattn = CrossAttentionConnector(config) if config.xattn_layer_indices() else None
+        # The connectors, each built from its sub-config for the encoders on its route, and present only when some
+        # encoder takes that route.
+        text, on = config.text_config, lambda route: config.dims_of(config.encoders_on(route))
+        self.plits = (PLITSConnector(config.plits_config, text.hidden_size, on("plits"),
+                                     config.dims_of(config.summary_encoders())) if config.has_plits_tokens() else None)
+        self.lal = LALConnector(config.lal_config, text, on("lal")) if config.lal_layer_indices() else None
+        self.xattn = (CrossAttentionConnector(config.xattn_config, text, on("xattn"))
+                      if config.xattn_layer_indices() else None)
         if self.xattn is not None:
             self.xattn.install(self.llm)
         with _gathered_for_init(self):
@@ -116,7 +120,8 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                  **connector) -> "PALForConditionalGeneration":
         """Wrap the LLM in a local folder (None or "default": the embedded SmolLM2) with fresh connectors.
 
-        `connector` holds PALConfig fields, e.g. `encoder_dims={"sslam": 768}, connector="lal", lal_start_layer=4`.
+        `connector` holds PALConfig fields, e.g. `encoder_dims={"sslam": 768}, connector="lal",
+        lal_config={"start_layer": 4}`.
         `seed`: seeds the connectors' initialisation after the LLM is loaded, so it does not depend on how many random
         numbers the loading drew (a ZeRO-3 load draws none).
         """

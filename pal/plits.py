@@ -15,56 +15,58 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .configuration_pal import PALConfig
+from .configuration_pal import PALConfig, PLITSConfig
 from .projectors import MLPProjector, QFormerProjector
 
 
-def build_projector(config: PALConfig, encoder_dim: int, num_latents: int | None = None) -> nn.Module:
+def build_projector(config: PLITSConfig, encoder_dim: int, hidden_size: int,
+                    num_latents: int | None = None) -> nn.Module:
     """The configured PLITS projector; `num_latents` forces a latent-query projector of that size (summaries)."""
-    hidden = config.text_config.hidden_size
     if num_latents is not None or config.projector == "qformer":
         return QFormerProjector(
-            encoder_dim, hidden, num_latents or config.qformer_latents, config.qformer_layers,
+            encoder_dim, hidden_size, num_latents or config.qformer_latents, config.qformer_layers,
             config.qformer_heads, config.qformer_dim,
         )
-    return MLPProjector(encoder_dim, hidden, config.mlp_downsample)
+    return MLPProjector(encoder_dim, hidden_size, config.mlp_downsample)
 
 
 def plits_token_counts(config: PALConfig, audio_masks: dict[str, torch.Tensor]) -> torch.Tensor:
     """Real PLITS tokens per example [B] from each encoder's mask [B, N_e]: what `<audio>` must expand to.
 
     MLP projector: ceil(n / mlp_downsample) per PLITS encoder; latent-query projector: qformer_latents; each summary
-    encoder adds n_summary. A row without audio (all False) gets none.
+    encoder adds n_summary (all of `config.plits_config`). A row without audio (all False) gets none.
     """
-    counts = 0
+    plits, counts = config.plits_config, 0
     for name in config.encoders_on("plits"):
         real = audio_masks[name].long().sum(-1)
-        if config.projector == "qformer":
-            counts = counts + (real > 0).long() * config.qformer_latents
+        if plits.projector == "qformer":
+            counts = counts + (real > 0).long() * plits.qformer_latents
         else:
-            counts = counts + (real + config.mlp_downsample - 1) // config.mlp_downsample
+            counts = counts + (real + plits.mlp_downsample - 1) // plits.mlp_downsample
     for name in config.summary_encoders():
-        counts = counts + (audio_masks[name].long().sum(-1) > 0).long() * config.n_summary
+        counts = counts + (audio_masks[name].long().sum(-1) > 0).long() * plits.n_summary
     return counts
 
 
 class PLITSConnector(nn.Module):
-    """The projectors of the PLITS-routed encoders (and PAL's summary latents): tokens for the `<audio>` positions."""
+    """The projectors of the PLITS-routed encoders (and PAL's summary latents): tokens for the `<audio>` positions.
+
+    Built from its sub-config, the LLM width d and the widths `{name: D_e}` of the encoders it projects
+    (`encoder_dims`) and of those that send it summary tokens (`summary_dims`)."""
 
     route = "plits"  # its encoders' route, its attribute on the model and its trainable group (trainable.py)
 
-    def __init__(self, config: PALConfig):
+    def __init__(self, config: PLITSConfig, hidden_size: int, encoder_dims: dict[str, int],
+                 summary_dims: dict[str, int]):
         super().__init__()
-        dims = config.encoder_dims
-        self.projectors = nn.ModuleDict({name: build_projector(config, dims[name]) for name in config.encoders_on("plits")})
-        self.summaries = nn.ModuleDict(
-            {name: build_projector(config, dims[name], config.n_summary) for name in config.summary_encoders()}
-        )
+        self.projectors = nn.ModuleDict({name: build_projector(config, dim, hidden_size)
+                                         for name, dim in encoder_dims.items()})
+        self.summaries = nn.ModuleDict({name: build_projector(config, dim, hidden_size, config.n_summary)
+                                        for name, dim in summary_dims.items()})
         # Audio tokens at the scale of the text embeddings around them (`match_embedding_scale` sets the gain): an
         # unnormalised projector starts several times larger (0.48 vs 0.14 RMS on SmolLM2) and its first Adam
         # updates move it further, which sent the stage-1 loss up instead of down.
-        hidden = config.text_config.hidden_size
-        self.output_norm = nn.RMSNorm(hidden, eps=1e-6) if config.plits_output_norm else None
+        self.output_norm = nn.RMSNorm(hidden_size, eps=1e-6) if config.output_norm else None
 
     @torch.no_grad()
     def match_embedding_scale(self, embeddings: torch.Tensor) -> None:

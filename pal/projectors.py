@@ -81,7 +81,8 @@ class QFormerProjector(nn.Module):
         super().__init__()
         dim = dim or hidden_size
         if dim % num_heads:
-            raise ValueError(f"qformer_dim {dim} is not divisible by qformer_heads {num_heads}.")
+            raise ValueError(f"plits_config.qformer_dim {dim} is not divisible by plits_config.qformer_heads "
+                             f"{num_heads}.")
         self.num_latents = num_latents
         self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
         self.input_proj = nn.Linear(encoder_dim, dim)

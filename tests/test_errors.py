@@ -55,7 +55,16 @@ def test_unsupported_llm_architecture():
     (dict(connector="pal", routes={"sslam": "lal", "clap": "plits"}), r"not in encoder_dims"),
     (dict(connector="pal", routes={"sslam": "prepend"}), r"expected one of \('plits', 'lal', 'xattn'\)"),
     (dict(connector="pal"), r"needs `routes`"),
-    (dict(connector="lal", lal_layers=[1, 9]), r"distinct layer indices in \[0, 3\]"),
+    ({"connector": "lal", "lal_config": {"layers": [1, 9]}},
+     r"lal_config.layers = \[1, 9\]: expected distinct layer indices in \[0, 3\]"),
+    ({"connector": "lal", "lal_config": {"rope": "alibi"}},
+     r"lal_config.rope = 'alibi': expected one of \['prefix', 'none'\]"),
+    ({"connector": "plits", "plits_config": {"downsample": 2}},  # a key a sub-config does not have, named
+     r"plits_config: unknown key\(s\) \['downsample'\]; known keys: \[.*'mlp_downsample'"),
+    ({"connector": "xattn", "xattn_config": {"heads": 5}},
+     r"xattn_config.heads = 5: expected a divisor of the hidden size 64"),
+    ({"connector": "lal", "lal_start_layer": 1, "lal_config": {"start_layer": 2}},  # the old flat key and the new one
+     r"lal_start_layer and lal_config.start_layer are both given"),
     (dict(connector="lal", routes={"sslam": "lal"}), r"only read with connector='pal'"),
     (dict(connector="prepend"), r"connector"),
 ])

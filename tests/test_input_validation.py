@@ -146,9 +146,14 @@ def test_yaml_11_exponents_are_numbers_and_syntax_errors_name_the_line(curriculu
 
 
 @pytest.mark.parametrize("connector,expected", [
-    ({"connector": "lal", "lal_start_layer": 5}, r"model.connector: lal_start_layer = 5: the LLM has 2 layers"),
-    ({"connector": "lal", "lal_start_layer": 2}, r"no LLM layer receives LAL audio .* encoders \['sslam'\]"),
-    ({"connector": "lal", "lal_layers": [1, 50]}, r"model.connector: lal_layers = \[1, 50\]"),
+    ({"connector": "lal", "lal_config": {"start_layer": 5}},
+     r"model.connector: lal_config.start_layer = 5: the LLM has 2 layers"),
+    ({"connector": "lal", "lal_config": {"start_layer": 2}},
+     r"no LLM layer receives LAL audio .* encoders \['sslam'\]"),
+    ({"connector": "lal", "lal_config": {"layers": [1, 50]}}, r"model.connector: lal_config.layers = \[1, 50\]"),
+    ({"connector": "lal", "lal_config": {"start": 1}},
+     r"model.connector: lal_config: unknown key\(s\) \['start'\]; known keys: \[.*'start_layer'"),
+    ({"connector": "lal", "lal_start_layer": 5}, r"model.connector: lal_config.start_layer = 5: the LLM has 2 layers"),
 ])
 def test_connector_settings_are_checked_against_the_llm_before_training(curriculum_env, tmp_path, connector,
                                                                         expected):

@@ -84,7 +84,8 @@ def test_a_yaml_variant_is_its_base_with_what_it_writes(tmp_path):
     from recipes.curriculum.config import CurriculumConfig
 
     (tmp_path / "base.yaml").write_text(
-        "model: {llm: ../llm, encoders: enc.yaml, connector: {connector: lal, lal_start_layer: 4}, dtype: float32}\n"
+        "model: {llm: ../llm, encoders: enc.yaml, connector: {connector: lal, lal_config: {start_layer: 4}},\n"
+        "        dtype: float32}\n"
         "seed: 3\nstages:\n- {name: a, data: [{manifest: a.jsonl}], trainable: [connector], steps: 5}\n"
         "- {name: b, data: [{manifest: b.jsonl}], trainable: [connector], steps: 6}\n")
     (tmp_path / "plits.yaml").write_text("base: base.yaml\nmodel: {connector: {connector: plits}}\nseed: 4\n")
@@ -113,6 +114,30 @@ def test_a_yaml_variant_is_its_base_with_what_it_writes(tmp_path):
     (tmp_path / "lost.yaml").write_text("base: gone.yaml\n")
     with pytest.raises(FileNotFoundError, match=r"lost.yaml: base = 'gone.yaml': .*gone.yaml does not exist"):
         CurriculumConfig.from_yaml(tmp_path / "lost.yaml")
+
+
+def test_the_stage_hash_of_a_connector_is_the_same_in_the_flat_and_the_nested_form():
+    """A run folder trained from a YAML with flat connector keys (`lal_start_layer`) keeps its stage hashes when the
+    YAML is rewritten with sub-configs (`lal_config: {start_layer}`): it is neither refused nor retrained."""
+    from recipes.curriculum.config import CurriculumConfig
+    from recipes.curriculum.recipe import CurriculumRecipe
+
+    def hashes(connector: dict) -> list[str]:
+        def stage(name: str, trainable: list[str]) -> dict:
+            return {"name": name, "data": [{"manifest": "train.jsonl"}], "trainable": trainable, "steps": 6}
+
+        data = {"model": {"llm": "llm", "encoders": {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}},
+                          "connector": connector},
+                "stages": [stage("connector", ["connector"]), stage("lora", ["connector", "lora"])]}
+        recipe = CurriculumRecipe(CurriculumConfig.from_dict(data))
+        return [recipe.stage_hash(k) for k in range(2)]
+
+    flat = {"connector": "pal", "n_summary": 4, "lal_start_layer": 1, "qformer_layers": 1, "audio_norm": "standardize"}
+    nested = {"connector": "pal", "audio_norm": "standardize", "lal_config": {"start_layer": 1},
+              "plits_config": {"qformer_layers": 1, "n_summary": 4}}
+    # What the code before the sub-configs recorded for `flat` (so run folders trained then still match).
+    assert hashes(flat) == hashes(nested) == ["b5b6eb421e1d069e", "5fc3fc5694c0d230"]
+    assert hashes({**nested, "lal_config": {"start_layer": 2}}) != hashes(nested)  # a changed setting still counts
 
 
 def test_a_clip_shorter_than_one_fbank_frame_is_a_reported_skip_not_a_crash(tmp_path):

@@ -47,6 +47,7 @@ from encoders.ensemble import AudioEncoderEnsemble
 from encoders.identity import write_ensemble_record
 from pal import TRAINABLE_GROUPS, PALConfig, PALForConditionalGeneration, PALProcessor, set_trainable
 from pal.audio_norm import AudioFeatureNorm
+from pal.configuration_pal import flatten_sub_configs
 from pal.llm import load_tokenizer, resolve_llm_path
 from pal.modeling_pal import cast_unpartitioned
 from pal.processing_pal import to_device
@@ -180,14 +181,18 @@ class CurriculumRecipe:
     def stage_hash(self, k: int) -> str:
         """Identifies what stage k's weights depend on: the model section, its own training settings (not logging,
         evaluation or checkpoint cadence), its DeepSpeed file's content, the seed, the feature cache, and the
-        settings of the stages before it."""
+        settings of the stages before it. The connector settings are hashed in their flat form (`lal_start_layer`,
+        not `lal_config.start_layer`: pal/configuration_pal.py), so a YAML rewritten in the nested form keeps the
+        hash of the run folders it trained before."""
         stage = asdict(self.config.stages[k])
         for key in ("val_manifest", "eval_every", "val_batches", "num_samples", "checkpoint_every", "keep_last",
                     "log_every", "num_workers", "prefetch_factor"):
             stage.pop(key)
         deepspeed = Path(stage["deepspeed"]) if stage["deepspeed"] else None
         stage["deepspeed"] = deepspeed.read_text() if deepspeed and deepspeed.is_file() else str(deepspeed)
-        record = {"model": asdict(self.config.model), "stage": stage, "seed": self.config.seed,
+        model = asdict(self.config.model)
+        model["connector"] = flatten_sub_configs(model["connector"])
+        record = {"model": model, "stage": stage, "seed": self.config.seed,
                   "feature_cache": self.config.feature_cache, "previous": self.stage_hash(k - 1) if k else None}
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -236,9 +241,10 @@ class CurriculumRecipe:
             raise ValueError(f"{self.source}: model.connector: {err}") from None
         unrouted = [n for n in pal_config.encoders_on("lal") if not pal_config.lal_layer_indices()]
         if unrouted:
-            raise ValueError(f"{self.source}: model.connector: no LLM layer receives LAL audio (lal_start_layer = "
-                             f"{pal_config.lal_start_layer} of {text_config.num_hidden_layers} layers), so encoders "
-                             f"{unrouted} would be ignored; lower lal_start_layer or route them through plits.")
+            raise ValueError(f"{self.source}: model.connector: no LLM layer receives LAL audio (lal_config.start_layer"
+                             f" = {pal_config.lal_config.start_layer} of {text_config.num_hidden_layers} layers), so "
+                             f"encoders {unrouted} would be ignored; lower lal_config.start_layer or route them "
+                             "through plits.")
         if m.lora is not None and set(m.lora) - LORA_KEYS:
             raise ValueError(f"{self.source}: model.lora: unknown key(s) {sorted(set(m.lora) - LORA_KEYS)}; "
                              f"known keys: {sorted(LORA_KEYS)}.")
