@@ -27,8 +27,8 @@ import torch
 
 from pal.presets import connector_preset
 
-CONNECTORS = {"plits": connector_preset("plits"), "lal": connector_preset("lal", lal_start_layer=4),
-              "pal": connector_preset("pal", n_summary=8, lal_start_layer=4)}
+CONNECTORS = {"plits": connector_preset("plits"), "lal": connector_preset("lal", lal_config={"start_layer": 4}),
+              "pal": connector_preset("pal", lal_config={"start_layer": 4}, plits_config={"n_summary": 8})}
 ENCODERS = {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}}
 
 

@@ -4,9 +4,9 @@ For each variant and audio length N_a, on an LLM with SmolLM2-135M's dimensions 
 Llama-3.2-1B's, batch 8, bf16, CUDA), N_t = 128 text tokens of which the last `supervised_tokens` are the answer
 (the loss, and the LM head, see only those: `supervised_lm_loss`, the same for every variant), every parameter
 trainable. Variants: plits, lal (the paper's P_l, audio branch recomputed in backward: the default), lal_stored (the
-same with lal_recompute_audio off: faster, more memory), lal_lowrank (the cheaper P_l), pal (32 summary tokens via
-PLITS plus LAL), xattn (gated cross-attention before every 4th layer). Each measurement runs in a fresh process, so
-nothing one variant allocated is counted for another:
+same with lal_config.recompute_audio off: faster, more memory), lal_lowrank (the cheaper P_l), pal (32 summary tokens
+via PLITS plus LAL), xattn (gated cross-attention before every 4th layer). Each measurement runs in a fresh process,
+so nothing one variant allocated is counted for another:
   - train_step_s: forward + backward, median of `steps` timed steps after one warm-up;
   - peak_mem_mb: the step's high-water mark of live tensor memory above what was live before it (weights and
     gradient buffers exist before it, as from the second step on: static_mem_mb), measured on one more, untimed step.
@@ -63,7 +63,7 @@ PRESETS = {
                  decode_tokens=2, encoder_dim=32, n_summary=4, lowrank_rank=4, variants=["plits", "lal", "pal", "xattn"]),
 }
 DIMS = {"smollm2-135m": SMOLLM2_135M, "llama3.2-1b": LLAMA32_1B, "tiny": TINY}
-VARIANTS = ("plits", "lal", "lal_stored", "lal_lowrank", "pal", "xattn")  # lal_stored: lal_recompute_audio off
+VARIANTS = ("plits", "lal", "lal_stored", "lal_lowrank", "pal", "xattn")  # lal_stored: recompute_audio off
 
 
 @dataclass
@@ -96,7 +96,8 @@ def _build(variant: str, s: BenchSettings):
     from pal import PALConfig, PALForConditionalGeneration
     from pal.presets import connector_preset
 
-    sizes = {"lal_lowrank": dict(lal_projection_rank=s.lowrank_rank), "pal": dict(n_summary=s.n_summary)}
+    sizes = {"lal_lowrank": dict(lal_config={"projection_rank": s.lowrank_rank}),
+             "pal": dict(plits_config={"n_summary": s.n_summary})}
     options = connector_preset(variant, **sizes.get(variant, {}))
     config = PALConfig(text_config=LlamaConfig(**DIMS[s.dims]).to_dict(), encoder_dims={"sslam": s.encoder_dim},
                        **options)

@@ -7,10 +7,11 @@ width, D_e encoder width.
 
 from __future__ import annotations
 
+from pal.configuration_pal import XAttnConfig
 from pal.presets import CONNECTOR_PRESETS
 
-XATTN_EVERY = CONNECTOR_PRESETS["xattn"]["xattn_every"]  # the cross-attention baseline: a block every k-th layer
-XATTN_FFN_MULT = 4  # its FFN width over the hidden size (PALConfig's default xattn_ffn_mult)
+XATTN_EVERY = CONNECTOR_PRESETS["xattn"]["xattn_config"]["every"]  # cross-attention: a block every k-th layer
+XATTN_FFN_MULT = XAttnConfig.ffn_mult  # its FFN width over the hidden size (the default of xattn_config.ffn_mult)
 
 
 def layer_flops(connector: str, n_a: int, n_t: int, d: int, d_kv: int, d_ff: int, n_s: int = 0) -> float:

@@ -27,8 +27,9 @@ from pal.presets import connector_preset
 
 PRESETS = {"full": {"sslam": "vitb", "llm": None, "new_tokens": 32, "seconds": 10.0},
            "tiny": {"sslam": "tiny", "llm": None, "new_tokens": 4, "seconds": 2.0}}
-CONNECTORS = {"plits": connector_preset("plits"), "lal": connector_preset("lal", lal_start_layer=4),
-              "pal": connector_preset("pal", n_summary=32, lal_start_layer=4), "xattn": connector_preset("xattn")}
+CONNECTORS = {"plits": connector_preset("plits"), "lal": connector_preset("lal", lal_config={"start_layer": 4}),
+              "pal": connector_preset("pal", lal_config={"start_layer": 4}, plits_config={"n_summary": 32}),
+              "xattn": connector_preset("xattn")}
 
 
 def _best(fn, repeats: int) -> float:

@@ -53,7 +53,7 @@ def _model(preset: str, folder: str | None):
     else:
         llm, start = load_llm(setting["llm"]), 4
     config = PALConfig(text_config=llm.config.to_dict(), encoder_dims=ensemble.dims,
-                       **connector_preset("lal", lal_start_layer=start))
+                       **connector_preset("lal", lal_config={"start_layer": start}))
     return AudioLLM(PALForConditionalGeneration(config, llm=llm), tokenizer, ensemble)
 
 

@@ -30,6 +30,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from pal import PALConfig, PALForConditionalGeneration
+from pal.presets import with_settings
 
 VOCAB = 97
 # The shared fixtures live in ../shared beside the checkout (CI puts them there); PAL_SHARED overrides.
@@ -77,27 +78,29 @@ def tiny_llm(family: str = "llama", seed: int = 0):
 
 CONNECTORS = {
     "plits": dict(encoder_dims={"sslam": 24}, connector="plits"),
-    "plits_qformer": dict(encoder_dims={"sslam": 24}, connector="plits", projector="qformer", qformer_latents=3,
-                          qformer_layers=1, qformer_heads=2, qformer_dim=32),
-    "lal": dict(encoder_dims={"sslam": 24}, connector="lal", lal_start_layer=1),
-    "lal_lowrank": dict(encoder_dims={"sslam": 24}, connector="lal", lal_start_layer=1, lal_projection="lowrank",
-                        lal_projection_rank=4),
-    "pal": dict(encoder_dims={"sslam": 24, "whisper": 16}, connector="pal",
-                routes={"sslam": "lal", "whisper": "plits"}, lal_start_layer=1, mlp_downsample=2),
-    "pal_summary": dict(encoder_dims={"sslam": 24}, connector="pal", n_summary=2, lal_start_layer=2,
-                        qformer_layers=1, qformer_heads=2),
-    "xattn": dict(encoder_dims={"sslam": 24, "whisper": 16}, connector="xattn", xattn_every=2, xattn_heads=2,
-                  xattn_ffn_mult=2),
+    "plits_qformer": dict(encoder_dims={"sslam": 24}, connector="plits", plits_config=dict(
+        projector="qformer", qformer_latents=3, qformer_layers=1, qformer_heads=2, qformer_dim=32)),
+    "lal": dict(encoder_dims={"sslam": 24}, connector="lal", lal_config=dict(start_layer=1)),
+    "lal_lowrank": dict(encoder_dims={"sslam": 24}, connector="lal",
+                        lal_config=dict(start_layer=1, projection="lowrank", projection_rank=4)),
+    "pal": dict(encoder_dims={"sslam": 24, "whisper": 16}, connector="pal", routes={"sslam": "lal", "whisper": "plits"},
+                lal_config=dict(start_layer=1), plits_config=dict(mlp_downsample=2)),
+    "pal_summary": dict(encoder_dims={"sslam": 24}, connector="pal", lal_config=dict(start_layer=2),
+                        plits_config=dict(n_summary=2, qformer_layers=1, qformer_heads=2)),
+    "xattn": dict(encoder_dims={"sslam": 24, "whisper": 16}, connector="xattn",
+                  xattn_config=dict(every=2, heads=2, ffn_mult=2)),
     "pal_xattn": dict(encoder_dims={"sslam": 24, "whisper": 16}, connector="pal",
-                      routes={"sslam": "lal", "whisper": "xattn"}, lal_start_layer=1, xattn_layers=[2]),
+                      routes={"sslam": "lal", "whisper": "xattn"}, lal_config=dict(start_layer=1),
+                      xattn_config=dict(layers=[2])),
 }
 
 
 def tiny_pal(connector: str = "lal", family: str = "llama", seed: int = 0, **overrides):
-    """A PAL model around a tiny random LLM, plus an untouched copy of that LLM (the reference)."""
+    """A PAL model around a tiny random LLM, plus an untouched copy of that LLM (the reference). `overrides`:
+    PALConfig settings on top of the named connector's (a sub-config mapping merges into its)."""
     llm = tiny_llm(family, seed)
     bare = copy.deepcopy(llm)
-    options = {**CONNECTORS[connector], **overrides}
+    options = with_settings(CONNECTORS[connector], **overrides)
     config = PALConfig(text_config=llm.config.to_dict(), **options)
     torch.manual_seed(seed + 1)
     model = PALForConditionalGeneration(config, llm=llm).eval()
@@ -224,8 +227,8 @@ def curriculum_dict(root: Path, stages: int = 3, **stage_changes) -> dict:
 
     return {
         "model": {"llm": str(root / "llm"), "encoders": {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}},
-                  "connector": {"connector": "pal", "n_summary": 4, "lal_start_layer": 1, "qformer_layers": 1,
-                                "qformer_heads": 2, "audio_norm": "standardize"},
+                  "connector": {"connector": "pal", "lal_config": {"start_layer": 1}, "audio_norm": "standardize",
+                                "plits_config": {"n_summary": 4, "qformer_layers": 1, "qformer_heads": 2}},
                   "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
         "stages": [stage("connector", ["connector"]), stage("lora", ["connector", "lora"], "bf16"),
                    stage("everything", ["connector", "llm"])][:stages],

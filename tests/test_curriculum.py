@@ -167,8 +167,8 @@ def test_shipped_recipe_runs_one_step_with_tiny_stand_ins(recipe, workdir, tmp_p
     config.model.encoders = {"encoders": {n: {"type": "sslam", "preset": "tiny"} for n in names}}
     assert EnsembleConfig.from_dict(config.model.encoders).encoders.keys() == set(names)
     connector = dict(config.model.connector)
-    if "lal_start_layer" in connector:
-        connector["lal_start_layer"] = 1  # the tiny LLM has 2 layers
+    if "start_layer" in connector.get("lal_config", {}):
+        connector["lal_config"] = {**connector["lal_config"], "start_layer": 1}  # the tiny LLM has 2 layers
     config.model.connector = connector
     for stage in config.stages:
         stage.data = [DataSource(manifest=str(workdir / "train.jsonl"))]

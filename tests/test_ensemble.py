@@ -125,7 +125,8 @@ def test_ensemble_feeds_a_pal_model(ensemble, clips):
 
     llm = tiny_llm()
     config = PALConfig(text_config=llm.config.to_dict(), encoder_dims=ensemble.dims, connector="pal",
-                       routes={"sslam": "lal", "clap": "lal", "whisper": "plits"}, mlp_downsample=4)
+                       routes={"sslam": "lal", "clap": "lal", "whisper": "plits"},
+                       plits_config={"mlp_downsample": 4})
     model = PALForConditionalGeneration(config, llm=llm).eval()
     audio = ensemble.encode_files(clips)
     from conftest import build_inputs, random_texts

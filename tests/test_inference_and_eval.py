@@ -113,12 +113,14 @@ def test_training_evaluation_and_inference_make_one_batch_of_an_example(trained_
 
 
 CONNECTORS = {
-    "plits": dict(connector="plits", mlp_downsample=8),
-    "plits_qformer": dict(connector="plits", projector="qformer", qformer_latents=4, qformer_layers=1,
-                          qformer_heads=2, qformer_dim=32),
-    "lal": dict(connector="lal", lal_start_layer=1),
-    "pal": dict(connector="pal", routes={"sslam": "lal", "second": "plits"}, lal_start_layer=1, mlp_downsample=16),
-    "pal_summary": dict(connector="pal", n_summary=2, lal_start_layer=1, qformer_layers=1, qformer_heads=2),
+    "plits": dict(connector="plits", plits_config=dict(mlp_downsample=8)),
+    "plits_qformer": dict(connector="plits", plits_config=dict(projector="qformer", qformer_latents=4,
+                                                               qformer_layers=1, qformer_heads=2, qformer_dim=32)),
+    "lal": dict(connector="lal", lal_config=dict(start_layer=1)),
+    "pal": dict(connector="pal", routes={"sslam": "lal", "second": "plits"}, lal_config=dict(start_layer=1),
+                plits_config=dict(mlp_downsample=16)),
+    "pal_summary": dict(connector="pal", lal_config=dict(start_layer=1),
+                        plits_config=dict(n_summary=2, qformer_layers=1, qformer_heads=2)),
 }
 
 

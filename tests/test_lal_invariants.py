@@ -20,7 +20,7 @@ def test_lal_without_audio_equals_bare_llm(family):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_lal_start_layer_past_last_layer_equals_bare_llm(family):
-    model, bare = tiny_pal("lal", family, lal_start_layer=4)  # the tiny LLM has layers 0..3
+    model, bare = tiny_pal("lal", family, lal_config={"start_layer": 4})  # the tiny LLM has layers 0..3
     assert model.lal is None and model.config.lal_layer_indices() == []
     ids = torch.tensor(random_texts([10, 10]))
     audio = random_audio(model.config, [5, 3])
@@ -105,8 +105,8 @@ def _reference_layer_attention(layer, x, audio, config, rope: bool, log_count: b
     ("llama", "prefix", "none", "linear"), ("llama", "prefix", "log_count", "lowrank"),
 ])
 def test_lal_layer_attention_matches_formula(family, rope, bias, projection):
-    model, _ = tiny_pal("lal", family, lal_rope=rope, lal_audio_bias=bias, lal_projection=projection,
-                        lal_projection_rank=3)
+    model, _ = tiny_pal("lal", family, lal_config=dict(rope=rope, audio_bias=bias, projection=projection,
+                                                       projection_rank=3))
     layer_idx = 2
     layer = model.llm.model.layers[layer_idx]
     if family == "qwen2":  # Qwen2's q/k/v carry biases, zero at init: make them count
@@ -147,7 +147,7 @@ def test_lal_layer_attention_matches_formula(family, rope, bias, projection):
 
 
 def test_layers_before_start_layer_are_the_bare_llm():
-    model, bare = tiny_pal("lal", lal_start_layer=2)
+    model, bare = tiny_pal("lal", lal_config={"start_layer": 2})
     ids = torch.tensor(random_texts([10, 10]))
     audio = random_audio(model.config, [6, 4])
     with torch.no_grad():
@@ -160,7 +160,7 @@ def test_layers_before_start_layer_are_the_bare_llm():
 
 
 def test_explicit_layer_list_injects_only_there():
-    model, bare = tiny_pal("lal", lal_layers=[1, 3])
+    model, bare = tiny_pal("lal", lal_config={"layers": [1, 3]})
     assert sorted(model.lal.layers) == [1, 3]
     ids = torch.tensor(random_texts([8, 8]))
     audio = random_audio(model.config, [5, 5])

@@ -8,7 +8,7 @@ from conftest import build_inputs, random_audio, random_texts, tiny_pal
 
 
 def _saved_bytes_and_grads(recompute: bool):
-    model, _ = tiny_pal("lal", lal_start_layer=0, lal_recompute_audio=recompute)
+    model, _ = tiny_pal("lal", lal_config={"start_layer": 0, "recompute_audio": recompute})
     model.train()
     texts = random_texts([10, 12], seed=9)
     audio = random_audio(model.config, [40, 25], seed=9)  # many audio tokens, so the audio branch dominates

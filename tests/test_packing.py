@@ -162,7 +162,7 @@ def test_stage_data_groups_a_clips_questions_and_the_collator_packs_them(tmp_pat
                                                             {"role": "assistant", "content": "yes"}]} for k in range(2)]
     tokenizer = load_tokenizer(None)
     config = PALConfig(text_config=tiny_llm_config().to_dict(), encoder_dims={"sslam": 24}, connector="lal",
-                       lal_start_layer=1)
+                       lal_config={"start_layer": 1})
     processor = PALProcessor(tokenizer, config, padding_side="right")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -37,7 +37,7 @@ def test_plits_equals_hand_assembled_inputs_embeds(connector):
 
 def test_mlp_downsample_groups_consecutive_tokens():
     """k = 2: output token j is the MLP of [x_2j ; x_2j+1], the last group zero-completed (formula, not our code)."""
-    model, _ = tiny_pal("pal")  # whisper goes through PLITS with mlp_downsample=2
+    model, _ = tiny_pal("pal")  # whisper goes through PLITS with plits_config.mlp_downsample=2
     projector = model.plits.projectors["whisper"]
     x = torch.randn(1, 5, 16)
     with torch.no_grad():

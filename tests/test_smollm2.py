@@ -13,7 +13,7 @@ from pal.llm import load_tokenizer
 def smollm2():
     model = PALForConditionalGeneration.from_llm(
         None, encoder_dims={"sslam": 768, "whisper": 384}, connector="pal",
-        routes={"sslam": "lal", "whisper": "plits"}, lal_start_layer=4,
+        routes={"sslam": "lal", "whisper": "plits"}, lal_config={"start_layer": 4},
     ).eval()
     return model, load_tokenizer(None)
 
@@ -60,8 +60,9 @@ def test_first_updates_of_a_fresh_connector_improve_the_loss():
     words = {220: "low", 440: "middle", 880: "high", 1760: "very high"}
     audio = ensemble([torch.from_numpy((0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)) for f in words])
     answers = [f"A {w} pitched tone." for w in words.values()]
-    model = PALForConditionalGeneration.from_llm(None, encoder_dims=ensemble.dims, connector="pal", n_summary=8,
-                                                 lal_start_layer=4, qformer_layers=1, qformer_heads=4)
+    model = PALForConditionalGeneration.from_llm(None, encoder_dims=ensemble.dims, connector="pal",
+                                                 lal_config={"start_layer": 4},
+                                                 plits_config={"n_summary": 8, "qformer_layers": 1, "qformer_heads": 4})
     set_trainable(model, ["connector"])
     model.train()
     processor = PALProcessor(load_tokenizer(None), model.config, padding_side="right")

@@ -84,9 +84,9 @@ def test_every_named_connector_preset_builds_the_connector_it_names():
 
     built = {}
     for name in CONNECTOR_PRESETS:
-        sizes = {"n_summary": 2, "qformer_heads": 2} if name == "pal" else {}
+        sizes = {"plits_config": {"n_summary": 2, "qformer_heads": 2}} if name == "pal" else {}
         config = PALConfig(text_config=tiny_llm("llama", 0).config.to_dict(), encoder_dims={"sslam": 24},
-                           **connector_preset(name, lal_start_layer=1, **sizes))
+                           **connector_preset(name, lal_config={"start_layer": 1}, **sizes))
         model = PALForConditionalGeneration(config, llm=tiny_llm("llama", 0))
         built[name] = {r for r in ("plits", "lal", "xattn") if getattr(model, r) is not None}
     assert built == {"plits": {"plits"}, "lal": {"lal"}, "lal_stored": {"lal"}, "lal_lowrank": {"lal"},

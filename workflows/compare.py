@@ -293,9 +293,9 @@ def compare(configs: list[Path], seeds: int, out: Path, manifests: list[Path], b
 
 SMOKE_CONNECTORS = {  # pal/presets.py, sized for the tiny 2-layer LLM
     "plits": connector_preset("plits"),
-    "lal": connector_preset("lal", lal_start_layer=1),
-    "pal": connector_preset("pal", n_summary=2, lal_start_layer=1, qformer_heads=2),
-    "xattn": connector_preset("xattn", xattn_every=1, xattn_heads=2, xattn_ffn_mult=2),
+    "lal": connector_preset("lal", lal_config={"start_layer": 1}),
+    "pal": connector_preset("pal", lal_config={"start_layer": 1}, plits_config={"n_summary": 2, "qformer_heads": 2}),
+    "xattn": connector_preset("xattn", xattn_config={"every": 1, "heads": 2, "ffn_mult": 2}),
 }
 _PITCHES = [(220, "low"), (440, "middle"), (880, "high"), (1760, "very high")]
 

@@ -131,7 +131,7 @@ def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Pat
         say(f"[4/6] text-only trained baseline: the same curriculum without the audio, in {config.out}")
     else:
         say(f"[4/6] curriculum: {len(config.stages)} stages on SmolLM2-135M-Instruct, PAL (SSLAM via LAL from layer "
-            f"{config.model.connector['lal_start_layer']}, Whisper-base via PLITS)")
+            f"{config.model.connector['lal_config']['start_layer']}, Whisper-base via PLITS)")
     (out / f"{name}.json").write_text(json.dumps(asdict(config), indent=1, default=str))
     recipe = CurriculumRecipe(config, resume=True, source=ROOT / "configs" / "pal" / preset["curriculum"])
     recipe.setup()

@@ -3,7 +3,7 @@
     model:
       llm: ../../models/Llama-3.2-1B     # a local HF causal-LM folder; "default" = the embedded SmolLM2-135M
       encoders: ../encoders/pal-ensemble.yaml   # an ensemble YAML, or the mapping inline
-      connector: {connector: pal, routes: {sslam: lal, clap: lal, whisper: plits}, lal_start_layer: 4}
+      connector: {connector: pal, routes: {sslam: lal, clap: lal, whisper: plits}, lal_config: {start_layer: 4}}
       lora: {r: 8, alpha: 16, target_modules: [q_proj, k_proj, v_proj, o_proj]}
     stages:
       - name: connector
