@@ -137,9 +137,7 @@ def _sslam_pretrain(args) -> int:
         config.init = args.init
     config.trust_checkpoint = config.trust_checkpoint or args.trust_checkpoint
     recipe = SSLAMPretrainRecipe(config, args.out, resume=args.resume, restart=args.restart, max_steps=args.max_steps)
-    recipe.setup()
-    result = recipe.train()
-    recipe.cleanup()
+    result = recipe.run()
     if recipe.rank == 0:
         print(f"sslam pre-training done: {result}")
     return 0
@@ -161,7 +159,6 @@ def _train(args) -> int:
         config.seed = args.seed
     recipe = CurriculumRecipe(config, out=args.out, stage=args.stage, resume=args.resume, restart=args.restart,
                               max_steps=args.max_steps, source=args.config)
-    recipe.setup()
     for result in recipe.run():
         if recipe.rank == 0:
             print(f"stage {result}")

@@ -1,7 +1,8 @@
 """The SSLAM pre-training recipe (`pal sslam pretrain`): stage 1 (EAT) or stage 2 (SSLAM) on DeepSpeed.
 
-Lifecycle (torchtune style): `__init__(config)` validates, `setup()` builds data, model, teacher and engine,
-`train()` runs, checkpoints are saved every N steps, `cleanup()` closes.
+Lifecycle (torchtune's, `Recipe` in recipes/lifecycle.py; `run()` calls the steps in order): `__init__(config)`
+validates, `setup()` builds data, model, teacher and engine, `train()` runs and saves a checkpoint every N steps
+(`checkpoint`), `save()` has the ranks finish together, `cleanup()` lets go of the engine and the data.
 
 Features: one CPU process, torchrun or the deepspeed launcher over many GPUs; bf16 or fp32; ZeRO 1/2; background
 loading (DataLoader workers); a progress bar; JSONL logs; atomic checkpoints (keep last k) and exact resume after a
@@ -34,6 +35,7 @@ from encoders.sslam.frontend import FrontendConfig, model_inputs
 from encoders.sslam.masking import inverse_block_mask
 from encoders.sslam.model import PRESETS, SSLAMConfig
 from encoders.sslam.pretraining import Draws, EMATeacher, ObjectiveConfig, SSLAMPretrainer, load_pretraining_weights
+from recipes.lifecycle import Recipe
 from training.checkpointing import (CheckpointError, checkpoint_root, clear_run, has_checkpoints,
                                     load_latest_checkpoint, newest_intact, save_checkpoint, trainable_fp32_state)
 from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
@@ -178,7 +180,7 @@ def _seed(*parts) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class SSLAMPretrainRecipe:
+class SSLAMPretrainRecipe(Recipe):
     def __init__(self, config: PretrainConfig, out: str | Path, resume: bool = False, restart: bool = False,
                  max_steps: int | None = None):
         self.config, self.out, self.resume, self.restart = config, Path(out), resume, restart
@@ -323,11 +325,14 @@ class SSLAMPretrainRecipe:
             if (step + 1) % c.log_every == 0 or step + 1 == self.max_steps:
                 self.log.write(step=step + 1, lr=lr, ema_decay=decay, bad_files=bad_total, **last)
             if (step + 1) % c.checkpoint.every == 0 or step + 1 == self.max_steps:
-                self.save(step + 1)
+                self.checkpoint(step + 1)
         bar.close()
         return {"steps": self.max_steps, "bad_files": bad_total, **last}
 
-    def save(self, step: int) -> Path:
+    def checkpoint(self, step: int) -> Path:
+        """Step `step`'s checkpoint: DeepSpeed's state plus the student's fp32 masters, the teacher and the encoder
+        config (rank 0 writes them)."""
+
         def extra(tag_dir: Path):
             # fp32 masters of the trained tensors (not the bf16 engine copies), frozen ones as they are.
             names = [n for n, p in self.engine.module.named_parameters() if p.requires_grad]
@@ -344,8 +349,15 @@ class SSLAMPretrainRecipe:
 
         return save_checkpoint(self.engine, self.out, step, extra, self.config.checkpoint.keep_last, self.rank)
 
-    def cleanup(self) -> None:
+    def save(self) -> None:
+        """The ranks finish together. What the run leaves is its last checkpoint, written by `train` at the last step,
+        so nothing is left to write; no rank goes on (an export, the next stage) before the others are done."""
         torch.distributed.barrier()
+
+    def cleanup(self) -> None:
+        """Let go of the engine, model, teacher and data loader, so that the next recipe in this process (`pal demo`
+        runs stage 1, then stage 2) does not hold them beside its own."""
+        self.engine = self.optimizer = self.model = self.teacher = self.loader = self.sampler = None
 
 
 def export_student(run: str | Path, out: str | Path) -> Path:

@@ -249,7 +249,6 @@ def train_in_process(config: Path, out: Path, **options) -> list[dict]:
     from recipes.curriculum.recipe import CurriculumRecipe
 
     recipe = CurriculumRecipe(CurriculumConfig.from_yaml(config), out=out, source=config, **options)
-    recipe.setup()
     return recipe.run()
 
 

@@ -175,7 +175,6 @@ def test_shipped_recipe_runs_one_step_with_tiny_stand_ins(recipe, workdir, tmp_p
         stage.val_manifest, stage.num_samples, stage.precision, stage.batch_size = None, 0, "fp32", 2
         stage.deepspeed = str(ROOT / "configs" / "deepspeed" / "zero2.json")
     recipe_run = CurriculumRecipe(config, out=tmp_path / "run", stage=1, max_steps=1)
-    recipe_run.setup()
     result = recipe_run.run()[0]
     assert result["steps"] == 1 and np.isfinite(result["loss"])
 

@@ -190,3 +190,40 @@ def test_a_folder_written_atomically_replaces_the_old_one_whole_or_not_at_all(tm
             (staging / "weights").write_text("half")
             raise OSError(errno.ENOSPC, "No space left on device")
     assert (target / "weights").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["final"]
+
+
+def test_a_recipe_runs_setup_train_save_in_order_and_cleans_up_after_a_failure_too():
+    from recipes.curriculum.recipe import CurriculumRecipe
+    from recipes.lifecycle import Recipe
+    from recipes.sslam_pretrain import SSLAMPretrainRecipe
+
+    class Steps(Recipe):
+        def __init__(self, failing: str | None = None):
+            self.calls, self.failing = [], failing
+
+        def step(self, name: str):
+            self.calls.append(name)
+            if name == self.failing:
+                raise RuntimeError(f"{name} failed")
+
+        def setup(self):
+            self.step("setup")
+
+        def train(self):
+            self.step("train")
+            return "summary"
+
+        def save(self):
+            self.step("save")
+
+        def cleanup(self):
+            self.step("cleanup")
+
+    recipe = Steps()
+    assert recipe.run() == "summary" and recipe.calls == ["setup", "train", "save", "cleanup"]
+    for failing, calls in (("setup", ["setup", "cleanup"]), ("train", ["setup", "train", "cleanup"])):
+        recipe = Steps(failing)
+        with pytest.raises(RuntimeError, match=f"{failing} failed"):
+            recipe.run()
+        assert recipe.calls == calls
+    assert issubclass(CurriculumRecipe, Recipe) and issubclass(SSLAMPretrainRecipe, Recipe)

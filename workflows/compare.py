@@ -53,7 +53,6 @@ def train(config: Path, seed: int, folder: Path, text_only: bool = False) -> Pat
     if text_only:
         curriculum = text_only_curriculum(curriculum, check_writable(folder) / "manifests")
     recipe = CurriculumRecipe(curriculum, out=folder, resume=True, source=config)
-    recipe.setup()
     recipe.run()
     return recipe.stage_dir(len(curriculum.stages) - 1) / "final"
 

@@ -83,9 +83,7 @@ def step_sslam(out: Path, data: Path, preset: dict) -> Path:
         if stage == 2:
             config.init = str(runs[1])
         recipe = SSLAMPretrainRecipe(config, run, resume=has_checkpoints(run))
-        recipe.setup()
-        recipe.train()
-        recipe.cleanup()
+        recipe.run()
     export_student(runs[2], encoder)
     return encoder
 
@@ -134,7 +132,6 @@ def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Pat
             f"{config.model.connector['lal_config']['start_layer']}, Whisper-base via PLITS)")
     (out / f"{name}.json").write_text(json.dumps(asdict(config), indent=1, default=str))
     recipe = CurriculumRecipe(config, resume=True, source=ROOT / "configs" / "pal" / preset["curriculum"])
-    recipe.setup()
     for result in recipe.run():
         say(f"      stage {result}")
     return final

@@ -1,13 +1,13 @@
 """The three-stage curriculum recipe (`pal train`): one class, the same code for every stage; stages differ in data.
 
-Lifecycle (torchtune style): `setup()` validates everything every stage will need before any training (the model and
-connector settings against the LLM, every stage's manifests, validation manifests and DeepSpeed file, the lengths of
-the templated conversations, the output folder), then `run()` trains each stage:
-build the model (stage 1: the LLM plus fresh connectors; later stages: the previous stage's `final/`, loaded before
-DeepSpeed wraps the model), select the trainable groups, wrap with DeepSpeed (bf16 or fp32, ZeRO 0-3), train in train
-mode with warm-up + cosine, evaluate (validation loss and generated samples), checkpoint every N steps (trainable
-tensors and optimizer state only, atomically, keep last k; training/checkpointing.py), and finish with a
-`save_pretrained` folder (`<out>/stage<k>-<name>/final`) built from the fp32 master weights.
+Lifecycle (torchtune's, `Recipe` in recipes/lifecycle.py: `run()` is setup, train, save, cleanup): `setup()` validates
+everything every stage will need before any training (the model and connector settings against the LLM, every stage's
+manifests, validation manifests and DeepSpeed file, the lengths of the templated conversations, the output folder), then
+`train()` runs each stage (`run_stage`: set up, train, end): build the model (stage 1: the LLM plus fresh connectors;
+later stages: the previous stage's `final/`, loaded before DeepSpeed wraps the model), select the trainable groups, wrap
+with DeepSpeed (bf16 or fp32, ZeRO 0-3), train in train mode with warm-up + cosine, evaluate (validation loss and
+generated samples), checkpoint every N steps (trainable tensors and optimizer state only, atomically, keep last k;
+training/checkpointing.py), and write `<out>/stage<k>-<name>/final` (save_pretrained) from the fp32 master weights.
 
 A run folder remembers what trained it: each stage records a hash of its effective config (the settings that change
 its weights, chained through the stages before it). A finished stage with the same hash is skipped; a different hash,
@@ -21,7 +21,7 @@ last good one with zero weight, so every rank calls the same modules in the same
 of peer projects).
 
 What lives elsewhere: the stage's data (stage_data.py), its validation and plots (validation.py), the config
-(config.py), the DeepSpeed and checkpoint plumbing (training/). This file stays at about 500 lines because the
+(config.py), the DeepSpeed and checkpoint plumbing (training/). This file stays at about 520 lines because the
 lifecycle is one class read top to bottom: the checks of a whole curriculum before any step (`validate`) and the
 stage's set-up, loop and hand-off, each a method of one screen or two.
 """
@@ -52,6 +52,7 @@ from pal.llm import load_tokenizer, resolve_llm_path
 from pal.modeling_pal import cast_unpartitioned
 from pal.processing_pal import to_device
 from pal.trainable import LORA_KEYS
+from recipes.lifecycle import Recipe
 from training.checkpointing import (CheckpointError, clear_run, has_checkpoints, load_latest_checkpoint, newest_intact,
                                     save_checkpoint, tag_step, trainable_fp32_state)
 from training.engine import (JsonlLog, check_deepspeed_config, cosine_lr, deepspeed_config, param_groups,
@@ -89,7 +90,7 @@ class StageRun:
     last_loss: float = float("nan")
 
 
-class CurriculumRecipe:
+class CurriculumRecipe(Recipe):
     def __init__(self, config: CurriculumConfig, out: str | Path | None = None, stage: int | None = None,
                  resume: bool = False, restart: bool = False, max_steps: int | None = None,
                  source: str | Path | None = None):
@@ -175,15 +176,13 @@ class CurriculumRecipe:
             from transformers import AutoTokenizer
 
             return AutoTokenizer.from_pretrained(source, local_files_only=True)
-        llm = self.config.model.llm
-        return load_tokenizer(llm)
+        return load_tokenizer(self.config.model.llm)
 
     def stage_hash(self, k: int) -> str:
         """Identifies what stage k's weights depend on: the model section, its own training settings (not logging,
         evaluation or checkpoint cadence), its DeepSpeed file's content, the seed, the feature cache, and the
-        settings of the stages before it. The connector settings are hashed in their flat form (`lal_start_layer`,
-        not `lal_config.start_layer`: pal/configuration_pal.py), so a YAML rewritten in the nested form keeps the
-        hash of the run folders it trained before."""
+        settings of the stages before it. The connector is hashed in its flat form (pal/configuration_pal.py), so a
+        YAML rewritten with sub-configs keeps the hash of the run folders it trained."""
         stage = asdict(self.config.stages[k])
         for key in ("val_manifest", "eval_every", "val_batches", "num_samples", "checkpoint_every", "keep_last",
                     "log_every", "num_workers", "prefetch_factor"):
@@ -220,10 +219,9 @@ class CurriculumRecipe:
         redo = [k for k in self.stages if self.states[k] != "finished"]
         stale = [k for k in self.stages if redo and k > redo[0] and self.states[k] != "new"]
         if stale:
-            raise ValueError(
-                f"stage {redo[0] + 1} will train again, so what {[self.stage_dir(k).name for k in stale]} learned from "
-                "it would be stale: pass --restart to retrain them too, or choose another --out."
-            )
+            names = [self.stage_dir(k).name for k in stale]
+            raise ValueError(f"stage {redo[0] + 1} will train again, so what {names} learned from it would be stale: "
+                             "pass --restart to retrain them too, or choose another --out.")
         if self.rank == 0:
             check_writable(self.out)
             atomic_write_json(self.out / "curriculum.json", asdict(self.config))
@@ -233,8 +231,7 @@ class CurriculumRecipe:
         from transformers import AutoConfig
 
         m = self.config.model
-        text_config = AutoConfig.from_pretrained(resolve_llm_path(m.llm),
-                                                 local_files_only=True)
+        text_config = AutoConfig.from_pretrained(resolve_llm_path(m.llm), local_files_only=True)
         try:
             pal_config = PALConfig(text_config=text_config.to_dict(), encoder_dims=self.ensemble.dims, **m.connector)
         except (ValueError, TypeError) as err:
@@ -243,8 +240,7 @@ class CurriculumRecipe:
         if unrouted:
             raise ValueError(f"{self.source}: model.connector: no LLM layer receives LAL audio (lal_config.start_layer"
                              f" = {pal_config.lal_config.start_layer} of {text_config.num_hidden_layers} layers), so "
-                             f"encoders {unrouted} would be ignored; lower lal_config.start_layer or route them "
-                             "through plits.")
+                             f"encoders {unrouted} would be ignored; lower it or route them through plits.")
         if m.lora is not None and set(m.lora) - LORA_KEYS:
             raise ValueError(f"{self.source}: model.lora: unknown key(s) {sorted(set(m.lora) - LORA_KEYS)}; "
                              f"known keys: {sorted(LORA_KEYS)}.")
@@ -328,11 +324,9 @@ class CurriculumRecipe:
         stage_dir, record = self.stage_dir(k), self.stage_record(k)
         if record is not None:
             if record.get("hash") != self.stage_hash(k):
-                raise ValueError(
-                    f"{stage_dir} was trained with a different config (hash {record.get('hash')}, now "
-                    f"{self.stage_hash(k)}: this stage's settings or an earlier stage's changed). Pass --restart to "
-                    "train it again from the start, or choose another --out."
-                )
+                raise ValueError(f"{stage_dir} was trained with a different config (hash {record.get('hash')}, now "
+                                 f"{self.stage_hash(k)}: this stage's settings or an earlier stage's changed). Pass "
+                                 "--restart to train it again from the start, or choose another --out.")
             previous = self.stage_record(k - 1) if k else None
             if k and record.get("previous_run") != (previous or {}).get("run"):
                 raise ValueError(f"{stage_dir} was trained from another run of {self.stage_dir(k - 1).name}: pass "
@@ -346,7 +340,8 @@ class CurriculumRecipe:
             return "started"
         return "new"
 
-    def run(self) -> list[dict]:
+    def train(self) -> list[dict]:
+        """Each stage in turn, a finished one skipped → their summaries (each writes its `final/` as it ends)."""
         results = []
         for k in self.stages:
             state = self.states[k]
@@ -397,9 +392,7 @@ class CurriculumRecipe:
         optimizer = torch.optim.AdamW(param_groups(model, stage.optim.weight_decay, decay_all=False),
                                       lr=stage.optim.lr, betas=tuple(stage.optim.betas), eps=stage.optim.eps)
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_configs[k])
-        start = 0
-        if resume:
-            start = tag_step(load_latest_checkpoint(engine, stage_dir, self.rank).name)
+        start = tag_step(load_latest_checkpoint(engine, stage_dir, self.rank).name) if resume else 0
         engine.train()  # from_pretrained returns eval mode: dropout (LoRA's included) must be on from the first step
         log = JsonlLog(stage_dir / "log.jsonl", self.rank == 0)
         if self.rank == 0 and start == 0:

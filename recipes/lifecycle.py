@@ -1,0 +1,40 @@
+"""The lifecycle every training recipe shares: `setup()`, `train()`, `save()`, `cleanup()`, and `run()`, which calls
+them in that order (torchtune's recipe protocol, `torchtune/recipe_interfaces.py`).
+
+Why a base class: the curriculum (`pal train`) and SSLAM pre-training (`pal sslam pretrain`) are started the same way
+by the CLI, `pal demo` and `pal compare`. With one `run()` no caller needs to know which steps a recipe has or call
+them in the right order (they used to call setup/train/cleanup for one recipe and setup/run for the other), and a
+reader finds the same four steps in both recipes. It is deliberately nothing more: no registry, no hooks, no config
+handling; each recipe's own methods say what its steps do.
+"""
+
+from __future__ import annotations
+
+
+class Recipe:
+    """A training recipe: a subclass writes `setup` and `train`, and `save` and `cleanup` where it has work for them.
+    Its `__init__` checks the settings and fails early, before anything is built."""
+
+    def setup(self) -> None:
+        """Build and check what training needs (distributed state, data, model, optimiser) before any step."""
+        raise NotImplementedError
+
+    def train(self):
+        """Train, checkpointing as it goes; → a summary of what was trained."""
+        raise NotImplementedError
+
+    def save(self) -> None:
+        """What the run leaves once training has ended (the checkpoints written while training are `train`'s)."""
+
+    def cleanup(self) -> None:
+        """Let go of what `setup` built. It also runs after a failure, so it must not wait for the other ranks."""
+
+    def run(self):
+        """setup → train → save, then cleanup whatever happened; → `train`'s summary."""
+        try:
+            self.setup()
+            result = self.train()
+            self.save()
+            return result
+        finally:
+            self.cleanup()
