@@ -10,18 +10,20 @@ handling; each recipe's own methods say what its steps do.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 
-class Recipe:
+
+class Recipe(ABC):
     """A training recipe: a subclass writes `setup` and `train`, and `save` and `cleanup` where it has work for them.
     Its `__init__` checks the settings and fails early, before anything is built."""
 
+    @abstractmethod
     def setup(self) -> None:
         """Build and check what training needs (distributed state, data, model, optimiser) before any step."""
-        raise NotImplementedError
 
+    @abstractmethod
     def train(self):
         """Train, checkpointing as it goes; → a summary of what was trained."""
-        raise NotImplementedError
 
     def save(self) -> None:
         """What the run leaves once training has ended (the checkpoints written while training are `train`'s)."""

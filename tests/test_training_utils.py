@@ -227,3 +227,5 @@ def test_a_recipe_runs_setup_train_save_in_order_and_cleans_up_after_a_failure_t
             recipe.run()
         assert recipe.calls == calls
     assert issubclass(CurriculumRecipe, Recipe) and issubclass(SSLAMPretrainRecipe, Recipe)
+    with pytest.raises(TypeError, match="train"):  # a recipe must write its own setup and train
+        type("NoTrain", (Recipe,), {"setup": lambda self: None})()
