@@ -21,8 +21,12 @@ Start-up. N_a fresh audio keys added to one softmax take most of the attention m
 SmolLM2-135M with 513 random-init audio keys: 60-99 % of every audio layer's attention, and the loss of the answer
 rose from 5.3 to 13.2 before any training). With `audio_bias="log_count"` every real audio key's logit is offset by
 -log(n_b), n_b the example's real audio tokens, so the whole audio block weighs what one key of its mean score would
-(log-mean-exp): the untrained connector barely disturbs the LLM, and P_l learns scores that raise the audio's weight.
-It stays one softmax over audio and text, with no gate and no new attention weights; "none" is the plain formula.
+(log-mean-exp), and P_l learns scores that raise the audio's weight. It stays one softmax over audio and text, with
+no gate and no new attention weights; "none" is the plain formula. The offset does not make a fresh connector
+harmless when the keys' scores spread widely, as they do on standardised features (`audio_norm`): on the demo, 201
+such keys still took 9.5-42 % of the attention in most audio layers and the answers' loss rose from 4.9 to 10.2
+before any step; training repaired it within about 16 steps, and an extra −5 on the audio logits, which kept the
+start near 5.8, ended stage 1 no better (README, "Does the model hear?").
 
 RoPE. With `rope="prefix"` the b-th example's n_b real audio tokens sit at positions -n_b .. -1 and its text starts at
 0. Attention scores depend only on position differences, so this is exactly the layout "audio just before the text"

@@ -59,6 +59,30 @@ def test_demo_smoke_writes_a_report_with_the_evaluations_numbers(smoke, capsys):
     assert (smoke / "curriculum-text-only" / "stage2-all" / "final" / "config.json").is_file()
 
 
+def test_the_fit_check_asks_training_scenes_and_the_report_sets_it_beside_the_test(smoke):
+    from eval.report import metric_cell
+
+    rows = [json.loads(line) for line in (smoke / "data" / "fit.jsonl").read_text().splitlines()]
+    tested = [json.loads(line) for line in (smoke / "data" / "test.jsonl").read_text().splitlines()]
+    assert len(rows) == sum(r["task"] == "classify" for r in tested) > 0
+    assert all(r["split"] == "train" and r["task"] == "classify" for r in rows)
+    trained = json.loads((smoke / "eval" / "fit.json").read_text())["tasks"]["classify"]["metrics"]["exact_set"]
+    held_out = json.loads((smoke / "eval" / "results.json").read_text())["tasks"]["classify"]["metrics"]["exact_set"]
+    assert trained["n"] == len(rows)
+    assert (f"the exact label set of {len(rows)} training scenes {metric_cell(trained)}, of the held-out test scenes "
+            f"{metric_cell(held_out)}") in (smoke / "report.md").read_text()
+
+
+def test_the_fit_sentence_tells_underfitting_from_not_generalising():
+    from workflows.demo import fit_sentence
+
+    def result(accuracy: float) -> dict:
+        return {"tasks": {"classify": {"metrics": {"exact_set": {"value": accuracy, "ci95": [0.0, 1.0], "n": 80}}}}}
+
+    assert "underfits" in fit_sentence(result(0.475), result(0.438))
+    assert "never heard" in fit_sentence(result(0.95), result(0.44))
+
+
 def test_a_rerun_resumes_every_step(smoke, capsys):
     assert main(["demo", "--preset", "smoke", "--out", str(smoke)]) == 0
     said = capsys.readouterr().out

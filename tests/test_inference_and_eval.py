@@ -298,6 +298,20 @@ def test_classification_nearest_label_and_map_by_hand():
     assert mean_average_precision(scores, targets) == pytest.approx(((1 + 2 / 3) / 2 + 1 / 2) / 2)
 
 
+def test_classification_exact_set_and_listed_label_precision_recall_by_hand():
+    from eval.metrics.classification import classification
+
+    labels = ["bell", "dog bark", "rain", "speech"]
+    out = classification(["bell, speech.", "A bell rings and rain falls", "speech; dog bark; bell", "speech"],
+                         [["bell", "speech"], ["bell", "dog bark"], ["speech", "dog bark"], ["speech", "rain"]], labels)
+    # listed: {bell, speech} exact; {bell, rain} one of two; {speech, dog bark, bell} one too many; {speech} one short
+    assert out["exact_set"]["value"] == 0.25
+    assert out["label_precision"]["value"] == pytest.approx((2 + 1 + 2 + 1) / (2 + 2 + 3 + 1))
+    assert out["label_recall"]["value"] == pytest.approx((2 + 1 + 2 + 1) / 8)
+    # the one-nearest-label accuracy credits an answer whose single nearest label is any one of its gold labels
+    assert out["accuracy"]["value"] > out["exact_set"]["value"]
+
+
 def test_bootstrap_interval_matches_the_known_answer():
     from eval.bootstrap import mean_with_ci
 

