@@ -25,8 +25,9 @@ rose from 5.3 to 13.2 before any training). With `audio_bias="log_count"` every 
 no gate and no new attention weights; "none" is the plain formula. The offset does not make a fresh connector
 harmless when the keys' scores spread widely, as they do on standardised features (`audio_norm`): on the demo, 201
 such keys still took 9.5-42 % of the attention in most audio layers and the answers' loss rose from 4.9 to 10.2
-before any step; training repaired it within about 16 steps, and an extra −5 on the audio logits, which kept the
-start near 5.8, ended stage 1 no better (README, "Does the model hear?").
+before any step. Training usually repairs it within about 16 steps, but one of four stage-1 runs diverged from
+there; `audio_offset` (5 nats more off every audio logit) kept the start near 5.8 and that run from diverging
+(README, "Does the model hear?").
 
 RoPE. With `rope="prefix"` the b-th example's n_b real audio tokens sit at positions -n_b .. -1 and its text starts at
 0. Attention scores depend only on position differences, so this is exactly the layout "audio just before the text"
@@ -367,7 +368,7 @@ class LALConnector(nn.Module):
         encoders it carries, in order."""
         super().__init__()
         self.layers = config.layer_indices(text_config.num_hidden_layers)
-        self.rope, self.audio_bias = config.rope, config.audio_bias
+        self.rope, self.audio_bias, self.audio_offset = config.rope, config.audio_bias, config.audio_offset
         self.recompute = config.recompute_audio
         self.projections = nn.ModuleDict({
             name: LALProjection(dim, text_config.hidden_size, self.layers, config.projection, config.projection_rank)
@@ -392,4 +393,6 @@ class LALConnector(nn.Module):
             else:
                 keys[layer], values[layer] = run(*shared)
         bias = -mask.sum(-1).clamp(min=1).float().log() if self.audio_bias == "log_count" else None  # [B]
+        if self.audio_offset:
+            bias = (0 if bias is None else bias) - torch.full(mask.shape[:1], self.audio_offset, device=mask.device)
         return AudioKV(keys, values, mask, bias)

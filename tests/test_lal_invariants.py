@@ -60,9 +60,9 @@ def _rope(x, positions, theta):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def _reference_layer_attention(layer, x, audio, config, rope: bool, log_count: bool):
+def _reference_layer_attention(layer, x, audio, config, rope: bool, log_count: bool, offset: float = 0.0):
     """pal-spec §4.2 for one example: softmax(Q [K_a; K_t]^T / sqrt(D_h) + mask) [V_a; V_t] W_o; with `log_count`
-    every audio logit is offset by -log(N_a) (lal_injection.py, "Start-up").
+    every audio logit is offset by -log(N_a) (lal_injection.py, "Start-up"), and by -`offset` (`audio_offset`).
 
     x: normed text states [T, d]; audio: layer-projected, not yet normed [N_a, d]; rope: audio keys rotated
     ("prefix") or not ("none"). Float64 throughout.
@@ -93,20 +93,22 @@ def _reference_layer_attention(layer, x, audio, config, rope: bool, log_count: b
     scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(hd)
     if log_count:
         scores[:, :, :n_a] -= math.log(n_a)
+    scores[:, :, :n_a] -= offset
     allowed = torch.cat([torch.ones(t, n_a, dtype=torch.bool), torch.ones(t, t, dtype=torch.bool).tril()], dim=1)
     scores = scores.masked_fill(~allowed, float("-inf"))
     out = torch.einsum("hts,shd->thd", scores.softmax(-1), v).reshape(t, heads * hd)
     return linear("o", out)
 
 
-@pytest.mark.parametrize("family,rope,bias,projection", [
-    ("llama", "prefix", "log_count", "linear"), ("qwen2", "prefix", "log_count", "linear"),
-    ("mistral", "prefix", "log_count", "linear"), ("llama", "none", "log_count", "linear"),
-    ("llama", "prefix", "none", "linear"), ("llama", "prefix", "log_count", "lowrank"),
+@pytest.mark.parametrize("family,rope,bias,projection,offset", [
+    ("llama", "prefix", "log_count", "linear", 0.0), ("qwen2", "prefix", "log_count", "linear", 0.0),
+    ("mistral", "prefix", "log_count", "linear", 0.0), ("llama", "none", "log_count", "linear", 0.0),
+    ("llama", "prefix", "none", "linear", 0.0), ("llama", "prefix", "log_count", "lowrank", 0.0),
+    ("llama", "prefix", "log_count", "linear", 5.0), ("qwen2", "prefix", "none", "linear", 2.5),
 ])
-def test_lal_layer_attention_matches_formula(family, rope, bias, projection):
+def test_lal_layer_attention_matches_formula(family, rope, bias, projection, offset):
     model, _ = tiny_pal("lal", family, lal_config=dict(rope=rope, audio_bias=bias, projection=projection,
-                                                       projection_rank=3))
+                                                       projection_rank=3, audio_offset=offset))
     layer_idx = 2
     layer = model.llm.model.layers[layer_idx]
     if family == "qwen2":  # Qwen2's q/k/v carry biases, zero at init: make them count
@@ -140,7 +142,7 @@ def test_lal_layer_attention_matches_formula(family, rope, bias, projection):
                 projected = head(real).double()
         expected = _reference_layer_attention(
             layer, captured["x"][row].double(), projected, model.config.text_config, rope == "prefix",
-            bias == "log_count",
+            bias == "log_count", offset,
         )
         # reorder: our float32 layer against a float64 formula: float32's own rounding, 2e-5 abs + 1e-4 rel at O(1)
         torch.testing.assert_close(captured["out"][row].double(), expected, atol=2e-5, rtol=1e-4)
