@@ -108,11 +108,16 @@ def test_kill_and_resume_equals_uninterrupted_with_lora_and_connector_kept(workd
 
 
 def test_two_ranks(workdir):
+    """`pal train --nproc 2` starts its two ranks itself; the end event counts the examples of both."""
     config = _config(workdir, steps=2, batch_size=2, eval_every=0, num_samples=0)
     out = workdir / "two"
-    _pal("train", "--config", str(config), "--out", str(out), "--stage", "1", nproc=2)
+    _pal("train", "--config", str(config), "--out", str(out), "--stage", "1", "--nproc", "2")
     assert (out / "stage1-connector" / "final" / "model.safetensors").is_file()
     assert len(_losses(out / "stage1-connector")) == 2
+    log = [json.loads(line) for line in (out / "stage1-connector" / "log.jsonl").read_text().splitlines()]
+    start, end = (next(r for r in log if r.get("event") == e) for e in ("start", "end"))
+    assert start["world_size"] == 2 and end["ranks"] == 2
+    assert end["examples"] == 2 * 2 * 2  # steps × ranks × batch_size (one example per sequence here)
 
 
 def test_manifest_errors_have_line_numbers(tmp_path):

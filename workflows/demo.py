@@ -110,18 +110,26 @@ def step_features(out: Path, data: Path, encoders) -> Path:
     return out / "features"
 
 
-def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Path, text_only: bool = False) -> Path:
+def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Path, text_only: bool = False,
+                    nproc: int = 1) -> Path:
     """Train the curriculum on the demo's manifests; `text_only`: the text-only trained baseline
-    (recipes/curriculum/text_only.py), in `curriculum-text-only/`."""
+    (recipes/curriculum/text_only.py), in `curriculum-text-only/`. `nproc` > 1: in that many ranks under torchrun
+    (training/launch.py), each taking its share of the YAML's batch, so the global batch and the data stay the same."""
     from recipes.curriculum.config import CurriculumConfig
     from recipes.curriculum.recipe import CurriculumRecipe
     from recipes.curriculum.text_only import text_only_curriculum
+    from training.launch import launch
 
-    config = CurriculumConfig.from_yaml(ROOT / "configs" / "pal" / preset["curriculum"])
-    for stage in config.stages:
+    yaml = ROOT / "configs" / "pal" / preset["curriculum"]
+    config = CurriculumConfig.from_yaml(yaml)
+    for k, stage in enumerate(config.stages):
         for source in stage.data:
             source.manifest = str(data / Path(source.manifest).name)
         stage.val_manifest = str(data / "val.jsonl")
+        if stage.batch_size % nproc:
+            raise ValueError(f"{yaml}: stages[{k}].batch_size {stage.batch_size} does not split into --nproc "
+                             f"{nproc} ranks; choose an --nproc that divides it.")
+        stage.batch_size //= nproc
     if text_only:
         config = text_only_curriculum(config, data / "text-only")
     name = "curriculum-text-only" if text_only else "curriculum"
@@ -132,8 +140,19 @@ def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Pat
     else:
         say(f"[4/6] curriculum: {len(config.stages)} stages on SmolLM2-135M-Instruct, PAL (SSLAM via LAL from layer "
             f"{config.model.connector['lal_config']['start_layer']}, Whisper-base via PLITS)")
-    (out / f"{name}.json").write_text(json.dumps(asdict(config), indent=1, default=str))
-    recipe = CurriculumRecipe(config, resume=True, source=ROOT / "configs" / "pal" / preset["curriculum"])
+    resolved = out / f"{name}.json"
+    resolved.write_text(json.dumps(asdict(config), indent=1, default=str))
+    recipe = CurriculumRecipe(config, resume=True, source=yaml)
+    if nproc > 1:
+        states = [recipe.stage_state(k) for k in range(len(config.stages))]  # raises here if the folder disagrees
+        if set(states) == {"finished"}:
+            say(f"      {config.out}: every stage already finished with this config")
+            return final
+        status = launch(["train", "--config", str(resolved), "--resume"], nproc)
+        if status:
+            raise RuntimeError(f"training {config.out} in {nproc} ranks failed (exit status {status}; the ranks' "
+                               "errors are above); rerun `pal demo` to resume it, or pass --nproc 1")
+        return final
     for result in recipe.run():
         say(f"      stage {result}")
     return final
@@ -287,8 +306,8 @@ def run_demo(args) -> int:
     encoder = step_sslam(out, data, preset)
     encoders = ensemble_config(encoder)
     features = step_features(out, data, encoders)
-    final = step_curriculum(out, data, preset, encoders, features)
-    text_only = step_curriculum(out, data, preset, encoders, features, text_only=True)
+    final = step_curriculum(out, data, preset, encoders, features, nproc=args.nproc)
+    text_only = step_curriculum(out, data, preset, encoders, features, text_only=True, nproc=args.nproc)
     result = step_eval(out, data, final, preset, text_only)
     fit = step_fit(out, data, final, preset)
     md, page = step_report(out, data, result, fit, final, args.preset, time.time() - start)

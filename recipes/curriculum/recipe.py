@@ -453,11 +453,15 @@ class CurriculumRecipe(Recipe):
         """Throughput, memory and the last validation in the log's `end` event (a warning if the model does not use
         the audio); `final/` once the stage has run all its steps. → the stage's summary."""
         k, stage = run.k, run.stage
-        if run.stop > run.start:  # what `pal compare` reports: this rank's throughput and memory high-water mark
-            # Question-answer examples (a packed sequence holds several) and token positions (padding included).
-            run.log.write(event="end", step=run.stop, examples=run.examples,
-                          examples_per_s=run.examples / run.train_s, tokens_per_s=run.tokens / run.train_s,
-                          **peak_memory_mb(), **self.last_val)
+        if run.stop > run.start:  # what `pal compare` reports: the throughput of all ranks, this rank's memory peak
+            # Question-answer examples (a packed sequence holds several) and token positions (padding included),
+            # summed over the ranks, per second of rank 0's training time.
+            counts = torch.tensor([run.examples, run.tokens], dtype=torch.float64)
+            if self.world > 1:
+                torch.distributed.all_reduce(counts)
+            examples, tokens = int(counts[0]), int(counts[1])
+            run.log.write(event="end", step=run.stop, examples=examples, examples_per_s=examples / run.train_s,
+                          tokens_per_s=tokens / run.train_s, ranks=self.world, **peak_memory_mb(), **self.last_val)
             warning = deafness_warning(self.last_val)
             if warning:
                 run.log.write(event="warning", step=run.stop, warning=warning)
