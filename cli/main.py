@@ -156,8 +156,7 @@ def _sslam_export(args) -> int:
 
 
 def _train(args) -> int:
-    from recipes.curriculum.config import CurriculumConfig
-    from recipes.curriculum.recipe import CurriculumRecipe
+    from recipes.curriculum.command import arguments, run
 
     if args.nproc > 1:
         if "RANK" in os.environ:
@@ -165,26 +164,8 @@ def _train(args) -> int:
                              "--nproc N` alone, or torchrun without --nproc.")
         from training.launch import launch
 
-        return launch(_train_args(args), args.nproc)
-    config = CurriculumConfig.from_yaml(args.config)
-    if args.seed is not None:
-        config.seed = args.seed
-    recipe = CurriculumRecipe(config, out=args.out, stage=args.stage, resume=args.resume, restart=args.restart,
-                              max_steps=args.max_steps, source=args.config)
-    for result in recipe.run():
-        if recipe.rank == 0:
-            print(f"stage {result}")
-    return 0
-
-
-def _train_args(args) -> list[str]:
-    """The `pal train` arguments that each rank of `--nproc N` gets (all of them but --nproc)."""
-    argv = ["train", "--config", str(args.config)]
-    for flag, value in (("--stage", args.stage), ("--max-steps", args.max_steps), ("--out", args.out),
-                        ("--seed", args.seed)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv + ["--resume"] * args.resume + ["--restart"] * args.restart
+        return launch("recipes.curriculum", arguments(args), args.nproc)
+    return run(args)
 
 
 def _decoding(args):
@@ -233,7 +214,7 @@ def _eval(args) -> int:
 
         text_only = AudioLLM.from_pretrained(args.text_only_model, encoders=args.encoders)
     result = evaluate(_load_llm(args), args.manifest, args.out, _decoding(args), args.batch_size,
-                      baseline=not args.no_baseline, text_only=text_only)
+                      baseline=not args.no_baseline, text_only=text_only, workers=args.workers)
     for task, entry in result["tasks"].items():
         for name, metric in entry["metrics"].items():
             if isinstance(metric, dict) and "value" in metric:
@@ -316,7 +297,7 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job end to end on the embedded default LLM")
     demo.add_argument("--preset", choices=["smoke", "full"], default="full",
-                      help="smoke: a few minutes; full (make demo): about half an hour on 2 CPU cores")
+                      help="smoke: a few minutes; full (make demo): about 45 minutes on 2 CPU cores")
     demo.add_argument("--out", default=None, help="output folder (default runs/demo or runs/demo-smoke); reruns resume")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--nproc", type=int, default=None,
@@ -338,14 +319,9 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     env.set_defaults(func=_env)
 
     train = commands.add_parser("train", help="the three-stage curriculum on DeepSpeed")
-    train.add_argument("--config", required=True, help="curriculum YAML (configs/pal/*.yaml)")
-    train.add_argument("--stage", type=int, help="run only this stage (1-based); default: every unfinished stage")
-    train.add_argument("--resume", action="store_true", help="continue each stage from its latest checkpoint")
-    train.add_argument("--restart", action="store_true",
-                       help="discard what the run folder holds for the stages being run and train them from the start")
-    train.add_argument("--max-steps", type=int, help="stop each stage after this many steps (schedule unchanged)")
-    train.add_argument("--out", help="run folder (default: the config's `out`)")
-    train.add_argument("--seed", type=int, help="override the config's seed (pal compare trains seeds 0..K-1)")
+    from recipes.curriculum.command import add_arguments
+
+    add_arguments(train)
     train.add_argument("--nproc", type=int, default=1,
                        help="train in N local ranks under torchrun (GPUs, or CPU processes sharing the cores: on 2 "
                             "cores, 2 ranks of 1 thread are faster than one process); batch_size stays per rank")
@@ -367,6 +343,9 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
                           help="skip the controls (another clip's audio, audio removed, the reliance gap)")
     evaluate.add_argument("--text-only-model", help="a model trained by the same curriculum with the audio removed from "
                           "its data: asked the same questions without audio, it is the prior a model reaches unheard")
+    evaluate.add_argument("--workers", type=int, default=1,
+                          help="2: a second process answers the controls beside this one (CPU; each with half the "
+                               "threads: faster on 2 cores)")
     evaluate.set_defaults(func=_eval)
 
     server = commands.add_parser("serve", help="a trained model behind an OpenAI-compatible chat API")

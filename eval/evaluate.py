@@ -164,18 +164,80 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _control_path(out: Path, suffix: str) -> Path:
+    return out.with_name(f"{out.stem}.{suffix}.jsonl")
+
+
+def _answer_controls(folder: str, encoders, examples: list[Example], swapped: list[Example] | None, out: Path,
+                     decoding: Decoding, batch_size: int, threads: int) -> None:
+    """The second process of `evaluate(workers=2)`: the same model's controls into their files (another clip's audio,
+    the audio removed) while the first process answers with the audio and asks the text-only trained model. The first
+    then finds them answered (`run_manifest` resumes) and scores them."""
+    import torch
+
+    torch.set_num_threads(threads)
+    llm = AudioLLM.from_pretrained(folder, encoders=encoders)
+    if swapped is not None:
+        run_manifest(llm, swapped, _control_path(out, "mismatched"), decoding, batch_size, True, False)
+    run_manifest(llm, examples, _control_path(out, "no_audio"), decoding, batch_size, False, False)
+
+
+def _start_controls_process(llm: AudioLLM, examples: list[Example], swapped: list[Example] | None, out: Path,
+                            decoding: Decoding, batch_size: int, threads: int):
+    """`_answer_controls` in a spawned process (it loads the model again from its folder) → the process, started."""
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(
+        target=_answer_controls, name="pal-eval-controls",
+        args=(str(llm.folder), llm.ensemble.config if llm.ensemble is not None else None, examples, swapped, out,
+              decoding, batch_size, threads))
+    process.start()
+    return process
+
+
 def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Decoding | None = None,
-             batch_size: int = 8, baseline: bool = True, progress: bool = True, text_only: AudioLLM | None = None
-             ) -> dict:
+             batch_size: int = 8, baseline: bool = True, progress: bool = True, text_only: AudioLLM | None = None,
+             workers: int = 1) -> dict:
     """Answer, score and write `out` (JSON); answers go to `<out>.answers.jsonl` (and `.mismatched.jsonl`,
     `.no_audio.jsonl`, `.text_only.jsonl`), resumable. `text_only`: a model trained by the same curriculum without
-    audio, asked the same questions without audio (the "text_only_trained" control)."""
+    audio, asked the same questions without audio (the "text_only_trained" control).
+
+    `workers` = 2 on a CPU: a second process answers the mismatched-audio and audio-removed controls while this one
+    answers with the audio and asks the text-only model, each with half the threads (the model is loaded again there
+    from its folder); the reliance gap follows with all of them. Like two training ranks, two 1-thread processes keep
+    2 cores busier than one: decoding is mostly Python and small operators. The answers are the same greedy answers
+    either way; if the second process fails, this one answers what it left."""
+    import torch
+
     decoding = decoding or Decoding()
     out = Path(out)
     examples = read_questions(manifest)
     unscored = sorted({e.task or "(none)" for e in examples if e.task not in PARSERS})
     answers = out.with_name(out.stem + ".answers.jsonl")
-    with_audio = run_manifest(llm, examples, answers, decoding, batch_size, True, progress)
+    swapped = mismatched_audio(examples) if baseline else None
+    helper, threads = None, torch.get_num_threads()
+    if workers > 1 and baseline and llm.folder is not None and llm.device.type == "cpu":
+        share = max(1, threads // 2)
+        helper = _start_controls_process(llm, examples, swapped, out, decoding, batch_size, share)
+        torch.set_num_threads(share)
+    try:
+        with_audio = run_manifest(llm, examples, answers, decoding, batch_size, True, progress)
+        if text_only is not None:
+            run_manifest(text_only, examples, _control_path(out, "text_only"), decoding, batch_size, False, progress,
+                         "text-only trained model")
+    except BaseException:
+        if helper is not None:
+            helper.terminate()  # its files keep every whole line; a rerun resumes them
+        raise
+    finally:
+        if helper is not None:
+            helper.join()
+            torch.set_num_threads(threads)
+    if helper is not None and helper.exitcode != 0:
+        print(f"pal eval: the controls' process ended with exit code {helper.exitcode}; answering what it left here",
+              flush=True)
+    # Teacher-forced, large matrix products: with all the threads, once the controls' process is done.
+    reliance = reliance_gap(llm, examples, batch_size) if baseline else None
     rows = read_rows(answers)
     result = {
         "model": {"folder": str(llm.folder), "weights": {p.name: file_hash(p) for p in
@@ -191,13 +253,16 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     }
     # Latency of answering with audio, from the run that answered (a resumed run keeps the earlier figure).
     previous = json.loads(out.read_text()).get("latency") if out.is_file() else None
+    # With workers = 2 it was measured on half the threads, beside the controls' process: not a latency to quote.
     result["latency"] = ({"questions": with_audio["new"], "batch_size": batch_size,
-                          "seconds_per_question": with_audio["seconds"] / with_audio["new"]}
+                          "seconds_per_question": with_audio["seconds"] / with_audio["new"],
+                          "beside_the_controls_process": helper is not None}
                          if with_audio["new"] else previous)
+
     def control(key: str, model: AudioLLM, asked: list[Example], suffix: str, audio: bool, label: str) -> None:
         """Ask `asked` (the manifest's questions, perhaps with other audio) into `<out>.<suffix>.jsonl` and score the
         answers against the manifest's gold answers under tasks[task][key]."""
-        path = out.with_name(f"{out.stem}.{suffix}.jsonl")
+        path = _control_path(out, suffix)
         run_manifest(model, asked, path, decoding, batch_size, audio, progress, label)
         for task, scores in score(examples, read_rows(path)).items():
             result["tasks"].setdefault(task, {"n": 0, "metrics": {}})[key] = scores["metrics"]
@@ -207,11 +272,10 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
         # derangement of the manifest's clips), scored against its own clip's answer: what the model gets without
         # hearing the right clip. "no_audio": the same model with the audio removed from the prompt, which it never
         # saw in training (a model that babbles here proves nothing). The teacher-forced reliance gap beside them.
-        swapped = mismatched_audio(examples)
         if swapped is not None:
             control("mismatched_audio", llm, swapped, "mismatched", True, "mismatched audio")
         control("no_audio", llm, examples, "no_audio", False, "no-audio baseline")
-        result["reliance"] = reliance_gap(llm, examples, batch_size)
+        result["reliance"] = reliance
     if text_only is not None:
         control("text_only_trained", text_only, examples, "text_only", False, "text-only trained model")
         result["text_only_model"] = str(text_only.folder)

@@ -73,18 +73,22 @@ class AudioLLM:
         self._memo: OrderedDict[str, dict] = OrderedDict()  # file → its encoder outputs (`file_features`)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, encoders: str | Path | None = None, device_map: str | None = None,
-                        dtype: torch.dtype = torch.float32) -> "AudioLLM":
+    def from_pretrained(cls, folder: str | Path, encoders: str | Path | EnsembleConfig | None = None,
+                        device_map: str | None = None, dtype: torch.dtype = torch.float32) -> "AudioLLM":
         """A model folder (a stage's `final/`, or any PAL `save_pretrained` folder with its tokenizer).
 
-        encoders: an ensemble YAML, for folders without `encoders.json`; device_map: e.g. "auto" for accelerate.
+        encoders: an ensemble YAML (or its loaded config), for folders without `encoders.json`; device_map: e.g.
+        "auto" for accelerate.
         """
         from transformers import AutoTokenizer
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not a model folder (no config.json): pass a stage's final/ folder.")
-        config = EnsembleConfig.from_yaml(encoders) if encoders else read_ensemble_record(folder)[0]
+        if isinstance(encoders, EnsembleConfig):
+            config = encoders
+        else:
+            config = EnsembleConfig.from_yaml(encoders) if encoders else read_ensemble_record(folder)[0]
         model = PALForConditionalGeneration.from_pretrained(folder, dtype=dtype, device_map=device_map)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         return cls(model, tokenizer, AudioEncoderEnsemble(config), folder)

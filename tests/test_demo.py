@@ -89,3 +89,13 @@ def test_a_rerun_resumes_every_step(smoke, capsys):
     assert "[1/6] dataset: " in said and "is there" in said
     assert "SSLAM: " in said and "evaluation: " in said and said.count("is there") >= 3
     assert "already finished with this config" in said
+
+
+def test_a_folder_trained_by_another_recipe_says_what_to_do(smoke):
+    """The smoke run's folder was trained with 4 clips a step in 1 or 2 ranks; asked again in 4 ranks (1 clip each),
+    the stage hash differs, and the error names `pal demo`'s way out (it has no --restart) before anything trains."""
+    from workflows.demo import PRESETS, ensemble_config, step_curriculum
+
+    with pytest.raises(ValueError, match=r"was trained with a different config.*For `pal demo`: delete"):
+        step_curriculum(smoke, smoke / "data", PRESETS["smoke"], ensemble_config(smoke / "sslam" / "encoder"),
+                        smoke / "features", nproc=4)

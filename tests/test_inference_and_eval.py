@@ -387,3 +387,16 @@ def test_pal_eval_scores_every_task_with_baseline_and_provenance(trained_tiny, c
     printed = capsys.readouterr().out
     assert "qa        accuracy" in printed and "audio removed:" in printed and "another clip's audio:" in printed
     assert "audio-reliance gap" in printed
+    # --workers 2: a second process answers the controls; the same answers and scores.
+    (tmp_path / "two").mkdir()
+    assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out",
+                 str(tmp_path / "two" / "results.json"), "--max-new-tokens", "10", "--text-only-model",
+                 str(trained_tiny), "--workers", "2"]) == 0
+    assert "controls' process ended" not in capsys.readouterr().out
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["latency"]["beside_the_controls_process"] and not result["latency"]["beside_the_controls_process"]
+    assert two["tasks"] == result["tasks"] and two["reliance"] == result["reliance"]
+    for suffix in ("answers", "mismatched", "no_audio", "text_only"):
+        ours, theirs = ({r["id"]: r for r in map(json.loads, (folder / f"results.{suffix}.jsonl").read_text()
+                                                 .splitlines())} for folder in (tmp_path, tmp_path / "two"))
+        assert ours == theirs, suffix

@@ -33,8 +33,9 @@ def default_nproc() -> int:
     return 2 if threads_per_rank(1) >= 2 else 1
 
 
-def launch(args: list[str], nproc: int) -> int:
-    """Run `pal ARGS` as `nproc` ranks under torchrun on this machine and wait for them. → the launcher's exit status.
+def launch(module: str, args: list[str], nproc: int) -> int:
+    """Run `python -m MODULE ARGS` as `nproc` ranks under torchrun on this machine and wait for them. → the
+    launcher's exit status. (`pal train --nproc` and `pal demo` launch `recipes.curriculum`.)
 
     The ranks inherit the working directory (relative paths in ARGS mean what they meant here); a free rendezvous
     port is chosen (`--standalone`); OMP_NUM_THREADS is set to this process's cores // nproc unless the caller set it.
@@ -47,5 +48,5 @@ def launch(args: list[str], nproc: int) -> int:
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # torchrun sets them afresh
         env.pop(key, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "cli", *args]
+               "-m", module, *args]
     return subprocess.run(command, env=env, check=False).returncode

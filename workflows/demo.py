@@ -140,15 +140,18 @@ def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Pat
     else:
         say(f"[4/6] curriculum: {len(config.stages)} stages on SmolLM2-135M-Instruct, PAL (SSLAM via LAL from layer "
             f"{config.model.connector['lal_config']['start_layer']}, Whisper-base via PLITS)")
+    recipe = CurriculumRecipe(config, resume=True, source=yaml)
+    try:
+        states = [recipe.stage_state(k) for k in range(len(config.stages))]
+    except ValueError as err:  # a folder trained by another recipe (or --nproc): `pal demo` has no --restart
+        raise ValueError(f"{err} For `pal demo`: delete {config.out} to retrain it, or pass another --out.") from None
     resolved = out / f"{name}.json"
     resolved.write_text(json.dumps(asdict(config), indent=1, default=str))
-    recipe = CurriculumRecipe(config, resume=True, source=yaml)
     if nproc > 1:
-        states = [recipe.stage_state(k) for k in range(len(config.stages))]  # raises here if the folder disagrees
         if set(states) == {"finished"}:
             say(f"      {config.out}: every stage already finished with this config")
             return final
-        status = launch(["train", "--config", str(resolved), "--resume"], nproc)
+        status = launch("recipes.curriculum", ["--config", str(resolved), "--resume"], nproc)
         if status:
             raise RuntimeError(f"training {config.out} in {nproc} ranks failed (exit status {status}; the ranks' "
                                "errors are above); rerun `pal demo` to resume it, or pass --nproc 1")
@@ -166,7 +169,8 @@ def trained_model(final: Path):
     return AudioLLM.from_pretrained(final)
 
 
-def step_eval(out: Path, data: Path, final: Path, preset: dict, text_only_final: Path | None = None) -> dict:
+def step_eval(out: Path, data: Path, final: Path, preset: dict, text_only_final: Path | None = None,
+              workers: int = 1) -> dict:
     from eval.evaluate import evaluate
     from inference.audio_llm import AudioLLM, Decoding
 
@@ -178,7 +182,7 @@ def step_eval(out: Path, data: Path, final: Path, preset: dict, text_only_final:
     llm = trained_model(final)
     text_only = AudioLLM.from_pretrained(text_only_final) if text_only_final is not None else None
     return evaluate(llm, data / "test.jsonl", results, Decoding(max_new_tokens=preset["max_new_tokens"]),
-                    batch_size=preset["batch"], text_only=text_only)
+                    batch_size=preset["batch"], text_only=text_only, workers=workers)
 
 
 def step_fit(out: Path, data: Path, final: Path, preset: dict) -> dict:
@@ -308,7 +312,7 @@ def run_demo(args) -> int:
     features = step_features(out, data, encoders)
     final = step_curriculum(out, data, preset, encoders, features, nproc=args.nproc)
     text_only = step_curriculum(out, data, preset, encoders, features, text_only=True, nproc=args.nproc)
-    result = step_eval(out, data, final, preset, text_only)
+    result = step_eval(out, data, final, preset, text_only, workers=args.nproc)
     fit = step_fit(out, data, final, preset)
     md, page = step_report(out, data, result, fit, final, args.preset, time.time() - start)
     say("[6/6] report: " + f"{md} and {page}")
