@@ -164,8 +164,9 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _control_path(out: Path, suffix: str) -> Path:
-    return out.with_name(f"{out.stem}.{suffix}.jsonl")
+def _answers_file(out: Path, kind: str) -> Path:
+    """Where `evaluate` keeps one pass's answers: `<out>.<kind>.jsonl` (answers, mismatched, no_audio, text_only)."""
+    return out.with_name(f"{out.stem}.{kind}.jsonl")
 
 
 def _answer_controls(folder: str, encoders, examples: list[Example], swapped: list[Example] | None, out: Path,
@@ -178,8 +179,8 @@ def _answer_controls(folder: str, encoders, examples: list[Example], swapped: li
     torch.set_num_threads(threads)
     llm = AudioLLM.from_pretrained(folder, encoders=encoders)
     if swapped is not None:
-        run_manifest(llm, swapped, _control_path(out, "mismatched"), decoding, batch_size, True, False)
-    run_manifest(llm, examples, _control_path(out, "no_audio"), decoding, batch_size, False, False)
+        run_manifest(llm, swapped, _answers_file(out, "mismatched"), decoding, batch_size, True, False)
+    run_manifest(llm, examples, _answers_file(out, "no_audio"), decoding, batch_size, False, False)
 
 
 def _start_controls_process(llm: AudioLLM, examples: list[Example], swapped: list[Example] | None, out: Path,
@@ -213,7 +214,7 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     out = Path(out)
     examples = read_questions(manifest)
     unscored = sorted({e.task or "(none)" for e in examples if e.task not in PARSERS})
-    answers = out.with_name(out.stem + ".answers.jsonl")
+    answers = _answers_file(out, "answers")
     swapped = mismatched_audio(examples) if baseline else None
     helper, threads = None, torch.get_num_threads()
     if workers > 1 and baseline and llm.folder is not None and llm.device.type == "cpu":
@@ -223,7 +224,7 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     try:
         with_audio = run_manifest(llm, examples, answers, decoding, batch_size, True, progress)
         if text_only is not None:
-            run_manifest(text_only, examples, _control_path(out, "text_only"), decoding, batch_size, False, progress,
+            run_manifest(text_only, examples, _answers_file(out, "text_only"), decoding, batch_size, False, progress,
                          "text-only trained model")
     except BaseException:
         if helper is not None:
@@ -262,7 +263,7 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     def control(key: str, model: AudioLLM, asked: list[Example], suffix: str, audio: bool, label: str) -> None:
         """Ask `asked` (the manifest's questions, perhaps with other audio) into `<out>.<suffix>.jsonl` and score the
         answers against the manifest's gold answers under tasks[task][key]."""
-        path = _control_path(out, suffix)
+        path = _answers_file(out, suffix)
         run_manifest(model, asked, path, decoding, batch_size, audio, progress, label)
         for task, scores in score(examples, read_rows(path)).items():
             result["tasks"].setdefault(task, {"n": 0, "metrics": {}})[key] = scores["metrics"]
