@@ -14,26 +14,29 @@ import torch
 from data.manifest import Example, mismatched_audio
 from encoders.audio import AudioError
 from inference.audio_llm import AudioLLM
-from pal.processing_pal import scatter_rows
 
 from .bootstrap import mean_with_ci
 
 
-def _losses(llm: AudioLLM, batch: list[Example], clips: list[str], features: dict) -> torch.Tensor:
-    """Teacher-forced losses of `batch` [B], each with the row of `features` (one per path of `clips`) its audio names."""
-    audio = scatter_rows(features, [clips.index(e.audio) for e in batch])
-    conversations = [llm.conversation(e.prompt) + [{"role": "assistant", "content": e.answer}] for e in batch]
-    return llm.answer_losses(conversations, audio)
-
-
-def _encoded(llm: AudioLLM, examples: list[Example]) -> tuple[list[str], dict]:
-    """The distinct clips of `examples` (all with audio) and their features, from the model's memo of encoded files
-    (`AudioLLM.file_features`: after `pal eval`'s answering passes, no clip is read or encoded again)."""
-    clips = list(dict.fromkeys(e.audio for e in examples))
-    features, bad = llm.file_features(clips)
-    if bad:
-        raise AudioError(next(iter(bad.values())))
-    return clips, features
+def _losses(llm: AudioLLM, examples: list[Example], batch_size: int) -> torch.Tensor:
+    """Teacher-forced answer losses [N] of `examples`, each with the audio it names. The questions about one clip
+    are scored together, up to `batch_size` at a time, the prompt prefix they share (template and PLITS audio: most
+    of each row) run once (`AudioLLM.answer_losses_about_one_clip`). Clips come from the model's memo of encoded
+    files (`AudioLLM.file_features`: after `pal eval`'s answering passes, no clip is read or encoded again)."""
+    by_clip: dict[str, list[int]] = {}
+    for i, example in enumerate(examples):
+        by_clip.setdefault(example.audio, []).append(i)
+    losses = torch.empty(len(examples))
+    for clip, rows in by_clip.items():
+        features, bad = llm.file_features([clip])
+        if bad:
+            raise AudioError(next(iter(bad.values())))
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            conversations = [llm.conversation(examples[i].prompt) + [{"role": "assistant",
+                                                                      "content": examples[i].answer}] for i in part]
+            losses[part] = llm.answer_losses_about_one_clip(conversations, features)
+    return losses
 
 
 def reliance_gap(llm: AudioLLM, examples: list[Example], batch_size: int = 8) -> dict | None:
@@ -43,15 +46,7 @@ def reliance_gap(llm: AudioLLM, examples: list[Example], batch_size: int = 8) ->
     swapped = mismatched_audio(usable)
     if swapped is None:
         return None
-    own, other = [], []
-    for i in range(0, len(usable), batch_size):
-        # A batch's own clips and the clips it is mismatched with are mostly the same (clip j moves to clip j + 1):
-        # each is encoded once for both passes.
-        mine, theirs = usable[i : i + batch_size], swapped[i : i + batch_size]
-        clips, features = _encoded(llm, mine + theirs)
-        own.append(_losses(llm, mine, clips, features))
-        other.append(_losses(llm, theirs, clips, features))
-    own, other = torch.cat(own).numpy(), torch.cat(other).numpy()
+    own, other = _losses(llm, usable, batch_size).numpy(), _losses(llm, swapped, batch_size).numpy()
     return {"n": len(usable), "answer_loss": float(own.mean()), "answer_loss_mismatched": float(other.mean()),
             "gap": mean_with_ci(other - own)}
 

@@ -207,12 +207,41 @@ class AudioLLM:
         """Teacher-forced cross-entropy of each conversation's assistant turns (nats per answer token), given its
         prompt and its audio row → [B]. The audio-reliance diagnostics compare it with own and with mismatched audio."""
         inputs = to_device(self.processor.with_settings(padding_side="right")(conversations, audio), self.device)
-        labels = inputs["labels"]  # right padding, as in training
-        out = self.model(**inputs)
-        # out.logits: [N_supervised, V], the supervised positions (shifted labels ≠ -100) in row-major order
+        return self._mean_answer_losses(self.model(**inputs).logits, inputs["labels"])  # right padding, as in training
+
+    @torch.no_grad()
+    def answer_losses_about_one_clip(self, conversations: list[list[dict]], features: dict) -> torch.Tensor:
+        """`answer_losses` of B conversations about one clip (`features`: {name: (tokens [1, N_e, D_e], mask
+        [1, N_e])}) → [B]. As in `generate_about_one_clip`, the prompt prefix they share (the template's opening and
+        the PLITS audio: most of each row) runs through the LLM once and each row's own rest continues from its cache;
+        the losses are those of `answer_losses` with the clip per row, up to float rounding."""
+        repeats = len(conversations)
+        prefix, suffixes = self._shared_prefix(conversations, features)
+        longest = max((len(prefix["input_ids"][0]) + len(ids) for ids, _, _ in suffixes), default=0) if prefix else 0
+        if (prefix is None or any(labels[0] != -100 for _, labels, _ in suffixes)
+                or (self.processor.max_length and longest > self.processor.max_length)):
+            # Nothing shared, an answer token right after the prefix (its logit would be the prefix's), or rows the
+            # processor would cut: every row whole.
+            expanded = {n: (t.expand(repeats, -1, -1), m.expand(repeats, -1)) for n, (t, m) in features.items()}
+            return self.answer_losses(conversations, expanded)
+        cache = self.model(**to_device(prefix, self.device), audio=features, use_cache=True,
+                           logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(repeats)  # text positions copied per row; LAL keys/values shared
+        rest = to_device(self.processor.with_settings(padding_side="right").pad(suffixes), self.device)
+        shared = prefix["input_ids"].shape[1]
+        mask = torch.cat([torch.ones(repeats, shared, dtype=rest["attention_mask"].dtype, device=self.device),
+                          rest["attention_mask"]], dim=1)
+        out = self.model(input_ids=rest["input_ids"], attention_mask=mask, labels=rest["labels"],
+                         past_key_values=cache)
+        return self._mean_answer_losses(out.logits, rest["labels"])
+
+    @staticmethod
+    def _mean_answer_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """logits [N_supervised, V] at the positions whose next label is supervised (row-major, as the model returns
+        them with `labels`), labels [B, T] → mean cross-entropy per row [B]."""
         shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
         rows = (shifted != -100).nonzero()[:, 0]
-        token_loss = torch.nn.functional.cross_entropy(out.logits.float(), shifted[shifted != -100], reduction="none")
+        token_loss = torch.nn.functional.cross_entropy(logits.float(), shifted[shifted != -100], reduction="none")
         sums = torch.zeros(len(labels), device=token_loss.device).index_add_(0, rows, token_loss)
         return (sums / torch.bincount(rows, minlength=len(labels)).clamp(min=1)).cpu()
 

@@ -112,6 +112,31 @@ def test_training_evaluation_and_inference_make_one_batch_of_an_example(trained_
         assert math.isclose(loss, float(reported[i]), rel_tol=1e-5), (i, loss, float(reported[i]))
 
 
+def test_a_clips_answer_losses_with_its_shared_prefix_run_once_are_its_whole_rows_losses(trained_tiny, curriculum_env):
+    """The reliance gap scores a clip's questions together, their shared prompt prefix (template, PLITS audio) run
+    once: the losses are those of every row run whole, through fewer positions."""
+    from inference.audio_llm import AudioLLM
+
+    llm = AudioLLM.from_pretrained(trained_tiny)
+    features, bad = llm.file_features([str(curriculum_env / "tone1.wav")])
+    assert not bad
+    asked = [("Describe the sound.", "A steady high tone."), ("What do you hear?", "a tone"),
+             ("Is there a tone? Answer yes or no.", "yes")]
+    conversations = [llm.conversation(q) + [{"role": "assistant", "content": a}] for q, a in asked]
+    positions = []  # [B, T] through the LLM's first layer per forward
+    hook = llm.model.llm.model.layers[0].register_forward_pre_hook(
+        lambda _m, args, kwargs: positions.append((args[0] if args else kwargs["hidden_states"]).shape[:2]),
+        with_kwargs=True)
+    shared = llm.answer_losses_about_one_clip(conversations, features)
+    through_shared, positions[:] = sum(b * t for b, t in positions), []
+    expanded = {n: (t.expand(3, -1, -1), m.expand(3, -1)) for n, (t, m) in features.items()}
+    whole = llm.answer_losses(conversations, expanded)
+    hook.remove()
+    assert len(positions) == 1 and through_shared < sum(b * t for b, t in positions), (through_shared, positions)
+    assert torch.allclose(shared, whole, rtol=1e-4, atol=1e-5), (shared, whole)
+    assert len(set(whole.tolist())) == 3  # three answers, three losses: the comparison is not of one number
+
+
 CONNECTORS = {
     "plits": dict(connector="plits", plits_config=dict(mlp_downsample=8)),
     "plits_qformer": dict(connector="plits", plits_config=dict(projector="qformer", qformer_latents=4,

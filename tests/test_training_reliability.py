@@ -212,6 +212,18 @@ def test_a_finished_run_refuses_a_changed_config_unless_restarted(stopped_run, c
     assert result["steps"] == 6 and "skipped" not in result
 
 
+def test_an_unfinished_run_resumes_only_in_as_many_ranks_as_it_started(stopped_run, tmp_path):
+    config, _ = stopped_run
+    _copy(stopped_run, tmp_path)
+    record_path = tmp_path / "run" / "stage1-connector" / "stage.json"
+    record = json.loads(record_path.read_text())
+    assert record["world_size"] == 1  # what the in-process run recorded
+    record_path.write_text(json.dumps({**record, "world_size": 2}))  # as if started under `pal train --nproc 2`
+    with pytest.raises(ValueError, match=r"started in 2 rank\(s\) and this run has 1: resume it with `--nproc 2`"):
+        train_in_process(config, tmp_path / "run", resume=True)
+    assert json.loads(record_path.read_text())["world_size"] == 2  # the refused run wrote nothing
+
+
 def test_an_unfinished_run_without_resume_is_refused(stopped_run, tmp_path):
     config, _ = stopped_run
     _copy(stopped_run, tmp_path)

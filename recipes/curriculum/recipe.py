@@ -337,6 +337,12 @@ class CurriculumRecipe(Recipe):
             if not self.resume:
                 raise ValueError(f"{stage_dir} holds checkpoints of an unfinished run: pass --resume to continue it, "
                                  "or --restart to start over.")
+            # batch_size is per rank, so another number of ranks would continue with another global batch and data
+            # order (and ZeRO's optimizer shards are cut per rank); the hash cannot tell, the record can.
+            ranks = (record or {}).get("world_size")
+            if ranks is not None and ranks != self.world:
+                raise ValueError(f"{stage_dir} was started in {ranks} rank(s) and this run has {self.world}: resume it "
+                                 f"with `--nproc {ranks}` (the global batch is batch_size × ranks), or pass --restart.")
             return "started"
         return "new"
 
@@ -374,7 +380,7 @@ class CurriculumRecipe(Recipe):
             run_id = (self.stage_record(k) or {}).get("run") if resume else None
             atomic_write_json(stage_dir / STAGE_RECORD, {
                 "hash": self.stage_hash(k), "run": run_id or uuid.uuid4().hex[:12],
-                "previous_run": (previous or {}).get("run"), "config": asdict(stage)})
+                "previous_run": (previous or {}).get("run"), "world_size": self.world, "config": asdict(stage)})
         zero3 = self.ds_configs[k]["zero_optimization"]["stage"] == 3
         model = self.build_model(k, self.ds_configs[k] if zero3 else None)
         counts = set_trainable(model, stage.trainable)
