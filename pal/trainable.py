@@ -67,7 +67,23 @@ def set_trainable(model: nn.Module, groups: list[str] | tuple[str, ...]) -> dict
             f"trainable group(s) {empty} select no parameter in this model"
             + (" (attach LoRA first: set `lora` in the model config)." if "lora" in empty else ".")
         )
+    _dropout_only_where_lora_trains(model)
     return counts
+
+
+def _dropout_only_where_lora_trains(model: nn.Module) -> None:
+    """A frozen LoRA adapter's input dropout is switched off (p = 0, PyTorch then returns its input untouched) and
+    restored when the adapter trains again. It only adds noise to a function that nothing learns in, and on a CPU it
+    is not cheap: in a connector-only stage it took as long as the LLM's forward linear layers (README: Efficiency).
+    A fresh adapter (lora_B = 0) gives exactly the same output either way."""
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, nn.ModuleDict):
+            continue
+        for adapter, dropout in dropouts.items():
+            if isinstance(dropout, nn.Dropout):
+                dropout.trained_p = getattr(dropout, "trained_p", dropout.p)  # the configured rate, kept once
+                dropout.p = dropout.trained_p if module.lora_A[adapter].weight.requires_grad else 0.0
 
 
 def attach_lora(llm: nn.Module, lora: dict) -> None:

@@ -48,6 +48,30 @@ def test_only_selected_groups_train(connector, groups, expect_trained):
             assert torch.equal(p, before[name]), f"frozen parameter {name} changed"
 
 
+def test_a_frozen_lora_adapter_gets_no_dropout_and_a_training_one_its_own():
+    """Dropout on a frozen adapter's input only adds noise (and CPU time) where nothing learns: off while LoRA is
+    frozen, so a connector-only step sees the function inference computes; the configured rate is back once LoRA
+    trains."""
+    lora = {"r": 4, "alpha": 8, "dropout": 0.3, "target_modules": ["q_proj", "k_proj", "v_proj"]}
+    model, _ = tiny_pal("lal", lora=lora)  # its lora_B is random, not zero: the adapters change the output
+    dropouts = [m for n, m in model.named_modules() if ".lora_dropout." in n]
+    assert len(dropouts) == 3 * model.config.text_config.num_hidden_layers
+    batch = build_inputs(model, random_texts([8, 6]), audio := random_audio(model.config, [5, 4]))
+
+    def logits(training: bool) -> torch.Tensor:
+        with torch.no_grad():
+            return model.train(training)(**batch, audio=audio).logits
+
+    inference = logits(False)
+    assert not torch.allclose(logits(True), inference, atol=1e-4)  # the adapters' dropout is on in training
+    set_trainable(model, ["connector"])
+    assert all(d.p == 0.0 for d in dropouts)
+    assert torch.equal(logits(True), inference)
+    set_trainable(model, ["connector", "lora"])
+    assert all(d.p == 0.3 for d in dropouts)
+    assert not torch.allclose(logits(True), inference, atol=1e-4)
+
+
 def test_unknown_or_empty_group_is_an_error():
     model, _ = tiny_pal("lal")
     with pytest.raises(ValueError, match="unknown trainable group.*choose from"):
