@@ -248,7 +248,7 @@ def _compare(args) -> int:
         configs, manifests = [Path(c) for c in args.configs], [Path(m) for m in args.manifests]
         seeds, bench = args.seeds or 3, args.bench_preset or "quick"
     record = compare(configs, seeds, out, manifests, None if bench == "none" else bench, args.batch_size,
-                     args.max_new_tokens)
+                     args.max_new_tokens, args.nproc)
     failed = [f"{c} seed {s}" for c, runs in {**record["runs"], "text-only baseline": record["text_only"]}.items()
               for s, r in runs.items() if r["status"] != "done"]
     print(f"report: {record['report'][0]} and {record['report'][1]}")
@@ -297,7 +297,7 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job end to end on the embedded default LLM")
     demo.add_argument("--preset", choices=["smoke", "full"], default="full",
-                      help="smoke: a few minutes; full (make demo): about 45 minutes on 2 CPU cores")
+                      help="smoke: a few minutes; full (make demo): about 32 minutes on 2 CPU cores")
     demo.add_argument("--out", default=None, help="output folder (default runs/demo or runs/demo-smoke); reruns resume")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--nproc", type=int, default=None,
@@ -375,6 +375,10 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
                             help="pal bench efficiency preset for the memory/throughput plots (default quick)")
     comparison.add_argument("--batch-size", type=int, default=8)
     comparison.add_argument("--max-new-tokens", type=int, default=32)
+    comparison.add_argument("--nproc", type=int, default=1,
+                            help="train each run in N local ranks (torchrun), each taking batch_size / N of every "
+                                 "stage (a run folder trained with another N is refused: its stages' hash counts the "
+                                 "batch per rank)")
     comparison.set_defaults(func=_compare)
 
     data = commands.add_parser("data", help="datasets: the demo dataset, converters of public datasets")

@@ -93,3 +93,18 @@ def test_finished_runs_are_reused_and_a_failing_run_is_reported(smoke, capsys):
     assert record["runs"]["plits"]["0"]["status"] == "done" and model.stat().st_mtime_ns == stamp  # reused
     assert record["runs"]["broken"]["0"]["status"] == "failed" and "missing.jsonl" in record["runs"]["broken"]["0"]["error"]
     assert "| broken | 0 | failed |" in (smoke / "report.md").read_text()
+
+
+def test_runs_train_in_two_ranks_with_the_configs_global_batch(smoke, tmp_path):
+    """--nproc 2: the run and its text-only baseline train in two ranks of 2, the smoke config's batch of 4 split."""
+    out = tmp_path / "ranks"
+    assert main(["compare", "--configs", str(smoke / "smoke" / "plits.yaml"), "--manifests",
+                 str(smoke / "smoke" / "test.jsonl"), "--seeds", "1", "--out", str(out), "--bench-preset", "none",
+                 "--nproc", "2"]) == 0
+    for run in ("plits", "text-only"):
+        log = (out / "runs" / run / "seed0" / "stage1-connector" / "log.jsonl").read_text().splitlines()
+        end = next(json.loads(line) for line in log if json.loads(line).get("event") == "end")
+        assert end["ranks"] == 2 and end["examples"] == 12 * 4, (run, end)  # 12 steps of 2 ranks × 2 questions
+        resolved = json.loads((out / "runs" / run / "seed0.json").read_text())
+        assert resolved["seed"] == 0 and [s["batch_size"] for s in resolved["stages"]] == [2]
+    assert (out / "runs" / "plits" / "seed0" / "eval-test.json").is_file()

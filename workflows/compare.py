@@ -6,9 +6,10 @@ own seed replaced by k), and its last stage's model is evaluated on every test m
 there (what `pal eval` writes, with its controls). The text-only trained baseline, the first config's curriculum
 on the same questions with the audio removed, is trained once per seed into `OUT/runs/text-only/seed<k>/`, and
 every evaluation asks it the same questions beside its model. Finished runs and evaluations are reused, unfinished ones
-resume, and a run that fails is reported with its error while the others go on. Runs happen one after another in
-this process; to train on several GPUs, train the runs with `pal train` under torchrun into the same folders first:
-`pal compare` then only evaluates and reports.
+resume, and a run that fails is reported with its error while the others go on. Runs happen one after another,
+each in this process or, with `--nproc N`, in N local ranks under torchrun (one per GPU; on a 2-core CPU two 1-thread
+ranks train faster than one process), each rank taking its share of every stage's batch so the global batch stays
+the config's.
 
 The report's numbers are read from the run folders. Over seeds: the mean, the sample standard deviation and the 95%
 interval of the mean (Student t with K-1 degrees of freedom); against the first config: the per-seed paired
@@ -40,31 +41,30 @@ def run_folder(out: Path, config: Path, seed: int) -> Path:
     return out / "runs" / config.stem / f"seed{seed}"
 
 
-def train(config: Path, seed: int, folder: Path, text_only: bool = False) -> Path:
+def train(config: Path, seed: int, folder: Path, text_only: bool = False, nproc: int = 1) -> Path:
     """The curriculum with this seed (resumed or skipped when done) → its last stage's model folder. `text_only`:
     the same curriculum on its manifests with the audio removed (recipes/curriculum/text_only.py), the manifests written
-    into `folder`."""
+    into `folder`. `nproc` > 1: in that many local ranks, each taking its share of every stage's batch; the config each
+    rank ran is written beside the folder (`seed<k>.json`)."""
+    from recipes.curriculum.command import train_in_ranks
     from recipes.curriculum.config import CurriculumConfig
-    from recipes.curriculum.recipe import CurriculumRecipe
     from recipes.curriculum.text_only import text_only_curriculum
 
     curriculum = CurriculumConfig.from_yaml(config)
-    curriculum.seed = seed
+    curriculum.seed, curriculum.out = seed, str(folder)
     if text_only:
         curriculum = text_only_curriculum(curriculum, check_writable(folder) / "manifests")
-    recipe = CurriculumRecipe(curriculum, out=folder, resume=True, source=config)
-    recipe.run()
-    return recipe.stage_dir(len(curriculum.stages) - 1) / "final"
+    return train_in_ranks(curriculum, nproc, config, folder.parent / f"{folder.name}.json")
 
 
 def train_and_evaluate(config: Path, seed: int, folder: Path, manifests: list[Path], batch_size: int,
-                       max_new_tokens: int, text_only: Path | None = None) -> None:
+                       max_new_tokens: int, text_only: Path | None = None, nproc: int = 1) -> None:
     """One run: the curriculum with this seed, then each manifest evaluated with its controls (`text_only`: the
     text-only trained baseline's model folder for this seed)."""
     from eval.evaluate import evaluate
     from inference.audio_llm import AudioLLM, Decoding
 
-    final = train(config, seed, folder)
+    final = train(config, seed, folder, nproc=nproc)
     todo = [m for m in manifests if not (folder / f"eval-{m.stem}.json").is_file()]
     if todo:
         llm = AudioLLM.from_pretrained(final)
@@ -246,8 +246,8 @@ def build_report(out: Path, record: dict, runs: dict, summary: dict, bench: Path
 
 
 def compare(configs: list[Path], seeds: int, out: Path, manifests: list[Path], bench_preset: str | None = "quick",
-            batch_size: int = 8, max_new_tokens: int = 32) -> dict:
-    """Train, evaluate and report; → the record written to `OUT/compare.json`."""
+            batch_size: int = 8, max_new_tokens: int = 32, nproc: int = 1) -> dict:
+    """Train (each run in `nproc` local ranks), evaluate and report; → the record written to `OUT/compare.json`."""
     out = check_writable(out)
     names = [c.stem for c in configs]
     if len(set(names)) != len(names):
@@ -261,7 +261,7 @@ def compare(configs: list[Path], seeds: int, out: Path, manifests: list[Path], b
     for seed in range(seeds):
         folder = out / "runs" / TEXT_ONLY / f"seed{seed}"
         try:
-            baselines[seed] = train(configs[0], seed, folder, text_only=True)
+            baselines[seed] = train(configs[0], seed, folder, text_only=True, nproc=nproc)
             record["text_only"][str(seed)] = {"status": "done", "folder": str(folder), "from": configs[0].stem}
         except Exception as err:
             record["text_only"][str(seed)] = {"status": "failed", "folder": str(folder),
@@ -271,7 +271,8 @@ def compare(configs: list[Path], seeds: int, out: Path, manifests: list[Path], b
         for seed in range(seeds):
             folder = run_folder(out, config, seed)
             try:
-                train_and_evaluate(config, seed, folder, manifests, batch_size, max_new_tokens, baselines.get(seed))
+                train_and_evaluate(config, seed, folder, manifests, batch_size, max_new_tokens, baselines.get(seed),
+                                   nproc)
                 runs[config.stem][seed] = read_run(folder, manifests)
                 record["runs"][config.stem][str(seed)] = {"status": "done", "folder": str(folder)}
             except Exception as err:  # a failed run is reported; the comparison goes on with the others

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,50 +115,29 @@ def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Pat
     """Train the curriculum on the demo's manifests; `text_only`: the text-only trained baseline
     (recipes/curriculum/text_only.py), in `curriculum-text-only/`. `nproc` > 1: in that many ranks under torchrun
     (training/launch.py), each taking its share of the YAML's batch, so the global batch and the data stay the same."""
+    from recipes.curriculum.command import train_in_ranks
     from recipes.curriculum.config import CurriculumConfig
-    from recipes.curriculum.recipe import CurriculumRecipe
     from recipes.curriculum.text_only import text_only_curriculum
-    from training.launch import launch
 
     yaml = ROOT / "configs" / "pal" / preset["curriculum"]
     config = CurriculumConfig.from_yaml(yaml)
-    for k, stage in enumerate(config.stages):
+    for stage in config.stages:
         for source in stage.data:
             source.manifest = str(data / Path(source.manifest).name)
         stage.val_manifest = str(data / "val.jsonl")
-        if stage.batch_size % nproc:
-            raise ValueError(f"{yaml}: stages[{k}].batch_size {stage.batch_size} does not split into --nproc "
-                             f"{nproc} ranks; choose an --nproc that divides it.")
-        stage.batch_size //= nproc
     if text_only:
         config = text_only_curriculum(config, data / "text-only")
     name = "curriculum-text-only" if text_only else "curriculum"
     config.model.encoders, config.feature_cache, config.out = encoders, str(features), str(out / name)
-    final = Path(config.out) / f"stage{len(config.stages)}-{config.stages[-1].name}" / "final"
     if text_only:
         say(f"[4/6] text-only trained baseline: the same curriculum without the audio, in {config.out}")
     else:
         say(f"[4/6] curriculum: {len(config.stages)} stages on SmolLM2-135M-Instruct, PAL (SSLAM via LAL from layer "
             f"{config.model.connector['lal_config']['start_layer']}, Whisper-base via PLITS)")
-    recipe = CurriculumRecipe(config, resume=True, source=yaml)
-    try:
-        states = [recipe.stage_state(k) for k in range(len(config.stages))]
-    except ValueError as err:  # a folder trained by another recipe (or --nproc): `pal demo` has no --restart
-        raise ValueError(f"{err} For `pal demo`: delete {config.out} to retrain it, or pass another --out.") from None
-    resolved = out / f"{name}.json"
-    resolved.write_text(json.dumps(asdict(config), indent=1, default=str))
-    if nproc > 1:
-        if set(states) == {"finished"}:
-            say(f"      {config.out}: every stage already finished with this config")
-            return final
-        status = launch("recipes.curriculum", ["--config", str(resolved), "--resume"], nproc)
-        if status:
-            raise RuntimeError(f"training {config.out} in {nproc} ranks failed (exit status {status}; the ranks' "
-                               "errors are above); rerun `pal demo` to resume it, or pass --nproc 1")
-        return final
-    for result in recipe.run():
-        say(f"      stage {result}")
-    return final
+    # A folder trained by another recipe (or --nproc): `pal demo` has no --restart.
+    return train_in_ranks(config, nproc, yaml, out / f"{name}.json",
+                          advice=f"For `pal demo`: delete {config.out} to retrain it, or pass another --out.",
+                          on_stage=lambda result: say(f"      stage {result}"))
 
 
 @functools.cache

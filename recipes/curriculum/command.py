@@ -7,6 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+from copy import deepcopy
+from dataclasses import asdict
+from pathlib import Path
+from collections.abc import Callable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,3 +50,47 @@ def run(args: argparse.Namespace) -> int:
         if recipe.rank == 0:
             print(f"stage {result}", flush=True)
     return 0
+
+
+def train_in_ranks(config, nproc: int, source: str | Path, resolved: Path, advice: str = "",
+                   on_stage: Callable[[dict], None] | None = None) -> Path:
+    """Train `config` (a CurriculumConfig: its `out`, manifests and seed as they should run) in `nproc` local ranks,
+    the global batch kept: each rank takes `batch_size // nproc` (ValueError when that does not divide). Finished
+    stages are skipped, unfinished ones resumed; a folder trained with another config raises before anything trains
+    (the recipe's error, with `advice` appended). The per-rank config is written to `resolved` (what trained, and
+    what the ranks read: `python -m recipes.curriculum --config RESOLVED --resume` under torchrun, training/launch.py).
+    One rank trains in this process, `on_stage` getting each stage's summary. → the last stage's `final/` folder.
+    (`pal demo` and `pal compare` train through here.)"""
+    from training.launch import launch
+
+    from .recipe import CurriculumRecipe
+
+    config = deepcopy(config)
+    for k, stage in enumerate(config.stages):
+        if stage.batch_size % nproc:
+            raise ValueError(f"{source}: stages[{k}].batch_size {stage.batch_size} does not split into {nproc} ranks; "
+                             "choose a number of ranks (--nproc) that divides it.")
+        stage.batch_size //= nproc
+    recipe = CurriculumRecipe(config, resume=True, source=source)
+    try:
+        states = [recipe.stage_state(k) for k in range(len(config.stages))]
+    except ValueError as err:
+        raise ValueError(f"{err} {advice}".strip()) from None
+    final = recipe.stage_dir(len(config.stages) - 1) / "final"
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    resolved.write_text(json.dumps(asdict(config), indent=1, default=str))
+    if nproc == 1:
+        for result in recipe.run():
+            if on_stage is not None:
+                on_stage(result)
+        return final
+    if set(states) == {"finished"}:  # what the recipe would say of each, without starting the ranks
+        for k in range(len(config.stages)):
+            if on_stage is not None:
+                on_stage({"stage": k + 1, "skipped": "already finished with this config"})
+        return final
+    status = launch("recipes.curriculum", ["--config", str(resolved), "--resume"], nproc)
+    if status:
+        raise RuntimeError(f"training {config.out} in {nproc} ranks failed (exit status {status}; the ranks' "
+                           "errors are above): run it again to resume it, or train in one rank (--nproc 1).")
+    return final
