@@ -44,8 +44,8 @@ def run_folder(out: Path, config: Path, seed: int) -> Path:
 def train(config: Path, seed: int, folder: Path, text_only: bool = False, nproc: int = 1) -> Path:
     """The curriculum with this seed (resumed or skipped when done) → its last stage's model folder. `text_only`:
     the same curriculum on its manifests with the audio removed (recipes/curriculum/text_only.py), the manifests written
-    into `folder`. `nproc` > 1: in that many local ranks, each taking its share of every stage's batch; the config each
-    rank ran is written beside the folder (`seed<k>.json`)."""
+    into `folder`. `nproc` > 1: in that many local ranks, each taking its share of every stage's batch. The config as
+    each rank ran it is written beside the folder (`seed<k>.json`)."""
     from recipes.curriculum.command import train_in_ranks
     from recipes.curriculum.config import CurriculumConfig
     from recipes.curriculum.text_only import text_only_curriculum

@@ -1,17 +1,18 @@
 """The curriculum's command-line options and its run, shared by `pal train` and `python -m recipes.curriculum`.
 
-`pal train --nproc N` and `pal demo` start their ranks as `python -m recipes.curriculum ...` under torchrun
-(training/launch.py): the recipe's own entry point, so nothing below the command line launches the command line.
+`pal train --nproc N`, `pal demo` and `pal compare --nproc N` start their ranks as `python -m recipes.curriculum ...`
+under torchrun (training/launch.py): the recipe's own entry point, so nothing below the command line launches the
+command line. `train_in_ranks` is that launch for a config built in code (the demo's, compare's seeds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Callable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
