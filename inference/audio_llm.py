@@ -222,11 +222,8 @@ class AudioLLM:
                 or (self.processor.max_length and longest > self.processor.max_length)):
             # Nothing shared, an answer token right after the prefix (its logit would be the prefix's), or rows the
             # processor would cut: every row whole.
-            expanded = {n: (t.expand(repeats, -1, -1), m.expand(repeats, -1)) for n, (t, m) in features.items()}
-            return self.answer_losses(conversations, expanded)
-        cache = self.model(**to_device(prefix, self.device), audio=features, use_cache=True,
-                           logits_to_keep=1).past_key_values
-        cache.batch_repeat_interleave(repeats)  # text positions copied per row; LAL keys/values shared
+            return self.answer_losses(conversations, _per_row(features, repeats))
+        cache = self._prefix_cache(prefix, features, repeats)
         rest = to_device(self.processor.with_settings(padding_side="right").pad(suffixes), self.device)
         shared = prefix["input_ids"].shape[1]
         mask = torch.cat([torch.ones(repeats, shared, dtype=rest["attention_mask"].dtype, device=self.device),
@@ -274,19 +271,22 @@ class AudioLLM:
         if decoding.num_beams > 1 or prefix is None:
             # Beam search grows the batch inside generate(); prepared rows would not follow, so it computes its own.
             cache = self.model.prepare_audio(features, repeats) if decoding.num_beams == 1 else None
-            expanded = {n: (t.expand(repeats, -1, -1), m.expand(repeats, -1)) for n, (t, m) in features.items()}
-            return self.generate(conversations, expanded, decoding, cache=cache)
-        with torch.no_grad():
-            out = self.model(**{k: v.to(self.device) for k, v in prefix.items()}, audio=features, use_cache=True,
-                             logits_to_keep=1)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(repeats)  # text positions copied per question; LAL keys/values shared
+            return self.generate(conversations, _per_row(features, repeats), decoding, cache=cache)
+        cache = self._prefix_cache(prefix, features, repeats)
         rest = self.processor.pad(suffixes)
         shared = prefix["input_ids"].shape[1]
         inputs = {"input_ids": torch.cat([prefix["input_ids"].expand(repeats, -1), rest["input_ids"]], dim=1),
                   "attention_mask": torch.cat([torch.ones(repeats, shared, dtype=rest["attention_mask"].dtype),
                                                rest["attention_mask"]], dim=1)}  # padding between the two parts
         return self._generate(inputs, decoding, cache)
+
+    @torch.no_grad()
+    def _prefix_cache(self, prefix: dict, features: dict, repeats: int):
+        """The shared prefix ([1, P], `_shared_prefix`) run once with its clip → its cache, the text positions copied
+        for `repeats` rows; LAL's audio keys/values stay shared."""
+        out = self.model(**to_device(prefix, self.device), audio=features, use_cache=True, logits_to_keep=1)
+        out.past_key_values.batch_repeat_interleave(repeats)
+        return out.past_key_values
 
     def _shared_prefix(self, conversations: list[list[dict]], features: dict):
         """The token prefix that every conversation's prompt shares, as a batch of one ({input_ids, attention_mask,
@@ -310,6 +310,11 @@ class AudioLLM:
     def ask_without_audio(self, questions: list[str | list[dict]], decoding: Decoding | None = None) -> list[str]:
         """The same model with the audio removed from the prompt: the no-audio baseline."""
         return self.generate([self.conversation(q, with_audio=False) for q in questions], None, decoding)
+
+
+def _per_row(features: dict, repeats: int) -> dict:
+    """One clip's features {name: (tokens [1, N_e, D_e], mask [1, N_e])} → the same clip for `repeats` rows (views)."""
+    return {n: (t.expand(repeats, -1, -1), m.expand(repeats, -1)) for n, (t, m) in features.items()}
 
 
 __all__ = ["AudioLLM", "Decoding"]
