@@ -204,10 +204,35 @@ def _infer(args) -> int:
     return 1 if summary["skipped"] else 0
 
 
+def _print_gap(reliance: dict) -> None:
+    gap = reliance["gap"]
+    print(f"audio-reliance gap (answer loss with another clip's audio minus with its own, nats/token): "
+          f"{gap['value']:+.4f} [{gap['ci95'][0]:+.4f}, {gap['ci95'][1]:+.4f}], n={reliance['n']}")
+    for task, part in reliance.get("by_task", {}).items():
+        low, high = part["gap"]["ci95"]
+        print(f"  {task:9s} answer loss {part['answer_loss']:.4f}, with another clip's audio "
+              f"{part['answer_loss_mismatched']:.4f}: gap {part['gap']['value']:+.4f} [{low:+.4f}, {high:+.4f}], "
+              f"n={part['n']}")
+
+
+def _gap_only(args) -> int:
+    """`pal eval --gap-only`: the teacher-forced reliance gap alone, nothing generated (eval/reliance.py)."""
+    from eval.reliance import reliance_on_manifest
+
+    tasks = args.tasks.split(",") if args.tasks else None
+    _print_gap(reliance_on_manifest(_load_llm(args), args.manifest, args.out, tasks, args.batch_size)["reliance"])
+    print(f"results: {args.out}")
+    return 0
+
+
 def _eval(args) -> int:
     from eval.evaluate import evaluate
     from eval.report import CONTROLS
 
+    if args.gap_only:
+        return _gap_only(args)
+    if args.tasks:
+        raise ValueError("--tasks goes with --gap-only; `pal eval` answers every task of the manifest.")
     text_only = None
     if args.text_only_model:
         from inference.audio_llm import AudioLLM
@@ -224,11 +249,8 @@ def _eval(args) -> int:
                 print(f"{task:9s} {name:16s} {metric['value']:.4f}  [{low:.4f}, {high:.4f}]  n={metric['n']}{controls}")
             elif isinstance(metric, dict) and "unavailable" in metric:
                 print(f"{task:9s} {name:16s} unavailable: {metric['unavailable']}")
-    reliance = result.get("reliance")
-    if reliance:
-        gap = reliance["gap"]
-        print(f"audio-reliance gap (answer loss with another clip's audio minus with its own, nats/token): "
-              f"{gap['value']:+.4f} [{gap['ci95'][0]:+.4f}, {gap['ci95'][1]:+.4f}], n={reliance['n']}")
+    if result.get("reliance"):
+        _print_gap(result["reliance"])
     print(f"results: {args.out}")
     for example_id, why in result["skipped"].items():
         print(f"pal: skipped {example_id}: {why}", file=sys.stderr)
@@ -346,6 +368,11 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=1,
                           help="2: a second process answers the controls beside this one (CPU; each with half the "
                                "threads: faster on 2 cores)")
+    evaluate.add_argument("--gap-only", action="store_true",
+                          help="only the teacher-forced audio-reliance gap (each gold answer's loss with its own and "
+                               "with another clip's audio), per task, nothing generated: the quick way to compare "
+                               "two recipes")
+    evaluate.add_argument("--tasks", help="with --gap-only: only these tasks, comma-separated (e.g. classify)")
     evaluate.set_defaults(func=_eval)
 
     server = commands.add_parser("serve", help="a trained model behind an OpenAI-compatible chat API")

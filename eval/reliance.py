@@ -5,13 +5,19 @@ with another clip's audio given by a fixed derangement of the manifest's clips (
 the audio finds its own clip's answer likelier: the gap (mismatched minus own, paired per example) is positive, with a
 bootstrap 95% interval. A model that answers from the question and the dataset's prior has a gap of zero, however
 good its scores look. The same gap is logged during training at every evaluation (recipes/curriculum/recipe.py).
+It is reported per task as well, and `pal eval --gap-only` computes it alone (`reliance_on_manifest`).
 """
 
 from __future__ import annotations
 
+import datetime
+from pathlib import Path
+
+import numpy as np
 import torch
 
-from data.manifest import Example, mismatched_audio
+from common.safe_write import atomic_write_json, disk_errors
+from data.manifest import Example, mismatched_audio, validate_manifest
 from encoders.audio import AudioError
 from inference.audio_llm import AudioLLM
 
@@ -39,16 +45,43 @@ def _losses(llm: AudioLLM, examples: list[Example], batch_size: int) -> torch.Te
     return losses
 
 
+def _summary(own: np.ndarray, other: np.ndarray) -> dict:
+    return {"n": len(own), "answer_loss": float(own.mean()), "answer_loss_mismatched": float(other.mean()),
+            "gap": mean_with_ci(other - own)}
+
+
 def reliance_gap(llm: AudioLLM, examples: list[Example], batch_size: int = 8) -> dict | None:
-    """{"n", "answer_loss", "answer_loss_mismatched", "gap": {"value", "ci95", "n"}} over the examples with audio and
-    a gold answer; None when fewer than two distinct clips are there."""
+    """{"n", "answer_loss", "answer_loss_mismatched", "gap": {"value", "ci95", "n"}, "by_task": {task: the same
+    four}} over the examples with audio and a gold answer; None when fewer than two distinct clips are there.
+
+    Read the gap, not the answer loss alone: a change that teaches the answers' prior faster (their form, the labels'
+    frequencies) lowers the loss with another clip's audio as much as with the right one, and the gap stays."""
     usable = [e for e in examples if e.audio is not None and e.answer is not None]
     swapped = mismatched_audio(usable)
     if swapped is None:
         return None
     own, other = _losses(llm, usable, batch_size).numpy(), _losses(llm, swapped, batch_size).numpy()
-    return {"n": len(usable), "answer_loss": float(own.mean()), "answer_loss_mismatched": float(other.mean()),
-            "gap": mean_with_ci(other - own)}
+    tasks = np.array([e.task or "(none)" for e in usable])
+    return {**_summary(own, other),
+            "by_task": {task: _summary(own[tasks == task], other[tasks == task]) for task in sorted(set(tasks))}}
 
 
-__all__ = ["reliance_gap"]
+def reliance_on_manifest(llm: AudioLLM, manifest: str | Path, out: str | Path, tasks: list[str] | None = None,
+                         batch_size: int = 8) -> dict:
+    """`pal eval --gap-only`: `reliance_gap` over a manifest's examples (only `tasks`, if given), nothing generated;
+    written to `out` (JSON) with what it scored → that record."""
+    examples = validate_manifest(manifest, check_audio=False, require_answer=False)
+    if tasks:
+        examples = [e for e in examples if e.task in set(tasks)]
+    reliance = reliance_gap(llm, examples, batch_size)
+    if reliance is None:
+        raise ValueError(f"{manifest}: the reliance gap needs gold answers about two or more distinct clips"
+                         + (f" among the tasks {','.join(tasks)}" if tasks else "") + "; there is nothing to score.")
+    record = {"model": str(llm.folder), "manifest": str(manifest), "tasks": tasks, "reliance": reliance,
+              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    with disk_errors(Path(out)):
+        atomic_write_json(out, record)
+    return record
+
+
+__all__ = ["reliance_gap", "reliance_on_manifest"]

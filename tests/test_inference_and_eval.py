@@ -355,6 +355,54 @@ def test_bootstrap_interval_matches_the_known_answer():
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def test_pal_eval_gap_only_gives_each_tasks_gap_from_whole_row_losses_and_generates_nothing(
+        trained_tiny, curriculum_env, tmp_path, capsys):
+    """`pal eval --gap-only --tasks`: per task, the mean teacher-forced answer loss with each clip's own audio and with
+    the next clip's (tone0 → tone1 → tone2 → tone0, spelled out here), recomputed row by row through the plain
+    `answer_losses`; the gap overall is the rows' mean; no answers are generated."""
+    from inference.audio_llm import AudioLLM
+
+    def row(i, task, question, answer):
+        return {"id": f"{task}{i}", "audio": str(curriculum_env / f"tone{i}.wav"), "task": task,
+                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+    rows = [row(i, "caption", "Describe the sound.", a)
+            for i, a in enumerate(["A high pitched tone.", "A low pitched tone.", "A middle pitched tone."])]
+    rows += [row(i, "classify", "What kind of sound is it?", label) for i, label in enumerate(["tone", "speech", "bell"])]
+    rows += [row(0, "qa", "Is there a tone? Answer yes or no.", "yes")]  # left out by --tasks
+    manifest = write_jsonl(tmp_path / "test.jsonl", rows)
+    out = tmp_path / "gap.json"
+    assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out), "--gap-only",
+                 "--tasks", "caption,classify"]) == 0
+    reliance = json.loads(out.read_text())["reliance"]
+    assert not list(tmp_path.glob("gap.*.jsonl"))  # nothing answered
+    llm = AudioLLM.from_pretrained(trained_tiny)
+
+    def loss(r, clip):
+        features, bad = llm.file_features([str(curriculum_env / f"tone{clip}.wav")])
+        assert not bad
+        conversation = llm.conversation(r["messages"][0]["content"]) + [r["messages"][1]]
+        return float(llm.answer_losses([conversation], features)[0])
+
+    own = {r["id"]: loss(r, int(r["id"][-1])) for r in rows[:6]}
+    other = {r["id"]: loss(r, (int(r["id"][-1]) + 1) % 3) for r in rows[:6]}
+    assert set(reliance["by_task"]) == {"caption", "classify"} and reliance["n"] == 6
+    for task, part in reliance["by_task"].items():
+        ids = [f"{task}{i}" for i in range(3)]
+        assert part["n"] == 3
+        assert part["answer_loss"] == pytest.approx(np.mean([own[i] for i in ids]), rel=1e-4)
+        assert part["answer_loss_mismatched"] == pytest.approx(np.mean([other[i] for i in ids]), rel=1e-4)
+        assert part["gap"]["value"] == pytest.approx(np.mean([other[i] - own[i] for i in ids]), rel=1e-3, abs=1e-5)
+    assert reliance["gap"]["value"] == pytest.approx(np.mean([other[i] - own[i] for i in own]), rel=1e-3, abs=1e-5)
+    assert len(set(own.values())) == 6  # six answers, six losses
+    printed = capsys.readouterr().out
+    assert "audio-reliance gap" in printed and "classify  answer loss" in printed
+    # --tasks alone is refused, with what to pass.
+    assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
+                 "--tasks", "classify"]) == 2
+    assert "--tasks goes with --gap-only" in capsys.readouterr().err
+
+
 def test_pal_eval_scores_every_task_with_baseline_and_provenance(trained_tiny, curriculum_env, tmp_path, capsys):
     """The trained tiny model answers "A high pitched tone." (or the like) to everything, which makes the expected
     scores computable by hand from its own answers file."""
