@@ -54,8 +54,9 @@ def reliance_gap(llm: AudioLLM, examples: list[Example], batch_size: int = 8) ->
     """{"n", "answer_loss", "answer_loss_mismatched", "gap": {"value", "ci95", "n"}, "by_task": {task: the same
     four}} over the examples with audio and a gold answer; None when fewer than two distinct clips are there.
 
-    Read the gap, not the answer loss alone: a change that teaches the answers' prior faster (their form, the labels'
-    frequencies) lowers the loss with another clip's audio as much as with the right one, and the gap stays."""
+    Read the gap beside the loss (README, "Does the model hear?"): a change that only teaches the answers' prior
+    faster (their form, the labels' frequencies) lowers the loss with another clip's audio as much as with the right
+    one, and the gap stays; audio that disturbs the LLM clip by clip widens the gap while the loss rises."""
     usable = [e for e in examples if e.audio is not None and e.answer is not None]
     swapped = mismatched_audio(usable)
     if swapped is None:
@@ -72,6 +73,10 @@ def reliance_on_manifest(llm: AudioLLM, manifest: str | Path, out: str | Path, t
     written to `out` (JSON) with what it scored → that record."""
     examples = validate_manifest(manifest, check_audio=False, require_answer=False)
     if tasks:
+        present = sorted({e.task for e in examples if e.task})
+        if unknown := sorted(set(tasks) - set(present)):
+            raise ValueError(f"{manifest} has no example of the task(s) {', '.join(unknown)}; its tasks: "
+                             f"{', '.join(present) or 'none'}. Pass some of those to --tasks.")
         examples = [e for e in examples if e.task in set(tasks)]
     reliance = reliance_gap(llm, examples, batch_size)
     if reliance is None:

@@ -397,6 +397,10 @@ def test_pal_eval_gap_only_gives_each_tasks_gap_from_whole_row_losses_and_genera
     assert len(set(own.values())) == 6  # six answers, six losses
     printed = capsys.readouterr().out
     assert "audio-reliance gap" in printed and "classify  answer loss" in printed
+    # A task the manifest does not hold is named, with the ones it does.
+    assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out), "--gap-only",
+                 "--tasks", "clasify"]) == 2
+    assert "no example of the task(s) clasify; its tasks: caption, classify, qa" in capsys.readouterr().err
     # --tasks alone is refused, with what to pass.
     assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
                  "--tasks", "classify"]) == 2
