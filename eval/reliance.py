@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from common.safe_write import atomic_write_json, disk_errors
-from data.manifest import Example, mismatched_audio, validate_manifest
+from data.manifest import Example, mismatched_audio
 from encoders.audio import AudioError
 from inference.audio_llm import AudioLLM
 
@@ -71,13 +71,15 @@ def reliance_on_manifest(llm: AudioLLM, manifest: str | Path, out: str | Path, t
                          batch_size: int = 8) -> dict:
     """`pal eval --gap-only`: `reliance_gap` over a manifest's examples (only `tasks`, if given), nothing generated;
     written to `out` (JSON) with what it scored → that record."""
-    examples = validate_manifest(manifest, check_audio=False, require_answer=False)
+    from .evaluate import read_questions  # here: evaluate.py imports this module
+
+    examples = read_questions(manifest)
     if tasks:
         present = sorted({e.task for e in examples if e.task})
         if unknown := sorted(set(tasks) - set(present)):
             raise ValueError(f"{manifest} has no example of the task(s) {', '.join(unknown)}; its tasks: "
                              f"{', '.join(present) or 'none'}. Pass some of those to --tasks.")
-        examples = [e for e in examples if e.task in set(tasks)]
+        examples = [e for e in examples if e.task in tasks]
     reliance = reliance_gap(llm, examples, batch_size)
     if reliance is None:
         raise ValueError(f"{manifest}: the reliance gap needs gold answers about two or more distinct clips"

@@ -4,6 +4,7 @@ for every connector, the metrics against values computed by hand, bootstrap inte
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -355,6 +356,12 @@ def test_bootstrap_interval_matches_the_known_answer():
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _tone_row(folder, i, task, question, answer, **extra) -> dict:
+    """A manifest row about the conftest clip `tone{i}.wav`, id `{task}{i}`."""
+    return {"id": f"{task}{i}", "audio": str(folder / f"tone{i}.wav"), "task": task,
+            "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], **extra}
+
+
 def test_pal_eval_gap_only_gives_each_tasks_gap_from_whole_row_losses_and_generates_nothing(
         trained_tiny, curriculum_env, tmp_path, capsys):
     """`pal eval --gap-only --tasks`: per task, the mean teacher-forced answer loss with each clip's own audio and with
@@ -362,10 +369,7 @@ def test_pal_eval_gap_only_gives_each_tasks_gap_from_whole_row_losses_and_genera
     `answer_losses`; the gap overall is the rows' mean; no answers are generated."""
     from inference.audio_llm import AudioLLM
 
-    def row(i, task, question, answer):
-        return {"id": f"{task}{i}", "audio": str(curriculum_env / f"tone{i}.wav"), "task": task,
-                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
-
+    row = functools.partial(_tone_row, curriculum_env)
     rows = [row(i, "caption", "Describe the sound.", a)
             for i, a in enumerate(["A high pitched tone.", "A low pitched tone.", "A middle pitched tone."])]
     rows += [row(i, "classify", "What kind of sound is it?", label) for i, label in enumerate(["tone", "speech", "bell"])]
@@ -410,10 +414,7 @@ def test_pal_eval_gap_only_gives_each_tasks_gap_from_whole_row_losses_and_genera
 def test_pal_eval_scores_every_task_with_baseline_and_provenance(trained_tiny, curriculum_env, tmp_path, capsys):
     """The trained tiny model answers "A high pitched tone." (or the like) to everything, which makes the expected
     scores computable by hand from its own answers file."""
-    def row(i, task, question, answer, **extra):
-        return {"id": f"{task}{i}", "audio": str(curriculum_env / f"tone{i}.wav"), "task": task,
-                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], **extra}
-
+    row = functools.partial(_tone_row, curriculum_env)
     rows = [row(i, "caption", "Describe the sound.", a, references=[a, "a tone"])
             for i, a in enumerate(["A high pitched tone.", "A low pitched tone.", "A middle pitched tone."])]
     rows += [row(i, "classify", "What kind of sound is it?", label, labels=[label])
