@@ -32,7 +32,7 @@ from common.safe_write import atomic_write_json, check_writable, disk_errors
 from encoders.audio import audio_header_problem
 
 __all__ = ["AUDIO", "TASKS", "Example", "ManifestError", "mismatched_audio", "without_audio", "write_without_audio",
-           "validate_manifest", "check_lengths", "manifest_table", "examples_dataset"]
+           "validate_manifest", "read_questions", "check_lengths", "manifest_table", "examples_dataset"]
 
 ROLES = ("system", "user", "assistant")
 TASKS = ("caption", "qa", "classify", "asr")
@@ -245,6 +245,11 @@ def validate_manifest(path: str | Path, check_audio: bool = True, min_seconds: f
     if not examples:
         raise ManifestError(f"{path}: no examples.")
     return examples
+
+
+def read_questions(manifest: str | Path) -> list[Example]:
+    """A manifest for inference: answers optional, `<audio>` optional (it goes in front of the first user turn)."""
+    return validate_manifest(manifest, check_audio=False, require_answer=False)
 
 
 class LengthCheck:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from common.hashing import file_hash
 from common.safe_write import atomic_write_json, check_writable, disk_errors
-from data.manifest import Example, mismatched_audio, validate_manifest
+from data.manifest import Example, mismatched_audio, read_questions
 from inference.audio_llm import AudioLLM, Decoding
 
 from .reliance import reliance_gap
@@ -55,11 +55,6 @@ def read_rows(path: Path) -> dict[str, dict]:
     if len(good) != len(path.read_text().splitlines()):
         path.write_text("".join(f"{line}\n" for line in good))
     return rows
-
-
-def read_questions(manifest: str | Path) -> list[Example]:
-    """A manifest for inference: answers optional, `<audio>` optional (it goes in front of the first user turn)."""
-    return validate_manifest(manifest, check_audio=False, require_answer=False)
 
 
 def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str | Path, decoding: Decoding | None = None,

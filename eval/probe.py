@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data.manifest import Example
+from data.manifest import Example, read_questions
 from encoders.ensemble import EnsembleConfig
 from encoders.feature_cache import FeatureCache
 from encoders.identity import read_ensemble_record
 
 from .bootstrap import bootstrap_ci, mean_with_ci
-from .evaluate import read_questions
 from .metrics.classification import mean_average_precision
 
 

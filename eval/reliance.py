@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from common.safe_write import atomic_write_json, disk_errors
-from data.manifest import Example, mismatched_audio, validate_manifest
+from data.manifest import Example, mismatched_audio, read_questions
 from encoders.audio import AudioError
 from inference.audio_llm import AudioLLM
 
@@ -71,8 +71,7 @@ def reliance_on_manifest(llm: AudioLLM, manifest: str | Path, out: str | Path, t
                          batch_size: int = 8) -> dict:
     """`pal eval --gap-only`: `reliance_gap` over a manifest's examples (only `tasks`, if given), nothing generated;
     written to `out` (JSON) with what it scored → that record."""
-    # eval.evaluate's read_questions, spelled out: importing it here would close an import cycle (test_layering).
-    examples = validate_manifest(manifest, check_audio=False, require_answer=False)
+    examples = read_questions(manifest)
     if tasks:
         present = sorted({e.task for e in examples if e.task})
         if unknown := sorted(set(tasks) - set(present)):

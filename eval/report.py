@@ -52,6 +52,15 @@ def metrics_table(result: dict) -> Table:
     return Table(["task", "metric", "n", "with audio [95% CI]", *CONTROLS.values()], rows)
 
 
+def reliance_table(reliance: dict) -> Table:
+    """The teacher-forced reliance gap of a `pal eval` result (eval/reliance.py), overall and one row per task: the
+    gold answers' loss with each clip's own audio, with another clip's, and the gap with its interval."""
+    parts = [("all", reliance), *reliance.get("by_task", {}).items()]
+    rows = [[task, str(part["n"]), f"{part['answer_loss']:.3f}", f"{part['answer_loss_mismatched']:.3f}",
+             metric_cell(part["gap"])] for task, part in parts]
+    return Table(["task", "n", "answer loss, own audio", "another clip's audio", "gap [95% CI]"], rows)
+
+
 # The controls of a `pal eval` result, by key, as the reports head their columns.
 CONTROLS = {"mismatched_audio": "another clip's audio", "text_only_trained": "text-only trained model",
             "no_audio": "audio removed"}

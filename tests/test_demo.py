@@ -73,6 +73,22 @@ def test_the_fit_check_asks_training_scenes_and_the_report_sets_it_beside_the_te
             f"{metric_cell(held_out)}") in (smoke / "report.md").read_text()
 
 
+def test_the_report_gives_the_test_splits_reliance_gap_per_task(smoke):
+    from eval.report import metric_cell
+
+    reliance = json.loads((smoke / "eval" / "results.json").read_text())["reliance"]
+    section = (smoke / "report.md").read_text().split("## Which answers use the audio")[1].split("\n## ")[0]
+    rows = {cells[0]: cells for line in section.splitlines() if line.startswith("|")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]] if len(cells) == 5}
+    expected = {"all": reliance, **reliance["by_task"]}
+    assert set(expected) <= set(rows) and len(expected) >= 3  # overall and the smoke test split's tasks
+    for task, part in expected.items():
+        assert rows[task] == [task, str(part["n"]), f"{part['answer_loss']:.3f}",
+                              f"{part['answer_loss_mismatched']:.3f}", metric_cell(part["gap"])], task
+        assert abs(part["answer_loss_mismatched"] - part["answer_loss"] - part["gap"]["value"]) < 1e-6, task
+    assert sum(reliance["by_task"][t]["n"] for t in reliance["by_task"]) == reliance["n"]
+
+
 def test_the_fit_sentence_tells_underfitting_from_not_generalising():
     from workflows.demo import fit_sentence
 

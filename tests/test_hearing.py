@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from data.manifest import mismatched_audio
-from eval.evaluate import read_questions
+from data.manifest import mismatched_audio, read_questions
 from eval.reliance import reliance_gap
 from inference.audio_llm import AudioLLM
 from pal.trainable import TRAINABLE_GROUPS

@@ -232,7 +232,8 @@ def goals(result: dict) -> list[list[str]]:
 def examples(out: Path, data: Path, count: int = 8) -> list[list[str]]:
     """A few test answers beside the truth: the clip, the question, the true caption, the model's answer, its answer
     with another clip's audio, and the text-only trained baseline's answer."""
-    from eval.evaluate import read_questions, read_rows
+    from data.manifest import read_questions
+    from eval.evaluate import read_rows
 
     with_audio = read_rows(out / "eval" / "results.answers.jsonl")
     mismatched = read_rows(out / "eval" / "results.mismatched.jsonl")
@@ -249,7 +250,7 @@ def examples(out: Path, data: Path, count: int = 8) -> list[list[str]]:
 
 
 def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, preset_name: str, seconds: float):
-    from eval.report import Image, Section, Table, metrics_table, write_report
+    from eval.report import Image, Section, Table, metrics_table, reliance_table, write_report
 
     card = json.loads((data / "card.json").read_text())
     curves = sorted((out / "curriculum").glob("stage*/loss.png"))
@@ -270,6 +271,11 @@ def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, pre
             f"{fit_sentence(fit, result)} Everything took {seconds / 60:.1f} minutes.",
             metrics_table(result)]),
         Section("Goals", [Table(["goal", "target", "measured", "status"], goals(result))]),
+        Section("Which answers use the audio", [
+            ("Each test question's gold answer scored teacher-forced (nats per answer token) with its clip's own audio "
+             "and with another clip's; the gap is the second minus the first. A task whose gap is near zero is "
+             "answered from the question and the data's prior, however good its score."),
+            reliance_table(result["reliance"])] if result.get("reliance") else ["not measured"]),
         Section("Training", [Image(p, p.parent.name) for p in curves]),
         Section("Examples from the test split", [Table(["clip", "question", "what it holds", "gold", "answer",
                                                         "with another clip's audio", "text-only trained model"],
