@@ -85,7 +85,8 @@ def test_the_report_gives_the_test_splits_reliance_gap_per_task(smoke):
     for task, part in expected.items():
         assert rows[task] == [task, str(part["n"]), f"{part['answer_loss']:.3f}",
                               f"{part['answer_loss_mismatched']:.3f}", metric_cell(part["gap"])], task
-        assert abs(part["answer_loss_mismatched"] - part["answer_loss"] - part["gap"]["value"]) < 1e-4, task  # float32 means
+        # the gap is the mean of the paired differences; the losses are float32 means
+        assert abs(part["answer_loss_mismatched"] - part["answer_loss"] - part["gap"]["value"]) < 1e-4, task
     assert sum(reliance["by_task"][t]["n"] for t in reliance["by_task"]) == reliance["n"]
 
 
