@@ -28,7 +28,7 @@ BENCHMARKS = {
 def _demo(args) -> int:
     from workflows.demo import run_demo
 
-    args.out = args.out or ("runs/demo" if args.preset == "full" else "runs/demo-smoke")
+    args.out = args.out or ("runs/demo" if args.preset == "full" else f"runs/demo-{args.preset}")
     if args.nproc is None:
         from training.launch import default_nproc
 
@@ -318,9 +318,11 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="the main job end to end on the embedded default LLM")
-    demo.add_argument("--preset", choices=["smoke", "full"], default="full",
-                      help="smoke: a few minutes; full (make demo): about 32 minutes on 2 CPU cores")
-    demo.add_argument("--out", default=None, help="output folder (default runs/demo or runs/demo-smoke); reruns resume")
+    demo.add_argument("--preset", choices=["smoke", "full", "long"], default="full",
+                      help="smoke: a few minutes; full (make demo): about 30 minutes on 2 CPU cores; long: the full "
+                           "demo with each training stage twice as long, about 50 minutes, a model that hears more")
+    demo.add_argument("--out", default=None,
+                      help="output folder (default runs/demo, runs/demo-smoke or runs/demo-long); reruns resume")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--nproc", type=int, default=None,
                       help="training ranks (default: 2 on a CPU with 2 or more cores, where 2 one-thread ranks train "

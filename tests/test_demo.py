@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +90,31 @@ def test_the_report_gives_the_test_splits_reliance_gap_per_task(smoke):
         # the gap is the mean of the paired differences; the losses are float32 means
         assert abs(part["answer_loss_mismatched"] - part["answer_loss"] - part["gap"]["value"]) < 1e-4, task
     assert sum(reliance["by_task"][t]["n"] for t in reliance["by_task"]) == reliance["n"]
+
+
+def test_the_long_preset_trains_every_stage_twice_as_long_with_its_text_only_baseline(smoke, tmp_path, monkeypatch):
+    from recipes.curriculum import command
+    from workflows.demo import PRESETS, step_curriculum
+
+    data = tmp_path / "data"  # the smoke run's manifests (the text-only baseline writes its own beside them)
+    data.mkdir()
+    for manifest in (smoke / "data").glob("*.jsonl"):
+        shutil.copy(manifest, data)
+    trained = {}
+
+    def record(config, nproc, yaml, resolved, advice, on_stage):
+        trained[Path(config.out).name] = [(s.name, s.steps, s.epochs) for s in config.stages]
+        return Path(config.out)
+
+    monkeypatch.setattr(command, "train_in_ranks", record)
+    for preset in ("full", "long"):
+        out = tmp_path / preset
+        for text_only in (False, True):
+            step_curriculum(out, data, PRESETS[preset], None, tmp_path / "features", text_only)
+        trained[preset] = trained.pop("curriculum"), trained.pop("curriculum-text-only")
+    for full, long in zip(trained["full"], trained["long"]):  # the model's curriculum, then its text-only baseline
+        assert [(name, 2 * steps, epochs) for name, steps, epochs in full] == long
+    assert [s[1] for s in trained["full"][0]] == [128, 64, 64]  # the shipped recipe, for the README's numbers
 
 
 def test_the_fit_sentence_tells_underfitting_from_not_generalising():

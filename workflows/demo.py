@@ -23,9 +23,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {
-    # clips: scenes; sslam: (stage-1 steps, stage-2 steps); eval: decoding settings for the test split
-    "smoke": {"clips": 60, "sslam": (12, 6), "curriculum": "demo-smoke.yaml", "max_new_tokens": 24, "batch": 8},
-    "full": {"clips": 800, "sslam": (200, 100), "curriculum": "demo-full.yaml", "max_new_tokens": 32, "batch": 16},
+    # clips: scenes; sslam: (stage-1 steps, stage-2 steps); train_scale: each curriculum stage's steps times this (the
+    # text-only baseline's too); eval: decoding settings for the test split
+    "smoke": {"clips": 60, "sslam": (12, 6), "curriculum": "demo-smoke.yaml", "train_scale": 1, "max_new_tokens": 24,
+              "batch": 8},
+    "full": {"clips": 800, "sslam": (200, 100), "curriculum": "demo-full.yaml", "train_scale": 1, "max_new_tokens": 32,
+             "batch": 16},
+    # The full demo with twice the training: the recipe underfits at 30 minutes, and every task gains (README).
+    "long": {"clips": 800, "sslam": (200, 100), "curriculum": "demo-full.yaml", "train_scale": 2, "max_new_tokens": 32,
+             "batch": 16},
 }
 # Goals of the full preset on the test split (the hearing issue's), reported as met or missed, whatever they turn out
 # to be: (task, metric, what, target, "≥" or "≤", which result: the model's "metrics" or a control's key).
@@ -125,6 +131,10 @@ def step_curriculum(out: Path, data: Path, preset: dict, encoders, features: Pat
         for source in stage.data:
             source.manifest = str(data / Path(source.manifest).name)
         stage.val_manifest = str(data / "val.jsonl")
+        if stage.steps is not None:
+            stage.steps *= preset["train_scale"]
+        else:
+            stage.epochs *= preset["train_scale"]
     if text_only:
         config = text_only_curriculum(config, data / "text-only")
     name = "curriculum-text-only" if text_only else "curriculum"
