@@ -29,7 +29,7 @@ PRESETS = {
               "batch": 8},
     "full": {"clips": 800, "sslam": (200, 100), "curriculum": "demo-full.yaml", "train_scale": 1, "max_new_tokens": 32,
              "batch": 16},
-    # The full demo with twice the training: the recipe underfits at 30 minutes, and every task gains (README).
+    # The full demo with twice the training: the recipe underfits at 30 minutes; most tasks gain (README).
     "long": {"clips": 800, "sslam": (200, 100), "curriculum": "demo-full.yaml", "train_scale": 2, "max_new_tokens": 32,
              "batch": 16},
 }
