@@ -320,7 +320,7 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job end to end on the embedded default LLM")
     demo.add_argument("--preset", choices=["smoke", "full", "long"], default="full",
                       help="smoke: a few minutes; full (make demo): about 30 minutes on 2 CPU cores; long: the full "
-                           "demo with each training stage twice as long, about 50 minutes, a model that hears more")
+                           "demo with each training stage twice as long, about 55 minutes, a model that hears more")
     demo.add_argument("--out", default=None,
                       help="output folder (default runs/demo, runs/demo-smoke or runs/demo-long); reruns resume")
     demo.add_argument("--seed", type=int, default=0)
