@@ -68,6 +68,12 @@ def disk_errors(path: str | Path):
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it back at once
+    os.umask(mask)
+    return mask
+
+
 def check_writable(folder: str | Path) -> Path:
     """Create `folder` if needed and prove a file can be written in it; OutputError otherwise. → the folder."""
     folder = Path(folder)
@@ -79,11 +85,19 @@ def check_writable(folder: str | Path) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to a temporary sibling of its own (two processes writing the same file never share one), then
+    rename it into place."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     with disk_errors(path):
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_json(path: str | Path, data) -> None:
@@ -99,6 +113,7 @@ def atomic_folder(target: str | Path):
     with disk_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-new-", dir=target.parent))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the folder from other users
     try:
         with disk_errors(target):
             yield staging

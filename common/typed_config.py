@@ -8,7 +8,9 @@ Used by every YAML config of the project (encoder ensembles, and the curriculum 
   expected, e.g. `curriculum.yaml: stages[0].batch_size = 2.5: expected an integer >= 1`;
 - YAML 1.1 reads `1e-4` (no dot) as a string: a string that spells a number is read as the number meant;
 - fields marked `path_field()` hold file or folder paths: a relative path resolves against the folder of the YAML
-  that names it (not the working directory), so a config runs from anywhere;
+  that names it (not the working directory), so a config runs from anywhere; in a config built in code a relative
+  path means the working directory, and `with_absolute_paths` makes that explicit before the config is written to a
+  file that another process reads back (a launcher's ranks);
 - a variant names its parent: `base: lal.yaml` (a YAML in the same folder) and writes only what differs. A nested
   config section (a dataclass field: `model`, `model.encoders` inline) merges key by key into the base's; any other
   value (a number, a string, a list such as `stages`, a free-form mapping such as `model.connector`) replaces the
@@ -17,6 +19,7 @@ Used by every YAML config of the project (encoder ensembles, and the curriculum 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -158,6 +161,30 @@ def from_dict(cls, data: dict, where: str | None = None, base: str | Path | None
         raise ValueError(f"{here}: {err}") from None
     except ValueError as err:  # a __post_init__ check across fields
         raise ValueError(f"{here}: {err}") from None
+
+
+def with_absolute_paths(config):
+    """A copy of dataclass `config` whose relative path fields (at any depth) are absolute, against the working
+    directory: what they mean in memory, and what they still mean once written to a file and read back elsewhere."""
+    config = copy.deepcopy(config)
+
+    def walk(value):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                inner = getattr(value, f.name)
+                if f.metadata.get("path") and isinstance(inner, str) and inner not in f.metadata.get("keep", ()):
+                    setattr(value, f.name, os.path.abspath(os.path.expanduser(inner)))
+                else:
+                    walk(inner)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    walk(config)
+    return config
 
 
 BASE_KEY = "base"  # a YAML variant's parent, by file name (see the module docstring)

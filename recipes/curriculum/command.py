@@ -8,11 +8,12 @@ command line. `train_in_ranks` is that launch for a config built in code (the de
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import asdict
 from pathlib import Path
+
+from common.safe_write import atomic_write_json, disk_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,8 +79,10 @@ def train_in_ranks(config, nproc: int, source: str | Path, resolved: Path, advic
     except ValueError as err:
         raise ValueError(f"{err} {advice}".strip()) from None
     final = recipe.stage_dir(len(config.stages) - 1) / "final"
-    resolved.parent.mkdir(parents=True, exist_ok=True)
-    resolved.write_text(json.dumps(asdict(config), indent=1, default=str))
+    # The recipe's config, its paths absolute: the ranks resolve relative ones against this file's folder.
+    with disk_errors(resolved):
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(resolved, asdict(recipe.config))
     if nproc == 1:
         for result in recipe.run():
             if on_stage is not None:
@@ -90,7 +93,7 @@ def train_in_ranks(config, nproc: int, source: str | Path, resolved: Path, advic
             if on_stage is not None:
                 on_stage({"stage": k + 1, "skipped": "already finished with this config"})
         return final
-    status = launch("recipes.curriculum", ["--config", str(resolved), "--resume"], nproc)
+    status = launch("recipes.curriculum", ["--config", str(resolved.absolute()), "--resume"], nproc)
     if status:
         raise RuntimeError(f"training {config.out} in {nproc} ranks failed (exit status {status}; the ranks' "
                            "errors are above): run it again to resume it, or train in one rank (--nproc 1).")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import math
 import time
 import uuid
@@ -42,6 +43,7 @@ from tqdm import tqdm
 
 from common.home import pal_home
 from common.safe_write import atomic_folder, atomic_write_json, check_writable, disk_errors
+from common.typed_config import with_absolute_paths
 from data.manifest import ManifestError, manifest_table
 from encoders.ensemble import AudioEncoderEnsemble
 from encoders.identity import write_ensemble_record
@@ -94,8 +96,11 @@ class CurriculumRecipe(Recipe):
     def __init__(self, config: CurriculumConfig, out: str | Path | None = None, stage: int | None = None,
                  resume: bool = False, restart: bool = False, max_steps: int | None = None,
                  source: str | Path | None = None):
-        self.config = config
-        self.out = Path(out or config.out)
+        # Relative paths mean the working directory: made absolute once, so the stage hashes, the run's record and
+        # a config handed to other ranks through a file all name the same files.
+        self.config = with_absolute_paths(config)
+        self.out = Path(os.path.abspath(out or config.out))
+        self.config.out = str(self.out)
         self.resume, self.restart, self.max_steps = resume, restart, max_steps
         self.source = str(source or "the curriculum config")  # named in errors
         if resume and restart:
