@@ -53,7 +53,7 @@ def measure(variant: str, manifest: Path, batches: int, batch_size: int, workers
                              padding_side="right", ensemble=ensemble)
     start = time.perf_counter()
     if variant == "arrow":
-        table, _ = manifest_table(manifest, processor, 2048, "reject", ensemble.min_seconds, manifest.parent / "tables")
+        table, _, _ = manifest_table(manifest, processor, 2048, "reject", ensemble.min_seconds, manifest.parent / "tables")
     else:
         examples, _ = check_lengths(validate_manifest(manifest, min_seconds=ensemble.min_seconds), processor, 2048,
                                     "reject")

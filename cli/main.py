@@ -41,9 +41,12 @@ def _serve(args) -> int:
 
     from serving.app import serve
 
+    from serving.requests import RequestLimits
+
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("PAL_API_KEY"),
           model_id=args.name, max_audio_seconds=args.max_audio_seconds, cache_clips=args.cache_clips,
-          max_request_mb=args.max_request_mb, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+          max_request_mb=args.max_request_mb, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+          limits=RequestLimits(max_stop_chars=args.max_stop_chars, max_prompt_chars=args.max_prompt_chars))
     return 0
 
 
@@ -292,11 +295,11 @@ def _data_convert(args) -> int:
 
     summary = convert(args.format, args.input, args.out, args.audio_dir or ".", check_audio=not args.no_check_audio,
                       ontology=args.ontology, pattern=args.audio_pattern)
-    print(f"{summary['converted']} examples written to {summary['out']}; {summary['rejected']} rejected")
+    print(f"{summary['converted']} examples written to {summary['out']}; {summary['rejected']} rows skipped")
     for reason, count in summary["reasons"].items():
         print(f"  {count} × {reason}")
-    if summary["rejected"]:
-        print(f"  each rejected row with its reason: {Path(summary['out']).with_suffix('.rejected.txt')}")
+    if summary["skipped"]:
+        print(f"  each skipped row, where it stands and why: {summary['skipped']}")
     return 0 if summary["converted"] else 1
 
 
@@ -392,6 +395,10 @@ def build_parser(bench_name: str | None = None) -> argparse.ArgumentParser:
     server.add_argument("--max-batch", type=int, default=8, help="requests answered together at most (default 8)")
     server.add_argument("--batch-wait-ms", type=float, default=10.0,
                         help="how long a request waits for others to batch with (default 10)")
+    server.add_argument("--max-stop-chars", type=int, default=64,
+                        help="longest stop string a request may send (default 64; docs/serving.md)")
+    server.add_argument("--max-prompt-chars", type=int, default=32000,
+                        help="most text, all messages together, a request may send (default 32000)")
     server.set_defaults(func=_serve)
 
     comparison = commands.add_parser("compare", help="connectors under one curriculum: K seeds, one report")

@@ -130,7 +130,7 @@ def _string_list_problem(row: dict, key: str, least: int) -> str | None:
     return None
 
 
-def _row_problem(row, path: Path, check_audio: bool, require_answer: bool = True) -> tuple[str | None, str | None]:
+def _row_problem(row, path: Path, require_answer: bool = True) -> tuple[str | None, str | None]:
     """(problem, resolved audio path) for one parsed line."""
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}.", None
@@ -159,24 +159,20 @@ def _row_problem(row, path: Path, check_audio: bool, require_answer: bool = True
         return f"the prompt holds {placeholders} `{AUDIO}` placeholders; one audio per example takes exactly one.", None
     if not placeholders and require_answer:  # (inference puts `<audio>` in front of the first user turn)
         return f"has audio but no `{AUDIO}` placeholder in its prompt.", None
-    resolved = resolve_audio(audio, path)
-    if check_audio:
-        if resolved.is_dir():
-            return f"audio {resolved} is a folder, not an audio file.", None
-        if not resolved.is_file():
-            return f"audio file {resolved} does not exist.", None
-    return None, str(resolved)
+    return None, str(resolve_audio(audio, path))  # the file itself: checked with its header (_checked_chunks)
 
 
 CHUNK = 4096  # lines validated, header-checked and measured together: bounds memory whatever the manifest's size
 
 
 def _checked_chunks(path: Path, check_audio: bool, min_seconds: float, require_answer: bool,
-                    problems: list[tuple[int, str]]) -> Iterator[list[Example]]:
+                    problems: list[tuple[int, str]],
+                    bad_audio: list[tuple[int, str]] | None = None) -> Iterator[list[Example]]:
     """The manifest's valid examples in chunks of CHUNK lines; every problem found is appended to `problems`.
 
     `check_audio` also reads each distinct audio file's header (in threads: I/O-bound): unreadable files, files
-    without samples and clips shorter than `min_seconds` (the ensemble's shortest usable input)."""
+    without samples and clips shorter than `min_seconds` (the ensemble's shortest usable input). Those go to
+    `bad_audio` instead of `problems` when it is given (the rows set aside, not an error)."""
     chunk = []
 
     def header_checked(chunk: list[Example]) -> list[Example]:
@@ -185,13 +181,14 @@ def _checked_chunks(path: Path, check_audio: bool, min_seconds: float, require_a
         files = sorted({e.audio for e in chunk if e.audio is not None})
         with ThreadPoolExecutor(max_workers=16) as pool:
             found = dict(zip(files, pool.map(lambda f: audio_header_problem(f, min_seconds), files)))
-        problems.extend((e.line, f"{path}:{e.line}: {found[e.audio]}") for e in chunk if e.audio and found[e.audio])
+        (problems if bad_audio is None else bad_audio).extend(
+            (e.line, f"{path}:{e.line}: {found[e.audio]}") for e in chunk if e.audio and found[e.audio])
         return [e for e in chunk if not (e.audio and found[e.audio])]
 
     for number, row, problem in manifest_lines(path):
         audio = None
         if problem is None:
-            problem, audio = _row_problem(row, path, check_audio, require_answer)
+            problem, audio = _row_problem(row, path, require_answer)
         if problem:
             problems.append((number, f"{path}:{number}: {problem}"))
             continue
@@ -314,7 +311,7 @@ def check_lengths(examples: list[Example], processor, max_length: int, too_long:
 # ----------------------------------------------------------------------------------------------------------------------
 
 # Bump when the table's columns or the checks change, so tables written by older code are rebuilt.
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 _JSON_COLUMNS = ("messages", "labels", "choices", "references")
 
 
@@ -350,24 +347,28 @@ def example_from_row(row: dict, source: str) -> Example:
                    decoded["labels"], decoded["choices"], decoded["references"], row.get("group"))
 
 
-def _table_key(path: Path, processor, max_length: int, too_long: str, min_seconds: float) -> str:
+def _table_key(path: Path, processor, max_length: int, too_long: str, min_seconds: float, bad_audio: str,
+               max_bad_audio: float) -> str:
     """What the table depends on: the manifest's bytes (size and modification time stand in), the checks' settings
     and the tokenizer that measured the lengths."""
     stat = path.stat()
     tokenizer = processor.tokenizer
     record = [TABLE_VERSION, str(path.resolve()), stat.st_size, stat.st_mtime_ns, max_length, too_long, min_seconds,
-              tokenizer.name_or_path, len(tokenizer), tokenizer.chat_template]
+              bad_audio, max_bad_audio, tokenizer.name_or_path, len(tokenizer), tokenizer.chat_template]
     return hashlib.sha256(json.dumps(record, default=str).encode()).hexdigest()[:16]
 
 
 def manifest_table(path: str | Path, processor, max_length: int, too_long: str, min_seconds: float,
-                   cache_dir: str | Path):
+                   cache_dir: str | Path, bad_audio: str = "skip", max_bad_audio: float = 0.05):
     """A training manifest, validated and measured in one streaming pass, as a memory-mapped `datasets.Dataset`
     (columns: id, audio, task, length, line, and messages / labels / choices / references as JSON text).
 
     The Arrow file is written once under `cache_dir` (atomically) and reused while the manifest, the checks'
-    settings and the tokenizer are unchanged. → (dataset, notes about truncated or skipped examples). Raises
-    ManifestError listing every bad line, as `validate_manifest` does.
+    settings and the tokenizer are unchanged. → (dataset, notes about truncated or skipped examples, the rows set
+    aside for their audio: [{"manifest", "line", "problem"}]). Raises ManifestError listing every bad line, as
+    `validate_manifest` does; rows whose audio cannot be used (unreadable, empty, shorter than `min_seconds`) are
+    among them with `bad_audio="error"`, and set aside with "skip" unless they are more than `max_bad_audio` of
+    the rows (then something is wrong with the manifest as a whole, such as its audio folder).
     """
     import pyarrow as pa
     from datasets import Dataset
@@ -375,25 +376,41 @@ def manifest_table(path: str | Path, processor, max_length: int, too_long: str, 
     path, cache_dir = Path(path), Path(cache_dir)
     if not path.is_file():
         list(manifest_lines(path))  # the reader's own error for a folder or a missing file
-    name = f"{path.stem}-{_table_key(path, processor, max_length, too_long, min_seconds)}"
-    arrow, notes_file = cache_dir / f"{name}.arrow", cache_dir / f"{name}.json"
+    if bad_audio not in ("skip", "error"):
+        raise ValueError(f"bad_audio = {bad_audio!r}: expected 'skip' or 'error'.")
+    key = _table_key(path, processor, max_length, too_long, min_seconds, bad_audio, max_bad_audio)
+    arrow, notes_file = cache_dir / f"{path.stem}-{key}.arrow", cache_dir / f"{path.stem}-{key}.json"
     if not (arrow.is_file() and notes_file.is_file()):
         problems, lengths = [], LengthCheck(processor, max_length, too_long, str(path))
+        set_aside = [] if bad_audio == "skip" else None
         check_writable(cache_dir)
         tmp = arrow.with_suffix(f".tmp{os.getpid()}")
         try:
             with disk_errors(arrow), pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, _schema()) as writer:
-                for chunk in _checked_chunks(path, True, min_seconds, True, problems):
+                for chunk in _checked_chunks(path, True, min_seconds, True, problems, set_aside):
                     if kept := lengths.keep(chunk):
                         writer.write_batch(_record_batch(kept))
             written = pa.ipc.open_stream(pa.memory_map(str(tmp))).read_all()
             problems += _duplicate_problems(path, written["id"], written["line"])
+            rows = len(written) + len(lengths.over) + len(lengths.dropped) + len(set_aside or [])
+            if set_aside and len(set_aside) > max_bad_audio * rows:
+                problems += set_aside[:20]
+                problems.append((0, f"{path}: {len(set_aside)} of {rows} rows ({len(set_aside) / rows:.1%}) have "
+                                    f"audio that cannot be used, over the {max_bad_audio:.0%} that model.max_bad_audio "
+                                    "sets aside: check the manifest's audio paths (the first 20 are listed)."))
             _raise_problems(path, problems)
             if not lengths.kept and not lengths.dropped and not lengths.over:
                 raise ManifestError(f"{path}: no examples.")
             notes = lengths.finish()
+            if set_aside:
+                notes.append(f"{path}: {len(set_aside)} row(s) with audio that cannot be used set aside "
+                             "(bad_audio: skip); each stage that reads it lists them in its bad_samples.manifest.jsonl")
             os.replace(tmp, arrow)
         finally:
             tmp.unlink(missing_ok=True)
-        atomic_write_json(notes_file, {"manifest": str(path), "rows": len(written), "notes": notes})
-    return Dataset.from_file(str(arrow)), json.loads(notes_file.read_text())["notes"]
+        atomic_write_json(notes_file, {"manifest": str(path), "rows": len(written), "notes": notes,
+                                       "set_aside": [{"manifest": str(path), "line": line,
+                                                      "problem": problem.split(": ", 1)[1]}
+                                                     for line, problem in sorted(set_aside or [])]})
+    record = json.loads(notes_file.read_text())
+    return Dataset.from_file(str(arrow)), record["notes"], record["set_aside"]

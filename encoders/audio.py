@@ -39,6 +39,10 @@ def audio_header_problem(path: str | Path, min_seconds: float = 0.0, max_seconds
     """What is wrong with an audio file judging by its header (no decoding), or None."""
     import soundfile
 
+    if Path(path).is_dir():
+        return f"audio {path} is a folder, not an audio file."
+    if not Path(path).is_file():
+        return f"audio file {path} does not exist."
     try:
         info = soundfile.info(str(path))
     except Exception as err:  # LibsndfileError / RuntimeError / TypeError for bad bytes
@@ -87,8 +91,10 @@ def load_audio(path: str | Path | bytes, sample_rate: int = TARGET_SAMPLE_RATE, 
     except AudioError:
         raise
     except Exception as err:  # soundfile raises LibsndfileError / RuntimeError / TypeError for bad bytes
-        reason = str(err).split(": ", 1)[-1] if isinstance(source, io.BytesIO) else str(err)  # no object address
-        raise AudioError(f"{path}: unreadable or corrupt audio ({reason}).") from None
+        if isinstance(source, io.BytesIO):  # libsndfile's words for bytes ("File does not exist") mislead
+            raise AudioError(f"{path}: not audio that can be decoded (WAV, FLAC, OGG/Vorbis or MP3), or corrupt.") \
+                from None
+        raise AudioError(f"{path}: unreadable or corrupt audio ({err}).") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: the file holds no samples.")
     if not np.isfinite(data).all():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
@@ -24,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common.hashing import file_hash
-from common.safe_write import atomic_write_json, check_writable, disk_errors
+from common.safe_write import atomic_write_json, atomic_write_text, check_writable, disk_errors
 from data.manifest import Example, mismatched_audio, read_questions
 from inference.audio_llm import AudioLLM, Decoding
 
@@ -41,19 +42,26 @@ PARSERS = {
 
 
 def read_rows(path: Path) -> dict[str, dict]:
-    """Rows of a results JSONL by id; a line cut off by a kill is dropped (and the file rewritten without it)."""
+    """Rows of a results JSONL by id; a line cut off by a kill is dropped (and the file rewritten without it). A line
+    that is JSON but no row of ours (no "id") is reported and ignored, and stays in the file."""
     if not path.is_file():
         return {}
-    rows, good = {}, []
-    for line in path.read_text().splitlines():
+    rows, good, foreign = {}, [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        rows[row["id"]] = row
         good.append(line)
+        if isinstance(row, dict) and isinstance(row.get("id"), str):
+            rows[row["id"]] = row
+        else:
+            foreign.append(number)
+    if foreign:
+        print(f"{path}: line(s) {', '.join(map(str, foreign[:10]))}{' ...' if len(foreign) > 10 else ''} hold no "
+              "answer row (no \"id\"): ignored, and kept in the file.", file=sys.stderr)
     if len(good) != len(path.read_text().splitlines()):
-        path.write_text("".join(f"{line}\n" for line in good))
+        atomic_write_text(path, "".join(f"{line}\n" for line in good))
     return rows
 
 

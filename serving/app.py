@@ -13,8 +13,10 @@ server has seen (same bytes) skips the encoders and its audio keys/values (servi
 when `temperature` is 0 (the default), sampling otherwise, seeded by `seed`.
 
 Safe by default: it binds 127.0.0.1; another address needs an API key (Bearer, compared in constant time), checked on
-every /v1 route. Request bodies over `max_request_mb` and clips over `max_audio_seconds` are refused, URLs are never
-fetched, and a client never sees a traceback: unexpected errors answer 500 with a short message and go to the log.
+every /v1 route. A request's cost is bounded before work starts: the body is read only up to `max_request_mb` (a
+chunked upload is cut off there), clips over `max_audio_seconds`, stop strings and prompts over `RequestLimits` are
+refused, URLs are never fetched. Every error a client can cause is a 4xx in OpenAI's error shape; a client never sees
+a traceback (anything unexpected answers 500 with a short message and goes to the log).
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from encoders.audio import AudioError
 from inference.audio_llm import AudioLLM, Decoding
 
 from .batching import Batcher
 from .clip_cache import ClipCache, cached_clip, prepared_cache
-from .requests import ChatRequest, RequestError, parse_chat_request
+from .requests import ChatRequest, RequestError, RequestLimits, parse_chat_request
 
 LOG = logging.getLogger("pal.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -53,6 +56,7 @@ class ServeSettings:
     cache_clips: int = 64  # clips kept with their encoder outputs and audio keys/values
     max_batch: int = 8  # requests answered together at most (serving/batching.py); 1: one at a time
     batch_wait_ms: float = 10.0  # how long the first request of a batch waits for company
+    limits: RequestLimits = RequestLimits()  # stop strings, prompt text, messages (serving/requests.py)
 
 
 def check_binding(host: str, api_key: str | None) -> None:
@@ -64,6 +68,19 @@ def check_binding(host: str, api_key: str | None) -> None:
 
 def error_response(error: RequestError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
+
+
+async def read_body(request: Request, limit_mb: float) -> bytes:
+    """The request body, read as it arrives and cut off past `limit_mb` (413): a chunked upload without a
+    Content-Length is never buffered whole before it is refused."""
+    limit, size, chunks = limit_mb * 2**20, 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"the request is over the {limit_mb:g} MB limit: send a shorter clip.", status=413,
+                               code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class ChatService:
@@ -152,6 +169,11 @@ def create_app(llm: AudioLLM, settings: ServeSettings | None = None):
     async def request_error(_request: Request, err: RequestError):
         return error_response(err)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, err: HTTPException):  # 404, 405: OpenAI's error shape too
+        body = {"error": {"message": str(err.detail), "type": "invalid_request_error", "param": None, "code": None}}
+        return JSONResponse(body, status_code=err.status_code, headers=err.headers)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, _err: Exception):  # never a traceback to the client
         LOG.exception("unexpected error on %s", request.url.path)
@@ -193,11 +215,7 @@ def create_app(llm: AudioLLM, settings: ServeSettings | None = None):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        raw = await request.body()
-        if len(raw) > settings.max_request_mb * 2**20:
-            raise RequestError(f"the request is {len(raw) / 2**20:.1f} MB, over the {settings.max_request_mb:g} MB "
-                               "limit: send a shorter clip.", status=413, code="request_too_large")
-        chat = parse_chat_request(raw)
+        chat = parse_chat_request(await read_body(request, settings.max_request_mb), limits=settings.limits)
         request_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not chat.stream:
             prepared = await asyncio.to_thread(service.prepare, chat)
@@ -260,6 +278,7 @@ async def _stream(service: ChatService, chat: ChatRequest, request_id: str, crea
             failure = {"error": {"message": "generation failed; the server log has the details.",
                                  "type": "server_error"}}
             yield f"data: {json.dumps(failure)}\n\n"
+            yield "data: [DONE]\n\n"  # the stream still ends as a stream does, for the client's reader
             return
         result = outcome["result"]
         tail = result["text"][len(sent):] if result["text"].startswith(sent) else ""
@@ -295,20 +314,37 @@ def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, timeout: float 
     return server, thread, f"http://{host}:{port}"
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise an error naming the port if another program listens on it."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ValueError(f"--port {port} on {host} is taken ({err.strerror}): stop what listens there or choose "
+                             "another --port.") from None
+
+
 def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           model_id: str | None = None, max_audio_seconds: float = 60.0, cache_clips: int = 64,
-          max_request_mb: float = 25.0, max_batch: int = 8, batch_wait_ms: float = 10.0) -> None:
+          max_request_mb: float = 25.0, max_batch: int = 8, batch_wait_ms: float = 10.0,
+          limits: RequestLimits = RequestLimits()) -> None:
     """Load the model folder and serve it until interrupted."""
     import uvicorn
 
     check_binding(host, api_key)
+    check_port_free(host, port)  # before the model loads, not after
     folder = Path(folder)
     llm = AudioLLM.from_pretrained(folder)
     name = model_id or (folder.resolve().parent.name if folder.name == "final" else folder.name)
     settings = ServeSettings(model_id=name, api_key=api_key, max_audio_seconds=max_audio_seconds,
                              cache_clips=cache_clips, max_request_mb=max_request_mb, max_batch=max_batch,
-                             batch_wait_ms=batch_wait_ms)
+                             batch_wait_ms=batch_wait_ms, limits=limits)
     uvicorn.run(create_app(llm, settings), host=host, port=port, log_level="info")
 
 
-__all__ = ["ChatService", "ServeSettings", "check_binding", "create_app", "serve", "start_in_thread"]
+__all__ = ["ChatService", "ServeSettings", "check_binding", "check_port_free", "create_app", "serve",
+           "start_in_thread"]

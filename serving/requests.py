@@ -10,7 +10,8 @@ training: `<audio>` in front of that turn's text. `audio_url` parts, and URLs of
 never reads its own files or the network on a client's behalf.
 
 Every problem is a `RequestError` carrying OpenAI's error object and a 4xx status that names the field and what is
-expected (`"messages[0].content[1].input_audio.data"`).
+expected (`"messages[0].content[1].input_audio.data"`). What one request may cost is bounded before any work starts
+(`RequestLimits`; docs/serving.md lists the limits and why each is where it is).
 """
 
 from __future__ import annotations
@@ -18,10 +19,23 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass, field
 
 AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
 ROLES = ("system", "user", "assistant")
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask, checked before any work starts; `pal serve` options set them."""
+
+    max_stop_chars: int = 64  # each stop string: generation's stop-string matcher is built per request, its cost
+    #                           growing with the strings' length (2,000 characters took 17 s of the one worker)
+    max_stops: int = 4  # stop strings per request (OpenAI's limit)
+    max_prompt_chars: int = 32_000  # all messages' text together, counted before anything tokenizes it
+    max_messages: int = 256
 
 
 class RequestError(ValueError):
@@ -59,7 +73,9 @@ def _number(body: dict, key: str, kind: type, default, low=None, high=None):
         return default
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
-        ok = ok and float(value).is_integer()
+        ok = ok and (isinstance(value, int) or (math.isfinite(value) and float(value).is_integer()))
+    elif ok and not math.isfinite(value):
+        raise RequestError(f"{key} = {value!r}: expected a finite number.", key)
     if not ok:
         raise RequestError(f"{key} = {value!r}: expected {'an integer' if kind is int else 'a number'}.", key)
     if (low is not None and value < low) or (high is not None and value > high):
@@ -115,12 +131,19 @@ def _content(message: dict, where: str) -> tuple[str, list[tuple[bytes, str]]]:
     return "\n".join(texts), audios
 
 
-def parse_chat_request(raw: bytes, audio_placeholder: str = "<audio>") -> ChatRequest:
-    """The request body (JSON bytes) → a ChatRequest; RequestError for anything malformed."""
+def _not_json_number(name: str):
+    raise RequestError(f"the request body holds {name}, which is not JSON: send a finite number.")
+
+
+def parse_chat_request(raw: bytes, audio_placeholder: str = "<audio>",
+                       limits: RequestLimits = RequestLimits()) -> ChatRequest:
+    """The request body (JSON bytes) → a ChatRequest; RequestError for anything malformed or over `limits`."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json_number)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RequestError(f"the request body is not valid JSON ({err}).") from None
+    except RecursionError:
+        raise RequestError("the request body is nested too deeply to be a chat request.") from None
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object.")
     model = body.get("model")
@@ -129,6 +152,9 @@ def parse_chat_request(raw: bytes, audio_placeholder: str = "<audio>") -> ChatRe
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages: expected a non-empty list of {role, content} objects.", "messages")
+    if len(messages) > limits.max_messages:
+        raise RequestError(f"messages: {len(messages)} messages, over this server's {limits.max_messages}.",
+                           "messages", code="context_length_exceeded")
     turns, audio = [], None
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
@@ -149,11 +175,20 @@ def parse_chat_request(raw: bytes, audio_placeholder: str = "<audio>") -> ChatRe
         turns.append({"role": message["role"], "content": text})
     if turns[-1]["role"] != "user":
         raise RequestError("messages: the last message must be the user's (the model answers it).", "messages")
+    chars = sum(len(t["content"]) for t in turns)
+    if chars > limits.max_prompt_chars:
+        raise RequestError(f"messages: {chars} characters of text, over this server's {limits.max_prompt_chars}: "
+                           "shorten the conversation.", "messages", code="context_length_exceeded")
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None and (not isinstance(stop, list) or len(stop) > 4
+    if stop is not None and (not isinstance(stop, list) or len(stop) > limits.max_stops
                              or not all(isinstance(s, str) and s for s in stop)):
-        raise RequestError("stop: expected a string or a list of up to 4 non-empty strings.", "stop")
+        raise RequestError(f"stop: expected a string or a list of up to {limits.max_stops} non-empty strings.",
+                           "stop")
+    for i, text in enumerate(stop or []):
+        if len(text) > limits.max_stop_chars:
+            raise RequestError(f"stop[{i}] is {len(text)} characters long, over this server's "
+                               f"{limits.max_stop_chars}.", "stop")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError(f"stream = {stream!r}: expected true or false.", "stream")
@@ -163,14 +198,15 @@ def parse_chat_request(raw: bytes, audio_placeholder: str = "<audio>") -> ChatRe
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if body.get("top_p") == 0:
         raise RequestError("top_p = 0: expected a value in (0, 1] (1 keeps every token).", "top_p")
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise RequestError(f"n = {body.get('n')!r}: this server gives one choice per request (n = 1).", "n")
     return ChatRequest(
         model=model, messages=turns, audio=audio[0] if audio else None, audio_format=audio[1] if audio else None,
         max_tokens=_number({"max_tokens": max_tokens}, "max_tokens", int, 64, low=1),
         temperature=_number(body, "temperature", float, 0.0, low=0, high=2),
-        top_p=_number(body, "top_p", float, 1.0, low=0, high=1), seed=_number(body, "seed", int, 0, low=0),
+        top_p=_number(body, "top_p", float, 1.0, low=0, high=1),
+        seed=_number(body, "seed", int, 0, low=0, high=MAX_SEED),
         stop=stop or [], stream=stream, include_usage=bool(options.get("include_usage", False)))
 
 
-__all__ = ["AUDIO_FORMATS", "ChatRequest", "RequestError", "parse_chat_request"]
+__all__ = ["AUDIO_FORMATS", "ChatRequest", "RequestError", "RequestLimits", "parse_chat_request"]

@@ -33,9 +33,10 @@ def test_audiocaps(tmp_path, audio, capsys):
     assert [r["id"] for r in rows] == ["audiocaps-1", "audiocaps-2", "audiocaps-3"]
     assert rows[0]["references"] == ["A dog barks.", "A dog is barking loudly."] and rows[0]["task"] == "caption"
     out = capsys.readouterr().out
-    assert "3 examples written" in out and "2 rejected" in out and "does not exist" in out
-    rejected = (tmp_path / "m.rejected.txt").read_text()
-    assert "missing ['start_time']" in rejected and "audiocaps-4" in rejected
+    assert "3 examples written" in out and "2 rows skipped" in out and "does not exist" in out
+    skipped = json.loads((tmp_path / "m.skipped.json").read_text())
+    assert {"where": "ac.csv line 6", "why": "missing ['start_time']"} in skipped
+    assert [s["where"] for s in skipped][1] == "audiocaps-4" and "does not exist" in skipped[1]["why"]
 
 
 def test_clotho_and_clotho_aqa(tmp_path, audio):
@@ -83,5 +84,36 @@ def test_openaqa_audioset_and_messages(tmp_path, audio):
          "audios": ["a.wav"]}]))
     summary = convert("messages", tmp_path / "msgs.jsonl", tmp_path / "g.jsonl", audio)
     assert summary["converted"] == 1 and summary["rejected"] == 2
-    rejected = (tmp_path / "g.rejected.txt").read_text()
-    assert "2 audios; one audio per example" in rejected and "roles" in rejected
+    skipped = json.dumps(json.loads((tmp_path / "g.skipped.json").read_text()))
+    assert "2 audios; one audio per example" in skipped and "roles" in skipped
+
+
+def test_bad_rows_are_set_aside_with_file_line_and_reason_and_every_good_row_is_written(tmp_path, audio, capsys):
+    """One invalid JSON line, a `[1,2]` line, `"audios": [5]`: each skipped with where it stands and why; the good
+    rows all written (each of these aborted the whole conversion with a traceback before)."""
+    good = {"messages": [{"role": "user", "content": "<audio>What is it?"}, {"role": "assistant", "content": "A bell."}],
+            "audios": ["a.wav"]}
+    lines = [json.dumps({**good, "id": "g1"}), "{not json", "[1, 2]", json.dumps({**good, "audios": [5]}),
+             json.dumps({**good, "id": "g2"}), json.dumps({**good, "messages": ["hi"]})]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["data", "convert", "messages", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+                 "--audio-dir", str(audio)]) == 0
+    assert [r["id"] for r in _rows(tmp_path / "o.jsonl")] == ["g1", "g2"]
+    skipped = json.loads((tmp_path / "o.skipped.json").read_text())
+    assert [s["where"] for s in skipped] == ["m.jsonl line 2", "m.jsonl line 3", "m.jsonl line 4", "m.jsonl line 6"]
+    assert "not valid JSON" in skipped[0]["why"] and "found list" in skipped[1]["why"]
+    assert "audios = [5]: expected a list of audio file paths" in skipped[2]["why"]
+    out = capsys.readouterr().out
+    assert "2 examples written" in out and "4 rows skipped" in out and "o.skipped.json" in out
+
+
+def test_a_file_that_cannot_be_read_or_an_unknown_pattern_column_is_named(tmp_path, audio, capsys):
+    (tmp_path / "ac.csv").write_text("audiocap_id,youtube_id,start_time,caption\n1,yt1,30,A dog barks.\n")
+    assert main(["data", "convert", "audiocaps", str(tmp_path / "ac.csv"), "--out", str(tmp_path / "m.jsonl"),
+                 "--audio-dir", str(audio), "--audio-pattern", "{ytid}.wav"]) == 2
+    err = capsys.readouterr().err
+    assert "--audio-pattern '{ytid}.wav' names ['ytid'], which the file does not have" in err and "{youtube_id}" in err
+    (tmp_path / "bin.csv").write_bytes(bytes(range(256)) * 4)
+    assert main(["data", "convert", "clotho", str(tmp_path / "bin.csv"), "--out", str(tmp_path / "m.jsonl")]) == 2
+    assert "bin.csv: not UTF-8 text (byte 128" in capsys.readouterr().err
+    assert not (tmp_path / "m.jsonl").exists()  # nothing written for a file that could not be read

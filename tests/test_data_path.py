@@ -85,7 +85,7 @@ def test_manifest_table_is_memory_mapped_reused_and_rebuilt_when_the_manifest_ch
         row["audio"] = str(curriculum_env / row["audio"]) if "audio" in row else None
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     processor = _processor(curriculum_env)
-    table, notes = manifest_table(manifest, processor, 1024, "reject", 0.025, tmp_path / "tables")
+    table, notes, _ = manifest_table(manifest, processor, 1024, "reject", 0.025, tmp_path / "tables")
     assert table.cache_files and not notes  # backed by a file on disk, mapped rather than read into memory
     expected, _ = check_lengths(validate_manifest(manifest, min_seconds=0.025), processor, 1024, "reject")
     assert [example_from_row(table[i], str(manifest)) for i in range(len(table))] == expected
@@ -94,13 +94,13 @@ def test_manifest_table_is_memory_mapped_reused_and_rebuilt_when_the_manifest_ch
                                             for e in expected]
     arrow = table.cache_files[0]["filename"]
     stamp = os.stat(arrow).st_mtime_ns
-    again, _ = manifest_table(manifest, processor, 1024, "reject", 0.025, tmp_path / "tables")
+    again, _, _ = manifest_table(manifest, processor, 1024, "reject", 0.025, tmp_path / "tables")
     assert again.cache_files[0]["filename"] == arrow and os.stat(arrow).st_mtime_ns == stamp  # reused
 
     added = [{**rows[0], "id": "new", "audio": str(tmp_path / "gone.wav")}, rows[1]]
     manifest.write_text(manifest.read_text() + "".join(json.dumps(r) + "\n" for r in added))
     with pytest.raises(ManifestError) as err:  # the changed manifest is read again, not served from the old table
-        manifest_table(manifest, processor, 1024, "reject", 0.025, tmp_path / "tables")
+        manifest_table(manifest, processor, 1024, "reject", 0.025, tmp_path / "tables", bad_audio="error")
     assert str(err.value).splitlines()[1:] == [
         f"{manifest}:{len(rows) + 1}: audio file {tmp_path / 'gone.wav'} does not exist.",
         f"{manifest}:{len(rows) + 2}: duplicate id {rows[1]['id']!r} (first on line 2).",
@@ -133,3 +133,35 @@ def test_resumed_mid_epoch_with_two_workers_ends_with_the_uninterrupted_weights(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "broken" / "stage1-connector" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_rows_with_unusable_audio_are_set_aside_up_to_a_ceiling(curriculum_env, tmp_path):
+    """bad_audio: skip (the default): a clip shorter than the encoders' 25 ms and a missing file are set aside with
+    their manifest, line and reason, and the rest trains; past max_bad_audio of the rows the manifest is refused."""
+    import soundfile
+
+    from data.manifest import ManifestError, manifest_table
+
+    rows = [json.loads(line) for line in (curriculum_env / "train.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["audio"] = str(curriculum_env / row["audio"]) if "audio" in row else None
+    soundfile.write(tmp_path / "blip.wav", np.zeros(160, dtype=np.float32), 16000)  # 10 ms
+    bad = [{**rows[0], "id": "short", "audio": str(tmp_path / "blip.wav")},
+           {**rows[0], "id": "gone", "audio": str(tmp_path / "gone.wav")}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows + bad))
+    processor = _processor(curriculum_env)
+    table, notes, set_aside = manifest_table(manifest, processor, 1024, "reject", 0.025, tmp_path / "tables",
+                                             max_bad_audio=0.25)
+    assert sorted(table["id"]) == sorted(r["id"] for r in rows)
+    assert set_aside == [
+        {"manifest": str(manifest), "line": len(rows) + 1, "problem": f"audio {tmp_path / 'blip.wav'} is 10.0 ms "
+                                                                      "long, shorter than the 25 ms the encoders need "
+                                                                      "(SSLAM: one 25 ms fbank frame)."},
+        {"manifest": str(manifest), "line": len(rows) + 2, "problem": f"audio file {tmp_path / 'gone.wav'} does not "
+                                                                      "exist."}]
+    assert any("2 row(s) with audio that cannot be used set aside" in note for note in notes)
+    with pytest.raises(ManifestError, match=r"2 of \d+ rows \(\d+\.\d%\) have audio that cannot be used, over the 5%"):
+        manifest_table(manifest, processor, 1024, "reject", 0.025, tmp_path / "tables", max_bad_audio=0.05)
+    with pytest.raises(ManifestError, match="blip.wav is 10.0 ms long"):
+        manifest_table(manifest, processor, 1024, "reject", 0.025, tmp_path / "tables", bad_audio="error")

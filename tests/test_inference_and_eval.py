@@ -53,6 +53,17 @@ def test_pal_infer_manifest_is_batched_resumable_and_reports_skips(trained_tiny,
     assert again[3]["answer"] == answers[3]["answer"]
 
 
+def test_an_answers_file_line_without_an_id_is_reported_and_ignored_on_resume(tmp_path, capsys):
+    from eval.evaluate import read_rows
+
+    lines = ['{"id": "q0", "answer": "a"}', '{"answer": "no id"}', "[1, 2]", '{"id": "q1", "answer": "b"}']
+    path = tmp_path / "answers.jsonl"
+    path.write_text("\n".join(lines) + '\n{"id": "q2", "ans')  # and a line cut off by a kill
+    assert list(read_rows(path)) == ["q0", "q1"]  # a KeyError before
+    assert "answers.jsonl: line(s) 2, 3 hold no answer row" in capsys.readouterr().err
+    assert path.read_text().splitlines() == lines  # the cut-off line dropped; nothing of the user's lost
+
+
 def test_an_evaluation_encodes_each_clip_once_and_runs_its_shared_prompt_once(trained_tiny, curriculum_env, tmp_path):
     """Several questions about a clip, and the mismatched control, reuse the clip's features; the prompt prefix a
     clip's questions share runs through the LLM once; the answers are those of each question asked alone."""

@@ -129,7 +129,7 @@ def test_every_bad_request_gets_an_openai_error_that_names_the_field(served, cur
     _error(post({"model": "tiny", "messages": [_audio_message("%%%")]}), 400,
            "messages[0].content[1].input_audio.data", "not valid base64")
     _error(post({"model": "tiny", "messages": [_audio_message(base64.b64encode(b"no audio here").decode())]}), 400,
-           "messages", "unreadable or corrupt audio")
+           "messages", "not audio that can be decoded")
     _error(post({"model": "tiny", "messages": [_audio_message(_wav_bytes(np.zeros(0)))]}), 400, "messages",
            "holds no samples")
     _error(post({"model": "tiny", "messages": [_audio_message(_wav_bytes(np.zeros(16000 * 6)))]}), 400, "messages",
@@ -317,3 +317,178 @@ def test_under_load_with_bad_requests_mixed_in_every_good_request_is_answered_ri
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["clip_cache"]["clips"] <= 2
     assert report["rss_mb_after"] - report["rss_mb_before"] < 300  # nothing grows per request (the cache is bounded)
+
+
+# ------------------------------------------------------------------------- bounded cost per request, no 500s
+def test_every_limit_is_checked_before_work_starts():
+    """Each limit refuses a request one past it and takes one at it (serving/requests.py: RequestLimits)."""
+    import json
+
+    from serving.requests import MAX_SEED, RequestError, RequestLimits, parse_chat_request
+
+    limits = RequestLimits()
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+
+    def parse(**fields):
+        return parse_chat_request(json.dumps({**body, **fields}).encode(), limits=limits)
+
+    def refused(param: str, words: str, raw: bytes | None = None, **fields):
+        with pytest.raises(RequestError, match=words) as err:
+            parse_chat_request(raw, limits=limits) if raw is not None else parse(**fields)
+        assert err.value.param == param and 400 <= err.value.status < 500
+
+    assert parse(stop=["x" * limits.max_stop_chars] * limits.max_stops).stop[0] == "x" * limits.max_stop_chars
+    refused("stop", r"stop\[1\] is 65 characters long, over this server's 64", stop=["a", "x" * 65])
+    refused("stop", "up to 4 non-empty strings", stop=["a"] * 5)
+    text = "y" * (limits.max_prompt_chars - 2)
+    assert parse(messages=[{"role": "user", "content": text}, {"role": "user", "content": "hi"}])
+    refused("messages", "32002 characters of text, over this server's 32000",
+            messages=[{"role": "user", "content": text + "yy"}, {"role": "user", "content": "hi"}])
+    refused("messages", "257 messages, over this server's 256",
+            messages=[{"role": "user", "content": "hi"}] * (limits.max_messages + 1))
+    assert parse(seed=MAX_SEED).seed == MAX_SEED == 2**63 - 1
+    refused("seed", "between 0 and", seed=2**64)
+    refused("seed", "between 0 and", seed=1e300)
+    refused("seed", "expected an integer", seed=1.5)
+    for field, value in (("temperature", "NaN"), ("top_p", "Infinity"), ("temperature", "-Infinity")):
+        raw = json.dumps(body)[:-1].encode() + f', "{field}": {value}}}'.encode()
+        refused(None, f"holds {value}, which is not JSON", raw=raw)
+    refused(None, "nested too deeply", raw=b'{"model": "tiny", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert parse(n=None).model == "tiny"
+
+
+def test_a_request_at_each_limit_is_answered_in_bounded_time_while_another_client_is_served(served, curriculum_env):
+    """Four stop strings of the longest length and the longest prompt text, sent beside an ordinary request: all
+    answered, none waiting behind a stop-string matcher built over the vocabulary (17 s for 2,000 characters once)."""
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.requests import RequestLimits
+
+    url, _, _ = served
+    limits, audio = RequestLimits(), _audio_message(_b64(curriculum_env / "tone1.wav"))
+    stops = [f"{i}" + "z" * (limits.max_stop_chars - 1) for i in range(limits.max_stops)]
+    at_limits = [{"model": "tiny", "messages": [audio], "max_tokens": 24, "stop": stops},
+                 {"model": "tiny", "messages": [{"role": "user", "content": "w " * (limits.max_prompt_chars // 2)}],
+                  "max_tokens": 4}]
+    ordinary = {"model": "tiny", "messages": [audio], "max_tokens": 8}
+
+    def post(body):
+        start = time.perf_counter()
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        return response.status_code, time.perf_counter() - start
+
+    with ThreadPoolExecutor(3) as pool:
+        done = list(pool.map(post, [*at_limits, ordinary]))
+    assert done[0][0] == 200 and done[2][0] == 200
+    assert done[1][0] == 400  # longer than the tiny model's 1024 positions once tokenized: refused, not run
+    print("seconds:", [round(s, 2) for _, s in done])
+    assert max(s for _, s in done) < 30  # before the limits, one 2,000-character stop string held the worker 17 s
+
+
+def test_a_chunked_upload_over_the_limit_is_cut_off_at_the_limit(served):
+    """A body without Content-Length, 64 MB on offer against the 1 MB limit: the 413 comes while the client is still
+    sending, long before it is done (before the fix the whole body was read first)."""
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(served[0])
+    sent, chunk = 0, b"x" * 65536
+    with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
+        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n")
+        connection.setblocking(False)
+        answer = b""
+        while sent < 64 * 2**20 and b"\r\n\r\n" not in answer:
+            try:
+                connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+            except (BlockingIOError, ConnectionResetError, BrokenPipeError):
+                time.sleep(0.01)
+            try:
+                answer += connection.recv(65536)
+            except BlockingIOError:
+                pass
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"request_too_large"' in answer or b"\r\n\r\n" in answer
+    assert sent < 16 * 2**20, sent  # a few socket buffers past the 1 MB limit at most, not the 64 MB on offer
+
+
+def test_odd_routes_and_methods_answer_in_openais_error_shape(served):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(served[2])
+    response = client.get("/v1/chat/completions")
+    _error(response, 405, None, "Method Not Allowed")
+    assert "POST" in response.headers["allow"]
+    _error(client.get("/v1/nothing-here"), 404, None, "Not Found")
+
+
+def test_generated_request_bodies_never_get_a_500(served):
+    """Hypothesis throws generated JSON at the chat endpoint (in-process, the model's real route): every answer is a
+    2xx or a 4xx with OpenAI's error body, never a 500."""
+    import json
+
+    from fastapi.testclient import TestClient
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client = TestClient(served[2])
+    scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8)
+    anything = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=12)
+    part = st.fixed_dictionaries({"type": st.sampled_from(["text", "input_audio", "audio_url", "image"]) | anything},
+                                 optional={"text": anything, "input_audio": st.fixed_dictionaries(
+                                     {}, optional={"data": st.sampled_from(["", "AAAA", "%%"]) | anything,
+                                                   "format": st.sampled_from(["wav", "mp3"]) | anything})})
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]) | anything},
+                                    optional={"content": st.text(max_size=20) | st.lists(part, max_size=3) | anything})
+    random_body = st.fixed_dictionaries({}, optional={
+        "model": st.just("tiny") | anything, "messages": st.lists(message, max_size=3) | anything,
+        "max_tokens": st.integers(-3, 4) | anything, "temperature": anything, "top_p": anything, "seed": anything,
+        "stop": anything, "stream": st.booleans() | anything, "stream_options": anything, "n": anything})
+    # A good request with one field replaced: these reach the model, where a seed of 2**64 once gave a 500.
+    good = {"model": "tiny", "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 2}
+    one_field_off = st.tuples(st.sampled_from(["max_tokens", "temperature", "top_p", "seed", "stop", "stream",
+                                               "stream_options", "n"]), anything | st.integers(2**62, 2**66))
+    body = random_body | one_field_off.map(lambda kv: {**good, kv[0]: kv[1]})
+
+    @settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(body)
+    def answers(data):
+        response = client.post("/v1/chat/completions", content=json.dumps(data).encode())
+        assert response.status_code < 500, (data, response.text)
+        if response.status_code >= 400:
+            assert set(response.json()["error"]) >= {"message", "type", "param", "code"}, response.text
+
+    answers()
+
+
+def test_a_taken_port_is_named_before_the_model_loads(tmp_path):
+    import socket
+
+    from serving.app import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=rf"--port {port} on 127.0.0.1 is taken .*choose another --port"):
+            serve(tmp_path / "no-model-here", port=port)  # the model folder is never looked at
+
+
+def test_a_generation_that_fails_mid_stream_ends_with_an_error_event_and_done(served, curriculum_env, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    _, _, app = served
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.state.service, "complete", fails)
+    body = {"model": "tiny", "messages": [_audio_message(_b64(curriculum_env / "tone1.wav"))], "stream": True}
+    response = TestClient(app).post("/v1/chat/completions", json=body)
+    events = [line for line in response.text.splitlines() if line]
+    assert response.status_code == 200 and "chat.completion.chunk" in events[0]  # the first byte was sent
+    assert '"type": "server_error"' in events[-2] and "boom" not in response.text
+    assert events[-1] == "data: [DONE]"

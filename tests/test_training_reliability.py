@@ -254,16 +254,25 @@ def test_a_bad_later_stage_is_reported_before_stage_one_trains(curriculum_env, t
 
 def test_samples_that_fail_at_run_time_are_skipped_with_their_line_and_the_stage_finishes(curriculum_env, tmp_path):
     """A file whose header is fine but whose samples are NaN passes validation and fails when decoded: it is skipped,
-    counted and listed with manifest, line and id; the stage finishes (and a resume would not hit it again)."""
+    counted and listed with manifest, line and id; the stage finishes (and a resume would not hit it again). A clip
+    too short for the encoders is found before training and set aside the same way (bad_audio: skip, the default),
+    where it once refused the whole run."""
     rate = 16000
     soundfile.write(tmp_path / "nan.wav", np.full(rate // 2, np.nan, dtype=np.float32), rate, subtype="FLOAT")
+    soundfile.write(tmp_path / "blip.wav", np.zeros(rate // 100, dtype=np.float32), rate)  # 10 ms: under one frame
     rows = [caption_row(i, str(curriculum_env / f"tone{i}.wav"), "low") for i in range(3)]
     rows.append(caption_row(9, str(tmp_path / "nan.wav"), "broken"))
+    rows.append(caption_row(8, str(tmp_path / "blip.wav"), "short"))
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
     config = curriculum_dict(curriculum_env, stages=1, steps=3, val_manifest=None, num_samples=0,
                              group_by_length=False)
     config["stages"][0]["data"] = [{"manifest": str(manifest)}]
+    config["model"]["max_bad_audio"] = 0.25  # 1 row of 5
     result = train_in_process(write_yaml(tmp_path / "c.yaml", config), tmp_path / "run")[0]
+    set_aside = [json.loads(line) for line in
+                 (tmp_path / "run" / "stage1-connector" / "bad_samples.manifest.jsonl").read_text().splitlines()]
+    assert [(r["manifest"], r["line"]) for r in set_aside] == [(str(manifest), 5)] and result["set_aside"] == 1
+    assert "10.0 ms long, shorter than the 25 ms" in set_aside[0]["problem"]
     bad = [json.loads(line) for line in
            (tmp_path / "run" / "stage1-connector" / "bad_samples.rank0.jsonl").read_text().splitlines()]
     assert bad and result["bad_samples"] == len(bad)

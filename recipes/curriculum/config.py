@@ -105,6 +105,13 @@ class ModelConfig:
     # An example over max_length: "reject" stops before training and lists the lines; "truncate" cuts the end
     # of the conversation (counted and reported; an example whose prompt alone is too long is skipped).
     too_long: Literal["reject", "truncate"] = "reject"
+    # A row whose audio cannot be used (unreadable, empty, shorter than the encoders' shortest input), in a training
+    # or validation manifest: "skip" sets it aside before training, with its manifest, line and reason in the stage's
+    # bad_samples.manifest.jsonl, unless such rows are more than `max_bad_audio` of a manifest's rows (then the run
+    # refuses to start: a wrong audio folder, not a few bad clips); "error" refuses the run on the first one. A clip
+    # that fails later, while training, is skipped and counted either way.
+    bad_audio: Literal["skip", "error"] = "skip"
+    max_bad_audio: float = bounded(0.05, ge=0.0, le=1.0)
 
     def ensemble_config(self) -> EnsembleConfig:
         if self.encoders is None:

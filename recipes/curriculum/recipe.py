@@ -28,10 +28,11 @@ stage's set-up, loop and hand-off, each a method of one screen or two.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import os
 import math
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -42,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from common.home import pal_home
-from common.safe_write import atomic_folder, atomic_write_json, check_writable, disk_errors
+from common.safe_write import atomic_folder, atomic_write_json, atomic_write_text, check_writable, disk_errors
 from common.typed_config import with_absolute_paths
 from data.manifest import ManifestError, manifest_table
 from encoders.ensemble import AudioEncoderEnsemble
@@ -196,6 +197,8 @@ class CurriculumRecipe(Recipe):
         stage["deepspeed"] = deepspeed.read_text() if deepspeed and deepspeed.is_file() else str(deepspeed)
         model = asdict(self.config.model)
         model["connector"] = flatten_sub_configs(model["connector"])
+        for key in ("bad_audio", "max_bad_audio"):  # which rows train is the manifests' business, not hashed either
+            model.pop(key)
         record = {"model": model, "stage": stage, "seed": self.config.seed,
                   "feature_cache": self.config.feature_cache, "previous": self.stage_hash(k - 1) if k else None}
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -260,10 +263,11 @@ class CurriculumRecipe(Recipe):
             the table; the other ranks map the same file (or report the same problems)."""
             if path not in validated:
                 outcome, failure = [None, None], None
+                read = functools.partial(manifest_table, path, processor, self.max_length, m.too_long,
+                                         self.ensemble.min_seconds, tables, m.bad_audio, m.max_bad_audio)
                 if self.rank == 0:
                     try:
-                        manifest_table(path, processor, self.max_length, m.too_long, self.ensemble.min_seconds,
-                                       tables)
+                        read()
                     except Exception as err:  # every rank must leave the broadcast below, whatever went wrong
                         outcome, failure = [type(err).__name__, str(err)], err
                 torch.distributed.broadcast_object_list(outcome, src=0)
@@ -273,11 +277,10 @@ class CurriculumRecipe(Recipe):
                     problems.append(f"{what}: {outcome[1]}")
                     validated[path] = None
                 else:
-                    validated[path] = manifest_table(path, processor, self.max_length, m.too_long,
-                                                     self.ensemble.min_seconds, tables)
+                    validated[path] = read()
             return validated[path]
 
-        self.ds_configs, self.data, self.val_data, self.notes = {}, {}, {}, []
+        self.ds_configs, self.data, self.val_data, self.notes, self.set_aside = {}, {}, {}, [], {}
         for k in self.stages:
             stage, where = self.config.stages[k], f"{self.source}: stages[{k}] ({self.config.stages[k].name})"
             bad_groups = [g for g in stage.trainable if g not in TRAINABLE_GROUPS]
@@ -299,6 +302,7 @@ class CurriculumRecipe(Recipe):
             if k > 0 and k - 1 not in self.stages and not (self.stage_dir(k - 1) / "final" / "config.json").is_file():
                 problems.append(f"{where}: starts from {self.stage_dir(k - 1) / 'final'}, which does not exist; "
                                 f"run stage {k} first.")
+            self.set_aside[k] = [row for found in [*(e for e, _ in sources), val] if found for row in found[2]]
             if all(e is not None for e, _ in sources) and not (stage.val_manifest and val is None):
                 self.data[k] = StageData([(e[0], w, s.manifest) for (e, w), s in zip(sources, stage.data)],
                                          self.config.seed, k, stage.batch_size * self.world, stage.group_by_length,
@@ -386,6 +390,11 @@ class CurriculumRecipe(Recipe):
             atomic_write_json(stage_dir / STAGE_RECORD, {
                 "hash": self.stage_hash(k), "run": run_id or uuid.uuid4().hex[:12],
                 "previous_run": (previous or {}).get("run"), "world_size": self.world, "config": asdict(stage)})
+            set_aside = stage_dir / "bad_samples.manifest.jsonl"  # rows bad_audio: skip kept out of this stage
+            if self.set_aside[k]:
+                atomic_write_text(set_aside, "".join(json.dumps(row) + "\n" for row in self.set_aside[k]))
+            else:
+                set_aside.unlink(missing_ok=True)
         zero3 = self.ds_configs[k]["zero_optimization"]["stage"] == 3
         model = self.build_model(k, self.ds_configs[k] if zero3 else None)
         counts = set_trainable(model, stage.trainable)
@@ -482,8 +491,11 @@ class CurriculumRecipe(Recipe):
             self.finish(k, run.dir, run.processor)
         if run.bad_samples and self.rank == 0:
             print(f"stage {k + 1}: {run.bad_samples} sample(s) skipped; see {run.dir}/bad_samples.rank*.jsonl")
+        if self.set_aside[k] and self.rank == 0:
+            print(f"stage {k + 1}: {len(self.set_aside[k])} manifest row(s) with audio that cannot be used were set "
+                  f"aside before training; see {run.dir}/bad_samples.manifest.jsonl")
         return {"stage": k + 1, "name": stage.name, "steps": run.stop, "loss": run.last_loss,
-                "bad_samples": run.bad_samples, **run.processor.counts}
+                "bad_samples": run.bad_samples, "set_aside": len(self.set_aside[k]), **run.processor.counts}
 
     def report_bad(self, stage_dir: Path, step: int, bad) -> None:
         with disk_errors(stage_dir), open(stage_dir / f"bad_samples.rank{self.rank}.jsonl", "a") as f:
