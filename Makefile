@@ -14,7 +14,7 @@ APT_PACKAGES := default-jre-headless espeak-ng sox libsox-fmt-all alsa-utils sou
 	minetest-data hydrogen-data lmms-common sonic-pi-samples sound-icons asterisk-core-sounds-en-wav \
 	chromium chromium-driver
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test lint demo bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=30
+
+lint: setup
+	$(BIN)/ruff check .
 
 demo: setup
 	$(BIN)/pal demo

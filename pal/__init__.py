@@ -2,7 +2,7 @@
 
 import importlib
 
-# Names resolve on first use (PEP 562), so `pal --help` and `import cli.main` do not load torch and transformers.
+# Names resolve on first use (PEP 562), so `pal --help` and `import pal.cli.main` do not load torch and transformers.
 _EXPORTS = {
     "PALConfig": ".configuration_pal", "PLITSConfig": ".configuration_pal", "LALConfig": ".configuration_pal",
     "XAttnConfig": ".configuration_pal", "PALCache": ".audio_cache", "AudioFeatures": ".modeling_pal",

@@ -39,21 +39,21 @@ class AudioKV:
             k, v = k.repeat_interleave(self.rows_per_audio, 0), v.repeat_interleave(self.rows_per_audio, 0)
         return k, v
 
-    def only_layer(self, layer: int) -> "AudioKV":
+    def only_layer(self, layer: int) -> AudioKV:
         """This layer alone, one row of keys/values per text row (what a backend that packs per example needs)."""
         k, v = self.layer_rows(layer)
         return AudioKV({layer: k}, {layer: v}, self.mask, self.bias)
 
-    def _map(self, fn) -> "AudioKV":
+    def _map(self, fn) -> AudioKV:
         rows = {l: self.layer_rows(l) for l in self.keys}
         return AudioKV({l: fn(k) for l, (k, _) in rows.items()}, {l: fn(v) for l, (_, v) in rows.items()},
                           fn(self.mask), None if self.bias is None else fn(self.bias))
 
-    def index_select(self, index: torch.Tensor) -> "AudioKV":
+    def index_select(self, index: torch.Tensor) -> AudioKV:
         """Rows `index` of the batch (batch selection)."""
         return self._map(lambda t: t.index_select(0, index.to(t.device)))
 
-    def repeat_interleave(self, repeats: int) -> "AudioKV":
+    def repeat_interleave(self, repeats: int) -> AudioKV:
         """Each row `repeats` times, copied (for keys that every row then changes on its own)."""
         return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
@@ -66,7 +66,7 @@ class AudioKV:
             memo = self.__dict__[name] = (attention_mask, key, build())
         return memo[2]
 
-    def shared_repeat(self, repeats: int) -> "AudioKV":
+    def shared_repeat(self, repeats: int) -> AudioKV:
         """Each row `repeats` times without copying the keys/values: the new rows share them."""
         repeat = lambda t: None if t is None else t.repeat_interleave(repeats, dim=0)  # noqa: E731
         return AudioKV(self.keys, self.values, repeat(self.mask), repeat(self.bias), self.rows_per_audio * repeats)

@@ -106,7 +106,7 @@ class AudioFeatureNorm(nn.Module):
         tmp.replace(path)
 
     @classmethod
-    def from_statistics(cls, path: str | Path, encoder_dims: dict[str, int]) -> tuple["AudioFeatureNorm", dict]:
+    def from_statistics(cls, path: str | Path, encoder_dims: dict[str, int]) -> tuple[AudioFeatureNorm, dict]:
         """The module `save_statistics` wrote → (module, {name: fitted positions})."""
         from safetensors.torch import load_file
 

@@ -14,9 +14,6 @@ Example:
     ... )
     >>> config.lal_layer_indices()
     [1, 2, 3]
-
-Configs saved before the sub-configs (flat keys such as `lal_start_layer`, `mlp_downsample`) still load: `FLAT_KEYS`
-maps each old key to its place, so a model folder or a YAML `connector:` block written then builds the same model.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from common.typed_config import bounded, from_dict
+from pal.common.typed_config import bounded, from_dict
 
 # The choices of each option, named once: the fields' types below read them.
 CONNECTORS = ("plits", "lal", "pal", "xattn")  # "pal": each encoder on its own route (`routes`)
@@ -96,10 +93,8 @@ class LALConfig:
         example), so a fresh connector's audio block weighs what one key would; it still disturbs the LLM where the
         keys' scores spread widely (lal_injection.py, "Start-up"). "none" is the plain pal-spec §4.2 formula.
     audio_offset: a further offset, in nats, subtracted from every real audio key's logit on top of `audio_bias`, so
-        that a fresh connector starts with the LLM nearly intact (at 5 on the demo: the stage-1 loss at
-        initialisation 5.8 instead of 10.2, against 4.9 without LAL; on data where stage 1 diverged it trained
-        normally: README, "Does the model hear?"). P_l learns to raise the audio's scores from there. 0 keeps the
-        formula as before.
+        that a fresh connector starts with the LLM nearly intact (docs/findings.md); P_l learns to raise the audio's
+        scores from there. 0 keeps the plain formula.
     projection: P_l, "linear" (an independent linear map of the encoder output per layer, the paper's form), "mlp" (a
         shared two-layer MLP trunk followed by one linear head per layer) or "lowrank" (one shared linear map to d
         plus a rank-`projection_rank` correction per layer: about a fifth of "linear"'s FLOPs on SmolLM2-135M with a
@@ -164,58 +159,6 @@ class XAttnConfig:
 
 SUB_CONFIGS = {cls.route: cls for cls in (PLITSConfig, LALConfig, XAttnConfig)}  # route → its connector's config
 
-# The flat keys PALConfig had before the sub-configs, and where each lives now: (route, key in its sub-config). Old
-# config.json files and YAML `connector:` blocks are read through it, and the curriculum hashes configs in this form.
-FLAT_KEYS = {
-    "projector": ("plits", "projector"), "mlp_downsample": ("plits", "mlp_downsample"),
-    "qformer_latents": ("plits", "qformer_latents"), "qformer_layers": ("plits", "qformer_layers"),
-    "qformer_heads": ("plits", "qformer_heads"), "qformer_dim": ("plits", "qformer_dim"),
-    "n_summary": ("plits", "n_summary"), "plits_output_norm": ("plits", "output_norm"),
-    "lal_start_layer": ("lal", "start_layer"), "lal_layers": ("lal", "layers"), "lal_rope": ("lal", "rope"),
-    "lal_projection": ("lal", "projection"), "lal_projection_rank": ("lal", "projection_rank"),
-    "lal_recompute_audio": ("lal", "recompute_audio"), "lal_audio_bias": ("lal", "audio_bias"),
-    "xattn_every": ("xattn", "every"), "xattn_layers": ("xattn", "layers"), "xattn_heads": ("xattn", "heads"),
-    "xattn_ffn_mult": ("xattn", "ffn_mult"),
-}
-
-
-def _as_mapping(sub_config) -> dict:
-    """A sub-config as given (an instance, a mapping or None) as a mapping."""
-    return dataclasses.asdict(sub_config) if dataclasses.is_dataclass(sub_config) else dict(sub_config or {})
-
-
-def nest_flat_keys(settings: dict) -> dict:
-    """PALConfig settings with any flat key of `FLAT_KEYS` moved into its sub-config (`lal_start_layer: 4` →
-    `lal_config: {start_layer: 4}`); a setting given both ways is an error. Other keys are left as they are."""
-    nested = {k: v for k, v in settings.items() if k not in FLAT_KEYS}
-    for key in [k for k in settings if k in FLAT_KEYS]:
-        route, inner = FLAT_KEYS[key]
-        sub = _as_mapping(nested.get(f"{route}_config"))
-        if inner in sub:
-            raise ValueError(f"{key} and {route}_config.{inner} are both given: keep {route}_config.{inner} "
-                             f"(the flat key {key} is the form before sub-configs).")
-        nested[f"{route}_config"] = {**sub, inner: settings[key]}
-    return nested
-
-
-def flatten_sub_configs(settings: dict) -> dict:
-    """The inverse of `nest_flat_keys`: PALConfig settings in the flat form, sub-config keys at the top level under
-    their old names. A key of a sub-config without a flat name (a typo) stays in its sub-config."""
-    inverse = {where: key for key, where in FLAT_KEYS.items()}
-    flat = {k: v for k, v in settings.items() if k not in {f"{route}_config" for route in SUB_CONFIGS}}
-    for route in SUB_CONFIGS:
-        sub = _as_mapping(settings.get(f"{route}_config"))
-        rest = {}
-        for inner, value in sub.items():
-            if (route, inner) in inverse:
-                flat[inverse[route, inner]] = value
-            else:
-                rest[inner] = value
-        if rest:
-            flat[f"{route}_config"] = rest
-    return flat
-
-
 def _sub_config(route: str, value):
     """A sub-config from what PALConfig was given: an instance, a mapping (checked: unknown keys, types, bounds,
     choices) or None (the defaults)."""
@@ -267,14 +210,12 @@ class PALConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
-        flat = {key: kwargs.pop(key) for key in list(kwargs) if key in FLAT_KEYS}  # a config from before sub-configs
         unknown = sorted(k for k in kwargs if k not in _HF_CONFIG_KWARGS)
         if unknown:
             known = sorted(f for f in self.__dataclass_fields__ if not f.startswith("_"))
             raise ValueError(f"unknown PALConfig key(s) {unknown}; known keys: {known}.")
-        subs = nest_flat_keys({**{f"{r}_config": getattr(self, f"{r}_config") for r in SUB_CONFIGS}, **flat})
         for route in SUB_CONFIGS:
-            setattr(self, f"{route}_config", _sub_config(route, subs.get(f"{route}_config")))
+            setattr(self, f"{route}_config", _sub_config(route, getattr(self, f"{route}_config")))
         super().__post_init__(**kwargs)
         # Generation and saving look for tied embeddings on the top-level config.
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))

@@ -48,7 +48,10 @@ class GatedCrossAttentionBlock(nn.Module):
     def audio_kv(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio [B, N_a, d] → this block's keys and values, each [B, H, N_a, D_h]."""
         batch, num = audio.shape[:2]
-        split = lambda t: t.view(batch, num, self.heads, self.head_dim).transpose(1, 2)
+
+        def split(t):
+            return t.view(batch, num, self.heads, self.head_dim).transpose(1, 2)
+
         return split(self.k_proj(audio)), split(self.v_proj(audio))
 
     def forward(self, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

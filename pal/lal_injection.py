@@ -17,17 +17,12 @@ the audio keys/values are read where prefill wrote them, never copied per token 
 the LLM is subclassed or renamed: checkpoint keys stay the LLM's, LoRA on k_proj/v_proj applies to audio keys too,
 and a layer that gets no audio runs exactly the bare LLM's code.
 
-Start-up. N_a fresh audio keys added to one softmax take most of the attention mass whatever their scores (measured on
-SmolLM2-135M with 513 random-init audio keys: 60-99 % of every audio layer's attention, and the loss of the answer
-rose from 5.3 to 13.2 before any training). With `audio_bias="log_count"` every real audio key's logit is offset by
--log(n_b), n_b the example's real audio tokens, so the whole audio block weighs what one key of its mean score would
-(log-mean-exp), and P_l learns scores that raise the audio's weight. It stays one softmax over audio and text, with
-no gate and no new attention weights; "none" is the plain formula. The offset does not make a fresh connector
-harmless when the keys' scores spread widely, as they do on standardised features (`audio_norm`): on the demo, 201
-such keys still took 9.5-42 % of the attention in most audio layers and the answers' loss rose from 4.9 to 10.2
-before any step. Training usually repairs it within about 16 steps, but one of four stage-1 runs diverged from
-there; `audio_offset` (5 nats more off every audio logit) kept the start near 5.8 and that run from diverging
-(README, "Does the model hear?").
+Start-up. N_a fresh audio keys added to one softmax take most of the attention mass whatever their scores, so a
+fresh connector would disturb the LLM before it learns anything. With `audio_bias="log_count"` every real audio key's
+logit is offset by -log(n_b), n_b the example's real audio tokens, so the whole audio block weighs what one key of its
+mean score would (log-mean-exp); `audio_offset` subtracts a further constant, for keys whose scores spread widely. It
+stays one softmax over audio and text, with no gate and no new attention weights; "none" is the plain formula. What
+each did to the start of training is measured in docs/findings.md.
 
 RoPE. With `rope="prefix"` the b-th example's n_b real audio tokens sit at positions -n_b .. -1 and its text starts at
 0. Attention scores depend only on position differences, so this is exactly the layout "audio just before the text"
@@ -52,6 +47,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward, ro
 from .audio_cache import AudioKV
 from .configuration_pal import LALConfig
 from .lal_varlen import flash_attn_available, flash_kernel_runs, lal_flash_varlen_attention
+from .masks import additive_mask
 
 # ----------------------------------------------------------------------------------------------------------------------
 # P_l: the per-layer projections of the encoder output
@@ -171,16 +167,13 @@ def _widen_mask(
     if attention_mask is None:
         attention_mask = _causal_mask(q_len, text_keys, query.device)
     if audio_bias is not None and attention_mask.dtype == torch.bool:
-        blocked = torch.finfo(query.dtype).min
-        attention_mask = torch.zeros((), dtype=query.dtype, device=query.device).masked_fill(~attention_mask, blocked)
+        attention_mask = additive_mask(attention_mask.to(query.device), query.dtype)
     audio_part = audio_mask[:, None, None, :].expand(batch, 1, q_len, audio_mask.shape[-1])
     if attention_mask.dtype != torch.bool:
-        blocked = torch.finfo(attention_mask.dtype).min
-        real = torch.zeros((), dtype=attention_mask.dtype, device=query.device)
+        real = 0.0
         if audio_bias is not None:
             real = audio_bias.to(device=query.device, dtype=attention_mask.dtype)[:, None, None, None]
-        audio_part = torch.where(audio_part, real, torch.tensor(blocked, dtype=attention_mask.dtype,
-                                                                  device=query.device))
+        audio_part = additive_mask(audio_part.to(query.device), attention_mask.dtype, real)
     text_part = attention_mask.expand(batch, 1, q_len, attention_mask.shape[-1])
     return torch.cat([audio_part, text_part], dim=-1)
 
@@ -227,16 +220,13 @@ def _decoding_masks(lal_audio: AudioKV, attention_mask, q_len: int, text_keys: i
     causal over the cached keys)."""
 
     def build():
-        blocked = torch.finfo(torch.float32).min
-        audio_add = torch.zeros(lal_audio.mask.shape, dtype=torch.float32, device=device)
-        if lal_audio.bias is not None:
-            audio_add = audio_add + lal_audio.bias.float().to(device)[:, None]
-        audio_add = audio_add.masked_fill(~lal_audio.mask.to(device), blocked)[:, None, None, :]
+        bias = 0.0 if lal_audio.bias is None else lal_audio.bias.float().to(device)[:, None]
+        audio_add = additive_mask(lal_audio.mask.to(device), torch.float32, bias)[:, None, None, :]
         text_mask = _causal_mask(q_len, text_keys, device) if attention_mask is None else attention_mask
         if text_mask.dtype == torch.bool:
-            text_add = torch.zeros(text_mask.shape, device=device).masked_fill(~text_mask, blocked)
+            text_add = additive_mask(text_mask, torch.float32)
         else:
-            text_add = text_mask.float().clamp(min=blocked)
+            text_add = text_mask.float().clamp(min=torch.finfo(torch.float32).min)
         return audio_add, text_add
 
     return lal_audio.once_per_call("_decoding_masks", attention_mask, (q_len, text_keys), build)

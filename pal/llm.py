@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.home import is_materialised, materialise, pal_home
+from pal.common.home import is_materialised, materialise, pal_home
 
 # LAL reaches into each decoder layer's `input_layernorm` and `self_attn.{k,v}_proj`; these families share that
 # layout and the attention-interface contract of the pinned transformers release.

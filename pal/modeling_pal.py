@@ -19,14 +19,15 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from encoders.outputs import EncoderOutputs
+from pal.encoders.outputs import EncoderOutputs
 
+from .audio_cache import PALCache
 from .audio_norm import AudioFeatureNorm
 from .configuration_pal import PALConfig
 from .cross_attention import CrossAttentionConnector
-from .audio_cache import PALCache
 from .lal_injection import LALConnector, enable_lal_attention
 from .llm import check_supported_llm, load_llm
+from .masks import additive_mask
 from .plits import PLITSConnector, splice_audio_tokens
 from .trainable import attach_lora
 
@@ -117,7 +118,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_llm(cls, llm_path=None, *, dtype: torch.dtype = torch.float32, seed: int | None = None,
-                 **connector) -> "PALForConditionalGeneration":
+                 **connector) -> PALForConditionalGeneration:
         """Wrap the LLM in a local folder (None or "default": the embedded SmolLM2) with fresh connectors.
 
         `connector` holds PALConfig fields, e.g. `encoder_dims={"sslam": 768}, connector="lal",
@@ -220,66 +221,18 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         """
         if inputs_embeds is None:
             inputs_embeds = self.llm.get_input_embeddings()(input_ids)
-        batch = inputs_embeds.shape[0]
         if audio is not None:
-            audio = self.audio_inputs(audio, batch)
-
-        # PLITS: projected tokens go where the prompt holds placeholders.
-        has_placeholders = audio_token_mask is not None and bool(audio_token_mask.any())
-        if self.plits is not None and audio is not None:
-            # Runs even when every row is text-only (all masks False): under ZeRO-3 every rank must call the same
-            # modules in the same order, whatever its batch holds.
-            tokens, mask = self.plits(audio)
-            if bool(mask.any()) and not has_placeholders:
-                raise ValueError(
-                    "PLITS audio was given but the prompt has no `<audio>` placeholder: put `<audio>` where the audio "
-                    "belongs and build the inputs with PALProcessor."
-                )
-            flags = (audio_token_mask.bool() if audio_token_mask is not None
-                     else torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device))
-            inputs_embeds = splice_audio_tokens(inputs_embeds, flags, tokens, mask)
-        elif has_placeholders:
-            raise ValueError(
-                "the inputs hold audio placeholder positions but no PLITS audio was given"
-                + (": pass `audio`." if self.plits is not None else ": this model routes no encoder through PLITS.")
-            )
-
-        # LAL and cross-attention: audio keys/values, computed once and kept in the cache while generating.
+            audio = self.audio_inputs(audio, inputs_embeds.shape[0])
+        inputs_embeds = self._splice_plits(inputs_embeds, audio, audio_token_mask)
         if use_cache is None:
             use_cache = self.config.text_config.use_cache
         if use_cache and past_key_values is None:
             past_key_values = PALCache(config=self.llm.config)
-        side = {c.cache_key: getattr(past_key_values, c.cache_key, None) for c in self.side_connectors()}
-        if audio is not None and any(kv is not None for kv in side.values()):
-            self._check_prepared(past_key_values, audio)
-        elif audio is not None:
-            for connector in self.side_connectors():
-                key = connector.cache_key
-                side[key] = connector(audio, self.llm)
-                if use_cache:
-                    if not isinstance(past_key_values, PALCache):
-                        raise ValueError(
-                            f"audio keys/values need a PALCache to be reused while decoding, got "
-                            f"{type(past_key_values).__name__}: pass `past_key_values=PALCache(config=model.llm.config)`"
-                            " or let the model create it."
-                        )
-                    setattr(past_key_values, key, side[key])
-
-        if attention_mask is not None and attention_mask.dim() == 4:
-            # A custom mask (packed questions, pal/packing.py): the FlashAttention varlen path cannot express it, and
-            # eager attention adds its mask, so a boolean one becomes additive there.
-            kwargs["lal_custom_mask"] = True
-            if attention_mask.dtype == torch.bool and "eager" in str(self.llm.config._attn_implementation):
-                blocked = torch.finfo(inputs_embeds.dtype).min
-                attention_mask = torch.zeros((), dtype=inputs_embeds.dtype, device=attention_mask.device).masked_fill(
-                    ~attention_mask, blocked)
-        if position_ids is None and attention_mask is not None:
-            # Padding-aware positions (left padding puts each example's first real token at 0), as generate() does.
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+        side = self._side_audio(audio, past_key_values, use_cache)
+        attention_mask, position_ids = self._text_mask(attention_mask, position_ids, inputs_embeds, kwargs)
 
         text_inputs = dict(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                           past_key_values=past_key_values, use_cache=use_cache,
-                           **{key: kv for key, kv in side.items() if kv is not None})
+                           past_key_values=past_key_values, use_cache=use_cache, **side)
         if labels is None:
             return self.llm(**text_inputs, logits_to_keep=logits_to_keep, **kwargs)
         # Training: the LM head runs at supervised positions only (see `supervised_lm_loss`).
@@ -289,6 +242,61 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                                           num_items)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+    def _splice_plits(self, inputs_embeds: torch.Tensor, audio: AudioFeatures | None,
+                      audio_token_mask: torch.Tensor | None) -> torch.Tensor:
+        """PLITS: projected tokens go where the prompt holds placeholders. inputs_embeds [B, T, d] → [B, T, d]."""
+        has_placeholders = audio_token_mask is not None and bool(audio_token_mask.any())
+        if self.plits is None or audio is None:
+            if has_placeholders:
+                raise ValueError(
+                    "the inputs hold audio placeholder positions but no PLITS audio was given"
+                    + (": pass `audio`." if self.plits is not None else ": this model routes no encoder through PLITS.")
+                )
+            return inputs_embeds
+        # Runs even when every row is text-only (all masks False): under ZeRO-3 every rank must call the same modules
+        # in the same order, whatever its batch holds.
+        tokens, mask = self.plits(audio)
+        if bool(mask.any()) and not has_placeholders:
+            raise ValueError(
+                "PLITS audio was given but the prompt has no `<audio>` placeholder: put `<audio>` where the audio "
+                "belongs and build the inputs with PALProcessor."
+            )
+        flags = (audio_token_mask.bool() if audio_token_mask is not None
+                 else torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device))
+        return splice_audio_tokens(inputs_embeds, flags, tokens, mask)
+
+    def _side_audio(self, audio: AudioFeatures | None, past_key_values, use_cache: bool) -> dict:
+        """LAL and cross-attention: each side connector's audio keys/values, {cache_key: AudioKV}, computed once and
+        kept in the cache while generating (read back from it on a decoding step)."""
+        side = {c.cache_key: getattr(past_key_values, c.cache_key, None) for c in self.side_connectors()}
+        if audio is not None and any(kv is not None for kv in side.values()):
+            self._check_prepared(past_key_values, audio)
+        elif audio is not None:
+            if use_cache and self.side_connectors() and not isinstance(past_key_values, PALCache):
+                raise ValueError(
+                    f"audio keys/values need a PALCache to be reused while decoding, got "
+                    f"{type(past_key_values).__name__}: pass `past_key_values=PALCache(config=model.llm.config)` or "
+                    "let the model create it."
+                )
+            for connector in self.side_connectors():
+                side[connector.cache_key] = connector(audio, self.llm)
+                if use_cache:
+                    setattr(past_key_values, connector.cache_key, side[connector.cache_key])
+        return {key: kv for key, kv in side.items() if kv is not None}
+
+    def _text_mask(self, attention_mask, position_ids, inputs_embeds: torch.Tensor, kwargs: dict):
+        """The text's attention mask and positions as the LLM takes them: a custom [B, 1, T, T] mask (packed
+        questions, pal/packing.py) is flagged for LAL (FlashAttention's varlen path cannot express it) and made
+        additive for eager attention, which adds its mask; positions are padding-aware (left padding puts each
+        example's first real token at 0), as generate() makes them."""
+        if attention_mask is not None and attention_mask.dim() == 4:
+            kwargs["lal_custom_mask"] = True
+            if attention_mask.dtype == torch.bool and "eager" in str(self.llm.config._attn_implementation):
+                attention_mask = additive_mask(attention_mask, inputs_embeds.dtype)
+        if position_ids is None and attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+        return attention_mask, position_ids
 
     @torch.no_grad()
     def prepare_audio(self, audio: AudioFeatures, repeats: int = 1) -> PALCache:

@@ -25,7 +25,7 @@ def shared_prefix_length(rows: list[Row]) -> int:
     """Tokens the rows share from the start, stopped before the first answer token of any row and one short of the
     shortest row (every branch keeps a token of its own)."""
     limit = min(len(ids) for ids, _, _ in rows) - 1
-    for ids, labels, _ in rows:
+    for _, labels, _ in rows:
         limit = min(limit, next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels)))
     first = rows[0][0]
     length = 0

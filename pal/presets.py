@@ -1,5 +1,5 @@
 """The connectors the toolkit compares, named once: `pal bench efficiency / curriculum / inference` and
-`pal compare --preset smoke` build them from here (the comparison YAMLs in configs/compare/ write the same choices).
+`pal compare --preset smoke` build them from here (the comparison YAMLs in pal:compare/ write the same choices).
 
 Each preset is the PALConfig settings that make the connector what it is; sizes that depend on the LLM or on the
 measurement (the first audio layer, the number of summary tokens, a low rank) are given on top, a sub-config's

@@ -24,16 +24,33 @@ assistant turns), audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} when there
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 
-from encoders.audio import AudioError
+from pal.encoders.audio import AudioError
 
 from .configuration_pal import PALConfig
 from .packing import IGNORE_INDEX, pack_rows, pad_packed
 from .plits import plits_token_counts
 
 AUDIO_PLACEHOLDER = "<audio>"
+
+
+@dataclass
+class Prepared:
+    """What `PALProcessor.prepare` hands `collate`, built in a DataLoader worker: the kept examples, each with its
+    audio row, templated pieces and packing group, one entry per kept example in each list."""
+
+    examples: list  # the kept examples (data.manifest.Example)
+    bad: list  # [(example, problem)]: set aside, with why
+    rows: list  # each kept example's row in `clips` or `cached`; None for an example without audio
+    clips: list  # clips read at the encoders' rates, one per distinct audio file (without a feature cache)
+    cached: dict | None  # {name: (tokens, mask)} read from the feature cache, one row per distinct file
+    segments: list  # each kept example's conversation, templated into pieces
+    groups: list  # each kept example's packing group (examples of one group share a clip)
+    packed: bool  # the examples came in groups, to be packed into one sequence per group
+    counts: Counter = field(default_factory=Counter)  # long-audio events while reading
 
 
 class PALProcessor:
@@ -208,7 +225,7 @@ class PALProcessor:
         """Generated continuations (after `prompt_length` input positions) as text."""
         return self.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
 
-    def with_settings(self, **changes) -> "PALProcessor":
+    def with_settings(self, **changes) -> PALProcessor:
         """The same tokenizer, config and audio front-ends with other settings (e.g. padding_side="left" to generate
         from a training processor), counting on its own."""
         settings = {"padding_side": self.padding_side, "ensemble": self.ensemble, "cache": self.cache,
@@ -235,12 +252,10 @@ class PALProcessor:
         return {n: (t.to(device), m.to(device)) for n, (t, m) in features.items()}
 
     # -------------------------------------------------------------------------------------------- examples → batch
-    def prepare(self, examples) -> dict:
+    def prepare(self, examples) -> Prepared:
         """The worker's part: each example's audio read at the encoders' rates (or its cached features) and its
         conversation templated; a clip that several examples share is read once. `examples` (data.manifest.Example)
-        may hold groups of examples about one clip (a list each), which `collate` packs into one sequence each.
-        → {"examples": kept, "bad": [(example, problem)], "rows": each kept example's audio row or None, "clips" or
-        "cached", "segments", "groups": each kept example's group, "packed", "counts"}."""
+        may hold groups of examples about one clip (a list each), which `collate` packs into one sequence each."""
         bad, kept, rows, clips, paths, segments, groups, counts = [], [], [], [], [], [], [], Counter()
         read: dict[str, int] = {}  # audio path → its row in clips / paths
         items = [(g, e) for g, item in enumerate(examples) for e in (item if isinstance(item, list) else [item])]
@@ -265,30 +280,30 @@ class PALProcessor:
             rows.append(row)
             segments.append(pieces)
             groups.append(group)
-        return {"examples": kept, "bad": bad, "rows": rows, "clips": clips,
-                "cached": self.cache.get(paths) if paths else None, "segments": segments, "groups": groups,
-                "packed": any(isinstance(item, list) for item in examples), "counts": counts}
+        return Prepared(examples=kept, bad=bad, rows=rows, clips=clips, cached=self.cache.get(paths) if paths else None,
+                        segments=segments, groups=groups, packed=any(isinstance(item, list) for item in examples),
+                        counts=counts)
 
-    def prepared_audio(self, prepared: dict) -> dict | None:
+    def prepared_audio(self, prepared: Prepared) -> dict | None:
         """Encoder outputs with one row per kept example of `prepare`'s output (the encoders run here, batched)."""
-        if prepared["cached"] is None and not prepared["clips"]:
-            return self.no_audio(len(prepared["examples"]))
-        features = prepared["cached"] if prepared["cached"] is not None else self.encode_audio(prepared["clips"])
-        return scatter_rows(features, prepared["rows"])
+        if prepared.cached is None and not prepared.clips:
+            return self.no_audio(len(prepared.examples))
+        features = prepared.cached if prepared.cached is not None else self.encode_audio(prepared.clips)
+        return scatter_rows(features, prepared.rows)
 
-    def collate(self, prepared: dict) -> tuple[dict | None, list]:
+    def collate(self, prepared: Prepared) -> tuple[dict | None, list]:
         """The training process's part, on what `prepare` gave: → (batch, or None when nothing usable is left;
         [(example, problem)] of the skipped examples). A sample is skipped for audio that does not decode, a row over
         `max_length` once its PLITS audio tokens are in (`too_long="truncate"` cuts it instead, counted), or no
         assistant token. batch["examples"]: the question-answer examples in it (a packed row holds several)."""
-        self.counts.update(prepared["counts"])
-        audio, kept, bad = self.prepared_audio(prepared), prepared["examples"], list(prepared["bad"])
+        self.counts.update(prepared.counts)
+        audio, kept, bad = self.prepared_audio(prepared), prepared.examples, list(prepared.bad)
         counts = self.audio_token_counts(audio, len(kept))
         plits = self.config.encoders_on("plits") + self.config.summary_encoders()
         rows, keep = [], []
         for i, example in enumerate(kept):
             try:
-                row = self.encode(prepared["segments"][i], int(counts[i]), plits, i)
+                row = self.encode(prepared.segments[i], int(counts[i]), plits, i)
                 if self.max_length is not None and len(row[0]) > self.max_length:
                     if self.too_long != "truncate":
                         raise ValueError(f"{len(row[0])} tokens with its audio, over max_length {self.max_length}.")
@@ -304,8 +319,8 @@ class PALProcessor:
             keep.append(i)
         if not rows:
             return None, bad
-        if prepared.get("packed"):
-            batch, keep = self._pack(rows, keep, prepared["groups"])
+        if prepared.packed:
+            batch, keep = self._pack(rows, keep, prepared.groups)
         else:
             batch = self.pad(rows)
         if audio is not None:

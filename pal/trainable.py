@@ -17,7 +17,7 @@ Groups (a parameter may sit in several; a parameter trains if any selected group
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -74,7 +74,7 @@ def set_trainable(model: nn.Module, groups: list[str] | tuple[str, ...]) -> dict
 def _dropout_only_where_lora_trains(model: nn.Module) -> None:
     """A frozen LoRA adapter's input dropout is switched off (p = 0, PyTorch then returns its input untouched) and
     restored when the adapter trains again. It only adds noise to a function that nothing learns in, and on a CPU it
-    is not cheap: in a connector-only stage it took as long as the LLM's forward linear layers (README: Efficiency).
+    is not cheap: in a connector-only stage it took as long as the LLM's forward linear layers (docs/efficiency.md).
     A fresh adapter (lora_B = 0) gives exactly the same output either way."""
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)

@@ -44,16 +44,29 @@ def run_pal(*args, nproc: int = 1, wait: bool = True, port: int = 29500, cwd: Pa
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1" if nproc > 1 else "2"}
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "cli", *args]
+    cmd = [sys.executable, "-m", "pal", *args]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(port + os.getpid() % 1000), "-m", "cli", *args]
+               str(port + os.getpid() % 1000), "-m", "pal", *args]
     if not wait:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    env["PYTHONPATH"] = str(ROOT)  # for a working directory outside the checkout
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert not check or done.returncode == 0, done.stderr[-4000:]
     return done
+
+
+def fill_with_users_files(folder: Path) -> Path:
+    """A user's working directory: their own `eval.py`, `common/` and `data/` packages, each failing loudly if
+    imported (names that a toolkit installing top-level packages would collide with). → `folder`."""
+    def trap(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"raise ImportError('the user\\'s own {path.relative_to(folder)} was imported')\n")
+
+    trap(folder / "eval.py")
+    trap(folder / "common" / "__init__.py")
+    trap(folder / "data" / "__init__.py")
+    (folder / "data" / "notes.txt").write_text("the user's data\n")
+    return folder
 
 
 def tiny_llm_config(family: str = "llama"):
@@ -245,8 +258,8 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 def train_in_process(config: Path, out: Path, **options) -> list[dict]:
     """`pal train` without a new process (DeepSpeed runs as one rank in the test process): setup, then every stage."""
-    from recipes.curriculum.config import CurriculumConfig
-    from recipes.curriculum.recipe import CurriculumRecipe
+    from pal.curriculum.config import CurriculumConfig
+    from pal.curriculum.recipe import CurriculumRecipe
 
     recipe = CurriculumRecipe(CurriculumConfig.from_yaml(config), out=out, source=config, **options)
     return recipe.run()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import soundfile
 import torch
-
-from encoders.audio import AudioError, load_audio
-from encoders.kaldi_fbank import kaldi_fbank, num_frames
-from encoders.sslam.frontend import FrontendConfig, model_inputs
-
 from conftest import SHARED
+
+from pal.encoders.audio import AudioError, load_audio
+from pal.encoders.kaldi_fbank import kaldi_fbank, num_frames
+from pal.encoders.sslam.frontend import FrontendConfig, model_inputs
 
 FIXTURE = SHARED / "fixtures" / "sslam_reference"
 
@@ -76,7 +74,8 @@ def test_fbank_matches_transformers_ast_feature_extractor():
     assert frames == num_frames(len(wave)) == 998
     diff = np.abs(theirs[:frames] - ours.numpy())
     # Only cells far below the frame's energy are ill-conditioned (fixture README); the rest agree tightly.
-    # fixture-like: transformers' numpy path runs the FFT in float64; log cells far below their frame's energy amplify the float32 FFT's error (test_sslam_parity's bound), so the tail is loose and the bulk tight
+    # fixture-like: transformers' numpy path runs the FFT in float64; log cells far below their frame's energy amplify
+    # the float32 FFT's error (test_sslam_parity's bound), so the tail is loose and the bulk tight
     assert np.percentile(diff, 99.9) < 1e-3 and diff.max() < 5e-2
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from conftest import build_inputs, random_audio, random_texts, tiny_pal
 
 from pal.audio_norm import MIN_CLIPS_PER_POSITION, AudioFeatureNorm
-
-from conftest import build_inputs, random_audio, random_texts, tiny_pal
 
 
 def _clips(seed: int = 0):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import build_inputs, random_audio, random_texts, slice_audio, tiny_pal
 
 CONNECTORS = ["plits", "plits_qformer", "lal", "pal", "pal_summary"]
@@ -96,7 +95,7 @@ def test_text_only_row_in_an_audio_batch_is_the_bare_llm(connector):
     model, bare = tiny_pal(connector)
     texts = random_texts([9, 7], seed=11)
     audio = random_audio(model.config, [5, 3], seed=11)
-    for name, (tokens, mask) in audio.items():
+    for _, mask in audio.values():
         mask[1] = False
     batch = build_inputs(model, texts, audio, padding_side="right")
     assert not batch["audio_token_mask"][1].any()

@@ -8,8 +8,8 @@ import sys
 
 from conftest import ROOT
 
-HEAVY = ("torch", "transformers", "deepspeed", "fastapi", "bench.efficiency", "bench.sslam_pretrain",
-         "recipes.curriculum.recipe")
+HEAVY = ("torch", "transformers", "deepspeed", "fastapi", "pal.bench.efficiency", "pal.bench.sslam_pretrain",
+         "pal.curriculum.recipe")
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -20,7 +20,7 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def _help(*argv: str) -> str:
-    return f"from cli.main import main\ntry:\n    main({list(argv)!r})\nexcept SystemExit:\n    pass"
+    return f"from pal.cli.main import main\ntry:\n    main({list(argv)!r})\nexcept SystemExit:\n    pass"
 
 
 def test_help_loads_no_heavy_module():
@@ -30,10 +30,10 @@ def test_help_loads_no_heavy_module():
 
 def test_a_benchmarks_help_loads_only_that_benchmark():
     loaded = _loaded_after(_help("bench", "sslam", "--help"))
-    assert "bench.sslam_pretrain" in loaded and "bench.efficiency" not in loaded
+    assert "pal.bench.sslam_pretrain" in loaded and "pal.bench.efficiency" not in loaded
 
 
 def test_the_package_names_still_resolve():
     loaded = _loaded_after("from pal import PALForConditionalGeneration, TRAINABLE_GROUPS\n"
-                           "from encoders import EncoderOutputs")
+                           "from pal.encoders import EncoderOutputs")
     assert "torch" in loaded and "transformers" in loaded

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from cli.main import main
+from pal.cli.main import main
 
 CONFIGS = ["plits", "lal", "pal", "xattn"]
 

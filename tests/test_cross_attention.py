@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import random_audio, random_texts, slice_audio, tiny_pal
 
 
@@ -45,7 +44,9 @@ def test_one_block_equals_the_formula():
         got = block(hidden, *block.audio_kv(audio), mask)
     # Written out: y = x + tanh(a)·Wo·softmax(q kᵀ/√D_h over real audio)·v; z = y + tanh(f)·FFN(LN(y)).
     w = {n: p.detach() for n, p in block.named_parameters()}
-    ln = lambda x, g, b: (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt() * g + b
+    def ln(x, g, b):
+        return (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt() * g + b
+
     heads, dh = 2, 32
     expected = []
     for b in range(2):

@@ -18,7 +18,7 @@ import yaml
 from conftest import curriculum_dict, run_pal, write_yaml
 from safetensors.torch import load_file
 
-from recipes.curriculum.validation import MIN_RELIANCE_GAP
+from pal.curriculum.validation import MIN_RELIANCE_GAP
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_two_ranks(workdir):
 
 
 def test_manifest_errors_have_line_numbers(tmp_path):
-    from data.manifest import ManifestError, validate_manifest
+    from pal.data.manifest import ManifestError, validate_manifest
 
     soundfile.write(tmp_path / "ok.wav", np.zeros(1600, dtype=np.float32), 16000)
     lines = [
@@ -147,7 +147,7 @@ def test_manifest_errors_have_line_numbers(tmp_path):
 
 
 def test_unknown_config_key(tmp_path):
-    from recipes.curriculum.config import CurriculumConfig
+    from pal.curriculum.config import CurriculumConfig
 
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rate'\]"):
         CurriculumConfig.from_dict({"model": {}, "stages": [{"name": "a", "data": [{"manifest": "x"}],
@@ -155,16 +155,16 @@ def test_unknown_config_key(tmp_path):
                                                              "learning_rate": 1.0}]})
 
 
-RECIPES = sorted((ROOT / "configs" / "pal").glob("*.yaml"))
+RECIPES = sorted((ROOT / "pal" / "configs" / "curriculum").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_shipped_recipe_runs_one_step_with_tiny_stand_ins(recipe, workdir, tmp_path):
     """Real-scale recipes name local folders we do not have: swap in the tiny LLM, tiny encoders under the same
     names and the test manifest, keep everything else (connector, routes, LoRA, stages), run one step of stage 1."""
-    from encoders.ensemble import EnsembleConfig
-    from recipes.curriculum.config import CurriculumConfig, DataSource
-    from recipes.curriculum.recipe import CurriculumRecipe
+    from pal.curriculum.config import CurriculumConfig, DataSource
+    from pal.curriculum.recipe import CurriculumRecipe
+    from pal.encoders.ensemble import EnsembleConfig
 
     config = CurriculumConfig.from_yaml(recipe)
     names = list(config.model.ensemble_config().encoders)
@@ -178,7 +178,7 @@ def test_shipped_recipe_runs_one_step_with_tiny_stand_ins(recipe, workdir, tmp_p
     for stage in config.stages:
         stage.data = [DataSource(manifest=str(workdir / "train.jsonl"))]
         stage.val_manifest, stage.num_samples, stage.precision, stage.batch_size = None, 0, "fp32", 2
-        stage.deepspeed = str(ROOT / "configs" / "deepspeed" / "zero2.json")
+        stage.deepspeed = str(ROOT / "pal" / "configs" / "deepspeed" / "zero2.json")
     recipe_run = CurriculumRecipe(config, out=tmp_path / "run", stage=1, max_steps=1)
     result = recipe_run.run()[0]
     assert result["steps"] == 1 and np.isfinite(result["loss"])
@@ -189,8 +189,8 @@ def test_zero3_builds_partitioned_trains_as_zero2_and_survives_text_only_batches
     fresh connectors are initialised as a plain build would, so training ends where ZeRO-2's does (up to the order of
     floating-point sums). ZeRO-3 also gathers parameters per module call: a rank whose batch has no audio must still
     run the connectors, or the ranks wait on each other forever (a known failure of peer projects)."""
-    from data.manifest import examples_dataset, validate_manifest
-    from recipes.curriculum.stage_data import StageData
+    from pal.curriculum.stage_data import StageData
+    from pal.data.manifest import examples_dataset, validate_manifest
 
     rows = [json.loads(line) for line in (workdir / "train.jsonl").read_text().splitlines()]
     text = [r for r in rows if "audio" not in r][0]

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 
 def _examples(n: int, prefix: str, lengths=None):
-    from data.manifest import Example
+    from pal.data.manifest import Example
 
     lengths = lengths if lengths is not None else [1] * n
     return [Example(f"{prefix}{i}", None, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
@@ -23,8 +23,8 @@ def _examples(n: int, prefix: str, lengths=None):
 
 
 def _data(sources, global_batch, group=False, seed=0):
-    from data.manifest import examples_dataset
-    from recipes.curriculum.stage_data import StageData
+    from pal.curriculum.stage_data import StageData
+    from pal.data.manifest import examples_dataset
 
     return StageData([(examples_dataset(ex), w, ex[0].source) for ex, w in sources], seed, 0, global_batch, group)
 
@@ -55,9 +55,11 @@ def test_length_grouping_puts_similar_lengths_together():
 
 
 def test_global_batches_are_a_pure_function_and_ranks_split_them():
-    from recipes.curriculum.stage_data import RankBatches
+    from pal.curriculum.stage_data import RankBatches
 
-    make = lambda: _data([(_examples(10, "a"), 1.0), (_examples(7, "b"), 2.0)], global_batch=6, group=True, seed=3)
+    def make():
+        return _data([(_examples(10, "a"), 1.0), (_examples(7, "b"), 2.0)], global_batch=6, group=True, seed=3)
+
     one, other = make(), make()
     forward = [one.global_batch(g).tolist() for g in range(12)]
     backward = [other.global_batch(g).tolist() for g in reversed(range(12))][::-1]  # epochs visited out of order
@@ -77,7 +79,7 @@ def _processor(root):
 
 
 def test_manifest_table_is_memory_mapped_reused_and_rebuilt_when_the_manifest_changes(curriculum_env, tmp_path):
-    from data.manifest import ManifestError, check_lengths, example_from_row, manifest_table, validate_manifest
+    from pal.data.manifest import ManifestError, check_lengths, example_from_row, manifest_table, validate_manifest
 
     manifest = tmp_path / "m.jsonl"
     rows = [json.loads(line) for line in (curriculum_env / "train.jsonl").read_text().splitlines()]
@@ -108,7 +110,7 @@ def test_manifest_table_is_memory_mapped_reused_and_rebuilt_when_the_manifest_ch
 
 
 def test_bind_local_device_uses_local_rank(monkeypatch):
-    from training.engine import bind_local_device
+    from pal.training.engine import bind_local_device
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -140,7 +142,7 @@ def test_rows_with_unusable_audio_are_set_aside_up_to_a_ceiling(curriculum_env, 
     their manifest, line and reason, and the rest trains; past max_bad_audio of the rows the manifest is refused."""
     import soundfile
 
-    from data.manifest import ManifestError, manifest_table
+    from pal.data.manifest import ManifestError, manifest_table
 
     rows = [json.loads(line) for line in (curriculum_env / "train.jsonl").read_text().splitlines()]
     for row in rows:

@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import fill_with_users_files
 
-from cli.main import main
+from pal.cli.main import main
 
 PAL = Path(sys.executable).parent / "pal"  # the console script `make setup` installs beside the interpreter
 # What a launcher, a test run or an earlier command may have set, and a new user's shell has not.
@@ -38,9 +39,9 @@ def as_a_newcomer(args: list[str], cwd: Path, home: Path, timeout: int) -> subpr
 
 @pytest.fixture(scope="module")
 def newcomer(tmp_path_factory):
-    """`pal demo --preset smoke` in an empty folder with an empty `$PAL_HOME`: its working directory, its home and
-    what it printed."""
-    cwd, home = tmp_path_factory.mktemp("newcomer"), tmp_path_factory.mktemp("pal-home")
+    """`pal demo --preset smoke` in a folder holding only the user's own `eval.py`, `common/` and `data/`, with an
+    empty `$PAL_HOME`: its working directory, its home and what it printed."""
+    cwd, home = fill_with_users_files(tmp_path_factory.mktemp("newcomer")), tmp_path_factory.mktemp("pal-home")
     done = as_a_newcomer(["demo", "--preset", "smoke"], cwd, home, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return cwd, home, done.stdout
@@ -70,11 +71,14 @@ def test_the_infer_line_the_demo_prints_runs_verbatim(newcomer):
     assert args[0] == "pal"
     done = as_a_newcomer(args[1:], cwd, home, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert len(done.stdout.strip()) > 0  # an answer (what it says is the evaluation's business, not this test's)
+    # An answer, or the notice that the model answered nothing (the smoke model often does); what it says is the
+    # evaluation's business, not this test's.
+    empty = "pal: the model's answer is empty" in done.stderr
+    assert bool(done.stdout.strip()) != empty, (done.stdout, done.stderr[-2000:])
 
 
 def test_demo_smoke_writes_a_report_with_the_evaluations_numbers(smoke, capsys):
-    from eval.report import metric_cell
+    from pal.eval.report import metric_cell
 
     result = json.loads((smoke / "eval" / "results.json").read_text())
     report = (smoke / "report.md").read_text()
@@ -114,7 +118,7 @@ def test_demo_smoke_writes_a_report_with_the_evaluations_numbers(smoke, capsys):
 
 
 def test_the_fit_check_asks_training_scenes_and_the_report_sets_it_beside_the_test(smoke):
-    from eval.report import metric_cell
+    from pal.eval.report import metric_cell
 
     rows = [json.loads(line) for line in (smoke / "data" / "fit.jsonl").read_text().splitlines()]
     tested = [json.loads(line) for line in (smoke / "data" / "test.jsonl").read_text().splitlines()]
@@ -128,7 +132,7 @@ def test_the_fit_check_asks_training_scenes_and_the_report_sets_it_beside_the_te
 
 
 def test_the_report_gives_the_test_splits_reliance_gap_per_task(smoke):
-    from eval.report import metric_cell
+    from pal.eval.report import metric_cell
 
     reliance = json.loads((smoke / "eval" / "results.json").read_text())["reliance"]
     section = (smoke / "report.md").read_text().split("## Which answers use the audio")[1].split("\n## ")[0]
@@ -145,8 +149,8 @@ def test_the_report_gives_the_test_splits_reliance_gap_per_task(smoke):
 
 
 def test_the_long_preset_trains_every_stage_twice_as_long_with_its_text_only_baseline(smoke, tmp_path, monkeypatch):
-    from recipes.curriculum import command
-    from workflows.demo import PRESETS, step_curriculum
+    from pal.curriculum import command
+    from pal.workflows.demo import PRESETS, step_curriculum
 
     data = tmp_path / "data"  # the smoke run's manifests (the text-only baseline writes its own beside them)
     data.mkdir()
@@ -170,7 +174,7 @@ def test_the_long_preset_trains_every_stage_twice_as_long_with_its_text_only_bas
 
 
 def test_the_fit_sentence_tells_underfitting_from_not_generalising():
-    from workflows.demo import fit_sentence
+    from pal.workflows.demo import fit_sentence
 
     def result(accuracy: float) -> dict:
         return {"tasks": {"classify": {"metrics": {"exact_set": {"value": accuracy, "ci95": [0.0, 1.0], "n": 80}}}}}
@@ -190,7 +194,7 @@ def test_a_rerun_resumes_every_step(smoke, capsys):
 def test_a_folder_trained_by_another_recipe_says_what_to_do(smoke):
     """The smoke run's folder was trained with 4 clips a step in 1 or 2 ranks; asked again in 4 ranks (1 clip each),
     the stage hash differs, and the error names `pal demo`'s way out (it has no --restart) before anything trains."""
-    from workflows.demo import PRESETS, ensemble_config, step_curriculum
+    from pal.workflows.demo import PRESETS, ensemble_config, step_curriculum
 
     with pytest.raises(ValueError, match=r"was trained with a different config.*For `pal demo`: delete"):
         step_curriculum(smoke, smoke / "data", PRESETS["smoke"], ensemble_config(smoke / "sslam" / "encoder"),

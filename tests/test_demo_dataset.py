@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from data.demo_dataset import CLASSES, HELD_OUT, NOUNS, build
+from pal.data.demo_dataset import CLASSES, HELD_OUT, NOUNS, build
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_same_seed_same_files_and_valid_manifests(demo):
-    from data.manifest import validate_manifest
+    from pal.data.manifest import validate_manifest
 
     root, card = demo
     build(root / "b", seed=3, clips=40)

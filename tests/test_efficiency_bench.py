@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from bench.flops import layer_flops
-from cli.main import main
+from pal.bench.flops import layer_flops
+from pal.cli.main import main
 
 
 @pytest.mark.parametrize("n_a,plits_gflop,lal_gflop", [(64, 23.7, 16.0), (512, 81.2, 18.4), (1500, 219.7, 23.6)])
@@ -24,7 +24,7 @@ def test_xattn_block_flops_match_torch_flop_counter():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bench.flops import xattn_block_flops
+    from pal.bench.flops import xattn_block_flops
     from pal.cross_attention import GatedCrossAttentionBlock
 
     block = GatedCrossAttentionBlock(64, 4, ffn_mult=4)
@@ -51,7 +51,7 @@ def test_bench_efficiency_json_report(tmp_path, capsys):
 
 
 def test_ratios_are_medians_of_rounds_with_their_spread():
-    from bench.efficiency import BenchSettings, compute_ratios
+    from pal.bench.efficiency import BenchSettings, compute_ratios
 
     s = BenchSettings(dims="tiny", audio_tokens=[8], variants=["plits", "lal"], pairs=3)
     row = lambda v, p, step, mem: dict(variant=v, audio_tokens=8, pair=p, train_step_s=step,  # noqa: E731
@@ -67,14 +67,14 @@ def test_ratios_are_medians_of_rounds_with_their_spread():
 def test_step_memory_is_the_high_water_mark_not_the_end_state():
     import torch
 
-    from bench.memory import StepMemory
+    from pal.bench.memory import StepMemory
 
     with StepMemory(torch.device("cpu")) as memory:
         block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched, then freed before the step ends
         del block
     assert 60 <= memory.peak <= 80, memory.peak
 
-    from bench.memory import tensor_peak_mb
+    from pal.bench.memory import tensor_peak_mb
 
     kept = torch.ones(2**20)  # live before the step: not the step's
 
@@ -93,8 +93,8 @@ def test_lal_projection_flops_match_torch_flop_counter(kind, variant):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bench.efficiency import TINY
-    from bench.flops import connector_flops
+    from pal.bench.efficiency import TINY
+    from pal.bench.flops import connector_flops
     from pal.lal_injection import LALProjection
 
     layers, n_a, encoder_dim = TINY["num_hidden_layers"], 13, 48
@@ -119,7 +119,7 @@ def test_bench_sslam_pretraining_json_report(capsys):
 
 
 def test_curriculum_step_measurement():
-    from bench.curriculum import measure
+    from pal.bench.curriculum import measure
 
     result = measure("pal", cached=True, batch=1, repeats=0)
     assert result["step_s"] > 0 and result["peak_mem_mb"] >= 0

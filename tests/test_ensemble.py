@@ -9,14 +9,13 @@ import pytest
 import soundfile
 import torch
 
-from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
-from encoders.whisper import SAMPLES_PER_TOKEN
+from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+from pal.encoders.whisper import SAMPLES_PER_TOKEN
 
 
 @pytest.fixture(scope="module")
 def hf_folders(tmp_path_factory):
-    from transformers import (ClapConfig, ClapFeatureExtractor, ClapModel, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperModel)
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
     root = tmp_path_factory.mktemp("hf")
     torch.manual_seed(0)
@@ -75,7 +74,7 @@ def test_one_call_gives_every_encoder(ensemble, clips):
 def test_whisper_tokens_are_the_hf_encoder_output(ensemble, clips, hf_folders):
     from transformers import WhisperFeatureExtractor, WhisperModel
 
-    from encoders.audio import load_audio
+    from pal.encoders.audio import load_audio
 
     wave = load_audio(clips[0])
     tokens, mask = ensemble([wave])["whisper"]
@@ -121,6 +120,7 @@ def test_members_are_frozen(ensemble):
 
 def test_ensemble_feeds_a_pal_model(ensemble, clips):
     from conftest import tiny_llm
+
     from pal import PALConfig, PALForConditionalGeneration
 
     llm = tiny_llm()

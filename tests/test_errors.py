@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_inputs, random_audio, random_texts, tiny_llm, tiny_pal
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import build_inputs, random_audio, random_texts, tiny_llm, tiny_pal
 from pal import PALConfig, PALForConditionalGeneration
 
 
@@ -63,8 +63,8 @@ def test_unsupported_llm_architecture():
      r"plits_config: unknown key\(s\) \['downsample'\]; known keys: \[.*'mlp_downsample'"),
     ({"connector": "xattn", "xattn_config": {"heads": 5}},
      r"xattn_config.heads = 5: expected a divisor of the hidden size 64"),
-    ({"connector": "lal", "lal_start_layer": 1, "lal_config": {"start_layer": 2}},  # the old flat key and the new one
-     r"lal_start_layer and lal_config.start_layer are both given"),
+    ({"connector": "lal", "lal_start_layer": 1},  # a key of a sub-config given at the top level
+     r"unknown PALConfig key\(s\) \['lal_start_layer'\]; known keys: \[.*'lal_config'"),
     (dict(connector="lal", routes={"sslam": "lal"}), r"only read with connector='pal'"),
     (dict(connector="prepend"), r"connector"),
 ])

@@ -11,9 +11,9 @@ import pytest
 import soundfile
 import torch
 
-from cli.main import main
-from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
-from encoders.feature_cache import FeatureCache
+from pal.cli.main import main
+from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+from pal.encoders.feature_cache import FeatureCache
 
 CONFIG = {"encoders": {"sslam": {"type": "sslam", "preset": "tiny", "long_audio": "split"}}}
 
@@ -37,7 +37,7 @@ def test_cached_features_equal_on_the_fly_features(corpus):
     root, manifest = corpus
     config = EnsembleConfig.from_dict(CONFIG)
     (root / "enc.yaml").write_text(json.dumps(CONFIG))  # JSON is valid YAML
-    assert main(["features", "--manifest", str(manifest), "--config", str(root / "enc.yaml"),
+    assert main(["features", "build", "--manifest", str(manifest), "--config", str(root / "enc.yaml"),
                  "--out", str(root / "cache"), "--batch-size", "2"]) == 0
     index = json.loads((root / "cache" / "index.json").read_text())
     assert len(index["entries"]) == 3 and list(index["bad"]) == [str(root / "broken.wav")]
@@ -55,7 +55,7 @@ def test_cached_features_equal_on_the_fly_features(corpus):
 def test_resume_skips_cached_clips(corpus):
     root, manifest = corpus
     config = EnsembleConfig.from_dict(CONFIG)
-    from common.manifest_lines import audio_paths
+    from pal.common.manifest_lines import audio_paths
 
     paths = audio_paths(manifest)
     first = FeatureCache(root / "cache", config).build(paths[:1], progress=False)
@@ -66,7 +66,7 @@ def test_resume_skips_cached_clips(corpus):
 @pytest.mark.parametrize("front_end", [{"long_audio": "truncate"}, {"window_frames": 512}])
 def test_stale_cache_is_detected(corpus, front_end):
     root, manifest = corpus
-    from common.manifest_lines import audio_paths
+    from pal.common.manifest_lines import audio_paths
 
     FeatureCache(root / "cache", EnsembleConfig.from_dict(CONFIG)).build(audio_paths(manifest)[:1], progress=False)
     other = {"encoders": {"sslam": {**CONFIG["encoders"]["sslam"], **front_end}}}
@@ -76,8 +76,8 @@ def test_stale_cache_is_detected(corpus, front_end):
 
 def test_a_new_features_version_makes_the_old_cache_an_error(corpus, monkeypatch):
     """Code that computes tokens differently (e.g. a new fbank formula) under unchanged settings served stale tokens."""
-    from common.manifest_lines import audio_paths
-    from encoders import identity
+    from pal.common.manifest_lines import audio_paths
+    from pal.encoders import identity
 
     FeatureCache(root := corpus[0] / "cache", EnsembleConfig.from_dict(CONFIG)).build(audio_paths(corpus[1])[:1],
                                                                                       progress=False)
@@ -90,7 +90,7 @@ def test_moved_weights_still_hit_the_cache(corpus):
     """The identity hashed the weights' path (and file name): moving them invalidated every cached feature."""
     from safetensors.torch import save_file
 
-    from encoders.sslam.model import PRESETS, SSLAMEncoder
+    from pal.encoders.sslam.model import PRESETS, SSLAMEncoder
 
     root, _ = corpus
     torch.manual_seed(0)
@@ -113,8 +113,8 @@ def test_moved_weights_still_hit_the_cache(corpus):
 def test_every_setting_that_changes_tokens_is_in_the_identity(tmp_path):
     from dataclasses import fields, replace
 
-    from encoders.ensemble import EncoderSpec
-    from encoders.identity import NOT_IDENTITY, encoder_hash
+    from pal.encoders.ensemble import EncoderSpec
+    from pal.encoders.identity import NOT_IDENTITY, encoder_hash
 
     base = EncoderSpec(type="sslam", preset="tiny")
     others = {"type": "whisper", "preset": "small", "layer": 1, "window_frames": 512, "context_seconds": 10,
@@ -129,7 +129,7 @@ def test_every_setting_that_changes_tokens_is_in_the_identity(tmp_path):
 
 def test_changed_audio_is_not_served_from_the_cache(corpus):
     root, manifest = corpus
-    from common.manifest_lines import audio_paths
+    from pal.common.manifest_lines import audio_paths
 
     cache = FeatureCache(root / "cache", EnsembleConfig.from_dict(CONFIG))
     cache.build(audio_paths(manifest)[:1], progress=False)
@@ -140,7 +140,7 @@ def test_changed_audio_is_not_served_from_the_cache(corpus):
 
 def test_a_repaired_file_leaves_the_bad_list(corpus):
     root, manifest = corpus
-    from common.manifest_lines import audio_paths
+    from pal.common.manifest_lines import audio_paths
 
     config = EnsembleConfig.from_dict(CONFIG)
     first = FeatureCache(root / "cache", config).build(audio_paths(manifest), progress=False)
@@ -187,7 +187,7 @@ def test_an_unwritable_cache_folder_is_refused_before_encoding(corpus, capsys):
     root, manifest = corpus
     (root / "a-file").write_text("")
     (root / "enc.yaml").write_text(json.dumps(CONFIG))
-    assert main(["features", "--manifest", str(manifest), "--config", str(root / "enc.yaml"),
+    assert main(["features", "build", "--manifest", str(manifest), "--config", str(root / "enc.yaml"),
                  "--out", str(root / "a-file" / "cache")]) == 2
     assert "cannot write" in capsys.readouterr().err
 
@@ -230,7 +230,7 @@ def three_shards(tmp_path, monkeypatch):
         paths.append(tmp_path / f"c{i}.wav")
     config = EnsembleConfig.from_dict(CONFIG)
     FeatureCache(tmp_path / "cache", config).build(paths, batch_size=2, shard_size=2, progress=False)
-    monkeypatch.setattr("encoders.feature_cache.safe_open", RecordingOpen)
+    monkeypatch.setattr("pal.encoders.feature_cache.safe_open", RecordingOpen)
     monkeypatch.setattr(RecordingOpen, "opened", [])
     monkeypatch.setattr(RecordingOpen, "read", [])
     return tmp_path / "cache", paths, config
@@ -240,7 +240,7 @@ def _stored(root, path) -> torch.Tensor:
     """The tokens [n, D_e] a cache folder holds for a clip, read with safetensors directly."""
     from safetensors.torch import load_file
 
-    from common.hashing import file_hash
+    from pal.common.hashing import file_hash
 
     index = json.loads((root / "index.json").read_text())
     key = file_hash(path)
@@ -292,7 +292,7 @@ def test_a_pickled_cache_carries_no_open_shard(three_shards):
 
 
 def test_manifest_parts_are_disjoint_fixed_and_cover_the_manifest():
-    from encoders.feature_cache import manifest_part
+    from pal.encoders.feature_cache import manifest_part
 
     clips = [Path(f"{k}.wav") for k in range(7)]
     parts = [manifest_part(clips, i, 3) for i in range(3)]
@@ -310,7 +310,7 @@ def test_parts_built_apart_merge_into_the_single_run(corpus, capsys):
     """`pal features --shard i/n` on each part, then `pal features merge`: the cache one run builds, rerun-safe."""
     root, manifest = corpus
     (root / "enc.yaml").write_text(json.dumps(CONFIG))
-    build = ["features", "--manifest", str(manifest), "--config", str(root / "enc.yaml"), "--batch-size", "1"]
+    build = ["features", "build", "--manifest", str(manifest), "--config", str(root / "enc.yaml"), "--batch-size", "1"]
     assert main(build + ["--out", str(root / "single")]) == 0
     for part in ("0/2", "1/2"):
         assert main(build + ["--out", str(root / "parts"), "--shard", part]) == 0
@@ -339,8 +339,8 @@ def test_parts_built_apart_merge_into_the_single_run(corpus, capsys):
 
 def test_merging_parts_of_other_encoders_is_an_error_naming_the_part(corpus, capsys):
     root, manifest = corpus
-    from common.manifest_lines import audio_paths
-    from encoders.feature_cache import merge_caches
+    from pal.common.manifest_lines import audio_paths
+    from pal.encoders.feature_cache import merge_caches
 
     clips = audio_paths(manifest)
     FeatureCache(root / "a", EnsembleConfig.from_dict(CONFIG)).build(clips[:1], progress=False)
@@ -355,8 +355,8 @@ def test_merging_parts_of_other_encoders_is_an_error_naming_the_part(corpus, cap
 
 def test_a_merge_killed_part_way_resumes_without_leftovers(corpus, monkeypatch):
     root, manifest = corpus
-    import encoders.feature_cache as feature_cache
-    from common.manifest_lines import audio_paths
+    import pal.encoders.feature_cache as feature_cache
+    from pal.common.manifest_lines import audio_paths
 
     clips, config = audio_paths(manifest), EnsembleConfig.from_dict(CONFIG)
     parts = [feature_cache.part_folder(root / "parts", i, 2) for i in range(2)]

@@ -25,14 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_ranks_read_the_files_the_user_named_with_relative_paths(tmp_path, monkeypatch):
     """`pal demo`'s default --out is relative (runs/demo): the config the ranks read back from a file must name the
     same files as the one in memory, and each rank must judge every stage's state as the launcher did."""
-    import training.launch
-    from recipes.curriculum import command
-    from recipes.curriculum.config import CurriculumConfig
-    from recipes.curriculum.recipe import CurriculumRecipe
-    from workflows.demo import ensemble_config
+    import pal.training.launch
+    from pal.curriculum import command
+    from pal.curriculum.config import CurriculumConfig
+    from pal.curriculum.recipe import CurriculumRecipe
+    from pal.workflows.demo import ensemble_config
 
     monkeypatch.chdir(tmp_path)
-    config = CurriculumConfig.from_yaml(ROOT / "configs" / "pal" / "demo-smoke.yaml")
+    config = CurriculumConfig.from_yaml(ROOT / "pal" / "configs" / "curriculum" / "demo-smoke.yaml")
     for stage in config.stages:
         for source in stage.data:
             source.manifest = f"runs/demo/data/{Path(source.manifest).name}"
@@ -45,7 +45,7 @@ def test_the_ranks_read_the_files_the_user_named_with_relative_paths(tmp_path, m
         ranks.append(CurriculumConfig.from_yaml(args[args.index("--config") + 1]))
         return 0
 
-    monkeypatch.setattr(training.launch, "launch", rank_reads)
+    monkeypatch.setattr(pal.training.launch, "launch", rank_reads)
     command.train_in_ranks(config, 2, "demo-smoke.yaml", Path("runs/demo/curriculum.json"))
     [rank] = ranks
     here = tmp_path.resolve() / "runs" / "demo"
@@ -66,7 +66,7 @@ def test_the_ranks_read_the_files_the_user_named_with_relative_paths(tmp_path, m
 def _materialise_slowly(home: str, log: str, start, seen: multiprocessing.Queue) -> None:
     """One of several processes starting together: each asks for the same folder under a fresh `$PAL_HOME`."""
     os.environ["PAL_HOME"] = home
-    from common.home import materialise
+    from pal.common.home import materialise
 
     def build(folder: Path) -> None:
         with open(log, "a") as f:
@@ -100,7 +100,7 @@ def test_a_folder_is_materialised_once_while_other_processes_wait_for_it(tmp_pat
 
 
 def test_a_materialised_folder_is_readable_by_others(tmp_path, monkeypatch):
-    from common.home import materialise
+    from pal.common.home import materialise
 
     old = os.umask(0o022)
     try:
@@ -112,7 +112,7 @@ def test_a_materialised_folder_is_readable_by_others(tmp_path, monkeypatch):
 
 
 def test_a_half_written_or_foreign_folder_is_never_read(tmp_path):
-    from common.home import materialise
+    from pal.common.home import materialise
 
     builds = []
 

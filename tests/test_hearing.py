@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from data.manifest import mismatched_audio, read_questions
-from eval.reliance import reliance_gap
-from inference.audio_llm import AudioLLM
+from pal.data.manifest import mismatched_audio, read_questions
+from pal.eval.reliance import reliance_gap
+from pal.inference.audio_llm import AudioLLM
 from pal.trainable import TRAINABLE_GROUPS
 
 # nats per answer token: the session's model reaches 0.53 [0.45, 0.61] (another clip's audio makes it confidently

@@ -11,11 +11,11 @@ import shutil
 
 import numpy as np
 import pytest
-import soundfile
 import torch
 from conftest import tone, write_jsonl
 
-from cli.main import main
+from pal.cli.main import main
+from pal.eval.answer_loss import answer_losses, answer_losses_about_one_clip
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Inference
@@ -54,7 +54,7 @@ def test_pal_infer_manifest_is_batched_resumable_and_reports_skips(trained_tiny,
 
 
 def test_an_answers_file_line_without_an_id_is_reported_and_ignored_on_resume(tmp_path, capsys):
-    from eval.evaluate import read_rows
+    from pal.eval.evaluate import read_rows
 
     lines = ['{"id": "q0", "answer": "a"}', '{"answer": "no id"}', "[1, 2]", '{"id": "q1", "answer": "b"}']
     path = tmp_path / "answers.jsonl"
@@ -67,8 +67,8 @@ def test_an_answers_file_line_without_an_id_is_reported_and_ignored_on_resume(tm
 def test_an_evaluation_encodes_each_clip_once_and_runs_its_shared_prompt_once(trained_tiny, curriculum_env, tmp_path):
     """Several questions about a clip, and the mismatched control, reuse the clip's features; the prompt prefix a
     clip's questions share runs through the LLM once; the answers are those of each question asked alone."""
-    from eval.evaluate import run_manifest
-    from inference.audio_llm import AudioLLM, Decoding
+    from pal.eval.evaluate import run_manifest
+    from pal.inference.audio_llm import AudioLLM, Decoding
 
     questions = ["Describe the sound.", "What do you hear?"]
     rows = [{"id": f"q{i}-{k}", "audio": str(curriculum_env / f"tone{i}.wav"), "task": "caption",
@@ -101,8 +101,8 @@ def test_training_evaluation_and_inference_make_one_batch_of_an_example(trained_
     """One examples → batch path: the batch a training step collates from manifest examples (worker `prepare`, then
     `collate`) is the batch inference builds from the same conversations and clips (tokens, labels, placeholders,
     features), and the loss training takes on one example is the teacher-forced loss evaluation reports for it."""
-    from data.manifest import validate_manifest
-    from inference.audio_llm import AudioLLM
+    from pal.data.manifest import validate_manifest
+    from pal.inference.audio_llm import AudioLLM
     from pal.processing_pal import to_device
 
     llm = AudioLLM.from_pretrained(trained_tiny)
@@ -116,7 +116,7 @@ def test_training_evaluation_and_inference_make_one_batch_of_an_example(trained_
         assert torch.equal(batch[key], asked[key]), key
     for name, (tokens, mask) in features.items():
         assert torch.equal(batch["audio"][name][1], mask) and torch.equal(batch["audio"][name][0], tokens)
-    reported = llm.answer_losses([e.messages for e in examples], features)
+    reported = answer_losses(llm, [e.messages for e in examples], features)
     for i, example in enumerate(examples):
         alone, _ = training.collate(training.prepare([example]))
         with torch.no_grad():
@@ -127,7 +127,7 @@ def test_training_evaluation_and_inference_make_one_batch_of_an_example(trained_
 def test_a_clips_answer_losses_with_its_shared_prefix_run_once_are_its_whole_rows_losses(trained_tiny, curriculum_env):
     """The reliance gap scores a clip's questions together, their shared prompt prefix (template, PLITS audio) run
     once: the losses are those of every row run whole, through fewer positions."""
-    from inference.audio_llm import AudioLLM
+    from pal.inference.audio_llm import AudioLLM
 
     llm = AudioLLM.from_pretrained(trained_tiny)
     features, bad = llm.file_features([str(curriculum_env / "tone1.wav")])
@@ -139,10 +139,10 @@ def test_a_clips_answer_losses_with_its_shared_prefix_run_once_are_its_whole_row
     hook = llm.model.llm.model.layers[0].register_forward_pre_hook(
         lambda _m, args, kwargs: positions.append((args[0] if args else kwargs["hidden_states"]).shape[:2]),
         with_kwargs=True)
-    shared = llm.answer_losses_about_one_clip(conversations, features)
+    shared = answer_losses_about_one_clip(llm, conversations, features)
     through_shared, positions[:] = sum(b * t for b, t in positions), []
     expanded = {n: (t.expand(3, -1, -1), m.expand(3, -1)) for n, (t, m) in features.items()}
-    whole = llm.answer_losses(conversations, expanded)
+    whole = answer_losses(llm, conversations, expanded)
     hook.remove()
     assert len(positions) == 1 and through_shared < sum(b * t for b, t in positions), (through_shared, positions)
     assert torch.allclose(shared, whole, rtol=1e-4, atol=1e-5), (shared, whole)
@@ -175,9 +175,9 @@ def test_batched_answers_equal_single_answers(curriculum_env, clips, connector):
     several questions sharing one encoding give the tokens of the batch with the clip repeated."""
     from transformers import LlamaForCausalLM
 
-    from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
-    from inference.audio_llm import AudioLLM, Decoding
     from pal import PALConfig, PALForConditionalGeneration
+    from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+    from pal.inference.audio_llm import AudioLLM, Decoding
     from pal.llm import load_tokenizer
 
     names = ["sslam", "second"] if connector == "pal" else ["sslam"]
@@ -206,9 +206,9 @@ def test_batched_answers_equal_single_answers(curriculum_env, clips, connector):
 
 
 def test_encoders_recorded_with_the_model_are_checked(trained_tiny, tmp_path):
-    from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
-    from inference.audio_llm import AudioLLM
     from pal import PALForConditionalGeneration
+    from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+    from pal.inference.audio_llm import AudioLLM
     from pal.llm import load_tokenizer
 
     record = json.loads((trained_tiny / "encoders.json").read_text())
@@ -230,7 +230,7 @@ def test_encoders_recorded_with_the_model_are_checked(trained_tiny, tmp_path):
 
 
 def test_device_map_auto_loads_on_cpu_with_the_same_answers(trained_tiny, curriculum_env):
-    from inference.audio_llm import AudioLLM, Decoding
+    from pal.inference.audio_llm import AudioLLM, Decoding
 
     plain = AudioLLM.from_pretrained(trained_tiny)
     mapped = AudioLLM.from_pretrained(trained_tiny, device_map="auto")
@@ -259,13 +259,13 @@ def test_device_map_auto_loads_on_cpu_with_the_same_answers(trained_tiny, curric
     ("dog barking or cat meowing", "a dog barking", ["a dog barking", "a cat meowing"], False, True),
 ])
 def test_closed_qa_judgement(answer, gold, choices, correct, parsed):
-    from eval.metrics.closed_qa import judge
+    from pal.eval.metrics.closed_qa import judge
 
     assert judge(answer, gold, choices) == (correct, parsed)
 
 
 def test_closed_qa_accuracy_counts_unparsed_answers():
-    from eval.metrics.closed_qa import exact_match
+    from pal.eval.metrics.closed_qa import exact_match
 
     # Right: "Yes." and "Two of them."; wrong: "no" (parsed), "maybe" (unparsed), "raining" (not the word "rain").
     out = exact_match(["Yes.", "no", "maybe", "Two of them.", "It is raining."], ["yes", "yes", "no", "2", "rain"])
@@ -274,7 +274,7 @@ def test_closed_qa_accuracy_counts_unparsed_answers():
 
 
 def test_word_error_rate_by_hand():
-    from eval.metrics.asr import word_error_rate
+    from pal.eval.metrics.asr import word_error_rate
 
     # After Whisper's normaliser: "hello world" vs "hello word" (1 substitution of 2 words);
     # "mister smith is here" vs "smith is here today" (1 deletion + 1 insertion of 4 words).
@@ -287,7 +287,7 @@ def test_bleu4_by_hand_and_caption_metrics_match_the_library():
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    from eval.metrics.captioning import captioning
+    from pal.eval.metrics.captioning import captioning
 
     # "the cat sat on the mat" vs "the cat sat on a mat": 1-4-gram precisions 5/6, 3/5, 2/4, 1/3, no brevity penalty.
     out = captioning(["the cat sat on the mat"], [["the cat sat on a mat"]])
@@ -316,7 +316,7 @@ def test_bleu4_by_hand_and_caption_metrics_match_the_library():
 def test_caption_metrics_without_java_fail_clearly(monkeypatch):
     import shutil as shutil_module
 
-    from eval.metrics.captioning import MetricUnavailable, captioning
+    from pal.eval.metrics.captioning import MetricUnavailable, captioning
 
     monkeypatch.setattr(shutil_module, "which", lambda name: None)
     with pytest.raises(MetricUnavailable, match="need Java.*default-jre-headless"):
@@ -324,7 +324,7 @@ def test_caption_metrics_without_java_fail_clearly(monkeypatch):
 
 
 def test_classification_nearest_label_and_map_by_hand():
-    from eval.metrics.classification import classification, mean_average_precision
+    from pal.eval.metrics.classification import classification, mean_average_precision
 
     out = classification(["I hear a dog barking.", "Heavy rain is falling.", "An engine revving."],
                          [["dog bark"], ["rain"], ["car engine"]])
@@ -336,7 +336,7 @@ def test_classification_nearest_label_and_map_by_hand():
 
 
 def test_classification_exact_set_and_listed_label_precision_recall_by_hand():
-    from eval.metrics.classification import classification
+    from pal.eval.metrics.classification import classification
 
     labels = ["bell", "dog bark", "rain", "speech"]
     out = classification(["bell, speech.", "A bell rings and rain falls", "speech; dog bark; bell", "speech"],
@@ -350,7 +350,7 @@ def test_classification_exact_set_and_listed_label_precision_recall_by_hand():
 
 
 def test_bootstrap_interval_matches_the_known_answer():
-    from eval.bootstrap import mean_with_ci
+    from pal.eval.bootstrap import mean_with_ci
 
     # A fair coin, 2000 flips with exactly half heads: the 95% interval of the mean is about 0.5 ± 1.96·sqrt(.25/n).
     flips = np.array([1.0, 0.0] * 1000)
@@ -375,10 +375,10 @@ def _tone_row(folder, i, task, question, answer, **extra) -> dict:
 
 def test_pal_eval_gap_only_gives_each_tasks_gap_from_whole_row_losses_and_generates_nothing(
         trained_tiny, curriculum_env, tmp_path, capsys):
-    """`pal eval --gap-only --tasks`: per task, the mean teacher-forced answer loss with each clip's own audio and with
+    """`pal eval gap --tasks`: per task, the mean teacher-forced answer loss with each clip's own audio and with
     the next clip's (tone0 → tone1 → tone2 → tone0, spelled out here), recomputed row by row through the plain
     `answer_losses`; the gap overall is the rows' mean; no answers are generated."""
-    from inference.audio_llm import AudioLLM
+    from pal.inference.audio_llm import AudioLLM
 
     row = functools.partial(_tone_row, curriculum_env)
     rows = [row(i, "caption", "Describe the sound.", a)
@@ -387,7 +387,7 @@ def test_pal_eval_gap_only_gives_each_tasks_gap_from_whole_row_losses_and_genera
     rows += [row(0, "qa", "Is there a tone? Answer yes or no.", "yes")]  # left out by --tasks
     manifest = write_jsonl(tmp_path / "test.jsonl", rows)
     out = tmp_path / "gap.json"
-    assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out), "--gap-only",
+    assert main(["eval", "gap", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
                  "--tasks", "caption,classify"]) == 0
     reliance = json.loads(out.read_text())["reliance"]
     assert not list(tmp_path.glob("gap.*.jsonl"))  # nothing answered
@@ -397,7 +397,7 @@ def test_pal_eval_gap_only_gives_each_tasks_gap_from_whole_row_losses_and_genera
         features, bad = llm.file_features([str(curriculum_env / f"tone{clip}.wav")])
         assert not bad
         conversation = llm.conversation(r["messages"][0]["content"]) + [r["messages"][1]]
-        return float(llm.answer_losses([conversation], features)[0])
+        return float(answer_losses(llm, [conversation], features)[0])
 
     own = {r["id"]: loss(r, int(r["id"][-1])) for r in rows[:6]}
     other = {r["id"]: loss(r, (int(r["id"][-1]) + 1) % 3) for r in rows[:6]}
@@ -413,13 +413,14 @@ def test_pal_eval_gap_only_gives_each_tasks_gap_from_whole_row_losses_and_genera
     printed = capsys.readouterr().out
     assert "audio-reliance gap" in printed and "classify  answer loss" in printed
     # A task the manifest does not hold is named, with the ones it does.
-    assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out), "--gap-only",
+    assert main(["eval", "gap", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
                  "--tasks", "clasify"]) == 2
     assert "no example of the task(s) clasify; its tasks: caption, classify, qa" in capsys.readouterr().err
-    # --tasks alone is refused, with what to pass.
-    assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
-                 "--tasks", "classify"]) == 2
-    assert "--tasks goes with --gap-only" in capsys.readouterr().err
+    # --tasks belongs to `pal eval gap`: `pal eval score` refuses it, naming it.
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "score", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
+              "--tasks", "classify"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --tasks classify" in capsys.readouterr().err
 
 
 def test_pal_eval_scores_every_task_with_baseline_and_provenance(trained_tiny, curriculum_env, tmp_path, capsys):
@@ -436,15 +437,15 @@ def test_pal_eval_scores_every_task_with_baseline_and_provenance(trained_tiny, c
     out = tmp_path / "results.json"
     # The trained model again as the "text-only trained" model: asked without audio it must score as the audio-removed
     # control does (the wiring), which a model really trained without audio would not.
-    assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
+    assert main(["eval", "score", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
                  "--max-new-tokens", "10", "--text-only-model", str(trained_tiny)]) == 0
     result = json.loads(out.read_text())
     answers = {r["id"]: r["answer"] for r in map(json.loads, (tmp_path / "results.answers.jsonl").read_text()
                                                  .splitlines())}
     assert set(result["tasks"]) == {"caption", "classify", "qa", "asr"}
     # Recomputed here from the answers file with the metric functions' inputs spelled out.
-    from eval.metrics.asr import normalise
-    from eval.metrics.closed_qa import judge
+    from pal.eval.metrics.asr import normalise
+    from pal.eval.metrics.closed_qa import judge
 
     qa = [judge(answers["qa0"], "yes"), judge(answers["qa1"], "1")]
     assert result["tasks"]["qa"]["metrics"]["accuracy"]["value"] == sum(ok for ok, _ in qa) / 2
@@ -478,7 +479,7 @@ def test_pal_eval_scores_every_task_with_baseline_and_provenance(trained_tiny, c
     assert "audio-reliance gap" in printed
     # --workers 2: a second process answers the controls; the same answers and scores.
     (tmp_path / "two").mkdir()
-    assert main(["eval", "--model", str(trained_tiny), "--manifest", str(manifest), "--out",
+    assert main(["eval", "score", "--model", str(trained_tiny), "--manifest", str(manifest), "--out",
                  str(tmp_path / "two" / "results.json"), "--max-new-tokens", "10", "--text-only-model",
                  str(trained_tiny), "--workers", "2"]) == 0
     assert "controls' process ended" not in capsys.readouterr().out

@@ -52,7 +52,7 @@ CASES = [
 
 
 def test_every_manifest_rule_is_reported_with_its_line(clips):
-    from data.manifest import ManifestError, validate_manifest
+    from pal.data.manifest import ManifestError, validate_manifest
 
     path = clips / "m.jsonl"
     with open(path, "wb") as f:
@@ -72,8 +72,8 @@ def test_every_manifest_rule_is_reported_with_its_line(clips):
 def test_text_longer_than_the_context_is_rejected_or_truncated_with_its_line(curriculum_env, tmp_path):
     from transformers import AutoConfig
 
-    from data.manifest import ManifestError, check_lengths, validate_manifest
     from pal import PALConfig, PALProcessor
+    from pal.data.manifest import ManifestError, check_lengths, validate_manifest
     from pal.llm import load_tokenizer
 
     long_answer = "word " * 300
@@ -121,7 +121,7 @@ def test_a_prompt_over_the_llm_context_stops_pal_train_before_training(curriculu
     (("stages", 0, "zero_stage"), 4, r"stages\[0\].zero_stage = 4: expected one of \[0, 1, 2, 3\] or null"),
 ])
 def test_bad_config_values_name_the_file_key_and_expectation(curriculum_env, tmp_path, where, value, expected):
-    from recipes.curriculum.config import CurriculumConfig
+    from pal.curriculum.config import CurriculumConfig
 
     config = curriculum_dict(curriculum_env, stages=1)
     node = config
@@ -135,7 +135,7 @@ def test_bad_config_values_name_the_file_key_and_expectation(curriculum_env, tmp
 
 
 def test_yaml_11_exponents_are_numbers_and_syntax_errors_name_the_line(curriculum_env, tmp_path):
-    from recipes.curriculum.config import CurriculumConfig
+    from pal.curriculum.config import CurriculumConfig
 
     config = curriculum_dict(curriculum_env, stages=1)
     config["stages"][0]["optim"]["lr"] = "1e-4"  # what YAML 1.1 hands us for an unquoted 1e-4
@@ -153,7 +153,7 @@ def test_yaml_11_exponents_are_numbers_and_syntax_errors_name_the_line(curriculu
     ({"connector": "lal", "lal_config": {"layers": [1, 50]}}, r"model.connector: lal_config.layers = \[1, 50\]"),
     ({"connector": "lal", "lal_config": {"start": 1}},
      r"model.connector: lal_config: unknown key\(s\) \['start'\]; known keys: \[.*'start_layer'"),
-    ({"connector": "lal", "lal_start_layer": 5}, r"model.connector: lal_config.start_layer = 5: the LLM has 2 layers"),
+    ({"connector": "lal", "lal_start_layer": 5}, r"model.connector: .*unknown PALConfig key\(s\) \['lal_start_layer'\]"),
 ])
 def test_connector_settings_are_checked_against_the_llm_before_training(curriculum_env, tmp_path, connector,
                                                                         expected):
@@ -165,39 +165,59 @@ def test_connector_settings_are_checked_against_the_llm_before_training(curricul
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Relative paths resolve against the YAML: the shipped configs run from any directory
+# The shipped configs (pal:NAME) name their sibling configs inside the package and the user's files from the working
+# directory; a user's own YAML resolves against its own folder
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_shipped_configs_resolve_their_paths_from_any_directory(tmp_path, monkeypatch):
-    from encoders.ensemble import EnsembleConfig
-    from recipes.curriculum.config import CurriculumConfig
-    from recipes.sslam_pretrain import PretrainConfig
+def test_shipped_configs_name_the_users_files_from_the_working_directory(tmp_path, monkeypatch):
+    from pal.common.typed_config import packaged_configs
+    from pal.curriculum.config import CurriculumConfig
+    from pal.encoders.ensemble import EnsembleConfig
+    from pal.pretraining.recipe import PretrainConfig
 
+    shipped = packaged_configs()
     monkeypatch.chdir(tmp_path)
-    for path in sorted((ROOT / "configs" / "pal").glob("*.yaml")):
-        config = CurriculumConfig.from_yaml(path)
+    for path in sorted((shipped / "curriculum").glob("*.yaml")):
+        config = CurriculumConfig.from_yaml(f"pal:curriculum/{path.name}")
         ensemble = config.model.ensemble_config()
         assert ensemble.encoders
         for stage in config.stages:
-            assert stage.deepspeed is None or Path(stage.deepspeed).is_file(), (path.name, stage.deepspeed)
+            assert stage.deepspeed is None or Path(stage.deepspeed).parent == shipped / "deepspeed", stage.deepspeed
             for source in stage.data:
-                assert Path(source.manifest).is_absolute() and str(ROOT) in source.manifest
-        assert config.model.llm == "default" or Path(config.model.llm).parent == ROOT / "models"
-    for path in sorted((ROOT / "configs" / "sslam").glob("*.yaml")):
-        assert Path(PretrainConfig.from_yaml(path).deepspeed.config).is_file()
-    ensemble = EnsembleConfig.from_yaml(ROOT / "configs" / "encoders" / "pal-ensemble.yaml")
-    assert ensemble.encoders["sslam"].path == os.path.join(ROOT, "models", "SSLAM_pretrain", "checkpoint_last.pt")
+                assert Path(source.manifest).is_relative_to(tmp_path), (path.name, source.manifest)
+        assert config.model.llm == "default" or Path(config.model.llm).parent == tmp_path / "models"
+    for path in sorted((shipped / "sslam").glob("*.yaml")):
+        assert Path(PretrainConfig.from_yaml(f"pal:sslam/{path.name}").deepspeed.config).is_file()
+    ensemble = EnsembleConfig.from_yaml("pal:encoders/pal-ensemble.yaml")
+    assert ensemble.encoders["sslam"].path == os.path.join(tmp_path, "models", "SSLAM_pretrain", "checkpoint_last.pt")
+    # A copy of one (`pal configs cp`) reads the user's files from its own folder, and still finds pal:deepspeed/...
+    from pal.cli.main import main
+
+    copy = tmp_path / "mine"
+    copy.mkdir()
+    assert main(["configs", "cp", "curriculum/llama3.2-1b-pal.yaml", str(copy / "run.yaml")]) == 0
+    assert (copy / "llama3.2-1b-lal.yaml").is_file()  # its `base:`, which the copy needs beside it
+    assert main(["configs", "cp", "curriculum/llama3.2-1b-pal.yaml", str(copy / "run.yaml")]) == 2  # never overwrites
+    monkeypatch.chdir(ROOT)
+    config = CurriculumConfig.from_yaml(copy / "run.yaml")
+    assert Path(config.model.llm) == copy / "models" / "Llama-3.2-1B" and config.model.connector["connector"] == "pal"
+    assert Path(config.stages[0].deepspeed) == shipped / "deepspeed" / "zero2.json"
+    with pytest.raises(FileNotFoundError, match=r"curriculum/demo-full.yaml does not exist \(a config shipped with pal "
+                                                r"is named pal:curriculum/demo-full.yaml\)"):
+        CurriculumConfig.from_yaml("curriculum/demo-full.yaml")
+    with pytest.raises(FileNotFoundError, match=r"pal:curriculum/nope.yaml: no config of that name ships with pal"):
+        CurriculumConfig.from_yaml("pal:curriculum/nope.yaml")
 
 
 def test_sslam_pretraining_runs_from_another_directory(tmp_path):
-    """The shipped tiny.yaml names `../deepspeed/zero2.json`: from another working directory it used to fail."""
+    """The shipped tiny.yaml names `pal:deepspeed/zero2.json`: it runs from any working directory."""
     from conftest import run_pal, tone
 
     rows = [{"audio": str(tone(tmp_path / f"c{i}.wav", 300 + 100 * i, seconds=2.6))} for i in range(4)]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    run_pal("sslam", "pretrain", "--config", str(ROOT / "configs" / "sslam" / "tiny.yaml"), "--out", "run",
+    run_pal("sslam", "pretrain", "--config", "pal:sslam/tiny.yaml", "--out", "run",
             "--manifest", str(tmp_path / "m.jsonl"), "--max-steps", "2", cwd=elsewhere)
     assert (elsewhere / "run" / "checkpoints" / "latest").read_text() == "step-00000002"

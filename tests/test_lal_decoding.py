@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_inputs, random_audio, random_texts, tiny_pal
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from conftest import build_inputs, random_audio, random_texts, tiny_pal
 from pal.audio_cache import AudioKV
 from pal.lal_injection import _decoding_attention, _lal_attention
 

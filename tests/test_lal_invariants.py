@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import random_audio, random_texts, tiny_pal
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import build_inputs, random_audio, random_texts, tiny_pal
 
 

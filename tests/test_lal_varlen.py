@@ -14,8 +14,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from pal.audio_cache import AudioKV
-from pal.lal_varlen import (_with_bias_columns, lal_flash_varlen_attention, pack_lal_varlen, unpack,
-                            varlen_attention_reference)
+from pal.lal_varlen import _with_bias_columns, lal_flash_varlen_attention, pack_lal_varlen, unpack, varlen_attention_reference
 
 H, H_KV, D = 4, 2, 8
 LAYER = 1
@@ -254,8 +253,9 @@ def test_bf16_inputs_stay_close_to_fp32():
 def test_flash_backend_in_a_model_equals_sdpa(monkeypatch, connector):
     """The "flash" backend wired into a model: prefill on the varlen path (its reference kernel on CPU), decoding
     steps on the in-place path; logits and greedy generation equal the SDPA backend's."""
-    import pal.lal_injection as lal_injection
     from conftest import build_inputs, random_audio, random_texts, tiny_pal
+
+    import pal.lal_injection as lal_injection
     from pal.lal_injection import enable_lal_attention
 
     calls = []

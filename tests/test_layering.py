@@ -1,24 +1,39 @@
-"""The packages form layers (README "Where things live"): a module imports only its own package and those below it,
-and no modules import each other in a circle, at module level or inside a function."""
+"""The subpackages of `pal` form layers (ARCHITECTURE.md): a module imports only its own layer and those below it, no
+modules import each other in a circle, at module level or inside a function, and nothing below the command line
+starts it as a subprocess."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Bottom to top (ARCHITECTURE.md): shared utilities, encoders, data, the model, training plumbing, recipes, inference,
-# evaluation, benchmarks, workflows, the command line.
-LAYERS = ["common", "encoders", "data", "pal", "training", "recipes", "inference", "serving", "eval", "bench", "workflows",
-          "cli"]
+PACKAGE = ROOT / "pal"
+# Bottom to top (ARCHITECTURE.md): shared utilities, encoders, data, the model (the modules at the top of `pal`,
+# Hugging Face style), training plumbing, the two recipes, inference, serving, evaluation, benchmarks, workflows, the
+# command line.
+LAYERS = ["common", "encoders", "data", "model", "training", "pretraining", "curriculum", "inference", "serving", "eval",
+          "bench", "workflows", "cli"]
+CLI_MODULES = ("pal", "pal.__main__", "pal.cli", "pal.cli.main")
+
+
+def layer_of(module: str) -> str:
+    """`pal.eval.metrics.asr` → "eval"; a module at the top of `pal` (the model files, `pal` itself) → "model";
+    `pal.__main__`, which is `pal` the command, → "cli"."""
+    parts = module.split(".")
+    if parts[:2] == ["pal", "__main__"]:
+        return "cli"
+    if len(parts) > 1 and (PACKAGE / parts[1]).is_dir():
+        return parts[1]
+    return "model"
 
 
 def _cli_launches(path: Path) -> list[int]:
-    """Lines where a file builds a `python -m cli ...` command (a list or tuple holding "-m" then "cli" or
-    "cli.main"): a call up to the top layer that no import shows."""
+    """Lines where a file builds a `python -m pal ...` command (a list or tuple holding "-m" then "pal", "pal.cli" or
+    "pal.cli.main"): a call up to the top layer that no import shows."""
     lines = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, (ast.List, ast.Tuple)):
             words = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
-            if any(a == "-m" and b in ("cli", "cli.main") for a, b in zip(words, words[1:])):
+            if any(a == "-m" and b in CLI_MODULES for a, b in zip(words, words[1:])):
                 lines.append(node.lineno)
     return lines
 
@@ -40,30 +55,39 @@ def _imports(path: Path) -> set[str]:
 
 def _modules() -> dict[str, Path]:
     return {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-            for layer in LAYERS for p in (ROOT / layer).rglob("*.py")}
+            for p in PACKAGE.rglob("*.py")}
+
+
+def test_every_folder_of_pal_is_a_layer():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and any(p.rglob("*.py"))}
+    assert folders == set(LAYERS) - {"model"}
 
 
 def test_no_import_runs_up_the_layers():
     upward = []
     for module, path in _modules().items():
-        rank = LAYERS.index(module.split(".")[0])
+        rank = LAYERS.index(layer_of(module))
         for name in _imports(path):
-            top = name.split(".")[0]
-            if top in LAYERS and LAYERS.index(top) > rank:
+            if (name == "pal" or name.startswith("pal.")) and LAYERS.index(layer_of(name)) > rank:
                 upward.append(f"{module} imports {name}")
     assert not upward, upward
 
 
+def test_the_layer_check_sees_an_upward_import(tmp_path):
+    assert layer_of("pal.modeling_pal") == "model" and layer_of("pal.eval.metrics.asr") == "eval"
+    assert LAYERS.index(layer_of("pal.curriculum.recipe")) > LAYERS.index(layer_of("pal.lal_injection"))
+
+
 def test_no_package_below_the_cli_launches_it():
-    launches = [f"{module} line {line}" for module, path in _modules().items() if not module.startswith("cli")
+    launches = [f"{module} line {line}" for module, path in _modules().items() if layer_of(module) != "cli"
                 for line in _cli_launches(path)]
     assert not launches, launches
 
 
 def test_the_launch_check_sees_a_cli_subprocess(tmp_path):
     source = tmp_path / "launcher.py"
-    source.write_text('import subprocess, sys\nsubprocess.run([sys.executable, "-m", "cli", "data", "demo"])\n'
-                      'other = ("-m", "bench.data")\n')
+    source.write_text('import subprocess, sys\nsubprocess.run([sys.executable, "-m", "pal", "data", "demo"])\n'
+                      'other = ("-m", "pal.bench.data")\n')
     assert _cli_launches(source) == [2]
 
 

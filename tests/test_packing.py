@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import random_audio, tiny_pal
 
-from data.manifest import examples_dataset, validate_manifest
+from pal.curriculum.stage_data import StageData
+from pal.data.manifest import examples_dataset, validate_manifest
 from pal.packing import pack_rows, pad_packed, shared_prefix_length
 from pal.processing_pal import IGNORE_INDEX
-from recipes.curriculum.stage_data import StageData
 
 
 def _clip_rows(model, clip_tokens: int, questions: int, seed: int):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import build_inputs, random_audio, random_texts, tiny_pal
 
 

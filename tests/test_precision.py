@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-import training.engine as training
-from recipes.curriculum.config import CurriculumConfig
+import pal.training.engine as training
+from pal.curriculum.config import CurriculumConfig
+from pal.training.engine import deepspeed_config, resolve_precision, slow_bf16_note
 from tests.conftest import ROOT
-from training.engine import deepspeed_config, resolve_precision, slow_bf16_note
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -49,13 +49,13 @@ def test_fp16_is_refused_with_the_choices():
 
 def test_the_cpu_demo_configs_ask_for_auto():
     for name in ("demo-smoke.yaml", "demo-full.yaml"):
-        config = CurriculumConfig.from_yaml(ROOT / "configs" / "pal" / name)
+        config = CurriculumConfig.from_yaml(ROOT / "pal" / "configs" / "curriculum" / name)
         assert {s.precision for s in config.stages} == {"auto"}, name
 
 
 def test_pal_env_says_which_numeric_path_this_machine_takes(monkeypatch, capsys):
     """CI logs start with `pal env`: the CPU, its bf16/AMX flags and what "auto" chose, so a log says which ran."""
-    from cli.main import main
+    from pal.cli.main import main
 
     monkeypatch.setenv(training.PRECISION_ENV, "fp32")
     assert main(["env"]) == 0

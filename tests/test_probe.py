@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import yaml
-
-from cli.main import main
-from eval.probe import probe
-
 from conftest import tone, write_jsonl
+
+from pal.cli.main import main
+from pal.eval.probe import probe
 
 
 def test_separable_classes_probe_perfectly_and_noise_does_not():
@@ -49,9 +48,9 @@ def test_pal_probe_on_a_feature_cache_of_tones(tmp_path, capsys):
     write_jsonl(tmp_path / "train.jsonl", rows[:24])
     write_jsonl(tmp_path / "test.jsonl", rows[24:])
     (tmp_path / "enc.yaml").write_text(yaml.safe_dump({"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}}))
-    assert main(["features", "--manifest", str(tmp_path / "train.jsonl"), "--config", str(tmp_path / "enc.yaml"),
+    assert main(["features", "build", "--manifest", str(tmp_path / "train.jsonl"), "--config", str(tmp_path / "enc.yaml"),
                  "--out", str(tmp_path / "cache")]) == 0
-    assert main(["features", "--manifest", str(tmp_path / "test.jsonl"), "--config", str(tmp_path / "enc.yaml"),
+    assert main(["features", "build", "--manifest", str(tmp_path / "test.jsonl"), "--config", str(tmp_path / "enc.yaml"),
                  "--out", str(tmp_path / "cache")]) == 0
     assert main(["probe", "--features", str(tmp_path / "cache"), "--encoders", str(tmp_path / "enc.yaml"),
                  "--manifest", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import random_audio, tiny_pal
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from conftest import random_audio, tiny_pal
 from pal import PALProcessor
 
 WORDS = ["<pad>", "<eos>", "<bos>", "user:", "assistant:", "what", "is", "this", "sound", "a", "dog", "bark", "<unk>"]

@@ -1,23 +1,26 @@
-"""The README's commands and code, run as printed: an example that no longer runs fails the suite.
+"""The README's and docs' commands and code, run as printed: an example that no longer runs fails the suite.
 
-Every fenced block of README.md is either run here or named in NOT_RUN with the reason and the test that does its
-work instead, so a new block needs a decision. Of the command blocks, every `pal ...` line's command must exist and
-take every option the line names (`pal CMD --help`), every `make` target must exist, and the Python blocks run
-verbatim in an empty working directory. The demo and the `pal infer` line it prints run verbatim in test_demo.py.
+Every fenced block of README.md and docs/*.md is either checked here or named in NOT_RUN with the reason and the test
+that does its work instead, so a new block needs a decision. Of the command blocks, every `pal ...` line's command
+must exist and take every option the line names (`pal CMD --help`), every `make` target must exist, every shipped
+config a line names must exist; JSON blocks parse as manifest lines; the README's Python blocks run verbatim in an
+empty working directory. The demo and the `pal infer` line it prints run verbatim in test_demo.py.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from pal.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 # A block no test runs verbatim, found by a line of it: why, and what covers it.
 NOT_RUN = {
@@ -30,23 +33,27 @@ NOT_RUN = {
                                                            "call with the official client against one",
     "curl -s http://127.0.0.1:8000/v1/chat/completions": "needs a running `pal serve` on the full demo's model; "
                                                          "test_serve.py posts the same request over HTTP",
-    "common/         the bottom layer, no torch": "a listing of folders, not a command",
+    "runs/demo/data/          clips": "a listing of what `make demo` writes; test_demo.py checks the smoke demo's",
+    "torchrun --nnodes 2 --node_rank 0": "needs several machines; test_curriculum.py trains under torchrun with "
+                                         "`-m pal train` in two local ranks",
 }
 
 
-def readme_blocks() -> list[tuple[str, int, str]]:
-    """(language, line number, text) of every fenced block of the README."""
-    blocks, language, start, lines = [], None, 0, []
-    for number, line in enumerate(README.read_text().splitlines(), 1):
-        if line.startswith("```"):
-            if language is None:
-                language, start, lines = line[3:].strip() or "text", number, []
-            else:
-                blocks.append((language, start, "\n".join(lines)))
-                language = None
-        elif language is not None:
-            lines.append(line)
-    assert language is None, f"README.md:{start}: a block is never closed"
+def readme_blocks(documents: list[Path] = DOCUMENTS) -> list[tuple[str, str, str]]:
+    """(language, "FILE:LINE", text) of every fenced block of the documents."""
+    blocks = []
+    for document in documents:
+        language, start, lines = None, 0, []
+        for number, line in enumerate(document.read_text().splitlines(), 1):
+            if line.startswith("```"):
+                if language is None:
+                    language, start, lines = line[3:].strip() or "text", number, []
+                else:
+                    blocks.append((language, f"{document.relative_to(ROOT)}:{start}", "\n".join(lines)))
+                    language = None
+            elif language is not None:
+                lines.append(line)
+        assert language is None, f"{document.relative_to(ROOT)}:{start}: a block is never closed"
     return blocks
 
 
@@ -54,9 +61,9 @@ def reason_not_run(text: str) -> str | None:
     return next((why for key, why in NOT_RUN.items() if key in text), None)
 
 
-def shell_commands() -> list[tuple[int, str]]:
-    """Every command line of the README's shell blocks (an indented line continues the command above it; comments
-    dropped), with the block's line number."""
+def shell_commands() -> list[tuple[str, str]]:
+    """Every command line of the documents' shell blocks (an indented line continues the command above it; comments
+    dropped), with its block's "FILE:LINE"."""
     commands = []
     for language, start, text in readme_blocks():
         if language not in ("bash", "sh", "shell") or reason_not_run(text):
@@ -72,12 +79,28 @@ def shell_commands() -> list[tuple[int, str]]:
 
 def test_every_readme_block_is_run_or_says_why_not():
     blocks = readme_blocks()
-    assert blocks, "README.md has no code blocks"
+    assert blocks, "the documents have no code blocks"
     for key in NOT_RUN:  # a stale entry is an error too
         assert sum(key in text for _, _, text in blocks) == 1, f"NOT_RUN names {key!r}, which no single block holds"
-    for language, start, text in blocks:
-        assert language in ("bash", "python") or reason_not_run(text), \
-            f"README.md:{start}: a ```{language} block: run it in this test or say in NOT_RUN why not"
+    for language, where, text in blocks:
+        assert language in ("bash", "python", "json") or reason_not_run(text), \
+            f"{where}: a ```{language} block: check it in this test or say in NOT_RUN why not"
+        assert language != "python" or where.startswith("README.md") or reason_not_run(text), \
+            f"{where}: a Python block outside the README: run it in this test or say in NOT_RUN why not"
+
+
+def test_every_json_block_is_a_manifest_line():
+    """The manifest lines the documents show parse and carry the fields a manifest needs."""
+    from pal.data.manifest import TASKS
+
+    lines = [(where, line) for language, where, text in readme_blocks() if language == "json"
+             for line in text.splitlines() if line.strip()]
+    assert lines
+    for where, line in lines:
+        row = json.loads(line)
+        assert {"id", "audio", "task", "messages"} <= set(row) and row["task"] in TASKS, where
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"], where
+        assert row["messages"][0]["content"].count("<audio>") == 1, where
 
 
 def pal_words(command: str) -> tuple[list[str], list[str]]:
@@ -99,9 +122,9 @@ def test_every_pal_command_the_readme_prints_exists_with_every_option_it_names(c
         with pytest.raises(SystemExit) as done:
             main([*sub, "--help"])
         printed = capsys.readouterr()
-        assert done.value.code == 0, f"README.md:{start}: `pal {' '.join(sub)} --help` failed: {printed.err[-500:]}"
+        assert done.value.code == 0, f"{start}: `pal {' '.join(sub)} --help` failed: {printed.err[-500:]}"
         missing = [o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", printed.out)]
-        assert not missing, f"README.md:{start}: `pal {' '.join(sub)}` takes no {missing} (the README's `{command}`)"
+        assert not missing, f"{start}: `pal {' '.join(sub)}` takes no {missing} (`{command}`)"
 
 
 def test_every_make_target_the_readme_names_exists():
@@ -110,16 +133,23 @@ def test_every_make_target_the_readme_names_exists():
     for start, command in lines:
         target = command.split("make ", 1)[1].split()[0]
         done = subprocess.run(["make", "-n", "-C", str(ROOT), target], capture_output=True, text=True)
-        assert done.returncode == 0, f"README.md:{start}: `make {target}`: {done.stderr}"
+        assert done.returncode == 0, f"{start}: `make {target}`: {done.stderr}"
 
 
-def test_every_other_readme_command_is_known():
+def test_every_other_command_is_known():
     """A command that is neither `pal` nor `make` has a test of its own; this keeps the list honest."""
     others = [c for _, c in shell_commands() if not c.startswith("pal ") and not re.match(r"(\w+=\S+ )*make ", c)]
     for command in others:
-        assert command.startswith("torchrun --nproc_per_node 4 -m cli train --config "), command  # test_curriculum.py
-        config = command.split("--config ")[1].split()[0]
-        assert (ROOT / config).is_file(), command
+        assert command.startswith("torchrun --nproc_per_node 4 -m pal train --config "), command  # test_curriculum.py
+
+
+def test_every_shipped_config_a_command_names_exists():
+    from pal.common.typed_config import config_path
+
+    named = [(where, name) for where, command in shell_commands() for name in re.findall(r"pal:[\w./-]+", command)]
+    assert named
+    for where, name in named:
+        assert config_path(name).is_file(), f"{where}: {name}"
 
 
 @pytest.mark.slow
@@ -127,10 +157,10 @@ def test_the_python_blocks_run_verbatim(tmp_path, monkeypatch):
     """Each Python block not in NOT_RUN, run as printed in an empty working directory (SmolLM2 loads for real)."""
     monkeypatch.chdir(tmp_path)
     ran = 0
-    for language, start, text in readme_blocks():
+    for language, where, text in readme_blocks([README]):
         if language != "python" or reason_not_run(text):
             continue
-        namespace = {"__name__": f"README.md:{start}"}
-        exec(compile(text, f"README.md:{start}", "exec"), namespace)  # noqa: S102 - the README's own code
+        namespace = {"__name__": where}
+        exec(compile(text, where, "exec"), namespace)  # the README's own code
         ran += 1
     assert ran >= 1

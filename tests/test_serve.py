@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import tone
 
 QUESTION = "Describe the sound."
@@ -34,8 +33,8 @@ def _wav_bytes(samples: np.ndarray, rate: int = 16000) -> str:
 @pytest.fixture(scope="module")
 def served(trained_tiny):
     """The tiny trained model served by uvicorn on a free loopback port, in a thread; → (base URL, AudioLLM, app)."""
-    from inference.audio_llm import AudioLLM
-    from serving.app import ServeSettings, create_app, start_in_thread
+    from pal.inference.audio_llm import AudioLLM
+    from pal.serving.app import ServeSettings, create_app, start_in_thread
 
     llm = AudioLLM.from_pretrained(trained_tiny)
     app = create_app(llm, ServeSettings(model_id="tiny", max_audio_seconds=5.0, cache_clips=2, max_request_mb=1.0,
@@ -53,7 +52,7 @@ def _client(url: str, key: str = "unused"):
 
 
 def test_the_openai_client_gets_the_answer_the_model_gives(served, curriculum_env):
-    from inference.audio_llm import Decoding
+    from pal.inference.audio_llm import Decoding
 
     url, llm, _ = served
     clip = curriculum_env / "tone2.wav"
@@ -76,7 +75,7 @@ def test_the_openai_client_gets_the_answer_the_model_gives(served, curriculum_en
     # A text-only conversation and a follow-up turn are conversations like any other.
     follow = [_audio_message(_b64(clip)), {"role": "assistant", "content": expected},
               {"role": "user", "content": "Say it again."}]
-    from inference.audio_llm import AudioLLM
+    from pal.inference.audio_llm import AudioLLM
 
     again = llm.chat(AudioLLM.conversation([{"role": "user", "content": QUESTION}, follow[1], follow[2]]),
                      llm.features([llm.load(clip)]), Decoding(max_new_tokens=8))[0]
@@ -157,8 +156,8 @@ def test_every_bad_request_gets_an_openai_error_that_names_the_field(served, cur
 def test_an_api_key_is_required_off_loopback_and_checked_on_every_v1_route(trained_tiny):
     from fastapi.testclient import TestClient
 
-    from inference.audio_llm import AudioLLM
-    from serving.app import ServeSettings, check_binding, create_app
+    from pal.inference.audio_llm import AudioLLM
+    from pal.serving.app import ServeSettings, check_binding, create_app
 
     with pytest.raises(ValueError, match=r"--host 0.0.0.0 would accept requests from other machines: give --api-key"):
         check_binding("0.0.0.0", None)
@@ -175,7 +174,7 @@ def test_an_api_key_is_required_off_loopback_and_checked_on_every_v1_route(train
 def test_requests_that_arrive_together_are_batched_and_answered_as_alone(served, curriculum_env, tmp_path):
     """Greedy requests queued together run as one batch, with a cut of each row to its own max_tokens and stop
     strings, and each answer equals the one the request gets alone."""
-    from serving.requests import parse_chat_request
+    from pal.serving.requests import parse_chat_request
 
     _, _, app = served
     service, batcher = app.state.service, app.state.batcher
@@ -194,7 +193,7 @@ def test_requests_that_arrive_together_are_batched_and_answered_as_alone(served,
 
 
 def test_the_serving_benchmark_measures_both_ways_with_the_same_answers():
-    from bench.serve import run
+    from pal.bench.serve import run
 
     report = run(preset="tiny", requests=6, clients=3, max_batch=4, wait_ms=30.0, max_tokens=4, progress=lambda *_: None)
     assert report["same_answers"] and report["ratio"] > 0
@@ -229,7 +228,7 @@ def test_the_page_asks_about_an_uploaded_clip_and_streams_the_answer(served, bro
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from inference.audio_llm import AudioLLM, Decoding
+    from pal.inference.audio_llm import AudioLLM, Decoding
 
     url, llm, _ = served
     clip = curriculum_env / "tone3.wav"
@@ -304,7 +303,7 @@ def test_under_load_with_bad_requests_mixed_in_every_good_request_is_answered_ri
     good answer the one it gets alone, the clip cache within its bound, the server healthy after."""
     import httpx
 
-    from bench.serve import BAD_REQUESTS, load_test
+    from pal.bench.serve import BAD_REQUESTS, load_test
 
     url, _, app = served
     clips = [curriculum_env / f"tone{i}.wav" for i in range(4)] + [tone(tmp_path / "x.wav", 990.0)]
@@ -324,7 +323,7 @@ def test_every_limit_is_checked_before_work_starts():
     """Each limit refuses a request one past it and takes one at it (serving/requests.py: RequestLimits)."""
     import json
 
-    from serving.requests import MAX_SEED, RequestError, RequestLimits, parse_chat_request
+    from pal.serving.requests import MAX_SEED, RequestError, RequestLimits, parse_chat_request
 
     limits = RequestLimits()
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
@@ -360,10 +359,11 @@ def test_every_limit_is_checked_before_work_starts():
 def test_a_request_at_each_limit_is_answered_in_bounded_time_while_another_client_is_served(served, curriculum_env):
     """Four stop strings of the longest length and the longest prompt text, sent beside an ordinary request: all
     answered, none waiting behind a stop-string matcher built over the vocabulary (17 s for 2,000 characters once)."""
-    import httpx
     from concurrent.futures import ThreadPoolExecutor
 
-    from serving.requests import RequestLimits
+    import httpx
+
+    from pal.serving.requests import RequestLimits
 
     url, _, _ = served
     limits, audio = RequestLimits(), _audio_message(_b64(curriculum_env / "tone1.wav"))
@@ -467,7 +467,7 @@ def test_generated_request_bodies_never_get_a_500(served):
 def test_a_taken_port_is_named_before_the_model_loads(tmp_path):
     import socket
 
-    from serving.app import serve
+    from pal.serving.app import serve
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -49,9 +49,9 @@ def test_first_updates_of_a_fresh_connector_improve_the_loss():
     update lowers the loss, and no later step comes back above the start."""
     import numpy as np
 
-    from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
-    from training.engine import cosine_lr
     from pal import set_trainable
+    from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+    from pal.training.engine import cosine_lr
 
     torch.manual_seed(0)
     ensemble = AudioEncoderEnsemble(EnsembleConfig.from_dict({"encoders": {"sslam": {"type": "sslam",

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from encoders.sslam.checkpoint import load_sslam
-from encoders.sslam.model import PRESETS, SSLAMEncoder
+from pal.encoders.sslam.checkpoint import load_sslam
+from pal.encoders.sslam.model import PRESETS, SSLAMEncoder
 
 
 def _tiny_state():
@@ -74,7 +74,8 @@ def test_missing_and_unknown_keys_are_listed(tmp_path):
     state.pop("blocks.1.norm2.bias")
     state["blocks.1.adapter.weight"] = torch.zeros(3)
     save_file(state, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(ValueError, match=r"missing keys \['blocks.1.norm2.bias'\].*unexpected keys \['blocks.1.adapter.weight'\]"):
+    expected = r"missing keys \['blocks.1.norm2.bias'\].*unexpected keys \['blocks.1.adapter.weight'\]"
+    with pytest.raises(ValueError, match=expected):
         load_sslam(tmp_path / "bad.safetensors")
 
 

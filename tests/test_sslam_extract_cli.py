@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-
-from cli.main import main
-
 from conftest import SHARED
+
+from pal.cli.main import main
 
 FIXTURE = SHARED / "fixtures" / "sslam_reference"
 

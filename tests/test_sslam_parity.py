@@ -19,13 +19,12 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from encoders.kaldi_fbank import kaldi_fbank, mel_banks
-from encoders.sslam.checkpoint import load_sslam
-from encoders.sslam.features import SSLAMFeatures
-from encoders.sslam.frontend import FrontendConfig, model_inputs
-
 from conftest import SHARED
+
+from pal.encoders.kaldi_fbank import kaldi_fbank, mel_banks
+from pal.encoders.sslam.checkpoint import load_sslam
+from pal.encoders.sslam.features import SSLAMFeatures
+from pal.encoders.sslam.frontend import FrontendConfig, model_inputs
 
 FIXTURE = SHARED / "fixtures" / "sslam_reference"
 
@@ -184,7 +183,7 @@ def _eat_hf_folder(folder, finetuned: bool):
 
 @pytest.mark.parametrize("finetuned", [False, True])
 def test_the_hugging_face_eat_layout_loads_and_matches_the_reference(fixture, tmp_path, finetuned):
-    from encoders.ensemble import EncoderSpec, build_encoder
+    from pal.encoders.ensemble import EncoderSpec, build_encoder
 
     names, waves, ref = fixture
     folder = _eat_hf_folder(tmp_path / "SSLAM_hf", finetuned)

@@ -8,12 +8,17 @@ import random
 import pytest
 import torch
 
-from encoders.sslam.decoder import Decoder2d
-from encoders.sslam.masking import inverse_block_mask
-from encoders.sslam.model import PRESETS, SSLAMConfig
-from encoders.sslam.pretraining import EMATeacher, ObjectiveConfig, SSLAMPretrainer, d2v_loss, ema_decay_at, make_targets
-from encoders.sslam.source_retention import (draw_window_starts, mixed_patch_rows, mixed_positions, partial_mixture,
-                                             srl_targets)
+from pal.encoders.sslam.decoder import Decoder2d
+from pal.encoders.sslam.masking import inverse_block_mask
+from pal.encoders.sslam.model import PRESETS, SSLAMConfig
+from pal.encoders.sslam.pretraining import EMATeacher, ObjectiveConfig, SSLAMPretrainer, d2v_loss, ema_decay_at, make_targets
+from pal.encoders.sslam.source_retention import (
+    draw_window_starts,
+    mixed_patch_rows,
+    mixed_positions,
+    partial_mixture,
+    srl_targets,
+)
 
 
 def test_mask_counts_and_blocks():

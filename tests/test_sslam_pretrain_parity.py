@@ -12,12 +12,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED
 from safetensors.torch import load_file
 
-from encoders.sslam.model import SSLAMConfig
-from encoders.sslam.pretraining import Draws, EMATeacher, ObjectiveConfig, SSLAMPretrainer, load_pretraining_weights
-
-from conftest import SHARED
+from pal.encoders.sslam.model import SSLAMConfig
+from pal.encoders.sslam.pretraining import Draws, EMATeacher, ObjectiveConfig, SSLAMPretrainer, load_pretraining_weights
 
 FIXTURE = SHARED / "fixtures" / "sslam_pretrain_reference"
 

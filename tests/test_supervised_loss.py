@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers.loss.loss_utils import ForCausalLMLoss
-
 from conftest import build_inputs, random_audio, random_texts, tiny_pal
+from transformers.loss.loss_utils import ForCausalLMLoss
 
 
 def _batch(model):

@@ -1,4 +1,4 @@
-"""The text-only trained baseline (recipes/curriculum/text_only.py): the same curriculum on the same questions without
+"""The text-only trained baseline (pal/curriculum/text_only.py): the same curriculum on the same questions without
 audio, and why its connector-only stages can be left out."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import build_inputs, curriculum_dict, random_audio, random_texts, tiny_pal, write_yaml
 
-from recipes.curriculum.config import CurriculumConfig
-from recipes.curriculum.text_only import text_only_curriculum
+from pal.curriculum.config import CurriculumConfig
+from pal.curriculum.text_only import text_only_curriculum
 
 
 @pytest.mark.parametrize("connector", ["plits", "lal", "pal", "xattn"])

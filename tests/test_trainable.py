@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import build_inputs, random_audio, random_texts, tiny_pal
+
 from pal import set_trainable
 from pal.trainable import TRAINABLE_GROUPS
 
@@ -103,6 +103,7 @@ def test_each_route_is_one_connector_under_its_name_owning_its_group(connector):
 
 def test_every_named_connector_preset_builds_the_connector_it_names():
     from conftest import tiny_llm
+
     from pal import PALConfig, PALForConditionalGeneration
     from pal.presets import CONNECTOR_PRESETS, connector_preset
 

@@ -42,7 +42,7 @@ def _assert_same(a: dict, b: dict) -> None:
 def test_every_zero_stage_finishes_hands_off_and_resumes(curriculum_env, tmp_path, zero, precision):
     config = curriculum_dict(curriculum_env, stages=2, steps=4, checkpoint_every=1, keep_last=2, val_manifest=None,
                              num_samples=0, precision=precision, zero_stage=None,
-                             deepspeed=str(ROOT / "configs" / "deepspeed" / f"zero{zero}.json"))
+                             deepspeed=str(ROOT / "pal" / "configs" / "deepspeed" / f"zero{zero}.json"))
     path = write_yaml(tmp_path / "c.yaml", config)
     train_in_process(path, tmp_path / "straight")
     train_in_process(path, tmp_path / "resumed", stage=1, max_steps=2)
@@ -92,7 +92,7 @@ def test_truncated_checkpoint_falls_back_to_the_newest_intact_one(stopped_run, t
 
 
 def test_trained_steps_counts_only_intact_checkpoints(stopped_run, tmp_path):
-    from training.checkpointing import trained_steps
+    from pal.training.checkpointing import trained_steps
 
     checkpoints = _copy(stopped_run, tmp_path)
     run = checkpoints.parent
@@ -140,7 +140,7 @@ def test_a_planted_pickle_is_never_executed(stopped_run, tmp_path, capsys):
 
 
 def test_no_intact_checkpoint_is_an_error_not_a_restart(stopped_run, tmp_path):
-    from training.checkpointing import CheckpointError
+    from pal.training.checkpointing import CheckpointError
 
     config, _ = stopped_run
     checkpoints = _copy(stopped_run, tmp_path)
@@ -154,7 +154,7 @@ def test_a_save_killed_before_its_last_file_leaves_latest_on_the_previous_checkp
                                                                                      monkeypatch):
     """`trainable.safetensors` used to be written after `latest` moved: a kill there left `latest` on a checkpoint
     without it."""
-    import recipes.curriculum.recipe as recipe
+    import pal.curriculum.recipe as recipe
 
     config = _one_stage(curriculum_env, "kill", steps=4)
     real = recipe.save_file
@@ -183,7 +183,7 @@ def test_a_save_killed_before_its_last_file_leaves_latest_on_the_previous_checkp
 
 
 def test_pruning_is_by_step_and_drops_an_abandoned_future(tmp_path):
-    from training.checkpointing import prune_checkpoints
+    from pal.training.checkpointing import prune_checkpoints
 
     root = tmp_path / "checkpoints"
     for step in (9, 10, 24, 99_999_999, 100_000_000):
@@ -283,7 +283,7 @@ def test_samples_that_fail_at_run_time_are_skipped_with_their_line_and_the_stage
 
 def test_stages_train_in_train_mode_from_the_first_step(curriculum_env, tmp_path, monkeypatch):
     """`from_pretrained` returns eval mode; stages 2-3 used to train without dropout until the first evaluation."""
-    from recipes.curriculum.recipe import CurriculumRecipe
+    from pal.curriculum.recipe import CurriculumRecipe
 
     config = write_yaml(tmp_path / "c.yaml", curriculum_dict(curriculum_env, stages=2, steps=2, val_manifest=None,
                                                              num_samples=0))
@@ -300,7 +300,7 @@ def test_stages_train_in_train_mode_from_the_first_step(curriculum_env, tmp_path
 
 
 def test_an_unwritable_output_is_refused_before_training(curriculum_env, tmp_path):
-    from common.safe_write import OutputError
+    from pal.common.safe_write import OutputError
 
     (tmp_path / "a-file").write_text("")
     config = write_yaml(tmp_path / "c.yaml", curriculum_dict(curriculum_env, stages=1, val_manifest=None))

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from encoders.sslam.model import PRESETS
-from encoders.sslam.pretraining import SSLAMPretrainer
-from recipes.sslam_pretrain import read_audio_manifest
-from training.engine import cosine_lr, param_groups
+from pal.encoders.sslam.model import PRESETS
+from pal.encoders.sslam.pretraining import SSLAMPretrainer
+from pal.pretraining.recipe import read_audio_manifest
+from pal.training.engine import cosine_lr, param_groups
 
 
 def test_weight_decay_policy_faithful_and_intended():
@@ -50,13 +50,13 @@ def test_fairseq_tsv_and_jsonl_manifests(tmp_path):
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("path", sorted((ROOT / "pal" / "configs").rglob("*.yaml")), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_shipped_yaml_loads_into_its_typed_config(path):
-    from encoders.ensemble import EnsembleConfig
-    from recipes.curriculum.config import CurriculumConfig
-    from recipes.sslam_pretrain import PretrainConfig
+    from pal.curriculum.config import CurriculumConfig
+    from pal.encoders.ensemble import EnsembleConfig
+    from pal.pretraining.recipe import PretrainConfig
 
-    kind = {"pal": CurriculumConfig, "compare": CurriculumConfig, "encoders": EnsembleConfig,
+    kind = {"curriculum": CurriculumConfig, "compare": CurriculumConfig, "encoders": EnsembleConfig,
             "sslam": PretrainConfig}[path.parent.name]
     config = kind.from_yaml(path)
     if kind is PretrainConfig:
@@ -65,15 +65,15 @@ def test_every_shipped_yaml_loads_into_its_typed_config(path):
         assert len(config.stages) == 3 and config.model.ensemble_config().encoders
 
 
-@pytest.mark.parametrize("variant", sorted(p.name for p in (ROOT / "configs" / "compare").glob("*.yaml")))
+@pytest.mark.parametrize("variant", sorted(p.name for p in (ROOT / "pal" / "configs" / "compare").glob("*.yaml")))
 def test_every_comparison_config_trains_the_same_curriculum(variant):
     """pal-spec §7: the compared models differ in the connector (or the encoders), never in data or schedule."""
     from dataclasses import asdict
 
-    from recipes.curriculum.config import CurriculumConfig
+    from pal.curriculum.config import CurriculumConfig
 
-    reference = asdict(CurriculumConfig.from_yaml(ROOT / "configs" / "compare" / "lal.yaml"))
-    config = asdict(CurriculumConfig.from_yaml(ROOT / "configs" / "compare" / variant))
+    reference = asdict(CurriculumConfig.from_yaml(ROOT / "pal" / "configs" / "compare" / "lal.yaml"))
+    config = asdict(CurriculumConfig.from_yaml(ROOT / "pal" / "configs" / "compare" / variant))
     for key in ("connector", "encoders"):
         reference["model"].pop(key), config["model"].pop(key)
     reference.pop("out"), config.pop("out")
@@ -81,7 +81,7 @@ def test_every_comparison_config_trains_the_same_curriculum(variant):
 
 
 def test_a_yaml_variant_is_its_base_with_what_it_writes(tmp_path):
-    from recipes.curriculum.config import CurriculumConfig
+    from pal.curriculum.config import CurriculumConfig
 
     (tmp_path / "base.yaml").write_text(
         "model: {llm: ../llm, encoders: enc.yaml, connector: {connector: lal, lal_config: {start_layer: 4}},\n"
@@ -116,31 +116,6 @@ def test_a_yaml_variant_is_its_base_with_what_it_writes(tmp_path):
         CurriculumConfig.from_yaml(tmp_path / "lost.yaml")
 
 
-def test_the_stage_hash_of_a_connector_is_the_same_in_the_flat_and_the_nested_form():
-    """A run folder trained from a YAML with flat connector keys (`lal_start_layer`) keeps its stage hashes when the
-    YAML is rewritten with sub-configs (`lal_config: {start_layer}`): it is neither refused nor retrained."""
-    from recipes.curriculum.config import CurriculumConfig
-    from recipes.curriculum.recipe import CurriculumRecipe
-
-    def hashes(connector: dict) -> list[str]:
-        def stage(name: str, trainable: list[str]) -> dict:
-            return {"name": name, "data": [{"manifest": "/data/train.jsonl"}], "trainable": trainable, "steps": 6}
-
-        # absolute paths, as a YAML's are once read (a relative one would make the hash depend on the working folder)
-        data = {"model": {"llm": "/models/llm", "encoders": {"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}},
-                          "connector": connector},
-                "stages": [stage("connector", ["connector"]), stage("lora", ["connector", "lora"])]}
-        recipe = CurriculumRecipe(CurriculumConfig.from_dict(data))
-        return [recipe.stage_hash(k) for k in range(2)]
-
-    flat = {"connector": "pal", "n_summary": 4, "lal_start_layer": 1, "qformer_layers": 1, "audio_norm": "standardize"}
-    nested = {"connector": "pal", "audio_norm": "standardize", "lal_config": {"start_layer": 1},
-              "plits_config": {"qformer_layers": 1, "n_summary": 4}}
-    # What the code before the sub-configs recorded for `flat` (so run folders trained then still match).
-    assert hashes(flat) == hashes(nested) == ["d53c9f2b9f3ad7d0", "71622a56c528f0e1"]
-    assert hashes({**nested, "lal_config": {"start_layer": 2}}) != hashes(nested)  # a changed setting still counts
-
-
 def test_a_clip_shorter_than_one_fbank_frame_is_a_reported_skip_not_a_crash(tmp_path):
     """In `sslam pretrain`, `sslam extract` and `pal features` a 10 ms clip raised a bare ValueError; inside a batch
     with longer clips it was encoded as an all-zero spectrogram."""
@@ -148,8 +123,8 @@ def test_a_clip_shorter_than_one_fbank_frame_is_a_reported_skip_not_a_crash(tmp_
     import soundfile
     import torch
 
-    from encoders.sslam.frontend import FrontendConfig, batch_fbank
-    from recipes.sslam_pretrain import ClipDataset
+    from pal.encoders.sslam.frontend import FrontendConfig, batch_fbank
+    from pal.pretraining.recipe import ClipDataset
 
     soundfile.write(tmp_path / "blip.wav", np.zeros(160, dtype=np.float32), 16000)
     _, spec, error = ClipDataset([tmp_path / "blip.wav"], FrontendConfig())[0]
@@ -161,7 +136,7 @@ def test_a_clip_shorter_than_one_fbank_frame_is_a_reported_skip_not_a_crash(tmp_
 def test_write_failures_are_said_in_words(tmp_path):
     import errno
 
-    from common.safe_write import OutputError, disk_errors
+    from pal.common.safe_write import OutputError, disk_errors
 
     with pytest.raises(OutputError, match=r"cannot write .*x.pt: the write stopped part-way, most likely no space"):
         with disk_errors(tmp_path / "x.pt"):
@@ -177,7 +152,7 @@ def test_write_failures_are_said_in_words(tmp_path):
 def test_a_folder_written_atomically_replaces_the_old_one_whole_or_not_at_all(tmp_path):
     import errno
 
-    from common.safe_write import OutputError, atomic_folder
+    from pal.common.safe_write import OutputError, atomic_folder
 
     target = tmp_path / "final"
     with atomic_folder(target) as staging:
@@ -194,9 +169,9 @@ def test_a_folder_written_atomically_replaces_the_old_one_whole_or_not_at_all(tm
 
 
 def test_a_recipe_runs_setup_train_save_in_order_and_cleans_up_after_a_failure_too():
-    from recipes.curriculum.recipe import CurriculumRecipe
-    from recipes.lifecycle import Recipe
-    from recipes.sslam_pretrain import SSLAMPretrainRecipe
+    from pal.curriculum.recipe import CurriculumRecipe
+    from pal.pretraining.recipe import SSLAMPretrainRecipe
+    from pal.training.lifecycle import Recipe
 
     class Steps(Recipe):
         def __init__(self, failing: str | None = None):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.audio import load_audio
+from pal.encoders.audio import load_audio
 
 SENTENCE = "The quick brown fox jumps over the lazy dog"
 
@@ -24,7 +24,7 @@ def speech(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def converted():
-    from encoders.whisper_base import ct2_folder, whisper_base_folder
+    from pal.encoders.whisper_base import ct2_folder, whisper_base_folder
 
     return whisper_base_folder(), ct2_folder()
 
@@ -32,7 +32,7 @@ def converted():
 def test_our_encoder_equals_ctranslate2_encode_on_real_speech(converted, speech):
     import ctranslate2
 
-    from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+    from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
 
     hf, ct2 = converted
     ensemble = AudioEncoderEnsemble(EnsembleConfig.from_dict({"encoders": {"whisper": {"type": "whisper",
@@ -46,7 +46,8 @@ def test_our_encoder_equals_ctranslate2_encode_on_real_speech(converted, speech)
     real = int(mask.sum())
     assert real == -(-len(speech) // 320)
     # The same fp16 weights in fp32 arithmetic on both sides: differences are rounding (outputs reach about 25).
-    # reorder across libraries: ours and CTranslate2's kernels over 6 layers of width 512, outputs up to 25: 25·√2048·u·6 ≈ 6e-4; 2e-3 is 3x that
+    # reorder across libraries: ours and CTranslate2's kernels over 6 layers of width 512, outputs up to 25:
+    # 25·√2048·u·6 ≈ 6e-4; 2e-3 is 3x that
     np.testing.assert_allclose(tokens[0, :real].numpy(), reference[0, :real], atol=2e-3, rtol=0)
 
 
@@ -54,7 +55,7 @@ def test_transcriptions_of_espeak_speech_are_recognisable(converted, speech):
     import ctranslate2
     from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from eval.metrics.asr import normalise
+    from pal.eval.metrics.asr import normalise
 
     hf, ct2 = converted
     tokenizer = AutoTokenizer.from_pretrained(hf)
@@ -72,7 +73,7 @@ def test_transcriptions_of_espeak_speech_are_recognisable(converted, speech):
 
 
 def test_a_damaged_download_is_refused(tmp_path, monkeypatch):
-    import encoders.whisper_base as whisper_base
+    import pal.encoders.whisper_base as whisper_base
 
     monkeypatch.setenv("PAL_HOME", str(tmp_path))
     monkeypatch.setattr(whisper_base, "MODEL_SHA256", "0" * 64)
@@ -82,7 +83,7 @@ def test_a_damaged_download_is_refused(tmp_path, monkeypatch):
 
 
 def test_the_ct2_reader_checks_its_input(tmp_path):
-    from encoders.whisper_base import read_ct2
+    from pal.encoders.whisper_base import read_ct2
 
     def name(text: str) -> bytes:
         raw = text.encode() + b"\0"
@@ -106,7 +107,7 @@ def test_the_ct2_reader_checks_its_input(tmp_path):
 def test_a_shorter_context_stays_close_to_the_30_s_encoding(converted, speech):
     """`context_seconds: 4` (whisper.cpp's audio_ctx) cuts the window and the positional table: 200 tokens for 4 s,
     close to, not equal to, what the 30 s window gives."""
-    from encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
+    from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
 
     def encode(seconds):
         spec = {"type": "whisper", "preset": "base", "context_seconds": seconds}

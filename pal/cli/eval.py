@@ -1,0 +1,61 @@
+"""`pal eval score` (every task's metric with its interval, beside its controls) and `pal eval gap` (the
+teacher-forced audio-reliance gap alone, nothing generated)."""
+
+import sys
+
+from .model_options import add_model_arguments, decoding, load_model
+
+
+def register(commands) -> None:
+    evaluate = commands.add_parser("eval", help="score a trained model on a manifest, with its controls beside it")
+    which = evaluate.add_subparsers(dest="eval", required=True)
+    score = which.add_parser("score", help="answer every question, score each task with a 95%% interval, beside the "
+                                           "same model with another clip's audio, with the audio removed, and the "
+                                           "text-only trained baseline")
+    _add_inputs(score, out_help="results JSON (answers go beside it, resumable)")
+    score.add_argument("--no-baseline", action="store_true",
+                       help="skip the controls (another clip's audio, audio removed, the reliance gap)")
+    score.add_argument("--text-only-model", help="a model trained by the same curriculum with the audio removed from "
+                       "its data: asked the same questions without audio, it is the prior a model reaches unheard")
+    score.add_argument("--workers", type=int, default=1,
+                       help="2: a second process answers the controls beside this one (CPU; each with half the "
+                            "threads: faster on 2 cores)")
+    score.set_defaults(run=run_score)
+
+    gap = which.add_parser("gap", help="only the teacher-forced audio-reliance gap (each gold answer's loss with its "
+                                       "own and with another clip's audio), per task, nothing generated: the quick "
+                                       "way to compare two recipes")
+    _add_inputs(gap, out_help="results JSON")
+    gap.add_argument("--tasks", help="only these tasks, comma-separated (e.g. classify)")
+    gap.set_defaults(run=run_gap)
+
+
+def _add_inputs(parser, out_help: str) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--manifest", required=True, help="JSONL with gold answers and a `task` per line")
+    parser.add_argument("--out", required=True, help=out_help)
+
+
+def run_score(args) -> int:
+    from pal.eval.evaluate import evaluate
+    from pal.eval.report import result_lines
+
+    text_only = load_model(args, args.text_only_model) if args.text_only_model else None
+    result = evaluate(load_model(args), args.manifest, args.out, decoding(args), args.batch_size,
+                      baseline=not args.no_baseline, text_only=text_only, workers=args.workers)
+    print("\n".join(result_lines(result)))
+    print(f"results: {args.out}")
+    for example_id, why in result["skipped"].items():
+        print(f"pal: skipped {example_id}: {why}", file=sys.stderr)
+    return 0
+
+
+def run_gap(args) -> int:
+    from pal.eval.reliance import reliance_on_manifest
+    from pal.eval.report import gap_lines
+
+    tasks = args.tasks.split(",") if args.tasks else None
+    result = reliance_on_manifest(load_model(args), args.manifest, args.out, tasks, args.batch_size)
+    print("\n".join(gap_lines(result["reliance"])))
+    print(f"results: {args.out}")
+    return 0

