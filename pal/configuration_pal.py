@@ -294,4 +294,7 @@ class PALConfig(PreTrainedConfig):
         return bool(self.encoders_on("plits") or self.summary_encoders())
 
 
+# The Auto classes read a saved folder's config.json (AutoTokenizer does): they must know the model type "pal".
+AutoConfig.register(PALConfig.model_type, PALConfig, exist_ok=True)
+
 __all__ = ["LALConfig", "PALConfig", "PLITSConfig", "XAttnConfig"]

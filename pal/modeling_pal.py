@@ -16,7 +16,7 @@ import contextlib
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from pal.encoders.outputs import EncoderOutputs
@@ -378,5 +378,9 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         model_kwargs["audio"] = audio
         return input_ids, model_kwargs
 
+
+# A saved folder loads through the Auto classes too (the config's type is registered in configuration_pal.py).
+AutoModel.register(PALConfig, PALForConditionalGeneration, exist_ok=True)
+AutoModelForCausalLM.register(PALConfig, PALForConditionalGeneration, exist_ok=True)
 
 __all__ = ["PALForConditionalGeneration", "PALPreTrainedModel", "AudioFeatures"]

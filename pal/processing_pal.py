@@ -23,8 +23,10 @@ assistant turns), audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} when there
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -35,6 +37,7 @@ from .packing import IGNORE_INDEX, pack_rows, pad_packed
 from .plits import plits_token_counts
 
 AUDIO_PLACEHOLDER = "<audio>"
+PROCESSOR_CONFIG = "processor_config.json"
 
 
 @dataclass
@@ -231,6 +234,34 @@ class PALProcessor:
         settings = {"padding_side": self.padding_side, "ensemble": self.ensemble, "cache": self.cache,
                     "max_length": self.max_length, "too_long": self.too_long, **changes}
         return PALProcessor(self.tokenizer, self.config, **settings)
+
+    # ------------------------------------------------------------------------------------------------ save / load
+    def save_pretrained(self, folder: str | Path) -> None:
+        """The tokenizer and `processor_config.json` (padding side, length limit) into `folder`, beside the model
+        and its `encoders.json` (which names the audio front-ends)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(folder)
+        settings = {"processor_class": type(self).__name__, "padding_side": self.padding_side,
+                    "max_length": self.max_length, "too_long": self.too_long}
+        (folder / PROCESSOR_CONFIG).write_text(json.dumps(settings, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **settings) -> PALProcessor:
+        """The processor of a model folder: its tokenizer, its settings (`settings` override them), the model's
+        PALConfig, and the encoders its `encoders.json` names, built (none when the folder has no record)."""
+        from transformers import AutoTokenizer
+
+        from pal.encoders.ensemble import AudioEncoderEnsemble
+        from pal.encoders.identity import ENSEMBLE_RECORD, read_ensemble_record
+
+        folder = Path(folder)
+        saved = json.loads((folder / PROCESSOR_CONFIG).read_text()) if (folder / PROCESSOR_CONFIG).is_file() else {}
+        saved.pop("processor_class", None)
+        if "ensemble" not in settings and (folder / ENSEMBLE_RECORD).is_file():
+            settings["ensemble"] = AudioEncoderEnsemble(read_ensemble_record(folder)[0])
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return cls(tokenizer, PALConfig.from_pretrained(folder), **{**saved, **settings})
 
     # --------------------------------------------------------------------------------------------- audio front-ends
     def load_audio(self, audio, **limits) -> dict[int, torch.Tensor]:

@@ -64,6 +64,21 @@ def test_a_newcomer_runs_the_demo_from_an_empty_folder_and_home(newcomer):
     assert not [p.name for p in home.rglob(".*-new-*")]  # no half-written conversion left behind
 
 
+def test_the_demo_exports_its_model_with_its_encoders_and_scores(newcomer):
+    cwd, _, said = newcomer
+    model, results = cwd / "runs" / "demo-smoke" / "model", cwd / "runs" / "demo-smoke" / "eval" / "results.json"
+    assert "The model, to take away: runs/demo-smoke/model " in said
+    record = json.loads((model / "encoders.json").read_text())
+    paths = {name: spec["path"] for name, spec in record["config"]["encoders"].items()}
+    assert paths == {"sslam": "encoders/sslam", "whisper": "encoders/whisper"}  # inside the folder, nothing outside
+    assert all((model / path / "model.safetensors").is_file() for path in paths.values())
+    scores = json.loads(results.read_text())
+    assert json.loads((model / "eval_results.json").read_text()) == scores
+    caption = scores["tasks"]["caption"]
+    row = f"| caption | {caption['n']} | CIDEr-D | {caption['metrics']['CIDEr-D']['value']:.3f} ["
+    assert row in (model / "README.md").read_text()
+
+
 def test_the_infer_line_the_demo_prints_runs_verbatim(newcomer):
     cwd, home, said = newcomer
     line = said.split("Ask the model: ", 1)[1].splitlines()[0]

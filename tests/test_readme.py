@@ -34,6 +34,8 @@ NOT_RUN = {
     "curl -s http://127.0.0.1:8000/v1/chat/completions": "needs a running `pal serve` on the full demo's model; "
                                                          "test_serve.py posts the same request over HTTP",
     "runs/demo/data/          clips": "a listing of what `make demo` writes; test_demo.py checks the smoke demo's",
+    "my-model/config.json, model.safetensors": "a listing of what `pal export` writes; test_export.py checks an "
+                                               "export's files and loads it",
     "torchrun --nnodes 2 --node_rank 0": "needs several machines; test_curriculum.py trains under torchrun with "
                                          "`-m pal train` in two local ranks",
 }

@@ -46,3 +46,25 @@ def test_nested_sub_configs_round_trip_through_save_and_load(tmp_path):
         assert getattr(loaded.config, f"{route}_config") == getattr(model.config, f"{route}_config")
     assert loaded.config.lal_config.rope == "none" and loaded.config.xattn_layer_indices() == [2]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_the_auto_classes_load_a_saved_folder(tmp_path):
+    """AutoTokenizer reads config.json through AutoConfig (unknown, the type fell back with a warning); the Auto model
+    classes build the same model from the folder."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from pal import PALConfig
+
+    model, _ = tiny_pal("pal")
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, PALConfig)
+    assert config.to_diff_dict() == model.config.to_diff_dict()
+    texts, audio = random_texts([7, 9]), random_audio(model.config, [4, 6])
+    batch = build_inputs(model, texts, audio)
+    with torch.no_grad():
+        expected = model.eval()(**batch, audio=audio).logits
+        for auto in (AutoModel, AutoModelForCausalLM):
+            loaded = auto.from_pretrained(tmp_path).eval()
+            assert type(loaded) is PALForConditionalGeneration
+            assert torch.equal(loaded(**batch, audio=audio).logits, expected)

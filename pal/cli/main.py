@@ -11,9 +11,9 @@ import sys
 from pal.common.safe_write import OutputError
 from pal.eval.metrics.captioning import MetricUnavailable
 
-# In the order of the work: data → features → SSLAM → train → infer / eval → serve → compare → bench → demo.
-COMMANDS = ["data", "features", "sslam", "train", "infer", "eval", "probe", "serve", "compare", "bench", "demo",
-            "configs", "env"]
+# In the order of the work: data → features → SSLAM → train → infer / eval → export → serve → compare → bench → demo.
+COMMANDS = ["data", "features", "sslam", "train", "infer", "eval", "probe", "export", "serve", "compare", "bench",
+            "demo", "configs", "env"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args.rest = rest
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, OutputError, MetricUnavailable) as err:  # AudioError, ManifestError: ValueErrors
+    # AudioError and ManifestError are ValueErrors.
+    except (ValueError, FileNotFoundError, FileExistsError, OutputError, MetricUnavailable) as err:
         print(f"pal: error: {err}", file=sys.stderr)
         return 2

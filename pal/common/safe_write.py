@@ -117,6 +117,9 @@ def atomic_folder(target: str | Path):
     try:
         with disk_errors(target):
             yield staging
+            for path in staging.rglob("*"):  # some writers (tempfile-based ones) leave files 0600
+                if path.is_file() and not path.is_symlink():
+                    os.chmod(path, 0o666 & ~_umask())
             old = None
             if target.exists():  # os.replace cannot replace a non-empty folder: move the old one aside first
                 old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+import os
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from pal.common.hashing import file_hash
@@ -44,10 +45,23 @@ def encoder_hash(spec: EncoderSpec, dtype: str) -> str:
 ENSEMBLE_RECORD = "encoders.json"
 
 
-def write_ensemble_record(folder: str | Path, config) -> None:
-    """Save an ensemble's config and identities beside a model, so it can be rebuilt and checked at inference."""
-    identity = {name: encoder_hash(spec, config.dtype) for name, spec in config.encoders.items()}
-    Path(folder, ENSEMBLE_RECORD).write_text(json.dumps({"config": asdict(config), "identity": identity}, indent=1))
+def _paths_from(folder: Path, config):
+    """`config` with each encoder's relative path read from `folder` (absolute paths and presets as they are)."""
+    encoders = {name: replace(spec, path=os.path.join(folder, spec.path)) if spec.path else spec
+                for name, spec in config.encoders.items()}
+    return replace(config, encoders=encoders)
+
+
+def write_ensemble_record(folder: str | Path, config, inside: bool = False) -> None:
+    """Save an ensemble's config and identities beside a model, so it can be rebuilt and checked at inference.
+
+    inside: the encoders' paths are relative to `folder` and written so (a self-contained export); otherwise they are
+    made absolute against the working directory."""
+    folder = Path(folder)
+    on_disk = _paths_from(folder if inside else Path.cwd(), config)
+    identity = {name: encoder_hash(spec, config.dtype) for name, spec in on_disk.encoders.items()}
+    record = {"config": asdict(config if inside else on_disk), "identity": identity}
+    (folder / ENSEMBLE_RECORD).write_text(json.dumps(record, indent=1))
 
 
 def read_ensemble_record(folder: str | Path):
@@ -61,7 +75,13 @@ def read_ensemble_record(folder: str | Path):
             "by `pal train` carry it; for another folder pass the ensemble YAML it was trained with (--encoders)."
         )
     record = json.loads(path.read_text())
-    config = EnsembleConfig.from_dict(record["config"])
+    config = _paths_from(Path(folder), EnsembleConfig.from_dict(record["config"]))  # relative: inside the folder
+    for name, spec in config.encoders.items():
+        if spec.path and not Path(spec.path).exists():
+            raise FileNotFoundError(
+                f"{folder} was trained with encoder {name!r} from {spec.path}, which is missing: restore it there, or "
+                "load an export of the model (`pal export`), which carries its encoders."
+            )
     changed = {name: (recorded, encoder_hash(config.encoders[name], config.dtype))
                for name, recorded in record["identity"].items()
                if encoder_hash(config.encoders[name], config.dtype) != recorded}

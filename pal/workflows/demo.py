@@ -9,7 +9,8 @@
 5. evaluate the test split with `pal eval`: beside every score, the same model given another clip's audio, the
    text-only trained baseline, and the model with the audio removed; then the fit check: the classification of as
    many training scenes, so that a low test score says whether the model underfits or does not generalise;
-6. write a report (Markdown and HTML: per-task metrics with intervals and the baseline, loss curves, example answers
+6. export the trained model into one folder to take away (`pal export`: weights, tokenizer, encoders, model card);
+   write a report (Markdown and HTML: per-task metrics with intervals and the baseline, loss curves, example answers
    beside the true composition) and print the summary and a `pal infer` command to ask the model something.
 """
 
@@ -258,6 +259,21 @@ def examples(out: Path, data: Path, count: int = 8) -> list[list[str]]:
     return rows
 
 
+def step_export(out: Path, final: Path) -> Path:
+    """The trained model as one folder to take away (`pal export`): weights, tokenizer, encoders, model card."""
+    import shutil
+
+    from pal.inference.export import export_model
+
+    model = out / "model"
+    if model.is_dir() and model.stat().st_mtime >= (final / "config.json").stat().st_mtime:
+        say(f"[6/6] export: {model} is there")
+        return model
+    shutil.rmtree(model, ignore_errors=True)  # an export of an earlier training of this run
+    say(f"[6/6] export: the trained model, its encoders and its model card into {model}")
+    return export_model(final, model)
+
+
 def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, preset_name: str, seconds: float):
     from pal.eval.report import Image, Section, Table, metrics_table, reliance_table, write_report
 
@@ -308,6 +324,7 @@ def run_demo(args) -> int:
     text_only = step_curriculum(out, data, preset, encoders, features, text_only=True, nproc=args.nproc)
     result = step_eval(out, data, final, preset, text_only, workers=args.nproc)
     fit = step_fit(out, data, final, preset)
+    model = step_export(out, final)
     md, page = step_report(out, data, result, fit, final, args.preset, time.time() - start)
     say("[6/6] report: " + f"{md} and {page}")
     say("")
@@ -318,7 +335,8 @@ def run_demo(args) -> int:
     for row in [table.header] + table.rows:
         say("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
     say("\n" + fit_sentence(fit, result))
-    say(f"\nAsk the model: pal infer --model {final} --audio {data / 'clips' / 'scene00000.wav'} "
+    say(f"\nThe model, to take away: {model} (its card: {model / 'README.md'})")
+    say(f"Ask the model: pal infer --model {model} --audio {data / 'clips' / 'scene00000.wav'} "
         "--prompt \"Describe what you hear in one sentence.\"")
     return 0
 
