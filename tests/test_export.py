@@ -146,3 +146,47 @@ def test_export_refuses_what_it_cannot_take_away(run_with_encoder_file, tmp_path
     assert main(["export", str(run), str(tmp_path / "out2")]) == 2
     assert "has not finished training: stage 1 of 1 has no final/" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2-*"))
+
+
+def test_an_adapter_only_export_carries_no_llm_weights_and_answers_as_the_whole_model(trained_tiny, curriculum_env,
+                                                                                      tmp_path):
+    from safetensors.torch import load_file
+
+    from pal import PALConfig
+    from pal.llm import load_llm
+
+    # trained_tiny trained its LLM too (no adapter can carry that: refused below); this model's LLM is the untouched
+    # base, with trained_tiny's connectors and adapters that carry weights.
+    model = PALForConditionalGeneration(PALConfig.from_pretrained(trained_tiny), llm=load_llm(curriculum_env / "llm"))
+    trained = PALForConditionalGeneration.from_pretrained(trained_tiny).state_dict()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+            elif not name.startswith("llm."):
+                param.copy_(trained[name])
+        for name, buffer in model.named_buffers():
+            if not name.startswith("llm.") and name in trained:  # the feature norms' statistics
+                buffer.copy_(trained[name])
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_tiny, model_dir)
+    model.save_pretrained(model_dir)
+    assert main(["export", str(model_dir), str(tmp_path / "whole")]) == 0
+    assert main(["export", str(model_dir), str(tmp_path / "adapter"), "--adapter-only",
+                 "--base-llm", str(curriculum_env / "llm")]) == 0
+    adapter = tmp_path / "adapter"
+    assert not (adapter / "model.safetensors").exists()
+    keys = load_file(adapter / "adapter.safetensors")
+    assert not [k for k in keys if k.startswith("llm.") and "lora_" not in k] and [k for k in keys if "lora_B" in k]
+    whole, from_adapter = AudioLLM.from_pretrained(tmp_path / "whole"), AudioLLM.from_pretrained(adapter)
+    for clip, question in QUESTIONS:
+        assert from_adapter.ask(curriculum_env / clip, question) == whole.ask(curriculum_env / clip, question)
+
+    record = json.loads((adapter / "base_llm.json").read_text())
+    (adapter / "base_llm.json").write_text(json.dumps({**record, "identity": "0" * 16}))
+    with pytest.raises(ValueError, match="that LLM's weights have changed since"):
+        AudioLLM.from_pretrained(adapter)
+    assert main(["export", str(trained_tiny), str(tmp_path / "refused"), "--adapter-only",
+                 "--base-llm", str(curriculum_env / "llm")]) == 2
+    assert not (tmp_path / "refused").exists()

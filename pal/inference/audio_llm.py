@@ -106,7 +106,12 @@ class AudioLLM:
             config = encoders
         else:
             config = EnsembleConfig.from_yaml(encoders) if encoders else read_ensemble_record(folder)[0]
-        model = PALForConditionalGeneration.from_pretrained(folder, dtype=dtype, device_map=device_map)
+        if (folder / "base_llm.json").is_file():  # an adapter-only export (pal/inference/export.py)
+            from .export import load_adapter_export
+
+            model = load_adapter_export(folder, dtype)
+        else:
+            model = PALForConditionalGeneration.from_pretrained(folder, dtype=dtype, device_map=device_map)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         return cls(model, tokenizer, AudioEncoderEnsemble(config), folder)
 

@@ -134,7 +134,7 @@ def _evaluation(results: Path | None) -> str:
 
 
 def write_model_card(out: Path, name: str, config, encoders: dict, folder: Path, results: Path | None,
-                     lora: str | None) -> None:
+                     lora: str | None, base_llm: str | None = None) -> None:
     """out/README.md for the model `name`, `config` (a PALConfig), exported from `folder` with `encoders` ({name:
     spec}); lora: "merged", "inline" or None."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -157,6 +157,7 @@ def write_model_card(out: Path, name: str, config, encoders: dict, folder: Path,
         llm_shape=f"{text.num_hidden_layers} layers, {text.hidden_size} wide",
         encoder_list=", ".join(f"`{name}`" for name in encoders) or "no encoder", connector=connector,
         encoder_rows=encoder_rows, lora={"merged": "merged into the LLM's weights", "inline": "kept as adapters",
-                                         None: "none"}[lora],
+                                         "adapter": f"adapters only: the LLM's weights are {base_llm}'s, not in this "
+                                                    "folder", None: "none"}[lora],
         dtype=str(config.dtype), training=_training(folder, out), evaluation=_evaluation(results))
     card.save(out / "README.md")
