@@ -52,6 +52,16 @@ class EnsembleConfig(YamlConfig):
 
 
 
+def weights_path(spec: EncoderSpec) -> str | None:
+    """Where an encoder's weights lie: its `path`, or for Whisper `preset: base` the offline Whisper-base folder
+    (converted on first use); None for a preset SSLAM, a fixed random network built from code."""
+    if spec.type == "whisper" and not spec.path and spec.preset == "base":
+        from .whisper_base import whisper_base_folder
+
+        return str(whisper_base_folder())
+    return spec.path
+
+
 def build_encoder(spec: EncoderSpec) -> nn.Module:
     """One frozen member: a callable waveforms → (tokens, mask) with `.dim` and `.sample_rate`."""
     if spec.type == "sslam":
@@ -73,10 +83,7 @@ def build_encoder(spec: EncoderSpec) -> nn.Module:
                              f"{model.config.patch_size}.")
         return SSLAMFeatures(model, FrontendConfig(target_length=spec.window_frames, long_audio=spec.long_audio),
                              layer=spec.layer)
-    if spec.type == "whisper" and not spec.path and spec.preset == "base":
-        from .whisper_base import whisper_base_folder
-
-        spec = EncoderSpec(**{**spec.__dict__, "path": str(whisper_base_folder())})
+    spec = EncoderSpec(**{**spec.__dict__, "path": weights_path(spec)})
     if not spec.path:
         hint = " (or `preset: base` for the offline Whisper-base)" if spec.type == "whisper" else ""
         raise ValueError(f"a {spec.type} encoder needs `path`: a local Hugging Face folder{hint}.")

@@ -106,9 +106,9 @@ class AudioLLM:
             config = encoders
         else:
             config = EnsembleConfig.from_yaml(encoders) if encoders else read_ensemble_record(folder)[0]
-        if (folder / "base_llm.json").is_file():  # an adapter-only export (pal/inference/export.py)
-            from .export import load_adapter_export
+        from .export import ADAPTER_RECORD, load_adapter_export
 
+        if (folder / ADAPTER_RECORD).is_file():  # an adapter-only export
             model = load_adapter_export(folder, dtype)
         else:
             model = PALForConditionalGeneration.from_pretrained(folder, dtype=dtype, device_map=device_map)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from pal.common.safe_write import atomic_folder
-from pal.encoders.ensemble import EncoderSpec
+from pal.encoders.ensemble import EncoderSpec, weights_path
 from pal.encoders.identity import read_ensemble_record, write_ensemble_record
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -83,11 +83,7 @@ def _copy(source: Path, dest: Path) -> None:
 
 def _bring_encoder(name: str, spec: EncoderSpec, out: Path) -> EncoderSpec:
     """Copy one encoder's weights under out/encoders/<name>; → its spec with the path relative to `out`."""
-    path = spec.path
-    if not path and spec.type == "whisper" and spec.preset == "base":
-        from pal.encoders.whisper_base import whisper_base_folder
-
-        path = str(whisper_base_folder())  # converted on first use, like any run that needs it
+    path = weights_path(spec)
     if not path:  # a preset SSLAM: a fixed random network pal builds from code
         return spec
     source = Path(path)
