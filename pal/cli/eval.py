@@ -41,10 +41,12 @@ def run_score(args) -> int:
     from pal.eval.report import result_lines
 
     text_only = load_model(args, args.text_only_model) if args.text_only_model else None
-    result = evaluate(load_model(args), args.manifest, args.out, decoding(args), args.batch_size,
+    llm = load_model(args)
+    result = evaluate(llm, args.manifest, args.out, decoding(args), args.batch_size,
                       baseline=not args.no_baseline, text_only=text_only, workers=args.workers)
     print("\n".join(result_lines(result)))
     print(f"results: {args.out}")
+    _log_to_training_run(llm, result)
     for example_id, why in result["skipped"].items():
         print(f"pal: skipped {example_id}: {why}", file=sys.stderr)
     return 0
@@ -55,7 +57,19 @@ def run_gap(args) -> int:
     from pal.eval.report import gap_lines
 
     tasks = args.tasks.split(",") if args.tasks else None
-    result = reliance_on_manifest(load_model(args), args.manifest, args.out, tasks, args.batch_size)
+    llm = load_model(args)
+    result = reliance_on_manifest(llm, args.manifest, args.out, tasks, args.batch_size)
     print("\n".join(gap_lines(result["reliance"])))
     print(f"results: {args.out}")
+    _log_to_training_run(llm, result)
     return 0
+
+
+def _log_to_training_run(llm, result: dict) -> None:
+    """The scores go to the experiment trackers of the run that trained the model, when it had any (`report_to`)."""
+    from pal.training.trackers import log_eval_to_training_run
+
+    if llm.folder is not None:
+        names = log_eval_to_training_run(llm.folder, result)
+        if names:
+            print(f"logged under eval/ to the training run's trackers: {', '.join(names)}")

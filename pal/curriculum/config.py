@@ -24,6 +24,7 @@ from typing import Literal
 
 from pal.common.typed_config import YamlConfig, bounded, path_field
 from pal.encoders.ensemble import EnsembleConfig
+from pal.training.trackers import check_report_to
 
 
 @dataclass
@@ -130,8 +131,13 @@ class CurriculumConfig(YamlConfig):
     feature_cache: str | None = path_field(None)  # a `pal features build` folder: encoder tokens are read, not computed
     seed: int = bounded(0, ge=0)
     out: str = "runs/curriculum"
+    # Experiment trackers each stage's log is copied to (tensorboard, wandb, mlflow; training/trackers.py); the JSONL
+    # log is written either way. `tracker_project`: the W&B project and MLflow experiment (default: `out`'s name).
+    report_to: list[str] = field(default_factory=list)
+    tracker_project: str | None = None
 
     def __post_init__(self):
+        check_report_to(self.report_to)
         if not self.stages:
             raise ValueError("`stages` is empty: give at least one stage.")
         names = [s.name for s in self.stages]

@@ -75,6 +75,7 @@ from pal.training.engine import (
     slow_bf16_note,
 )
 from pal.training.lifecycle import Recipe
+from pal.training.trackers import open_trackers
 
 from .config import CurriculumConfig, StageConfig
 from .stage_data import StageData, stage_loader
@@ -427,7 +428,9 @@ class CurriculumRecipe(Recipe):
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_configs[k])
         start = tag_step(load_latest_checkpoint(engine, stage_dir, self.rank).name) if resume else 0
         engine.train()  # from_pretrained returns eval mode: dropout (LoRA's included) must be on from the first step
-        log = JsonlLog(stage_dir / "log.jsonl", self.rank == 0)
+        trackers = open_trackers(self.config.report_to, stage_dir, self.config.tracker_project or self.out.name,
+                                 f"{self.out.name}/{stage_dir.name}", asdict(self.config), resume) if self.rank == 0 else []
+        log = JsonlLog(stage_dir / "log.jsonl", self.rank == 0, trackers)
         if self.rank == 0 and start == 0:
             log.write(event="start", stage=k + 1, name=stage.name, trainable=counts, total_steps=total,
                       world_size=self.world, notes=self.notes, built=built,
@@ -446,6 +449,7 @@ class CurriculumRecipe(Recipe):
                                     stage.batch_size, stage.num_workers, stage.prefetch_factor))
         self.last_batch, self.last_val = None, {}
         reset_peak_memory()
+        since = (run.examples, run.train_s)  # throughput over each logging interval (this rank's examples)
         bar = tqdm(total=run.stop, initial=run.start, desc=f"stage {run.k + 1} ({stage.name})",
                    disable=self.rank != 0, unit="step")
         for step in range(run.start, run.stop):
@@ -473,7 +477,10 @@ class CurriculumRecipe(Recipe):
                 bar.update(1)
                 bar.set_postfix(loss=f"{run.last_loss:.3f}")
             if done % stage.log_every == 0 or done == run.stop:
-                run.log.write(step=done, lr=lr, loss=run.last_loss, bad_samples=run.bad_samples, **run.processor.counts)
+                rate = (run.examples - since[0]) / max(run.train_s - since[1], 1e-9)
+                run.log.write(step=done, lr=lr, loss=run.last_loss, bad_samples=run.bad_samples, **run.processor.counts,
+                              rank_examples_per_s=rate, **peak_memory_mb())
+                since = (run.examples, run.train_s)
             if self.val_data[run.k] is not None and ((stage.eval_every and done % stage.eval_every == 0)
                                                      or done == run.stop):
                 self.last_val = validate_stage(run, self.val_data[run.k], done, self.micro_step, self.rank,
@@ -500,6 +507,7 @@ class CurriculumRecipe(Recipe):
                 run.log.write(event="warning", step=run.stop, warning=warning)
                 if self.rank == 0:
                     print(f"stage {k + 1} ({stage.name}): warning: {warning}")
+        run.log.close()
         if run.stop == run.total:
             self.finish(k, run.dir, run.processor)
         if run.bad_samples and self.rank == 0:

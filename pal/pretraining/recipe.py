@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -51,10 +52,13 @@ from pal.training.engine import (
     cosine_lr,
     deepspeed_config,
     param_groups,
+    peak_memory_mb,
+    reset_peak_memory,
     setup_distributed,
     slow_bf16_note,
 )
 from pal.training.lifecycle import Recipe
+from pal.training.trackers import check_report_to, open_trackers
 
 
 @dataclass
@@ -118,6 +122,13 @@ class PretrainConfig(YamlConfig):
     trust_checkpoint: bool = False  # allow full unpickling of an `init` .pt that weights_only refuses
     log_every: int = bounded(10, ge=1)
     seed: int = bounded(0, ge=0)
+    # Experiment trackers the log is copied to (tensorboard, wandb, mlflow; training/trackers.py); the JSONL log is
+    # written either way. `tracker_project`: the W&B project and MLflow experiment (default: the output folder's name).
+    report_to: list[str] = field(default_factory=list)
+    tracker_project: str | None = None
+
+    def __post_init__(self):
+        check_report_to(self.report_to)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -254,7 +265,9 @@ class SSLAMPretrainRecipe(Recipe):
             ClipDataset(paths, self.frontend), batch_sampler=self.sampler, collate_fn=collate,
             num_workers=c.data.num_workers, persistent_workers=False,
         )
-        self.log = JsonlLog(self.out / "log.jsonl", self.rank == 0)
+        trackers = (open_trackers(c.report_to, self.out, c.tracker_project or self.out.name, self.out.name, asdict(c),
+                                  self.resume) if self.rank == 0 else [])
+        self.log = JsonlLog(self.out / "log.jsonl", self.rank == 0, trackers)
         self.bad_log = self.out / f"bad_files.rank{self.rank}.jsonl"
         if self.rank == 0:
             atomic_write_json(self.out / "config.json", asdict(c))
@@ -307,6 +320,8 @@ class SSLAMPretrainRecipe(Recipe):
         bar = tqdm(total=self.max_steps, initial=self.start_step, desc=f"sslam stage {c.objective.stage}",
                    disable=self.rank != 0, unit="step")
         micro = self.start_step * accum
+        reset_peak_memory()
+        since, clips_since = time.perf_counter(), 0  # throughput over each logging interval (this rank's clips)
         for clips, spec, bad in self.loader:
             step = micro // accum
             if bad:
@@ -320,6 +335,7 @@ class SSLAMPretrainRecipe(Recipe):
                 group["lr"] = lr
             usable = spec is not None and (c.objective.stage == 1 or spec.shape[0] >= 2)
             if usable:
+                clips_since += spec.shape[0]
                 draws, _ = self.draws(step, clips)
                 out = self.engine(spec.to(device), draws, self.teacher)
                 self.engine.backward(out["loss"])
@@ -338,10 +354,14 @@ class SSLAMPretrainRecipe(Recipe):
                 bar.update(1)
                 bar.set_postfix(loss=f"{last.get('loss', float('nan')):.3f}")
             if (step + 1) % c.log_every == 0 or step + 1 == self.max_steps:
-                self.log.write(step=step + 1, lr=lr, ema_decay=decay, bad_files=bad_total, **last)
+                rate = clips_since / (time.perf_counter() - since)
+                self.log.write(step=step + 1, lr=lr, ema_decay=decay, bad_files=bad_total, **last,
+                               rank_clips_per_s=rate, **peak_memory_mb())
+                since, clips_since = time.perf_counter(), 0
             if (step + 1) % c.checkpoint.every == 0 or step + 1 == self.max_steps:
                 self.checkpoint(step + 1)
         bar.close()
+        self.log.close()
         return {"steps": self.max_steps, "bad_files": bad_total, **last}
 
     def checkpoint(self, step: int) -> Path:

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pal.training.trackers import close_trackers, log_to_trackers
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -224,28 +226,25 @@ def check_deepspeed_config(config: dict, where: str) -> None:
 
 
 class JsonlLog:
-    """Append-only JSON-lines log (rank 0 writes; other ranks hold a no-op), mirrored to TensorBoard when the
-    `tensorboard` package is installed (numeric fields of records that carry a `step`)."""
+    """Append-only JSON-lines log, the run's record of truth (rank 0 writes; other ranks hold a no-op). The numbers
+    of each record that carries a `step` are copied to the experiment trackers given (`report_to`, trackers.py)."""
 
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-        self.board = None
+    def __init__(self, path: Path, enabled: bool, trackers: list | None = None):
+        self.path, self.enabled, self.trackers = path, enabled, trackers or []
+        self.last_step = 0
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.board = SummaryWriter(str(path.parent / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.board = None
 
     def write(self, **record) -> None:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-        if self.board is not None and "step" in record:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.board.add_scalar(key, value, record["step"])
-            self.board.flush()
+        if "step" in record:
+            self.last_step = max(self.last_step, record["step"])
+            log_to_trackers(self.trackers, {k: v for k, v in record.items() if k != "step"}, record["step"])
+
+    def close(self) -> None:
+        """Finish the trackers' runs (the JSONL file needs nothing)."""
+        close_trackers(self.trackers, self.path.parent, self.last_step)
+        self.trackers = []
