@@ -40,7 +40,7 @@ def test_audiocaps(tmp_path, audio, capsys):
 
 
 def test_clotho_and_clotho_aqa(tmp_path, audio):
-    from pal.data.converters import convert
+    from pal.data.convert import convert
 
     (tmp_path / "c.csv").write_text("file_name,caption_1,caption_2\na.wav,Birds sing.,Birds chirp outside.\n")
     summary = convert("clotho", tmp_path / "c.csv", tmp_path / "c.jsonl", audio)
@@ -57,7 +57,7 @@ def test_clotho_and_clotho_aqa(tmp_path, audio):
 
 
 def test_openaqa_audioset_and_messages(tmp_path, audio):
-    from pal.data.converters import convert
+    from pal.data.convert import convert
 
     (tmp_path / "ltu.json").write_text(json.dumps([
         {"instruction": "What is the sound?", "input": "", "audio_id": "a.wav", "task": "cla_label", "output": "Dog"},

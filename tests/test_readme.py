@@ -34,6 +34,9 @@ NOT_RUN = {
     "curl -s http://127.0.0.1:8000/v1/chat/completions": "needs a running `pal serve` on the full demo's model; "
                                                          "test_serve.py posts the same request over HTTP",
     "runs/demo/data/          clips": "a listing of what `make demo` writes; test_demo.py checks the smoke demo's",
+    "python MMAU/evaluation.py --input": "the benchmark's own script, in its repository (not installable, not "
+                                         "reachable here); test_benchmarks.py scores the exported file with its rule "
+                                         "re-implemented",
     "my-model/config.json, model.safetensors": "a listing of what `pal export` writes; test_export.py checks an "
                                                "export's files and loads it",
     "torchrun --nnodes 2 --node_rank 0": "needs several machines; test_curriculum.py trains under torchrun with "

@@ -11,13 +11,15 @@ def register(commands) -> None:
     demo.add_argument("--seconds", type=float, default=4.0, help="length of each scene")
     demo.set_defaults(run=run_demo)
 
-    from pal.data.converters import FORMATS
+    from pal.data.convert import formats
 
-    convert = which.add_parser("convert", help="a public dataset or a messages file → our manifest")
-    convert.add_argument("format", choices=sorted(FORMATS))
-    convert.add_argument("input", help="the dataset's CSV / JSON / JSONL")
+    convert = which.add_parser("convert", help="a public dataset, a benchmark's release or a messages file → our "
+                                               "manifest")
+    convert.add_argument("format", choices=sorted(formats()))
+    convert.add_argument("input", help="the dataset's CSV / JSON / JSONL (librispeech: the split's folder)")
     convert.add_argument("--out", required=True, help="manifest JSONL to write")
-    convert.add_argument("--audio-dir", help="folder holding the audio files (default: the working directory)")
+    convert.add_argument("--audio-dir", help="folder holding the audio files (default: the working directory; "
+                                             "librispeech: the audio lies beside the transcripts)")
     convert.add_argument("--audio-pattern", help="audio file name from CSV columns, e.g. '{youtube_id}.wav'")
     convert.add_argument("--ontology", help="audioset: ontology.json")
     convert.add_argument("--no-check-audio", action="store_true", help="do not require the audio files to exist")
@@ -33,7 +35,7 @@ def run_demo(args) -> int:
 
 
 def run_convert(args) -> int:
-    from pal.data.converters import convert, summary_lines
+    from pal.data.convert import convert, summary_lines
 
     summary = convert(args.format, args.input, args.out, args.audio_dir or ".", check_audio=not args.no_check_audio,
                       ontology=args.ontology, pattern=args.audio_pattern)

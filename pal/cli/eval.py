@@ -20,6 +20,9 @@ def register(commands) -> None:
     score.add_argument("--workers", type=int, default=1,
                        help="2: a second process answers the controls beside this one (CPU; each with half the "
                             "threads: faster on 2 cores)")
+    score.add_argument("--export", action="append", default=[], metavar="BENCHMARK",
+                       help="write the predictions file BENCHMARK's own scorer reads beside --out (mmau, mmar, "
+                            "air-bench, librispeech, clotho-aqa; repeatable), for the answers and each control")
     score.set_defaults(run=run_score)
 
     gap = which.add_parser("gap", help="only the teacher-forced audio-reliance gap (each gold answer's loss with its "
@@ -43,9 +46,13 @@ def run_score(args) -> int:
     text_only = load_model(args, args.text_only_model) if args.text_only_model else None
     llm = load_model(args)
     result = evaluate(llm, args.manifest, args.out, decoding(args), args.batch_size,
-                      baseline=not args.no_baseline, text_only=text_only, workers=args.workers)
+                      baseline=not args.no_baseline, text_only=text_only, workers=args.workers,
+                      export=tuple(args.export))
     print("\n".join(result_lines(result)))
     print(f"results: {args.out}")
+    for name, files in result.get("exports", {}).items():
+        print(f"{name} predictions for its official scorer: {files['with_audio']} (controls: "
+              f"{', '.join(path for key, path in files.items() if key != 'with_audio') or 'none'})")
     _log_to_training_run(llm, result)
     for example_id, why in result["skipped"].items():
         print(f"pal: skipped {example_id}: {why}", file=sys.stderr)

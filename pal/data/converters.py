@@ -7,6 +7,8 @@ Formats (the input is what each dataset distributes; audio files are looked up u
 - `openaqa`    LTU's JSON list of `{instruction, input, audio_id, task, output}`
 - `audioset`   segments CSV `YTID, start_seconds, end_seconds, positive_labels` + `--ontology ontology.json`
 - `messages`   LLaMA-Factory / ms-swift JSON or JSONL: `{"messages": [...], "audios": ["a.wav"]}`
+- the benchmarks `mmau`, `mmar`, `air-bench`, `librispeech` (benchmarks.py) and `clotho-aqa` above keep the official
+  row under `benchmark`, for `pal eval score --export`
 Every row that cannot be converted is set aside with where it stands and why (a line that is not JSON, a missing
 field, more than one audio, a missing audio file, ...), counted, and listed in `OUT.skipped.json`; every good row is
 written, and the manifest is validated like a training manifest. A file that cannot be read at all (not UTF-8 text,
@@ -18,15 +20,13 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import string
 from collections import Counter
 from pathlib import Path
 
-from pal.common.safe_write import atomic_write_json, atomic_write_text, check_writable
-
 CAPTION_PROMPT = "Describe what you hear in one sentence."
 CLASSIFY_PROMPT = "Which sounds can you hear? List them."
+CLOTHO_AQA_INSTRUCTION = "Answer the question using a single word only."  # lmms-eval's clotho_aqa task
 
 
 def _turns(question: str, answer: str) -> list[dict]:
@@ -124,6 +124,8 @@ def clotho(path: Path, audio_dir: Path, **_) -> tuple[list[dict], Rejected]:
 
 
 def clotho_aqa(path: Path, audio_dir: Path, **_) -> tuple[list[dict], Rejected]:
+    """One row per question: the annotators' majority answer (confident ones only) is the gold answer; the prompt is
+    lmms-eval's (the question, then "Answer the question using a single word only."), scored by its exact match."""
     groups, rejected = {}, []
     for number, row in enumerate(_read_csv(path), start=2):
         problem = _need(row, ("file_name", "QuestionText", "answer"))
@@ -137,8 +139,11 @@ def clotho_aqa(path: Path, audio_dir: Path, **_) -> tuple[list[dict], Rejected]:
     rows = []
     for i, ((file_name, question), answers) in enumerate(groups.items()):
         answer = Counter(answers).most_common(1)[0][0]
+        official = {"file_name": file_name, "QuestionText": question, "answers": answers}
+        kind = "yes_no" if answer in ("yes", "no") else "one_word"
         rows.append({"id": f"clotho-aqa-{i}", "audio": str(audio_dir / file_name), "task": "qa",
-                     "messages": _turns(question, answer)})
+                     "messages": _turns(f"{question}\n{CLOTHO_AQA_INSTRUCTION}", answer),
+                     "benchmark": {"name": "clotho-aqa", "row": official, "breakdown": {"answer_type": kind}}})
     return rows, rejected
 
 
@@ -230,50 +235,3 @@ def messages(path: Path, audio_dir: Path, **_) -> tuple[list[dict], Rejected]:
 
 FORMATS = {"audiocaps": audiocaps, "clotho": clotho, "clotho-aqa": clotho_aqa, "openaqa": openaqa,
            "audioset": audioset, "messages": messages}
-
-
-def convert(kind: str, source: str | Path, out: str | Path, audio_dir: str | Path, check_audio: bool = True,
-            **options) -> dict:
-    """Convert `source` to the manifest `out`; rows that cannot be converted, or that our validation refuses, are
-    set aside and listed in `OUT.skipped.json` ([{where, why}]). → summary."""
-    from .manifest import ManifestError, validate_manifest  # torch: only when converting, so `pal --help` stays quick
-
-    if kind not in FORMATS:
-        raise ValueError(f"format {kind!r}: expected one of {sorted(FORMATS)}.")
-    source, out = Path(source), Path(out)
-    if not source.is_file():
-        raise FileNotFoundError(f"{source} does not exist.")
-    rows, rejected = FORMATS[kind](source, Path(audio_dir), **options)
-    rejected = [(f"{source.name} {where}", why) for where, why in rejected]
-    reasons = Counter(why for _, why in rejected)
-    check_writable(out.parent)
-    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
-    if rows:
-        try:
-            validate_manifest(out, check_audio=check_audio)
-        except ManifestError as err:  # drop the lines our rules refuse, with their reasons
-            bad = {}
-            for line in str(err).splitlines()[1:]:
-                where, _, why = line.partition(": ")
-                bad[int(where.rsplit(":", 1)[1])] = why
-            kept = [r for n, r in enumerate(rows, start=1) if n not in bad]
-            rejected += [(rows[n - 1]["id"], why) for n, why in sorted(bad.items())]
-            reasons.update(re.sub(r"\S*/\S*", "<path>", why) for why in bad.values())
-            rows = kept
-            atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
-    skipped = out.with_suffix(".skipped.json")
-    if rejected:
-        atomic_write_json(skipped, [{"where": where, "why": why} for where, why in rejected])
-    else:
-        skipped.unlink(missing_ok=True)  # from an earlier run of the same output
-    return {"converted": len(rows), "rejected": len(rejected), "reasons": dict(reasons), "out": str(out),
-            "skipped": str(skipped) if rejected else None}
-
-
-def summary_lines(summary: dict) -> list[str]:
-    """`pal data convert`'s report: what was written, and each reason rows were set aside, counted."""
-    lines = [f"{summary['converted']} examples written to {summary['out']}; {summary['rejected']} rows skipped"]
-    lines += [f"  {count} × {reason}" for reason, count in summary["reasons"].items()]
-    if summary["skipped"]:
-        lines.append(f"  each skipped row, where it stands and why: {summary['skipped']}")
-    return lines

@@ -52,6 +52,7 @@ class Example:
     choices: list[str] | None = None  # multiple-choice QA: the options, for evaluation
     references: list[str] | None = None  # captioning: every reference caption, for evaluation
     group: str | None = None  # rows packed together (`pack_questions`): this key, else the audio path
+    benchmark: dict | None = None  # a converted benchmark row: {"name", "row" (the official fields), "breakdown"}
 
     @property
     def prompt(self) -> list[dict]:
@@ -130,6 +131,16 @@ def _string_list_problem(row: dict, key: str, least: int) -> str | None:
     return None
 
 
+def _benchmark_problem(value) -> str | None:
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("row"), dict)
+            and isinstance(value.get("breakdown", {}), dict)):
+        return (f"\"benchmark\" = {str(value)[:80]}: expected {{\"name\", \"row\", \"breakdown\"}} as `pal data convert` "
+                "writes it.")
+    return None
+
+
 def _row_problem(row, path: Path, require_answer: bool = True) -> tuple[str | None, str | None]:
     """(problem, resolved audio path) for one parsed line."""
     if not isinstance(row, dict):
@@ -140,7 +151,8 @@ def _row_problem(row, path: Path, require_answer: bool = True) -> tuple[str | No
     if task is not None and task not in TASKS:
         return f"task {task!r}: expected one of {list(TASKS)} (or leave it out).", None
     problem = _conversation_problem(row.get("messages"), require_answer) or _string_list_problem(row, "labels", 1) \
-        or _string_list_problem(row, "choices", 2) or _string_list_problem(row, "references", 1)
+        or _string_list_problem(row, "choices", 2) or _string_list_problem(row, "references", 1) \
+        or _benchmark_problem(row.get("benchmark"))
     if problem:
         return problem, None
     messages = row["messages"]
@@ -196,7 +208,7 @@ def _checked_chunks(path: Path, check_audio: bool, min_seconds: float, require_a
         chunk.append(Example(str(row.get("id", f"{path.stem}-{number}")), audio, messages, row.get("task") or "",
                              sum(len(m["content"]) for m in messages), str(path), number, row.get("labels"),
                              row.get("choices"), row.get("references"),
-                             None if row.get("group") is None else str(row["group"])))
+                             None if row.get("group") is None else str(row["group"]), row.get("benchmark")))
         if len(chunk) == CHUNK:
             yield header_checked(chunk)
             chunk = []
@@ -311,8 +323,8 @@ def check_lengths(examples: list[Example], processor, max_length: int, too_long:
 # ----------------------------------------------------------------------------------------------------------------------
 
 # Bump when the table's columns or the checks change, so tables written by older code are rebuilt.
-TABLE_VERSION = 3
-_JSON_COLUMNS = ("messages", "labels", "choices", "references")
+TABLE_VERSION = 4
+_JSON_COLUMNS = ("messages", "labels", "choices", "references", "benchmark")
 
 
 def _schema():
@@ -342,9 +354,9 @@ def examples_dataset(examples: list[Example]):
 
 def example_from_row(row: dict, source: str) -> Example:
     """A table row (a dict, as `datasets` returns it) → Example."""
-    decoded = {name: None if row[name] is None else json.loads(row[name]) for name in _JSON_COLUMNS}
+    decoded = {name: None if row.get(name) is None else json.loads(row[name]) for name in _JSON_COLUMNS}
     return Example(row["id"], row["audio"], decoded["messages"], row["task"], row["length"], source, row["line"],
-                   decoded["labels"], decoded["choices"], decoded["references"], row.get("group"))
+                   decoded["labels"], decoded["choices"], decoded["references"], row.get("group"), decoded["benchmark"])
 
 
 def _table_key(path: Path, processor, max_length: int, too_long: str, min_seconds: float, bad_audio: str,

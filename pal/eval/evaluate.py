@@ -136,9 +136,11 @@ def score_task(task: str, examples: list[Example], answers: list[str], label_set
 
         return classification(answers, [e.labels or [e.answer] for e in examples], label_set)
     if task == "qa":
+        from .benchmarks import rule_of
         from .metrics.closed_qa import exact_match
 
-        return exact_match(answers, [e.answer for e in examples], [e.choices for e in examples])
+        return exact_match(answers, [e.answer for e in examples], [e.choices for e in examples],
+                           [rule_of(e) for e in examples])
     if task == "asr":
         from .metrics.asr import word_error_rate
 
@@ -201,7 +203,7 @@ def _start_controls_process(llm: AudioLLM, examples: list[Example], swapped: lis
 
 def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Decoding | None = None,
              batch_size: int = 8, baseline: bool = True, progress: bool = True, text_only: AudioLLM | None = None,
-             workers: int = 1) -> dict:
+             workers: int = 1, export: tuple[str, ...] = ()) -> dict:
     """Answer, score and write `out` (JSON); answers go to `<out>.answers.jsonl` (and `.mismatched.jsonl`,
     `.no_audio.jsonl`, `.text_only.jsonl`), resumable. `text_only`: a model trained by the same curriculum without
     audio, asked the same questions without audio (the "text_only_trained" control).
@@ -210,12 +212,24 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     answers with the audio and asks the text-only model, each with half the threads (the model is loaded again there
     from its folder); the reliance gap follows with all of them. Like two training ranks, two 1-thread processes keep
     2 cores busier than one: decoding is mostly Python and small operators. The answers are the same greedy answers
-    either way; if the second process fails, this one answers what it left."""
+    either way; if the second process fails, this one answers what it left.
+
+    Rows converted from a benchmark (`pal data convert mmau ...`) are also scored by the benchmark's official rule,
+    broken down by its axes, under "benchmarks", beside the same controls. `export`: benchmark names whose official
+    predictions file is written beside `out` (R.mmau.json, ...), for the answers with audio and for each control."""
     import torch
+
+    from .benchmarks import EXTENSIONS, export_path, export_predictions, score_benchmarks
 
     decoding = decoding or Decoding()
     out = Path(out)
     examples = read_questions(manifest)
+    for name in export:  # before any answering: a wrong name must not cost the run
+        if name not in EXTENSIONS:
+            raise ValueError(f"--export {name}: expected one of {', '.join(EXTENSIONS)}.")
+        if not any(e.benchmark and e.benchmark["name"] == name for e in examples):
+            raise ValueError(f"--export {name}: {manifest} holds no row converted from {name}; `pal data convert "
+                             f"{name} ...` writes them.")
     unscored = sorted({e.task or "(none)" for e in examples if e.task not in PARSERS})
     answers = _answers_file(out, "answers")
     swapped = mismatched_audio(examples) if baseline else None
@@ -253,8 +267,11 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
         "decoding": asdict(decoding), "answer_parsers": PARSERS, "libraries": _versions(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "skipped": with_audio["skipped"], "unscored_tasks": unscored,
-        "tasks": score(examples, rows),
+        "tasks": score(examples, rows), "benchmarks": score_benchmarks(examples, rows),
     }
+    exports = {name: {"with_audio": str(export_path(out, name))} for name in export}
+    for name in export:
+        export_predictions(name, examples, rows, export_path(out, name))
     # Latency of answering with audio, from the run that answered (a resumed run keeps the earlier figure).
     previous = json.loads(out.read_text()).get("latency") if out.is_file() else None
     # With workers = 2 it was measured on half the threads, beside the controls' process: not a latency to quote.
@@ -268,8 +285,14 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
         answers against the manifest's gold answers under tasks[task][key]."""
         path = _answers_file(out, suffix)
         run_manifest(model, asked, path, decoding, batch_size, audio, progress, label)
-        for task, scores in score(examples, read_rows(path)).items():
+        answered = read_rows(path)
+        for task, scores in score(examples, answered).items():
             result["tasks"].setdefault(task, {"n": 0, "metrics": {}})[key] = scores["metrics"]
+        for name, scores in score_benchmarks(examples, answered).items():
+            result["benchmarks"][name][key] = scores["metrics"]
+        for name in export:  # the control's answers in the benchmark's own file too (R.<suffix>.mmau.json)
+            exports[name][key] = str(export_path(_answers_file(out, suffix), name))
+            export_predictions(name, examples, answered, export_path(_answers_file(out, suffix), name))
 
     if baseline:
         # Controls beside every score. "mismatched_audio": every question asked with another clip's audio (a fixed
@@ -283,6 +306,8 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     if text_only is not None:
         control("text_only_trained", text_only, examples, "text_only", False, "text-only trained model")
         result["text_only_model"] = str(text_only.folder)
+    if exports:
+        result["exports"] = exports
     with disk_errors(out):
         atomic_write_json(out, result)
     return result

@@ -67,7 +67,30 @@ def result_lines(result: dict) -> list[str]:
                              f"{controls}")
             elif isinstance(metric, dict) and "unavailable" in metric:
                 lines.append(f"{task:9s} {name:16s} unavailable: {metric['unavailable']}")
+    lines += benchmark_lines(result.get("benchmarks", {}))
     return lines + (gap_lines(result["reliance"]) if result.get("reliance") else [])
+
+
+def benchmark_lines(benchmarks: dict) -> list[str]:
+    """Each benchmark's official score with its interval and controls, then its breakdowns (eval/benchmarks.py)."""
+    lines = []
+    for name, entry in benchmarks.items():
+        metrics = entry["metrics"]
+        for key, metric in metrics.items():
+            if isinstance(metric, dict) and "value" in metric:
+                controls = "".join(f"   {label}: {entry[c][key]['value']:.4f}" for c, label in CONTROLS.items()
+                                   if "value" in entry.get(c, {}).get(key, {}))
+                lines.append(f"{name} (official rule) {key}: {metric_cell(metric, 4)}  n={metric['n']}{controls}")
+        if "failures" in metrics:
+            lines.append(f"  {metrics['failures']} response(s) with no letter A-D: failures, left out of the accuracy"
+                         " as the official scorer does")
+        for axis, values in metrics.get("by", {}).items():
+            for value, metric in values.items():
+                controls = "".join(f"   {label}: {entry[c]['by'][axis][value]['value']:.4f}"
+                                   for c, label in CONTROLS.items()
+                                   if value in entry.get(c, {}).get("by", {}).get(axis, {}))
+                lines.append(f"  {axis} {value or '(none)'}: {metric_cell(metric, 4)}  n={metric['n']}{controls}")
+    return lines
 
 
 def probe_lines(result: dict) -> list[str]:

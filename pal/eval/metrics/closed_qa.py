@@ -5,6 +5,8 @@ The kind of question is read off its gold answer (or its `choices`):
 - count: the first number of the answer, in digits or words ("three" = 3);
 - multiple choice (`choices` given): matched as MMAR's / MMAU's official scripts do: every word of the gold choice is
   in the answer, and no word that only another choice has;
+- a benchmark's own rule where its rows say so (`rule`): AIR-Bench's letter (the response's first character, else its
+  second-to-last, if it is A-D), Clotho-AQA's single word (lmms-eval: case and punctuation removed, then equal);
 - anything else (a word or short phrase): the answer, normalised (case, punctuation, articles, number words), equals
   the gold or holds it as a whole-word sequence.
 An answer that cannot be parsed (no yes/no, no number) is wrong, never a random guess, and is counted separately.
@@ -13,6 +15,7 @@ An answer that cannot be parsed (no yes/no, no number) is wrong, never a random 
 from __future__ import annotations
 
 import re
+import string
 
 from ..bootstrap import mean_with_ci
 
@@ -51,8 +54,38 @@ def question_kind(gold: str, choices: list[str] | None) -> str:
     return "short"
 
 
-def judge(answer: str, gold: str, choices: list[str] | None = None) -> tuple[bool, bool]:
-    """→ (correct, parsed). An unparsed answer is never correct."""
+def choice_match(prediction: str, answer: str, choices: list[str]) -> bool:
+    """MMAU's and MMAR's `string_match` (evaluation.py, identical in both): the answer's word set lies in the
+    prediction's, which holds no word that only a wrong choice has; an empty prediction is wrong."""
+    said, gold = set(words(prediction)), set(words(answer))
+    wrong = set().union(*(set(words(c)) - gold for c in choices if set(words(c)) != gold))
+    return bool(said) and gold <= said and not (said & wrong)
+
+
+def air_bench_letter(response: str) -> str | None:
+    """AIR-Bench's score_foundation.py: newlines removed and the ends stripped; the first character if it is A-D
+    (case-sensitive), else the second-to-last ("... is B."); else None, a failure (the string "None" too)."""
+    said = response.strip().replace("\n", "")
+    if said in ("", "None"):
+        return None
+    if said[0] in "ABCD":
+        return said[0]
+    return said[-2] if len(said) > 1 and said[-2] in "ABCD" else None
+
+
+def single_word(text: str) -> str:
+    """lmms-eval's exact match for Clotho-AQA: lower case, `string.punctuation` removed, ends stripped."""
+    return text.strip().lower().translate(str.maketrans("", "", string.punctuation)).strip()
+
+
+def judge(answer: str, gold: str, choices: list[str] | None = None, rule: str | None = None) -> tuple[bool, bool]:
+    """→ (correct, parsed). An unparsed answer is never correct. `rule`: a benchmark's own ("letter" for AIR-Bench,
+    whose gold answer is a letter; "word" for Clotho-AQA), else the kind read off the gold answer."""
+    if rule == "letter":
+        letter = air_bench_letter(answer)
+        return letter == gold, letter is not None
+    if rule == "word":
+        return single_word(answer) == single_word(gold), bool(single_word(answer))
     kind = question_kind(gold, choices)
     if kind == "yes_no":
         said = next((w for w in words(answer) if w in ("yes", "no")), None)
@@ -61,9 +94,7 @@ def judge(answer: str, gold: str, choices: list[str] | None = None) -> tuple[boo
         said = first_number(answer)
         return said == int(normalise(gold)[0]), said is not None
     if kind == "choice":
-        said, gold_words = set(words(answer)), set(words(gold))
-        others = set().union(*(set(words(c)) for c in choices if c != gold)) - gold_words
-        return bool(said) and gold_words <= said and not (said & others), bool(said)
+        return choice_match(answer, gold, choices), bool(words(answer))
     said, want = normalise(answer), normalise(gold)
     if not said:
         return False, False
@@ -72,10 +103,11 @@ def judge(answer: str, gold: str, choices: list[str] | None = None) -> tuple[boo
 
 
 def exact_match(answers: list[str], golds: list[str], choices: list[list[str] | None] | None = None,
-                seed: int = 0) -> dict:
+                rules: list[str | None] | None = None, seed: int = 0) -> dict:
     choices = choices or [None] * len(answers)
-    results = [judge(a, g, c) for a, g, c in zip(answers, golds, choices)]
-    kinds = [question_kind(g, c) for g, c in zip(golds, choices)]
+    rules = rules or [None] * len(answers)
+    results = [judge(a, g, c, r) for a, g, c, r in zip(answers, golds, choices, rules)]
+    kinds = [question_kind(g, None if r == "word" else c) for g, c, r in zip(golds, choices, rules)]
     out = {"accuracy": {**mean_with_ci([float(ok) for ok, _ in results], seed=seed),
                         "unparsed": sum(not parsed for _, parsed in results)}}
     for kind in sorted(set(kinds)):

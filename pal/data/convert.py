@@ -1,0 +1,68 @@
+"""`pal data convert FORMAT INPUT --out M.jsonl`: run a dataset's or a benchmark's converter, validate what it wrote
+like a training manifest, and set aside (counted, with where and why) every row that cannot be used."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from pal.common.safe_write import atomic_write_json, atomic_write_text, check_writable
+
+from .benchmarks import CONVERTERS
+from .converters import FORMATS
+
+
+def formats() -> dict:
+    """Every format `pal data convert` reads: the datasets (converters.py) and the benchmarks (benchmarks.py)."""
+    return FORMATS | CONVERTERS
+
+
+def convert(kind: str, source: str | Path, out: str | Path, audio_dir: str | Path, check_audio: bool = True,
+            **options) -> dict:
+    """Convert `source` to the manifest `out`; rows that cannot be converted, or that our validation refuses, are
+    set aside and listed in `OUT.skipped.json` ([{where, why}]). → summary."""
+    from .manifest import ManifestError, validate_manifest  # torch: only when converting, so `pal --help` stays quick
+
+    known = formats()
+    if kind not in known:
+        raise ValueError(f"format {kind!r}: expected one of {sorted(known)}.")
+    source, out = Path(source), Path(out)
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist.")
+    rows, rejected = known[kind](source, Path(audio_dir), **options)
+    rejected = [(f"{source.name} {where}", why) for where, why in rejected]
+    reasons = Counter(why for _, why in rejected)
+    check_writable(out.parent)
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    if rows:
+        try:
+            # A benchmark's test split may withhold its answers: those rows are questions to answer and export.
+            validate_manifest(out, check_audio=check_audio, require_answer=kind in FORMATS)
+        except ManifestError as err:  # drop the lines our rules refuse, with their reasons
+            bad = {}
+            for line in str(err).splitlines()[1:]:
+                where, _, why = line.partition(": ")
+                bad[int(where.rsplit(":", 1)[1])] = why
+            kept = [r for n, r in enumerate(rows, start=1) if n not in bad]
+            rejected += [(rows[n - 1]["id"], why) for n, why in sorted(bad.items())]
+            reasons.update(re.sub(r"\S*/\S*", "<path>", why) for why in bad.values())
+            rows = kept
+            atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    skipped = out.with_suffix(".skipped.json")
+    if rejected:
+        atomic_write_json(skipped, [{"where": where, "why": why} for where, why in rejected])
+    else:
+        skipped.unlink(missing_ok=True)  # from an earlier run of the same output
+    return {"converted": len(rows), "rejected": len(rejected), "reasons": dict(reasons), "out": str(out),
+            "skipped": str(skipped) if rejected else None}
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """`pal data convert`'s report: what was written, and each reason rows were set aside, counted."""
+    lines = [f"{summary['converted']} examples written to {summary['out']}; {summary['rejected']} rows skipped"]
+    lines += [f"  {count} × {reason}" for reason, count in summary["reasons"].items()]
+    if summary["skipped"]:
+        lines.append(f"  each skipped row, where it stands and why: {summary['skipped']}")
+    return lines
