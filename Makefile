@@ -14,7 +14,7 @@ APT_PACKAGES := default-jre-headless espeak-ng sox libsox-fmt-all alsa-utils sou
 	minetest-data hydrogen-data lmms-common sonic-pi-samples sound-icons asterisk-core-sounds-en-wav \
 	chromium chromium-driver
 
-.PHONY: setup test lint demo bench clean
+.PHONY: gpu-wheels gpu-check setup test lint demo bench clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,30 @@ bench: setup
 	$(BIN)/pal bench curriculum
 	$(BIN)/pal bench data
 	$(BIN)/pal bench inference
+
+# The GPU check (docs/efficiency.md). Here: `make gpu-wheels` puts into .gpu-check/ (git-ignored, about 25 MB) the
+# wheels a GPU machine's image lacks, built for its Python 3.12, and SmolLM2's tokenizer files. There, with
+# .gpu-check carried: `make gpu-check` installs them under /tmp/pal-site and runs `pal bench gpu` with python3.
+GPU_WHEELS := transformers==5.23.0 peft==0.21.2 hjson==3.1.0 pydantic==2.14.4 pydantic_core==2.50.5 \
+	annotated-types==0.8.0 typing-inspection==0.4.5 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 datasets==5.2.0 \
+	dill==0.4.1 multiprocess==0.70.19
+GPU_PLATFORMS := $(foreach n,2_28 2_27 2_17 2014,--platform manylinux$(if $(findstring 2014,$(n)),$(n),_$(n))_x86_64)
+
+gpu-wheels: setup
+	rm -rf .gpu-check && mkdir -p .gpu-check/wheels
+	$(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp $(GPU_PLATFORMS) -d .gpu-check/wheels $(GPU_WHEELS)
+	@# DeepSpeed ships as source only: a pure-Python wheel built here (its ops compile at first use there).
+	DS_BUILD_OPS=0 $(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+		-w .gpu-check/wheels deepspeed==0.19.8
+	$(BIN)/python -c "from pal.llm import load_tokenizer; load_tokenizer(None).save_pretrained('.gpu-check/tokenizer')"
+	du -sh .gpu-check
+
+gpu-check:
+	python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/pal-site \
+		.gpu-check/wheels/*.whl
+	PYTHONPATH=/tmp/pal-site:$(CURDIR) PAL_CHECK_TOKENIZER=$(CURDIR)/.gpu-check/tokenizer PYTHONUNBUFFERED=1 \
+		python3 -m pal bench gpu --out $${OUT:-runs/gpu-check}
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -210,10 +210,15 @@ def write_jsonl(path: Path, rows: list) -> Path:
 @pytest.fixture(scope="session")
 def curriculum_env(tmp_path_factory):
     """A tiny random Llama with SmolLM2's tokenizer and chat template, and a manifest of tones with captions."""
-    from pal.llm import load_tokenizer, tiny_llama
+    from pal.llm import load_tokenizer
 
-    root = tmp_path_factory.mktemp("curriculum")
-    tokenizer = load_tokenizer(None)
+    return curriculum_world(tmp_path_factory.mktemp("curriculum"), load_tokenizer(None))
+
+
+def curriculum_world(root: Path, tokenizer) -> Path:
+    """`curriculum_env`'s files under `root`, with `tokenizer` saved beside the tiny Llama."""
+    from pal.llm import tiny_llama
+
     torch.manual_seed(0)
     llm = tiny_llama(len(tokenizer))
     llm.save_pretrained(root / "llm")

@@ -49,6 +49,11 @@ LLAMA32_1B = dict(
     vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
     num_key_value_heads=8, max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True,
 )
+# Qwen2.5-1.5B's shapes as a Llama config (its q/k/v biases left out: a shape stand-in for speed and memory).
+QWEN25_15B = dict(
+    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+    num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=True,
+)
 TINY = dict(
     vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
@@ -62,7 +67,7 @@ PRESETS = {
     "tiny": dict(dims="tiny", audio_tokens=[8, 32], text_tokens=16, supervised_tokens=8, pairs=1, steps=1,
                  decode_tokens=2, encoder_dim=32, n_summary=4, lowrank_rank=4, variants=["plits", "lal", "pal", "xattn"]),
 }
-DIMS = {"smollm2-135m": SMOLLM2_135M, "llama3.2-1b": LLAMA32_1B, "tiny": TINY}
+DIMS = {"smollm2-135m": SMOLLM2_135M, "llama3.2-1b": LLAMA32_1B, "qwen2.5-1.5b": QWEN25_15B, "tiny": TINY}
 VARIANTS = ("plits", "lal", "lal_stored", "lal_lowrank", "pal", "xattn")  # lal_stored: recompute_audio off
 
 
@@ -144,7 +149,8 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
     """Train-step time and memory, prefill and decode latency of one (variant, N_a) in this process."""
     device = torch.device(s.device)
     bf16 = use_bf16(s.precision, s.device)
-    model = _build(variant, s)
+    with torch.device(device):  # weights initialised where they run: a 1.5B model's init on the host takes minutes
+        model = _build(variant, s)
     if device.type == "cuda":  # bf16 weights, as DeepSpeed's bf16 mode holds them; CPU: fp32 weights, bf16 autocast
         model = model.to(device, torch.bfloat16 if bf16 else torch.float32)
     model.train()

@@ -13,6 +13,7 @@ BENCHMARKS = {
     "data": ("pal.bench.data", "peak memory of a rank reading a 1M-row manifest through DataLoader workers"),
     "inference": ("pal.bench.inference", "questions/s for 1 vs 8 questions per clip (one encoding shared)"),
     "serve": ("pal.bench.serve", "pal serve: requests/s batched vs one at a time, the same answers"),
+    "gpu": ("pal.bench.gpu_check", "the GPU check: CUDA tests, ZeRO-2/3 steps, efficiency at 1B-1.5B dims (make gpu-check)"),
 }
 
 
