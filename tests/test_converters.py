@@ -23,6 +23,19 @@ def audio(tmp_path):
     return folder
 
 
+def test_relative_folders_mean_the_working_directory_wherever_the_manifest_goes(tmp_path, audio, monkeypatch):
+    """A newcomer's relative `--audio-dir` and an `--out` in another folder: the rows still find their audio (they
+    were written relative to the working directory, which readers took as relative to the manifest's folder)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.csv").write_text("file_name,caption_1\na.wav,Birds sing.\n")
+    assert main(["data", "convert", "clotho", "c.csv", "--audio-dir", "audio", "--out", "out/m.jsonl"]) == 0
+    (row,) = _rows(tmp_path / "out" / "m.jsonl")
+    assert row["audio"] == str(audio / "a.wav")
+    from pal.data.manifest import validate_manifest
+
+    assert [e.audio for e in validate_manifest(tmp_path / "out" / "m.jsonl")] == [str(audio / "a.wav")]
+
+
 def test_audiocaps(tmp_path, audio, capsys):
     (tmp_path / "ac.csv").write_text("audiocap_id,youtube_id,start_time,caption\n"
                                      "1,yt1,30,A dog barks.\n2,yt1,30,A dog is barking loudly.\n"

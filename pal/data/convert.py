@@ -4,6 +4,7 @@ like a training manifest, and set aside (counted, with where and why) every row 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -31,7 +32,9 @@ def convert(kind: str, source: str | Path, out: str | Path, audio_dir: str | Pat
     source, out = Path(source), Path(out)
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist.")
-    rows, rejected = known[kind](source, Path(audio_dir), **options)
+    # Audio paths are written absolute: a manifest's relative paths mean its own folder, not the working directory
+    # that `--audio-dir` (and a LibriSpeech split folder) was given against.
+    rows, rejected = known[kind](Path(os.path.abspath(source)), Path(os.path.abspath(audio_dir)), **options)
     rejected = [(f"{source.name} {where}", why) for where, why in rejected]
     reasons = Counter(why for _, why in rejected)
     check_writable(out.parent)
