@@ -182,3 +182,20 @@ def test_a_tracker_whose_package_is_missing_says_what_to_install(tmp_path, monke
     with pytest.raises(ModuleNotFoundError, match=r"report_to: wandb needs the `wandb` package.*pip install wandb"):
         trackers.open_trackers(["tensorboard", "wandb"], tmp_path, "p", "r")
     assert not (tmp_path / "trackers.json").exists()  # nothing opened before the check
+
+
+def test_eval_keeps_its_results_when_the_training_runs_tracker_cannot_be_reached(tmp_path, monkeypatch, capsys):
+    """`pal eval` on a machine without the run's tracker package: a warning, not a failed command."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from pal.cli.eval import _log_to_training_run
+
+    stage = tmp_path / "stage1-connector"
+    (stage / "final").mkdir(parents=True)
+    (stage / "trackers.json").write_text(json.dumps({"project": "p", "run_name": "r", "step": 3, "wandb": {"id": "x"}}))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    _log_to_training_run(SimpleNamespace(folder=stage / "final"), {"tasks": {}, "reliance": None})
+    err = capsys.readouterr().err
+    assert "were not logged to the training run's trackers" in err and "pip install wandb" in err

@@ -76,7 +76,13 @@ def _log_to_training_run(llm, result: dict) -> None:
     """The scores go to the experiment trackers of the run that trained the model, when it had any (`report_to`)."""
     from pal.training.trackers import log_eval_to_training_run
 
-    if llm.folder is not None:
+    if llm.folder is None:
+        return
+    try:
         names = log_eval_to_training_run(llm.folder, result)
-        if names:
-            print(f"logged under eval/ to the training run's trackers: {', '.join(names)}")
+    except Exception as err:  # the results are written: a tracker that cannot be reached here must not undo that
+        print(f"pal eval: the scores were not logged to the training run's trackers ({type(err).__name__}: {err}); "
+              "the results file holds them.", file=sys.stderr)
+        return
+    if names:
+        print(f"logged under eval/ to the training run's trackers: {', '.join(names)}")
