@@ -27,15 +27,16 @@ from pathlib import Path
 
 import torch
 
-from .efficiency import BenchSettings, format_table, run
+from .efficiency import PRESETS, BenchSettings, format_table, run
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCH = {  # device → the settings of each benchmark run (one per LLM shape)
-    "cuda": [dict(dims=dims, audio_tokens=[512, 1500], variants=["plits", "lal", "pal"], batch=8, pairs=1, steps=3,
-                  device="cuda", precision="bf16") for dims in ("llama3.2-1b", "qwen2.5-1.5b")],
-    "cpu": [dict(dims="tiny", audio_tokens=[8, 32], variants=["plits", "lal", "pal"], batch=2, pairs=1, steps=1,
-                 text_tokens=16, supervised_tokens=8, decode_tokens=2, encoder_dim=32, n_summary=4, lowrank_rank=4,
-                 device="cpu", precision="fp32")],
+# The GPU check: the `gpu` preset's card settings at two LLM shapes; the dry run: the `tiny` preset. One round each,
+# PLITS / LAL / PAL only, to fit the eight minutes.
+CHECKED = dict(variants=["plits", "lal", "pal"], pairs=1)
+BENCH = {
+    "cuda": [{**PRESETS["gpu"], **CHECKED, "dims": dims, "audio_tokens": [512, 1500]}
+             for dims in ("llama3.2-1b", "qwen2.5-1.5b")],
+    "cpu": [{**PRESETS["tiny"], **CHECKED, "batch": 2, "device": "cpu", "precision": "fp32"}],
 }
 
 

@@ -20,14 +20,6 @@ from pathlib import Path
 
 from pal.data.converters import Rejected, _json_items, _read_text, _turns
 
-# The benchmark's name → (the scorer that reads the export, the field it reads the model's answer from).
-EXPORTS = {
-    "mmau": ("MMAU evaluation.py --input FILE.json", "model_output"),
-    "mmar": ("MMAR code/evaluation.py --input FILE.jsonl", "answer_prediction"),
-    "air-bench": ("AIR-Bench score_foundation.py (JSON lines)", "response"),
-    "librispeech": ("Kaldi-style hypothesis file `UTTERANCE-ID TEXT` (sclite, compute-wer, jiwer)", None),
-    "clotho-aqa": ("JSON lines: file_name, QuestionText, the annotators' answers, prediction", "prediction"),
-}
 # Results are broken down by these official fields (benchmarks.md): each benchmark's own reporting axes.
 BREAKDOWNS = {
     "mmau": ("task", "difficulty", "category", "sub-category"),
@@ -169,4 +161,4 @@ def librispeech(path: Path, audio_dir: Path, **_) -> tuple[list[dict], Rejected]
 CONVERTERS = {"mmau": mmau, "mmar": mmar, "air-bench": air_bench, "librispeech": librispeech}
 
 
-__all__ = ["BREAKDOWNS", "CONVERTERS", "EXPORTS", "air_bench_prompt", "choice_prompt"]
+__all__ = ["BREAKDOWNS", "CONVERTERS", "air_bench_prompt", "choice_prompt"]

@@ -19,13 +19,18 @@ import json
 from pathlib import Path
 
 from pal.common.safe_write import atomic_write_text
-from pal.data.benchmarks import BREAKDOWNS, EXPORTS
+from pal.data.benchmarks import BREAKDOWNS
 from pal.data.manifest import Example
 
 from .bootstrap import mean_with_ci
 from .metrics.closed_qa import air_bench_letter, judge
 
 RULES = {"mmau": None, "mmar": None, "air-bench": "letter", "clotho-aqa": "word"}  # None: the choice rule
+# The file each benchmark's own scorer reads: (its extension, the field holding the model's answer). MMAU's
+# evaluation.py a JSON list, MMAR's code/evaluation.py JSON lines, AIR-Bench's score_foundation.py JSON lines;
+# LibriSpeech a Kaldi-style hypothesis file `UTTERANCE-ID TEXT` (sclite, compute-wer, jiwer).
+EXPORTS = {"mmau": (".json", "model_output"), "mmar": (".jsonl", "answer_prediction"),
+           "air-bench": (".jsonl", "response"), "librispeech": (".txt", None), "clotho-aqa": (".jsonl", "prediction")}
 
 
 def rule_of(example: Example) -> str | None:
@@ -75,12 +80,20 @@ def score_benchmarks(examples: list[Example], rows: dict[str, dict]) -> dict:
             for name, picked in sorted(_by_benchmark(examples).items())}
 
 
-EXTENSIONS = {"mmau": ".json", "mmar": ".jsonl", "air-bench": ".jsonl", "librispeech": ".txt", "clotho-aqa": ".jsonl"}
-
-
 def export_path(out: Path, name: str) -> Path:
     """Where `pal eval score --out R.json --export NAME` writes the file (R.NAME.json, R.NAME.jsonl, ...)."""
-    return out.with_name(f"{out.stem}.{name}{EXTENSIONS[name]}")
+    return out.with_name(f"{out.stem}.{name}{EXPORTS[name][0]}")
+
+
+def check_export(name: str, examples: list[Example], manifest: str | Path) -> list[Example]:
+    """The rows of `manifest` converted from benchmark `name`, or a ValueError saying why there is nothing to export."""
+    if name not in EXPORTS:
+        raise ValueError(f"--export {name}: expected one of {', '.join(EXPORTS)}.")
+    picked = [e for e in examples if e.benchmark and e.benchmark["name"] == name]
+    if not picked:
+        raise ValueError(f"--export {name}: {manifest} holds no row converted from {name}; `pal data convert "
+                         f"{name} ...` writes them.")
+    return picked
 
 
 def export_predictions(name: str, examples: list[Example], rows: dict[str, dict], out: Path) -> int:
@@ -88,10 +101,7 @@ def export_predictions(name: str, examples: list[Example], rows: dict[str, dict]
     as released plus the model's answer under the field the scorer reads. A question left unanswered gets an empty
     answer, never a missing field: MMAU's and MMAR's scorers skip rows without one, and would compute their totals
     over fewer questions than ours. → rows written."""
-    picked = [e for e in examples if e.benchmark and e.benchmark["name"] == name]
-    if not picked:
-        raise ValueError(f"--export {name}: the manifest holds no row converted from {name}; `pal data convert "
-                         f"{name} ...` writes them.")
+    picked = check_export(name, examples, "the manifest")
     answers = [rows.get(e.id, {}).get("answer", "") for e in picked]
     field = EXPORTS[name][1]
     if name == "librispeech":  # Kaldi-style: UTTERANCE-ID TEXT, one line each
@@ -104,4 +114,5 @@ def export_predictions(name: str, examples: list[Example], rows: dict[str, dict]
     return len(picked)
 
 
-__all__ = ["RULES", "export_path", "export_predictions", "rule_of", "score_benchmark", "score_benchmarks"]
+__all__ = ["EXPORTS", "RULES", "check_export", "export_path", "export_predictions", "rule_of", "score_benchmark",
+           "score_benchmarks"]

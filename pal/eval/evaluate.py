@@ -219,17 +219,13 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     predictions file is written beside `out` (R.mmau.json, ...), for the answers with audio and for each control."""
     import torch
 
-    from .benchmarks import EXTENSIONS, export_path, export_predictions, score_benchmarks
+    from .benchmarks import check_export, export_path, export_predictions, score_benchmarks
 
     decoding = decoding or Decoding()
     out = Path(out)
     examples = read_questions(manifest)
     for name in export:  # before any answering: a wrong name must not cost the run
-        if name not in EXTENSIONS:
-            raise ValueError(f"--export {name}: expected one of {', '.join(EXTENSIONS)}.")
-        if not any(e.benchmark and e.benchmark["name"] == name for e in examples):
-            raise ValueError(f"--export {name}: {manifest} holds no row converted from {name}; `pal data convert "
-                             f"{name} ...` writes them.")
+        check_export(name, examples, manifest)
     unscored = sorted({e.task or "(none)" for e in examples if e.task not in PARSERS})
     answers = _answers_file(out, "answers")
     swapped = mismatched_audio(examples) if baseline else None
@@ -291,8 +287,9 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
         for name, scores in score_benchmarks(examples, answered).items():
             result["benchmarks"][name][key] = scores["metrics"]
         for name in export:  # the control's answers in the benchmark's own file too (R.<suffix>.mmau.json)
-            exports[name][key] = str(export_path(_answers_file(out, suffix), name))
-            export_predictions(name, examples, answered, export_path(_answers_file(out, suffix), name))
+            exported = export_path(path, name)
+            exports[name][key] = str(exported)
+            export_predictions(name, examples, answered, exported)
 
     if baseline:
         # Controls beside every score. "mismatched_audio": every question asked with another clip's audio (a fixed

@@ -61,14 +61,25 @@ def result_lines(result: dict) -> list[str]:
         for name, metric in entry["metrics"].items():
             if isinstance(metric, dict) and "value" in metric:
                 low, high = metric["ci95"]
-                controls = "".join(f"   {label}: {entry[key][name]['value']:.4f}" for key, label in CONTROLS.items()
-                                   if "value" in entry.get(key, {}).get(name, {}))
+                controls = beside(entry, name)
                 lines.append(f"{task:9s} {name:16s} {metric['value']:.4f}  [{low:.4f}, {high:.4f}]  n={metric['n']}"
                              f"{controls}")
             elif isinstance(metric, dict) and "unavailable" in metric:
                 lines.append(f"{task:9s} {name:16s} unavailable: {metric['unavailable']}")
     lines += benchmark_lines(result.get("benchmarks", {}))
     return lines + (gap_lines(result["reliance"]) if result.get("reliance") else [])
+
+
+def beside(entry: dict, *keys: str) -> str:
+    """"   another clip's audio: 0.4120 ..." for each control of a result entry that holds entry[control][*keys]."""
+    cells = []
+    for control, label in CONTROLS.items():
+        cell = entry.get(control, {})
+        for key in keys:
+            cell = cell.get(key, {}) if isinstance(cell, dict) else {}
+        if isinstance(cell, dict) and "value" in cell:
+            cells.append(f"   {label}: {cell['value']:.4f}")
+    return "".join(cells)
 
 
 def benchmark_lines(benchmarks: dict) -> list[str]:
@@ -78,17 +89,14 @@ def benchmark_lines(benchmarks: dict) -> list[str]:
         metrics = entry["metrics"]
         for key, metric in metrics.items():
             if isinstance(metric, dict) and "value" in metric:
-                controls = "".join(f"   {label}: {entry[c][key]['value']:.4f}" for c, label in CONTROLS.items()
-                                   if "value" in entry.get(c, {}).get(key, {}))
+                controls = beside(entry, key)
                 lines.append(f"{name} (official rule) {key}: {metric_cell(metric, 4)}  n={metric['n']}{controls}")
         if "failures" in metrics:
             lines.append(f"  {metrics['failures']} response(s) with no letter A-D: failures, left out of the accuracy"
                          " as the official scorer does")
         for axis, values in metrics.get("by", {}).items():
             for value, metric in values.items():
-                controls = "".join(f"   {label}: {entry[c]['by'][axis][value]['value']:.4f}"
-                                   for c, label in CONTROLS.items()
-                                   if value in entry.get(c, {}).get("by", {}).get(axis, {}))
+                controls = beside(entry, "by", axis, value)
                 lines.append(f"  {axis} {value or '(none)'}: {metric_cell(metric, 4)}  n={metric['n']}{controls}")
     return lines
 

@@ -97,8 +97,8 @@ class WandB:
 
 
 class MLflow:
-    """An MLflow run in experiment `project`, at MLFLOW_TRACKING_URI or, when that is unset, in `mlruns/` beside
-    `folder`; the config's leaves are its parameters."""
+    """An MLflow run in experiment `project`, at MLFLOW_TRACKING_URI or, when that is unset, in the SQLite store
+    `mlflow.db` beside `folder` (MLflow 3 refuses its old file store); the config's leaves are its parameters."""
 
     name = "mlflow"
 

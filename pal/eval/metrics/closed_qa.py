@@ -58,7 +58,8 @@ def choice_match(prediction: str, answer: str, choices: list[str]) -> bool:
     """MMAU's and MMAR's `string_match` (evaluation.py, identical in both): the answer's word set lies in the
     prediction's, which holds no word that only a wrong choice has; an empty prediction is wrong."""
     said, gold = set(words(prediction)), set(words(answer))
-    wrong = set().union(*(set(words(c)) - gold for c in choices if set(words(c)) != gold))
+    options = [set(words(c)) for c in choices]
+    wrong = set().union(*(option - gold for option in options if option != gold))
     return bool(said) and gold <= said and not (said & wrong)
 
 
@@ -85,7 +86,8 @@ def judge(answer: str, gold: str, choices: list[str] | None = None, rule: str | 
         letter = air_bench_letter(answer)
         return letter == gold, letter is not None
     if rule == "word":
-        return single_word(answer) == single_word(gold), bool(single_word(answer))
+        said = single_word(answer)
+        return said == single_word(gold), bool(said)
     kind = question_kind(gold, choices)
     if kind == "yes_no":
         said = next((w for w in words(answer) if w in ("yes", "no")), None)
