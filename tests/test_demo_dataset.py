@@ -102,3 +102,29 @@ def test_card_counts_match_the_manifests(demo):
     assert card["files"]["test.jsonl"] == len(rows)
     assert sum(card["task_counts"]["test"].values()) == len(rows)
     assert "| speech |" in (root / "a" / "card.md").read_text()
+
+
+def test_held_out_synthesised_variants_lie_inside_what_training_hears(tmp_path):
+    """The beeps and the noise are synthesised in a few variants: a held-out variant outside the training range
+    (440 and 1760 Hz beeps against 660-1320 Hz, white noise against pink and brown) tested extrapolation. Now the
+    test's beeps lie between training pitches and its noise mixes the training colours: its spectral centroid lies
+    between brown noise's and pink noise's."""
+    import numpy as np
+
+    from pal.data.demo_dataset import collect_sources
+
+    sources = collect_sources(tmp_path, seed=3)
+    pitch = {x.name: float(x.name.split()[2]) for x in sources["beep"]}
+    trained = sorted(pitch[x.name] for x in sources["beep"] if not x.held_out)
+    held = sorted(pitch[x.name] for x in sources["beep"] if x.held_out)
+    assert trained == [660, 880, 1000, 1320] and held  # the training pool as before
+    assert all(trained[0] < f < trained[-1] and f not in trained for f in held), held
+
+    def centroid(audio):
+        power = np.abs(np.fft.rfft(audio)) ** 2
+        return float((np.fft.rfftfreq(len(audio), 1 / 16000) * power).sum() / power.sum())
+
+    noise = {x.name: x for x in sources["noise"]}
+    assert {n for n, x in noise.items() if not x.held_out} == {"Noise.wav", "sox pinknoise", "sox brownnoise"}
+    [mixed] = [x for x in noise.values() if x.held_out]
+    assert centroid(noise["sox brownnoise"].audio) < centroid(mixed.audio) < centroid(noise["sox pinknoise"].audio)
