@@ -113,6 +113,14 @@ def test_demo_smoke_writes_a_report_with_the_evaluations_numbers(smoke, capsys):
         if "value" in metrics["metrics"][name]:
             assert re.fullmatch(r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]", cells[3])
     assert "audio-reliance gap" in report and "nats per answer token over the stages" in report
+    # The encoders' probe, fitted on the training scenes and tested on the test split, and the classification's
+    # fraction of its ceiling in the report (or why not).
+    from pal.workflows.demo import probe_sentence
+
+    probe = json.loads((smoke / "eval" / "probe.json").read_text())
+    assert probe["test_clips"] == len({r["audio"] for r in map(json.loads, (smoke / "data" / "test.jsonl").read_text()
+                                                               .splitlines()) if r["task"] == "classify"})
+    assert probe_sentence(result) in report
     assert "presence with another clip's audio (control)" in report  # the goals, met or missed, controls included
     page = (smoke / "report.html").read_text()
     assert "data:image/png;base64," in page and page.count("<table>") >= 3  # self-contained: curves embedded

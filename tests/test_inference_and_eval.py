@@ -362,6 +362,18 @@ def test_bootstrap_interval_matches_the_known_answer():
     assert mean_with_ci(np.full(50, 0.7))["ci95"] == pytest.approx([0.7, 0.7])
 
 
+def test_a_resample_on_which_the_statistic_is_undefined_is_left_out():
+    """A per-class balanced accuracy is undefined on a resample that drew only clips holding the class (6 test scenes
+    in the smoke demo): such resamples once made the whole interval NaN. Here the statistic is undefined whenever item
+    0 (value 100) is drawn, so the interval comes from the other items alone, between 1 and 5."""
+    from pal.eval.bootstrap import bootstrap_ci
+
+    values = np.array([100.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    low, high = bootstrap_ci(6, lambda idx: float(values[idx].mean()) if 0 not in idx else float("nan"))
+    assert 1.0 <= low < high <= 5.0
+    assert all(math.isnan(x) for x in bootstrap_ci(6, lambda idx: float("nan")))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # pal eval end to end
 # ----------------------------------------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
+import pytest
 import yaml
 from conftest import tone, write_jsonl
 
@@ -60,3 +62,76 @@ def test_pal_probe_on_a_feature_cache_of_tones(tmp_path, capsys):
     result = json.loads((tmp_path / "probe.json").read_text())
     # Pitch is what a random tiny SSLAM still carries (the fbank's energy moves between mel bins): probed perfectly.
     assert result["encoders"]["sslam"]["classes"]["high tone"]["value"] == 1.0
+
+
+def test_balanced_accuracy_and_the_fraction_of_the_probe_ceiling_by_hand():
+    """Four clips, classes a and b. Gold: {a}, {a, b}, {b}, {}. The model lists {a}, {a}, {}, {}: class a all right
+    (1.0), class b never said ((0 + 1) / 2 = 0.5): 0.75. The probe predicts {a}, {a, b}, {b}, {b}: a 1.0, b hits
+    both positives and rejects one of two negatives ((1 + 0.5) / 2 = 0.75): 0.875. The model reaches
+    (0.75 - 0.5) / (0.875 - 0.5) = 2/3 of the probe's margin over chance."""
+    from pal.eval.metrics.classification import balanced_accuracy, label_matrix
+    from pal.eval.probe import probe_fraction
+
+    classes = ["a", "b"]
+    gold = [["a"], ["a", "b"], ["b"], []]
+    listed = [{"a"}, {"a"}, set(), set()]
+    probed = [["a"], ["a", "b"], ["b"], ["b"]]
+    truth = label_matrix(gold, classes)
+    assert balanced_accuracy(label_matrix(listed, classes), truth) == 0.75
+    assert balanced_accuracy(label_matrix(probed, classes), truth) == 0.875
+    found = probe_fraction(listed, gold, probed, classes)
+    assert found["value"] == pytest.approx(2 / 3) and found["model"] == 0.75 and found["probe"] == 0.875
+    assert found["n"] == 4 and found["ci95"][0] <= found["value"] <= found["ci95"][1]
+    # A probe at chance is no ceiling: no fraction.
+    assert probe_fraction(listed, gold, [[], [], [], []], classes) is None
+    # A class present in every clip (or none) has no balanced accuracy and is left out of the mean.
+    assert balanced_accuracy(label_matrix([{"a"}, set()], ["a", "b"]), label_matrix([["a", "b"], ["b"]], ["a", "b"])) == 1.0
+
+
+def test_pal_eval_score_reports_the_classification_as_a_fraction_of_the_probe(trained_tiny, curriculum_env, tmp_path,
+                                                                              capsys):
+    """`pal eval score --probe`: the listed labels of the answers file against a probe result written here by hand;
+    the expected fraction from scikit-learn's balanced accuracy per class."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from pal.eval.metrics.classification import listed_labels
+
+    labels = ["high pitched tone", "low pitched tone", "speech"]
+    gold = [["high pitched tone"], ["low pitched tone"], ["high pitched tone", "speech"], ["speech"]]
+    rows = [{"id": f"c{i}", "audio": str(curriculum_env / f"tone{i}.wav"), "task": "classify", "labels": g,
+             "messages": [{"role": "user", "content": "<audio>\nWhich sounds can you hear? List them."},
+                          {"role": "assistant", "content": ", ".join(g)}]} for i, g in enumerate(gold)]
+    manifest = write_jsonl(tmp_path / "test.jsonl", rows)
+    probed = [["high pitched tone"], ["low pitched tone", "speech"], ["high pitched tone"], ["speech"]]
+    probe_file = tmp_path / "probe.json"
+    probe_file.write_text(json.dumps({"classes": labels, "test": [r["audio"] for r in rows],
+                                      "encoders": {"sslam": {"predicted": probed}}}))
+    out = tmp_path / "results.json"
+    assert main(["eval", "score", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
+                 "--max-new-tokens", "12", "--probe", str(probe_file)]) == 0
+    result = json.loads(out.read_text())
+    answers = [json.loads(line)["answer"] for line in (tmp_path / "results.answers.jsonl").read_text().splitlines()]
+
+    def sklearn_balanced(sets):
+        return np.mean([balanced_accuracy_score([c in g for g in gold], [c in s for s in sets]) for c in labels])
+
+    model, ceiling = sklearn_balanced(listed_labels(answers, labels)), sklearn_balanced(probed)
+    found = result["tasks"]["classify"]["metrics"]["probe_fraction"]
+    assert found["probe"] == pytest.approx(ceiling) and found["model"] == pytest.approx(model)
+    assert found["value"] == pytest.approx((model - 0.5) / (ceiling - 0.5)) and found["encoder"] == "sslam"
+    assert "probe_fraction" in result["tasks"]["classify"]["mismatched_audio"]  # beside its controls too
+    assert "the sslam probe's" in capsys.readouterr().out  # printed beside the score: the formula's two terms
+    # The probe's clips named relative to another working directory are the same clips (the answers are reused).
+    probe_file.write_text(json.dumps({"classes": labels, "test": [os.path.relpath(r["audio"]) for r in rows],
+                                      "encoders": {"sslam": {"predicted": probed}}}))
+    assert main(["eval", "score", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
+                 "--max-new-tokens", "12", "--probe", str(probe_file)]) == 0
+    assert json.loads(out.read_text())["tasks"]["classify"]["metrics"]["probe_fraction"]["value"] == found["value"]
+    # A probe file from before per-clip predictions were kept says what to do.
+    probe_file.write_text(json.dumps({"classes": labels, "encoders": {"sslam": {"balanced_accuracy": {}}}}))
+    capsys.readouterr()
+    assert main(["eval", "score", "--model", str(trained_tiny), "--manifest", str(manifest), "--out",
+                 str(tmp_path / "again.json"), "--probe", str(probe_file)]) == 2
+    said = capsys.readouterr().err
+    assert str(probe_file) in said and "run `pal probe ... --test MANIFEST --out` again" in said
+    assert not (tmp_path / "again.json").exists()

@@ -23,6 +23,8 @@ def register(commands) -> None:
     score.add_argument("--export", action="append", default=[], metavar="BENCHMARK",
                        help="write the predictions file BENCHMARK's own scorer reads beside --out (mmau, mmar, "
                             "air-bench, librispeech, clotho-aqa; repeatable), for the answers and each control")
+    score.add_argument("--probe", help="`pal probe --test MANIFEST --out PROBE.json`'s result on this manifest's clips: "
+                       "classification is also scored as a fraction of the encoders' linear-probe ceiling")
     score.set_defaults(run=run_score)
 
     gap = which.add_parser("gap", help="only the teacher-forced audio-reliance gap (each gold answer's loss with its "
@@ -39,15 +41,31 @@ def _add_inputs(parser, out_help: str) -> None:
     parser.add_argument("--out", required=True, help=out_help)
 
 
+def read_probe(path: str) -> dict:
+    """`pal probe --out`'s JSON, checked for what the fraction needs (each test clip's predicted labels)."""
+    import json
+    from pathlib import Path
+
+    try:
+        found = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--probe {path}: cannot be read as `pal probe --out` JSON ({err}).") from None
+    if "test" not in found or any("predicted" not in e for e in found.get("encoders", {}).values()):
+        raise ValueError(f"--probe {path}: no per-clip predictions (keys 'test' and encoders.*.predicted); it was "
+                         "written by an older `pal probe`: run `pal probe ... --test MANIFEST --out` again.")
+    return found
+
+
 def run_score(args) -> int:
     from pal.eval.evaluate import evaluate
     from pal.eval.report import result_lines
 
+    probe = read_probe(args.probe) if args.probe else None
     text_only = load_model(args, args.text_only_model) if args.text_only_model else None
     llm = load_model(args)
     result = evaluate(llm, args.manifest, args.out, decoding(args), args.batch_size,
                       baseline=not args.no_baseline, text_only=text_only, workers=args.workers,
-                      export=tuple(args.export))
+                      export=tuple(args.export), probe=probe)
     print("\n".join(result_lines(result)))
     print(f"results: {args.out}")
     for name, files in result.get("exports", {}).items():

@@ -17,11 +17,16 @@ LEVEL = 0.95
 
 def bootstrap_ci(n: int, statistic: Callable[[np.ndarray], float], resamples: int = RESAMPLES, level: float = LEVEL,
                  seed: int = 0) -> tuple[float, float]:
-    """(low, high) of the `level` percentile interval of `statistic(indices)` over `resamples` resamples of n items."""
+    """(low, high) of the `level` percentile interval of `statistic(indices)` over `resamples` resamples of n items.
+    A resample on which the statistic is undefined (NaN: e.g. a per-class balanced accuracy when every drawn item
+    holds the class) is left out; NaN when every one is."""
     if n == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)], dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return float("nan"), float("nan")
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)

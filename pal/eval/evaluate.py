@@ -148,15 +148,26 @@ def score_task(task: str, examples: list[Example], answers: list[str], label_set
     raise ValueError(f"task {task!r} has no metric; expected one of {sorted(PARSERS)}.")
 
 
-def score(examples: list[Example], rows: dict[str, dict]) -> dict:
-    """{task: {"n", "metrics"}} over the examples that have a gold answer and an answered row."""
+def score(examples: list[Example], rows: dict[str, dict], probe: dict | None = None,
+          encoders: list[str] = ()) -> dict:
+    """{task: {"n", "metrics"}} over the examples that have a gold answer and an answered row. `probe`: `pal probe`'s
+    result on these clips; classification then also gets `probe_fraction` (pal/eval/probe.py) for the model's
+    `encoders`."""
     by_task: dict[str, list[Example]] = {}
     for e in examples:
         if e.answer is not None and e.id in rows and e.task in PARSERS:
             by_task.setdefault(e.task, []).append(e)
     labels = sorted({label for e in by_task.get("classify", []) for label in (e.labels or [e.answer])})
-    return {task: {"n": len(group), "metrics": score_task(task, group, [rows[e.id]["answer"] for e in group], labels)}
-            for task, group in sorted(by_task.items())}
+    scores = {task: {"n": len(group), "metrics": score_task(task, group, [rows[e.id]["answer"] for e in group], labels)}
+              for task, group in sorted(by_task.items())}
+    if probe is not None and "classify" in by_task:
+        from .probe import answers_probe_fraction
+
+        group = by_task["classify"]
+        fraction = answers_probe_fraction(group, [rows[e.id]["answer"] for e in group], probe, list(encoders))
+        if fraction is not None:
+            scores["classify"]["metrics"]["probe_fraction"] = fraction
+    return scores
 
 
 def _versions() -> dict[str, str]:
@@ -203,7 +214,7 @@ def _start_controls_process(llm: AudioLLM, examples: list[Example], swapped: lis
 
 def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Decoding | None = None,
              batch_size: int = 8, baseline: bool = True, progress: bool = True, text_only: AudioLLM | None = None,
-             workers: int = 1, export: tuple[str, ...] = ()) -> dict:
+             workers: int = 1, export: tuple[str, ...] = (), probe: dict | None = None) -> dict:
     """Answer, score and write `out` (JSON); answers go to `<out>.answers.jsonl` (and `.mismatched.jsonl`,
     `.no_audio.jsonl`, `.text_only.jsonl`), resumable. `text_only`: a model trained by the same curriculum without
     audio, asked the same questions without audio (the "text_only_trained" control).
@@ -216,7 +227,9 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
 
     Rows converted from a benchmark (`pal data convert mmau ...`) are also scored by the benchmark's official rule,
     broken down by its axes, under "benchmarks", beside the same controls. `export`: benchmark names whose official
-    predictions file is written beside `out` (R.mmau.json, ...), for the answers with audio and for each control."""
+    predictions file is written beside `out` (R.mmau.json, ...), for the answers with audio and for each control.
+    `probe`: `pal probe`'s result (run_probe) with this manifest's clips as its test clips: classification is also
+    scored as a fraction of the probe's ceiling (`probe_fraction`), for the answers and each control."""
     import torch
 
     from .benchmarks import check_export, export_path, export_predictions, score_benchmarks
@@ -252,6 +265,7 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
               flush=True)
     # Teacher-forced, large matrix products: with all the threads, once the controls' process is done.
     reliance = reliance_gap(llm, examples, batch_size) if baseline else None
+    encoders = list(llm.ensemble.config.encoders) if llm.ensemble is not None else []
     rows = read_rows(answers)
     result = {
         "model": {"folder": str(llm.folder), "weights": {p.name: file_hash(p) for p in
@@ -263,7 +277,7 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
         "decoding": asdict(decoding), "answer_parsers": PARSERS, "libraries": _versions(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "skipped": with_audio["skipped"], "unscored_tasks": unscored,
-        "tasks": score(examples, rows), "benchmarks": score_benchmarks(examples, rows),
+        "tasks": score(examples, rows, probe, encoders), "benchmarks": score_benchmarks(examples, rows),
     }
     exports = {name: {"with_audio": str(export_path(out, name))} for name in export}
     for name in export:
@@ -282,7 +296,7 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
         path = _answers_file(out, suffix)
         run_manifest(model, asked, path, decoding, batch_size, audio, progress, label)
         answered = read_rows(path)
-        for task, scores in score(examples, answered).items():
+        for task, scores in score(examples, answered, probe, encoders).items():
             result["tasks"].setdefault(task, {"n": 0, "metrics": {}})[key] = scores["metrics"]
         for name, scores in score_benchmarks(examples, answered).items():
             result["benchmarks"][name][key] = scores["metrics"]

@@ -7,6 +7,12 @@ each with a bootstrap 95% interval over test clips; and the same for every encod
 whose answers stay at the dataset's prior while its encoders probe well has a connector or curriculum problem, not an
 encoder one.
 
+How much of that ceiling a trained model reaches (`probe_fraction`, in `pal eval score --probe PROBE.json`): the
+model's listed labels scored by the same per-class balanced accuracy on the same test clips, as a fraction of the
+probe's above chance, (model − 0.5) / (probe − 0.5), with a bootstrap interval over clips. Near 1: the connector
+carries what a linear read-out of the features finds; near 0 with a high probe: the connector or the curriculum
+loses it; a low probe: the encoder never had it.
+
 Labels: the `labels` of a manifest's classification examples (the answer when there are none), joined per clip.
 Without a test manifest, the clips are split 80/20 at random (seeded): clips, never examples, so a clip's questions
 never straddle the split.
@@ -24,7 +30,9 @@ from pal.encoders.feature_cache import FeatureCache
 from pal.encoders.identity import read_ensemble_record
 
 from .bootstrap import bootstrap_ci, mean_with_ci
-from .metrics.classification import mean_average_precision
+from .metrics.classification import balanced_accuracy, label_matrix, listed_labels, mean_average_precision
+
+CHANCE = 0.5  # balanced accuracy of a read-out that ignores the audio
 
 
 def clip_labels(examples: list[Example]) -> dict[str, set[str]]:
@@ -84,13 +92,14 @@ def probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: 
     mean_balanced = mean_with_ci([per_class[classes[c]]["value"] for c in valid], seed=seed)
     low, high = bootstrap_ci(n, lambda idx: mean_average_precision(scores[idx], y_test[idx]), seed=seed)
     return {"classes": per_class, "balanced_accuracy": mean_balanced,
-            "mAP": {"value": mean_average_precision(scores, y_test), "ci95": [low, high], "n": n}}
+            "mAP": {"value": mean_average_precision(scores, y_test), "ci95": [low, high], "n": n},
+            "predicted": [[classes[c] for c in np.flatnonzero(row)] for row in predicted]}
 
 
 def run_probe(features: str | Path, encoders: str | Path | EnsembleConfig, manifest: str | Path,
               test: str | Path | None = None, seed: int = 0) -> dict:
     """The probe of every encoder of the cache (and of all of them together) → {"train_clips", "test_clips",
-    "classes", "encoders": {name: probe(...)}}."""
+    "classes", "test": [test clip paths, the rows of each probe's "predicted"], "encoders": {name: probe(...)}}."""
     if isinstance(encoders, EnsembleConfig):
         config = encoders
     elif Path(encoders).is_dir():  # a trained model's folder: the encoders it was trained with (encoders.json)
@@ -117,9 +126,57 @@ def run_probe(features: str | Path, encoders: str | Path | EnsembleConfig, manif
     if len(x_train) > 1:
         x_train["all encoders"] = np.concatenate(list(x_train.values()), axis=1)
         x_test["all encoders"] = np.concatenate(list(x_test.values()), axis=1)
-    return {"train_clips": len(train), "test_clips": len(held), "classes": classes,
+    return {"train_clips": len(train), "test_clips": len(held), "classes": classes, "test": sorted(held),
             "encoders": {name: probe(x_train[name], targets["train"], x_test[name], targets["test"], classes, seed)
                          for name in x_train}}
 
 
-__all__ = ["clip_labels", "pooled_features", "probe", "run_probe"]
+def probe_encoder(probe_result: dict, encoders: list[str]) -> str | None:
+    """The probe that measures a model's encoders: its one encoder's, or all encoders together's."""
+    name = encoders[0] if len(encoders) == 1 else "all encoders"
+    return name if name in probe_result["encoders"] else None
+
+
+def probe_fraction(listed: list[set[str]], gold: list[list[str]], probed: list[list[str]], classes: list[str],
+                   seed: int = 0) -> dict | None:
+    """How much of the probe's ceiling a model's listed labels reach, on the same examples: (model − chance) /
+    (probe − chance), each the per-class balanced accuracy (chance 0.5), with a bootstrap 95% interval over examples
+    (model and probe resampled together) → {"value", "ci95", "n", "model", "probe"}; None when the probe is at chance
+    (no ceiling to be a fraction of)."""
+    said, truth, ceiling = (label_matrix(x, classes) for x in (listed, gold, probed))
+
+    def fraction(idx: np.ndarray) -> float:
+        room = balanced_accuracy(ceiling[idx], truth[idx]) - CHANCE
+        return (balanced_accuracy(said[idx], truth[idx]) - CHANCE) / room if room > 0.01 else float("nan")
+
+    everything = np.arange(len(truth))
+    if np.isnan(fraction(everything)):
+        return None
+    low, high = bootstrap_ci(len(truth), fraction, seed=seed)
+    return {"value": fraction(everything), "ci95": [low, high], "n": len(truth),
+            "model": balanced_accuracy(said, truth), "probe": balanced_accuracy(ceiling, truth)}
+
+
+def answers_probe_fraction(examples: list[Example], answers: list[str], probe_result: dict,
+                           encoders: list[str]) -> dict | None:
+    """`probe_fraction` of classification answers (same order as `examples`) against `pal probe`'s result for the
+    model's encoders, over the examples whose clip the probe was tested on; None when none is, or no probe fits."""
+    name = probe_encoder(probe_result, encoders)
+    if name is None:
+        return None
+    # Clips matched by their resolved paths: the probe and the evaluation may have read their manifests from
+    # different working directories.
+    predicted = {str(Path(clip).resolve()): found
+                 for clip, found in zip(probe_result["test"], probe_result["encoders"][name]["predicted"])}
+    kept = [(e, a, str(Path(e.audio).resolve())) for e, a in zip(examples, answers) if e.audio is not None]
+    kept = [(e, a, clip) for e, a, clip in kept if clip in predicted]
+    if not kept:
+        return None
+    classes = probe_result["classes"]
+    found = probe_fraction(listed_labels([a for _, a, _ in kept], classes),
+                           [e.labels or [e.answer] for e, _, _ in kept], [predicted[clip] for _, _, clip in kept],
+                           classes)
+    return found | {"encoder": name} if found else None
+
+
+__all__ = ["answers_probe_fraction", "clip_labels", "pooled_features", "probe", "probe_encoder", "probe_fraction", "run_probe"]

@@ -64,6 +64,9 @@ def result_lines(result: dict) -> list[str]:
                 controls = beside(entry, name)
                 lines.append(f"{task:9s} {name:16s} {metric['value']:.4f}  [{low:.4f}, {high:.4f}]  n={metric['n']}"
                              f"{controls}")
+                if name == "probe_fraction":
+                    lines.append(f"{'':9s} {'':16s} = (listed-label balanced accuracy {metric['model']:.4f} - 0.5) / "
+                                 f"(the {metric['encoder']} probe's {metric['probe']:.4f} - 0.5) on the same clips")
             elif isinstance(metric, dict) and "unavailable" in metric:
                 lines.append(f"{task:9s} {name:16s} unavailable: {metric['unavailable']}")
     lines += benchmark_lines(result.get("benchmarks", {}))

@@ -6,7 +6,8 @@
 4. train SmolLM2-135M-Instruct with PAL through the three-stage curriculum (SSLAM via LAL from layer 4, Whisper-base
    via PLITS);
    then the text-only trained baseline: the same curriculum on the same questions with the audio removed;
-5. evaluate the test split with `pal eval`: beside every score, the same model given another clip's audio, the
+5. fit the encoders' linear probe (`pal probe`) on the training scenes; evaluate the test split with `pal eval`, its
+   classification also as a fraction of the probe's ceiling; beside every score, the same model given another clip's audio, the
    text-only trained baseline, and the model with the audio removed; then the fit check: the classification of as
    many training scenes, so that a low test score says whether the model underfits or does not generalise;
 6. export the trained model into one folder to take away (`pal export`: weights, tokenizer, encoders, model card);
@@ -158,8 +159,23 @@ def trained_model(final: Path):
     return AudioLLM.from_pretrained(final)
 
 
+def step_probe(out: Path, data: Path, encoders, features: Path) -> dict:
+    """The encoders' linear-probe ceiling on the test scenes (`pal probe`, fitted on the training scenes): what the
+    evaluation reports the model's classification as a fraction of."""
+    from pal.common.safe_write import atomic_write_json, check_writable
+    from pal.eval.probe import run_probe
+
+    results = check_writable(out / "eval") / "probe.json"
+    if results.is_file():
+        return json.loads(results.read_text())
+    say(f"[5/6] linear probe of the encoders: fitted on {data / 'train.jsonl'}, tested on {data / 'test.jsonl'}")
+    found = run_probe(features, encoders, data / "train.jsonl", data / "test.jsonl")
+    atomic_write_json(results, found)
+    return found
+
+
 def step_eval(out: Path, data: Path, final: Path, preset: dict, text_only_final: Path | None = None,
-              workers: int = 1) -> dict:
+              workers: int = 1, probe: dict | None = None) -> dict:
     from pal.eval.evaluate import evaluate
     from pal.inference.audio_llm import AudioLLM, Decoding
 
@@ -171,7 +187,7 @@ def step_eval(out: Path, data: Path, final: Path, preset: dict, text_only_final:
     llm = trained_model(final)
     text_only = AudioLLM.from_pretrained(text_only_final) if text_only_final is not None else None
     return evaluate(llm, data / "test.jsonl", results, Decoding(max_new_tokens=preset["max_new_tokens"]),
-                    batch_size=preset["batch"], text_only=text_only, workers=workers)
+                    batch_size=preset["batch"], text_only=text_only, workers=workers, probe=probe)
 
 
 def step_fit(out: Path, data: Path, final: Path, preset: dict) -> dict:
@@ -217,6 +233,21 @@ def fit_sentence(fit: dict, result: dict) -> str:
         verdict = "it learned its training scenes and carries that to recordings it never heard"
     return (f"Fit: the exact label set of {trained['n']} training scenes {metric_cell(trained)}, of the held-out test "
             f"scenes {metric_cell(held_out)}; {verdict}.")
+
+
+def probe_sentence(result: dict) -> str:
+    """The classification's fraction of the encoders' linear-probe ceiling, beside another clip's audio."""
+    from pal.eval.report import metric_cell
+
+    entry = result["tasks"].get("classify", {})
+    fraction = entry.get("metrics", {}).get("probe_fraction")
+    if not fraction:
+        return "The probe ceiling was not measured."
+    other = entry.get("mismatched_audio", {}).get("probe_fraction")
+    return (f"A linear probe of the encoders' features ({fraction['encoder']}) separates the test scenes' classes at "
+            f"a balanced accuracy of {fraction['probe']:.3f}; the model's listed labels reach {fraction['model']:.3f}, "
+            f"{metric_cell(fraction)} of the probe's margin over chance (0.5)"
+            + (f"; with another clip's audio {other['value']:.3f}." if other else "."))
 
 
 def _gap(out: Path) -> str:
@@ -293,7 +324,7 @@ def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, pre
             "and the model with the audio removed (which it never saw in training, so it may babble). "
             "The last stage's audio-reliance gap (validation loss with another clip's audio "
             f"minus with its own): {_gap(out)}. "
-            f"{fit_sentence(fit, result)} Everything took {seconds / 60:.1f} minutes.",
+            f"{fit_sentence(fit, result)} {probe_sentence(result)} Everything took {seconds / 60:.1f} minutes.",
             metrics_table(result)]),
         Section("Goals", [Table(["goal", "target", "measured", "status"], goals(result))]),
         Section("Which answers use the audio", [
@@ -322,7 +353,8 @@ def run_demo(args) -> int:
     features = step_features(out, data, encoders)
     final = step_curriculum(out, data, preset, encoders, features, nproc=args.nproc)
     text_only = step_curriculum(out, data, preset, encoders, features, text_only=True, nproc=args.nproc)
-    result = step_eval(out, data, final, preset, text_only, workers=args.nproc)
+    probe = step_probe(out, data, encoders, features)
+    result = step_eval(out, data, final, preset, text_only, workers=args.nproc, probe=probe)
     fit = step_fit(out, data, final, preset)
     model = step_export(out, final)
     md, page = step_report(out, data, result, fit, final, args.preset, time.time() - start)

