@@ -58,20 +58,26 @@ def train(config: Path, seed: int, folder: Path, text_only: bool = False, nproc:
 
 
 def train_and_evaluate(config: Path, seed: int, folder: Path, manifests: list[Path], batch_size: int,
-                       max_new_tokens: int, text_only: Path | None = None, nproc: int = 1) -> None:
+                       max_new_tokens: int, text_only: Path | None = None, nproc: int = 1,
+                       probe: dict | None = None, evaluator=None) -> None:
     """One run: the curriculum with this seed, then each manifest evaluated with its controls (`text_only`: the
-    text-only trained baseline's model folder for this seed)."""
+    text-only trained baseline's model folder for this seed; `probe`: `pal probe`'s result on the manifests' clips,
+    for the classification's fraction of its ceiling). `evaluator(model folder, manifest, out JSON, text_only)`
+    replaces `pal eval score`'s answering and scoring (the findings preset scores teacher-forced losses only)."""
     from pal.eval.evaluate import evaluate
     from pal.inference.audio_llm import AudioLLM, Decoding
 
     final = train(config, seed, folder, nproc=nproc)
     todo = [m for m in manifests if not (folder / f"eval-{m.stem}.json").is_file()]
-    if todo:
+    if todo and evaluator is not None:
+        for manifest in todo:
+            evaluator(final, manifest, folder / f"eval-{manifest.stem}.json", text_only)
+    elif todo:
         llm = AudioLLM.from_pretrained(final)
         baseline = AudioLLM.from_pretrained(text_only) if text_only is not None else None
         for manifest in todo:
             evaluate(llm, manifest, folder / f"eval-{manifest.stem}.json", Decoding(max_new_tokens=max_new_tokens),
-                     batch_size, progress=False, text_only=baseline)
+                     batch_size, progress=False, text_only=baseline, probe=probe)
 
 
 def read_run(folder: Path, manifests: list[Path]) -> dict:
@@ -200,9 +206,10 @@ def build_report(out: Path, record: dict, runs: dict, summary: dict, bench: Path
     status = [[config, str(seed), record["runs"][config][str(seed)]["status"],
                " ".join(record["runs"][config][str(seed)].get("error", "").replace("|", "/").split())[:200]]
               for config in configs for seed in range(record["seeds"])]
+    baseline = next((r["from"] for r in record.get("text_only", {}).values() if "from" in r), first)
     setup = Section("Set-up", [
         f"{len(configs)} curricula × {record['seeds']} seeds on the same data; each evaluated on "
-        f"{', '.join(record['manifests'])} with its controls: the text-only trained baseline ({first}'s curriculum "
+        f"{', '.join(record['manifests'])} with its controls: the text-only trained baseline ({baseline}'s curriculum "
         "on the same questions without audio, one per seed: the prior a model reaches without hearing), each "
         "question asked with another clip's audio, and with the audio removed (which the models never saw in "
         f"training). Run folders: `{out / 'runs'}`.",
@@ -246,8 +253,13 @@ def build_report(out: Path, record: dict, runs: dict, summary: dict, bench: Path
 
 
 def compare(configs: list[Path], seeds: int, out: Path, manifests: list[Path], bench_preset: str | None = "quick",
-            batch_size: int = 8, max_new_tokens: int = 32, nproc: int = 1) -> dict:
-    """Train (each run in `nproc` local ranks), evaluate and report; → the record written to `OUT/compare.json`."""
+            batch_size: int = 8, max_new_tokens: int = 32, nproc: int = 1, text_only_config: Path | None = None,
+            probe: dict | None = None, evaluator=None) -> dict:
+    """Train (each run in `nproc` local ranks), evaluate and report; → the record written to `OUT/compare.json`.
+    Seed by seed, every config's run of a seed before the next seed's, so that a comparison stopped part-way has
+    every config at the same number of seeds. `text_only_config`: the curriculum whose text-only version is the
+    baseline (default: the first config's). `probe`: `pal probe`'s result on the manifests' clips. `evaluator`: see
+    `train_and_evaluate`."""
     out = check_writable(out)
     names = [c.stem for c in configs]
     if len(set(names)) != len(names):
@@ -258,21 +270,23 @@ def compare(configs: list[Path], seeds: int, out: Path, manifests: list[Path], b
     # The text-only trained baseline: the first config's curriculum without audio, one per seed; every run's
     # evaluation asks it the same questions (the "text-only trained" column).
     record["text_only"] = {}
+    baseline_config = text_only_config or configs[0]
     for seed in range(seeds):
         folder = out / "runs" / TEXT_ONLY / f"seed{seed}"
         try:
-            baselines[seed] = train(configs[0], seed, folder, text_only=True, nproc=nproc)
-            record["text_only"][str(seed)] = {"status": "done", "folder": str(folder), "from": configs[0].stem}
+            baselines[seed] = train(baseline_config, seed, folder, text_only=True, nproc=nproc)
+            record["text_only"][str(seed)] = {"status": "done", "folder": str(folder), "from": baseline_config.stem}
         except Exception as err:
             record["text_only"][str(seed)] = {"status": "failed", "folder": str(folder),
                                               "error": f"{type(err).__name__}: {err}"}
     for config in configs:
         record["runs"][config.stem], runs[config.stem] = {}, {}
-        for seed in range(seeds):
+    for seed in range(seeds):
+        for config in configs:
             folder = run_folder(out, config, seed)
             try:
                 train_and_evaluate(config, seed, folder, manifests, batch_size, max_new_tokens, baselines.get(seed),
-                                   nproc)
+                                   nproc, probe, evaluator)
                 runs[config.stem][seed] = read_run(folder, manifests)
                 record["runs"][config.stem][str(seed)] = {"status": "done", "folder": str(folder)}
             except Exception as err:  # a failed run is reported; the comparison goes on with the others
