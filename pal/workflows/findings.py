@@ -42,7 +42,7 @@ import yaml
 from pal.common.safe_write import atomic_write_json, check_writable
 from pal.eval.report import Image, Section, Table, write_report
 
-from .compare import compare, seed_stats
+from .compare import compare, read_run, seed_stats
 
 STEPS = 64
 CONNECTORS = {  # name → (the connector block, the encoders it hears: None = both)
@@ -127,10 +127,10 @@ def run_scores(folder: Path) -> dict | None:
     """One finished run's figures: the teacher-forced classification losses and gap, the text-only trained model's
     loss, the generated classification's scores when the run was evaluated with `--generate` (the model's and each
     control's), and training throughput and peak memory."""
-    result_file = folder / f"eval-{MANIFEST}.json"
-    if not result_file.is_file():
+    run = read_run(folder, [Path(f"{MANIFEST}.jsonl")])  # the last stage's end event and the evaluation
+    result = run["evals"].get(MANIFEST)
+    if result is None:
         return None
-    result = json.loads(result_file.read_text())
     scores = {}
     task = result.get("tasks", {}).get("classify", {})
     for key in ("metrics", "mismatched_audio", "no_audio", "text_only_trained"):
@@ -143,11 +143,9 @@ def run_scores(folder: Path) -> dict | None:
     scores[("metrics", "gap")] = loss["gap"]["value"]
     if "text_only_answer_loss" in result:
         scores[("text_only_trained", "answer_loss")] = result["text_only_answer_loss"]
-    ends = [json.loads(line) for log in sorted(folder.glob("stage*/log.jsonl")) for line in log.read_text().splitlines()
-            if '"event": "end"' in line]
-    if ends:
-        scores[("train", "examples_per_s")] = ends[-1]["examples_per_s"]
-        scores[("train", "peak_mb")] = ends[-1].get("gpu_mb", ends[-1]["host_mb"])
+    if run["train"]:
+        scores[("train", "examples_per_s")] = run["train"]["examples_per_s"]
+        scores[("train", "peak_mb")] = run["train"].get("gpu_mb", run["train"]["host_mb"])
     return scores
 
 
