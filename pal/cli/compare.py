@@ -14,7 +14,7 @@ def register(commands) -> None:
     comparison.add_argument("--preset", choices=["smoke", "findings"],
                             help="smoke: tiny models on tones, four connectors, minutes; findings: PAL's four claims "
                                  "on the demo data, six connectors × 3 seeds of the demo's stage 1 (docs/findings/), "
-                                 "about 2.5 hours on a 2-core AVX2 CPU, reusing finished runs")
+                                 "1.6 hours on a 2-core AVX-512 CPU, 2.5 on AVX2, reusing finished runs")
     comparison.add_argument("--demo", help="findings: a `pal demo` folder whose data, SSLAM and features to use "
                                            "(default: built in OUT/demo)")
     comparison.add_argument("--generate", action="store_true",
