@@ -39,6 +39,26 @@ def test_a_rare_class_is_probed_for_balanced_accuracy_not_for_the_majority():
     assert abs(result["classes"]["rare"]["value"] - norm.cdf(0.5)) < 0.03
 
 
+def test_the_ceiling_is_the_read_out_that_cross_validates_best_and_overfitting_shows():
+    """Class "xor" sounds when exactly one of features 0 and 1 is positive: no linear read-out separates it (AP near
+    its prevalence, 0.5), a one-hidden-layer MLP does; class "easy" lies in feature 2. The MLP wins the training
+    clips' cross-validation and is the ceiling, chosen without the test clips. Each read-out's regularisation is
+    one of its grid's, and its training mAP sits above its test mAP with 30 noise features and 300 clips."""
+    from pal.eval.probe import LINEAR_C, MLP_ALPHA
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 33))
+    y = np.stack([(x[:, 0] > 0) ^ (x[:, 1] > 0), x[:, 2] > 0.5], axis=1)
+    result = probe(x[:300], y[:300], x[300:], y[300:], ["xor", "easy"])
+    linear, mlp = result["readouts"]["linear"], result["readouts"]["mlp"]
+    assert result["readout"] == "mlp" and mlp["cv_mAP"] > linear["cv_mAP"]
+    assert linear["C"] in LINEAR_C and mlp["alpha"] in MLP_ALPHA and set(linear["cv"]) == {str(c) for c in LINEAR_C}
+    assert result["mAP"]["value"] == pytest.approx(mlp["test_mAP"]) and mlp["test_mAP"] > 0.85 > linear["test_mAP"]
+    assert linear["train_mAP"] > linear["test_mAP"] and mlp["train_mAP"] > mlp["test_mAP"]
+    assert np.array(result["scores"]).shape == (100, 2)
+    assert result["classes"]["xor"]["value"] > 0.6  # the MLP's labels (thresholded at the training prevalence) beat chance
+
+
 def test_pal_probe_on_a_feature_cache_of_tones(tmp_path, capsys):
     rows = []
     for i in range(32):
@@ -103,9 +123,10 @@ def test_pal_eval_score_reports_the_classification_as_a_fraction_of_the_probe(tr
                           {"role": "assistant", "content": ", ".join(g)}]} for i, g in enumerate(gold)]
     manifest = write_jsonl(tmp_path / "test.jsonl", rows)
     probed = [["high pitched tone"], ["low pitched tone", "speech"], ["high pitched tone"], ["speech"]]
+    ceiling_scores = [[0.9, 0.2, 0.1], [0.3, 0.8, 0.6], [0.7, 0.1, 0.4], [0.2, 0.3, 0.9]]  # [clip][class]
     probe_file = tmp_path / "probe.json"
-    probe_file.write_text(json.dumps({"classes": labels, "test": [r["audio"] for r in rows],
-                                      "encoders": {"sslam": {"predicted": probed}}}))
+    probe_file.write_text(json.dumps({"classes": labels, "test": [r["audio"] for r in rows], "encoders": {
+        "sslam": {"predicted": probed, "scores": ceiling_scores, "readout": "mlp"}}}))
     out = tmp_path / "results.json"
     assert main(["eval", "score", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
                  "--max-new-tokens", "12", "--probe", str(probe_file)]) == 0
@@ -120,10 +141,22 @@ def test_pal_eval_score_reports_the_classification_as_a_fraction_of_the_probe(tr
     assert found["probe"] == pytest.approx(ceiling) and found["model"] == pytest.approx(model)
     assert found["value"] == pytest.approx((model - 0.5) / (ceiling - 0.5)) and found["encoder"] == "sslam"
     assert "probe_fraction" in result["tasks"]["classify"]["mismatched_audio"]  # beside its controls too
+    # The hearing mAP's margin over chance as a fraction of the probe scores' (their AP by scikit-learn).
+    from sklearn.metrics import average_precision_score
+
+    truth = np.array([[c in g for c in labels] for g in gold])
+    ceiling_map = np.mean([average_precision_score(truth[:, c], np.array(ceiling_scores)[:, c]) for c in range(3)])
+    chance = truth.mean(0).mean()
+    hearing = result["tasks"]["classify"]["metrics"]
+    assert hearing["hearing_mAP"]["chance"] == pytest.approx(chance)
+    fraction = hearing["hearing_probe_fraction"]
+    assert fraction["ceiling"] == pytest.approx(ceiling_map) and fraction["readout"] == "mlp"
+    assert fraction["value"] == pytest.approx((hearing["hearing_mAP"]["value"] - chance) / (ceiling_map - chance))
+    assert "hearing_probe_fraction" in result["tasks"]["classify"]["mismatched_audio"]
     assert "the sslam probe's" in capsys.readouterr().out  # printed beside the score: the formula's two terms
     # The probe's clips named relative to another working directory are the same clips (the answers are reused).
     probe_file.write_text(json.dumps({"classes": labels, "test": [os.path.relpath(r["audio"]) for r in rows],
-                                      "encoders": {"sslam": {"predicted": probed}}}))
+                                      "encoders": {"sslam": {"predicted": probed, "scores": ceiling_scores}}}))
     assert main(["eval", "score", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
                  "--max-new-tokens", "12", "--probe", str(probe_file)]) == 0
     assert json.loads(out.read_text())["tasks"]["classify"]["metrics"]["probe_fraction"]["value"] == found["value"]

@@ -1,5 +1,5 @@
 """`pal eval score` (every task's metric with its interval, beside its controls) and `pal eval gap` (the
-teacher-forced audio-reliance gap alone, nothing generated)."""
+teacher-forced audio-reliance gap and the order-free hearing score, nothing generated)."""
 
 import sys
 
@@ -23,15 +23,19 @@ def register(commands) -> None:
     score.add_argument("--export", action="append", default=[], metavar="BENCHMARK",
                        help="write the predictions file BENCHMARK's own scorer reads beside --out (mmau, mmar, "
                             "air-bench, librispeech, clotho-aqa; repeatable), for the answers and each control")
-    score.add_argument("--probe", help="`pal probe --test MANIFEST --out PROBE.json`'s result on this manifest's clips: "
-                       "classification is also scored as a fraction of the encoders' linear-probe ceiling")
     score.set_defaults(run=run_score)
 
-    gap = which.add_parser("gap", help="only the teacher-forced audio-reliance gap (each gold answer's loss with its "
-                                       "own and with another clip's audio), per task, nothing generated: the quick "
-                                       "way to compare two recipes")
+    gap = which.add_parser("gap", help="the teacher-forced scores only, nothing generated: the audio-reliance gap (each "
+                                       "gold answer's loss with its own and with another clip's audio) per task, and "
+                                       "the order-free hearing score (classes' mAP, yes/no AUC) beside its controls: "
+                                       "the quick way to compare two recipes")
     _add_inputs(gap, out_help="results JSON")
     gap.add_argument("--tasks", help="only these tasks, comma-separated (e.g. classify)")
+    for parser in (score, gap):
+        parser.add_argument("--probe", help="`pal probe --test MANIFEST --out PROBE.json`'s result on this manifest's "
+                            "clips: classification is also scored as a fraction of the encoders' probe ceiling")
+    gap.add_argument("--text-only-model", help="the text-only trained model: its hearing score (asked without audio) "
+                     "is the prior, beside the model's")
     gap.set_defaults(run=run_gap)
 
 
@@ -50,9 +54,10 @@ def read_probe(path: str) -> dict:
         found = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"--probe {path}: cannot be read as `pal probe --out` JSON ({err}).") from None
-    if "test" not in found or any("predicted" not in e for e in found.get("encoders", {}).values()):
-        raise ValueError(f"--probe {path}: no per-clip predictions (keys 'test' and encoders.*.predicted); it was "
-                         "written by an older `pal probe`: run `pal probe ... --test MANIFEST --out` again.")
+    if "test" not in found or any("predicted" not in e or "scores" not in e for e in found.get("encoders", {}).values()):
+        raise ValueError(f"--probe {path}: no per-clip predictions and scores (keys 'test', encoders.*.predicted and "
+                         "encoders.*.scores); it was written by an older `pal probe`: run `pal probe ... --test "
+                         "MANIFEST --out` again.")
     return found
 
 
@@ -79,12 +84,14 @@ def run_score(args) -> int:
 
 def run_gap(args) -> int:
     from pal.eval.reliance import reliance_on_manifest
-    from pal.eval.report import gap_lines
+    from pal.eval.report import gap_lines, hearing_lines
 
     tasks = args.tasks.split(",") if args.tasks else None
+    probe = read_probe(args.probe) if args.probe else None
+    text_only = load_model(args, args.text_only_model) if args.text_only_model else None
     llm = load_model(args)
-    result = reliance_on_manifest(llm, args.manifest, args.out, tasks, args.batch_size)
-    print("\n".join(gap_lines(result["reliance"])))
+    result = reliance_on_manifest(llm, args.manifest, args.out, tasks, args.batch_size, text_only, probe)
+    print("\n".join(gap_lines(result["reliance"]) + hearing_lines(result["hearing"])))
     print(f"results: {args.out}")
     _log_to_training_run(llm, result)
     return 0

@@ -1,8 +1,11 @@
-"""`pal probe`: the linear-probe ceiling of each encoder's features on a manifest's labels."""
+"""`pal probe`: the ceiling of each encoder's features on a manifest's labels (linear and MLP read-outs, tuned by
+cross-validation on the training clips)."""
 
 
 def register(commands) -> None:
-    probe = commands.add_parser("probe", help="linear-probe ceiling of each encoder on a manifest's labels")
+    probe = commands.add_parser("probe", help="the probe ceiling of each encoder on a manifest's labels (linear and "
+                                              "MLP read-outs, regularisation chosen by cross-validation on the "
+                                              "training clips)")
     probe.add_argument("--features", required=True, help="a feature cache folder (`pal features build`)")
     probe.add_argument("--encoders", required=True,
                        help="the ensemble YAML the cache was built with, or a trained model folder (its encoders.json)")

@@ -6,7 +6,9 @@ with their reason, and tried again next time.
 
 `evaluate` scores the answers by task (`task` of each manifest line; eval/metrics/) and, beside every score, two controls
 of the same model on the same questions: each asked with another clip's audio (mismatched audio), and with the audio
-removed from the prompt (audio removed); plus the teacher-forced audio-reliance gap (eval/reliance.py).
+removed from the prompt (audio removed); plus the teacher-forced audio-reliance gap (eval/reliance.py) and the
+order-free hearing score (eval/hearing.py: classification's `hearing_mAP`, the yes/no questions' `presence_AUC`),
+each beside the same controls and the text-only trained model.
 The result file records what reproduces it: the model folder and a hash of its weights, the manifest and its hash, the
 prompt template, decoding settings, answer parsers, library versions and the date.
 """
@@ -29,6 +31,7 @@ from pal.common.safe_write import atomic_write_json, atomic_write_text, check_wr
 from pal.data.manifest import Example, mismatched_audio, read_questions
 from pal.inference.audio_llm import AudioLLM, Decoding
 
+from .hearing import hearing_with_controls
 from .reliance import reliance_gap
 
 LIBRARIES = ("pal-audio-llm", "torch", "transformers", "pycocoevalcap", "jiwer", "whisper-normalizer",
@@ -229,7 +232,8 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     broken down by its axes, under "benchmarks", beside the same controls. `export`: benchmark names whose official
     predictions file is written beside `out` (R.mmau.json, ...), for the answers with audio and for each control.
     `probe`: `pal probe`'s result (run_probe) with this manifest's clips as its test clips: classification is also
-    scored as a fraction of the probe's ceiling (`probe_fraction`), for the answers and each control."""
+    scored as a fraction of the probe's ceiling, for the answers and each control: the hearing mAP's margin over
+    chance (`hearing_probe_fraction`) and the listed labels' balanced accuracy (`probe_fraction`)."""
     import torch
 
     from .benchmarks import check_export, export_path, export_predictions, score_benchmarks
@@ -265,6 +269,7 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
               flush=True)
     # Teacher-forced, large matrix products: with all the threads, once the controls' process is done.
     reliance = reliance_gap(llm, examples, batch_size) if baseline else None
+    hearing = hearing_with_controls(llm, examples, text_only, probe, controls=baseline)
     encoders = list(llm.ensemble.config.encoders) if llm.ensemble is not None else []
     rows = read_rows(answers)
     result = {
@@ -317,11 +322,20 @@ def evaluate(llm: AudioLLM, manifest: str | Path, out: str | Path, decoding: Dec
     if text_only is not None:
         control("text_only_trained", text_only, examples, "text_only", False, "text-only trained model")
         result["text_only_model"] = str(text_only.folder)
+    add_hearing(result["tasks"], hearing)
     if exports:
         result["exports"] = exports
     with disk_errors(out):
         atomic_write_json(out, result)
     return result
+
+
+def add_hearing(tasks: dict, hearing: dict) -> None:
+    """The order-free hearing scores (`hearing_with_controls`) into a result's tasks, each beside the same control's
+    other metrics."""
+    for key, by_task in hearing.items():
+        for task, metrics in by_task.items():
+            tasks.setdefault(task, {"n": 0, "metrics": {}}).setdefault(key, {}).update(metrics)
 
 
 def _text_hash(text: str) -> str:

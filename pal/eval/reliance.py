@@ -23,6 +23,7 @@ from pal.inference.audio_llm import AudioLLM
 
 from .answer_loss import answer_losses_about_one_clip
 from .bootstrap import mean_with_ci
+from .hearing import hearing_with_controls
 
 
 def _losses(llm: AudioLLM, examples: list[Example], batch_size: int) -> torch.Tensor:
@@ -69,9 +70,10 @@ def reliance_gap(llm: AudioLLM, examples: list[Example], batch_size: int = 8) ->
 
 
 def reliance_on_manifest(llm: AudioLLM, manifest: str | Path, out: str | Path, tasks: list[str] | None = None,
-                         batch_size: int = 8) -> dict:
-    """`pal eval gap`: `reliance_gap` over a manifest's examples (only `tasks`, if given), nothing generated;
-    written to `out` (JSON) with what it scored → that record."""
+                         batch_size: int = 8, text_only: AudioLLM | None = None, probe: dict | None = None) -> dict:
+    """`pal eval gap`: `reliance_gap` over a manifest's examples (only `tasks`, if given), and the order-free hearing
+    score with its controls (eval/hearing.py; `text_only`: the text-only trained model, `probe`: `pal probe`'s result
+    for the fraction of its ceiling), nothing generated; written to `out` (JSON) with what it scored → that record."""
     examples = read_questions(manifest)
     if tasks:
         present = sorted({e.task for e in examples if e.task})
@@ -84,6 +86,8 @@ def reliance_on_manifest(llm: AudioLLM, manifest: str | Path, out: str | Path, t
         raise ValueError(f"{manifest}: the reliance gap needs gold answers about two or more distinct clips"
                          + (f" among the tasks {','.join(tasks)}" if tasks else "") + "; there is nothing to score.")
     record = {"model": str(llm.folder), "manifest": str(manifest), "tasks": tasks, "reliance": reliance,
+              "hearing": hearing_with_controls(llm, examples, text_only, probe),
+              "text_only_model": str(text_only.folder) if text_only is not None else None,
               "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     with disk_errors(Path(out)):
         atomic_write_json(out, record)

@@ -64,13 +64,37 @@ def result_lines(result: dict) -> list[str]:
                 controls = beside(entry, name)
                 lines.append(f"{task:9s} {name:16s} {metric['value']:.4f}  [{low:.4f}, {high:.4f}]  n={metric['n']}"
                              f"{controls}")
-                if name == "probe_fraction":
-                    lines.append(f"{'':9s} {'':16s} = (listed-label balanced accuracy {metric['model']:.4f} - 0.5) / "
-                                 f"(the {metric['encoder']} probe's {metric['probe']:.4f} - 0.5) on the same clips")
+                lines += explanation_lines(name, metric)
             elif isinstance(metric, dict) and "unavailable" in metric:
                 lines.append(f"{task:9s} {name:16s} unavailable: {metric['unavailable']}")
     lines += benchmark_lines(result.get("benchmarks", {}))
     return lines + (gap_lines(result["reliance"]) if result.get("reliance") else [])
+
+
+def explanation_lines(name: str, metric: dict) -> list[str]:
+    """What a score is made of, printed under it, for the scores that are ratios or have a chance level."""
+    pad = f"{'':9s} {'':16s}"
+    if name == "probe_fraction":
+        return [f"{pad} = (listed-label balanced accuracy {metric['model']:.4f} - 0.5) / "
+                f"(the {metric['encoder']} probe's {metric['probe']:.4f} - 0.5) on the same clips"]
+    if name == "hearing_mAP":
+        return [f"{pad} chance (each class's prevalence) {metric['chance']:.4f}; per class AP over clips of the "
+                "likelihood of the class's name as the answer (eval/hearing.py)"]
+    if name == "hearing_probe_fraction":
+        return [f"{pad} = (hearing mAP {metric['model']:.4f} - chance {metric['chance']:.4f}) / (the "
+                f"{metric['encoder']} {metric['readout']} probe's {metric['ceiling']:.4f} - chance) on the same clips"]
+    return []
+
+
+def hearing_lines(hearing: dict) -> list[str]:
+    """The order-free hearing scores of `pal eval gap` (eval/hearing.py) with their controls, as printed."""
+    lines = []
+    for task, metrics in hearing.get("metrics", {}).items():
+        for name, metric in metrics.items():
+            lines.append(f"{task:9s} {name:16s} {metric_cell(metric, 4)}  n={metric['n']}"
+                         f"{beside(hearing, task, name)}")
+            lines += explanation_lines(name, metric)
+    return lines
 
 
 def beside(entry: dict, *keys: str) -> str:
@@ -106,11 +130,15 @@ def benchmark_lines(benchmarks: dict) -> list[str]:
 
 def probe_lines(result: dict) -> list[str]:
     """`pal probe`'s results as printed: each encoder's balanced accuracy and mAP, then per class."""
-    lines = [f"linear probe: {result['train_clips']} training clips, {result['test_clips']} test clips, "
-             f"{len(result['classes'])} classes"]
+    lines = [f"probe: {result['train_clips']} training clips, {result['test_clips']} test clips, "
+             f"{len(result['classes'])} classes; the ceiling is the read-out with the best cross-validated mAP"]
     for name, scores in result["encoders"].items():
-        lines.append(f"{name:14s} balanced accuracy {metric_cell(scores['balanced_accuracy'])}   "
-                     f"mAP {metric_cell(scores['mAP'])}")
+        lines.append(f"{name:14s} ceiling ({scores.get('readout', 'linear')}): mAP {metric_cell(scores['mAP'])}   "
+                     f"balanced accuracy {metric_cell(scores['balanced_accuracy'])}")
+        for readout, found in scores.get("readouts", {}).items():
+            knob = next(k for k in found if k not in ("cv_mAP", "cv", "train_mAP", "test_mAP"))
+            lines.append(f"    {readout:8s} {knob} = {found[knob]:g}: mAP training {found['train_mAP']:.3f}, "
+                         f"cross-validated {found['cv_mAP']:.3f}, test {found['test_mAP']:.3f}")
         for label, cell in scores["classes"].items():
             one_sided = math.isnan(cell["value"])  # every test clip has the label, or none has
             lines.append(f"    {label:28s} {'one-sided test set' if one_sided else metric_cell(cell)}"

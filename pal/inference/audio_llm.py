@@ -28,6 +28,7 @@ from pal.encoders.audio import AudioError
 from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
 from pal.encoders.identity import read_ensemble_record
 from pal.encoders.outputs import pad_rows
+from pal.packing import IGNORE_INDEX
 from pal.processing_pal import to_device
 
 
@@ -281,6 +282,10 @@ class AudioLLM:
         first = rows[0][0]
         for ids, _, _ in rows[1:]:
             shared = next((i for i in range(shared) if ids[i] != first[i]), shared)
+        # A row whose answer (a supervised label) starts right after the prefix would need the prefix's last logit:
+        # the prefix ends one token earlier (rows that differ only in their answers still share their whole prompt).
+        while shared > 0 and any(labels[shared] != IGNORE_INDEX for _, labels, _ in rows):
+            shared -= 1
         if shared == 0 or any(any(flags[shared:]) for _, _, flags in rows):
             return None, None
         ids, _, flags = rows[0]
