@@ -13,14 +13,12 @@ def register(commands) -> None:
     comparison.add_argument("--out", required=True, help="folder: runs/, report.md, report.html (reruns resume)")
     comparison.add_argument("--preset", choices=["smoke", "findings"],
                             help="smoke: tiny models on tones, four connectors, minutes; findings: PAL's four claims "
-                                 "on the demo data, six connectors × 3 seeds of the demo's stage 1 (docs/findings/), "
-                                 "1.6 hours on a 2-core AVX-512 CPU, 2.5 on AVX2, reusing finished runs")
-    comparison.add_argument("--demo", help="findings: a `pal demo` folder whose data, SSLAM and features to use "
-                                           "(default: built in OUT/demo)")
-    comparison.add_argument("--generate", action="store_true",
-                            help="findings: evaluate each run with `pal eval score` (generated answers, every control, "
-                                 "the fraction of the probe ceiling; ~9 min a run on 2 cores) besides the "
-                                 "teacher-forced losses")
+                                 "in PAL's configurations under a protocol fixed before the runs "
+                                 "(docs/findings/protocol.md): nine connectors × 3 seeds of the demo's stage 1, each "
+                                 "seed its own data draw and SSLAM, scored by the order-free hearing mAP; hours on 2 "
+                                 "cores, reusing finished runs (run it in parts: --seeds 1, then 3)")
+    comparison.add_argument("--demo", help="findings: a `pal demo` folder whose data, SSLAM and features seed 0 uses "
+                                           "(default: built in OUT/demo-seed0)")
     comparison.add_argument("--bench-preset", choices=["tiny", "quick", "full", "none"],
                             help="pal bench efficiency preset for the memory/throughput plots (default quick)")
     comparison.add_argument("--batch-size", type=int, default=8)
@@ -41,7 +39,7 @@ def run(args) -> int:
         from pal.workflows.findings import run_findings
 
         record = run_findings(out, args.seeds or 3, Path(args.demo) if args.demo else None, args.nproc or 2,
-                              args.batch_size, args.max_new_tokens, args.generate)
+                              args.batch_size)
     else:
         if args.preset == "smoke":
             configs, manifests = smoke_setup(out / "smoke")

@@ -387,6 +387,7 @@ def build(out: str | Path, seed: int = 0, clips: int = 1000, seconds: float = 4.
         "open_qa.jsonl": [r for r in train if r["task"] in ("caption", "asr")],
         "train.jsonl": train,
         "val.jsonl": random.Random(seed + 1).sample(manifests["val"], min(val_rows, len(manifests["val"]))),
+        "val_all.jsonl": manifests["val"],  # every validation question: what a budget is chosen on
         "test.jsonl": manifests["test"],
     }
     for name, data in files.items():

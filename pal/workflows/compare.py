@@ -59,20 +59,16 @@ def train(config: Path, seed: int, folder: Path, text_only: bool = False, nproc:
 
 def train_and_evaluate(config: Path, seed: int, folder: Path, manifests: list[Path], batch_size: int,
                        max_new_tokens: int, text_only: Path | None = None, nproc: int = 1,
-                       probe: dict | None = None, evaluator=None) -> None:
+                       probe: dict | None = None) -> None:
     """One run: the curriculum with this seed, then each manifest evaluated with its controls (`text_only`: the
     text-only trained baseline's model folder for this seed; `probe`: `pal probe`'s result on the manifests' clips,
-    for the classification's fraction of its ceiling). `evaluator(model folder, manifest, out JSON, text_only)`
-    replaces `pal eval score`'s answering and scoring (the findings preset scores teacher-forced losses only)."""
+    for the hearing score's fraction of its ceiling)."""
     from pal.eval.evaluate import evaluate
     from pal.inference.audio_llm import AudioLLM, Decoding
 
     final = train(config, seed, folder, nproc=nproc)
     todo = [m for m in manifests if not (folder / f"eval-{m.stem}.json").is_file()]
-    if todo and evaluator is not None:
-        for manifest in todo:
-            evaluator(final, manifest, folder / f"eval-{manifest.stem}.json", text_only)
-    elif todo:
+    if todo:
         llm = AudioLLM.from_pretrained(final)
         baseline = AudioLLM.from_pretrained(text_only) if text_only is not None else None
         for manifest in todo:
@@ -254,12 +250,11 @@ def build_report(out: Path, record: dict, runs: dict, summary: dict, bench: Path
 
 def compare(configs: list[Path], seeds: int, out: Path, manifests: list[Path], bench_preset: str | None = "quick",
             batch_size: int = 8, max_new_tokens: int = 32, nproc: int = 1, text_only_config: Path | None = None,
-            probe: dict | None = None, evaluator=None) -> dict:
+            probe: dict | None = None) -> dict:
     """Train (each run in `nproc` local ranks), evaluate and report; → the record written to `OUT/compare.json`.
     Seed by seed, every config's run of a seed before the next seed's, so that a comparison stopped part-way has
     every config at the same number of seeds. `text_only_config`: the curriculum whose text-only version is the
-    baseline (default: the first config's). `probe`: `pal probe`'s result on the manifests' clips. `evaluator`: see
-    `train_and_evaluate`."""
+    baseline (default: the first config's). `probe`: `pal probe`'s result on the manifests' clips."""
     out = check_writable(out)
     names = [c.stem for c in configs]
     if len(set(names)) != len(names):
@@ -286,7 +281,7 @@ def compare(configs: list[Path], seeds: int, out: Path, manifests: list[Path], b
             folder = run_folder(out, config, seed)
             try:
                 train_and_evaluate(config, seed, folder, manifests, batch_size, max_new_tokens, baselines.get(seed),
-                                   nproc, probe, evaluator)
+                                   nproc, probe)
                 runs[config.stem][seed] = read_run(folder, manifests)
                 record["runs"][config.stem][str(seed)] = {"status": "done", "folder": str(folder)}
             except Exception as err:  # a failed run is reported; the comparison goes on with the others

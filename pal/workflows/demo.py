@@ -73,7 +73,9 @@ def step_data(out: Path, preset: dict, seed: int) -> Path:
     return data
 
 
-def step_sslam(out: Path, data: Path, preset: dict) -> Path:
+def step_sslam(out: Path, data: Path, preset: dict, seed: int = 0) -> Path:
+    """The SSLAM pre-trained on the demo clips (stage 1, then stage 2), exported → its folder. `seed`: the
+    pre-training's (masks, data order, initialisation)."""
     from pal.pretraining.recipe import PretrainConfig, SSLAMPretrainRecipe, export_student
     from pal.training.checkpointing import has_checkpoints, trained_steps
 
@@ -92,6 +94,7 @@ def step_sslam(out: Path, data: Path, preset: dict) -> Path:
         config.optim.max_steps = steps
         config.checkpoint.every = steps
         config.objective = replace(config.objective, stage=stage)
+        config.seed = seed
         if stage == 2:
             config.init = str(runs[1])
         recipe = SSLAMPretrainRecipe(config, run, resume=has_checkpoints(run))
