@@ -71,7 +71,8 @@ def test_report_numbers_are_the_run_folders_numbers(smoke):
             paired = _table_rows(markdown, ["test", task, metric])[1]
             assert paired[3:] == [_expected(list(np.subtract(per[c], per["plits"]))) for c in CONFIGS[1:]]
             checked += 1
-    assert checked >= 2  # accuracy and its yes/no part
+    assert checked >= 3  # accuracy, its yes/no part, and the order-free AUC of the yes/no questions
+    assert _table_rows(markdown, ["test", "qa", "presence_AUC"])  # the hearing score beside the others
     for config in CONFIGS:  # training throughput and memory come from each run's last-stage log
         ends = [[json.loads(line) for line in (smoke / "runs" / config / f"seed{s}" / "stage1-connector" / "log.jsonl")
                  .read_text().splitlines() if '"end"' in line][-1] for s in (0, 1)]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import fill_with_users_files
 
@@ -133,6 +134,12 @@ def test_demo_smoke_writes_a_report_with_the_evaluations_numbers(smoke, capsys):
     audio = json.loads((smoke / "curriculum.json").read_text())
     assert [(s["name"], s["steps"], s["batch_size"]) for s in text_only["stages"]] == \
         [(s["name"], s["steps"], s["batch_size"]) for s in audio["stages"] if s["trainable"] != ["connector"]]
+    # Where the hearing stops: the validation hearing mAP after each stage, at the stages' cumulative steps.
+    curve = json.loads((smoke / "eval" / "curve.json").read_text())
+    assert [c["stage"] for c in curve] == ["stage1-connector", "stage2-closed-qa", "stage3-all"]
+    assert [c["steps"] for c in curve] == list(np.cumsum([s["steps"] for s in audio["stages"]]))
+    assert all(0 <= c["chance"] <= 1 and 0 <= c["hearing_mAP"] <= 1 for c in curve)
+    assert "validation hearing mAP [95% CI]" in report
     for stage in text_only["stages"]:
         for source in stage["data"]:
             assert all("audio" not in json.loads(line) and "<audio>" not in line

@@ -220,6 +220,39 @@ def step_fit(out: Path, data: Path, final: Path, preset: dict) -> dict:
                     Decoding(max_new_tokens=preset["max_new_tokens"]), batch_size=preset["batch"], baseline=False)
 
 
+def step_curve(out: Path, data: Path, final: Path) -> list[dict] | None:
+    """Where the hearing stops: the order-free hearing mAP of every validation scene after each stage of the
+    curriculum (each stage's `final/`), beside chance → [{"stage", "steps", "hearing_mAP", "chance"}], written to
+    `eval/curve.json`; None for a dataset without every validation question (built before `val_all.jsonl`)."""
+    from pal.common.safe_write import atomic_write_json
+    from pal.data.manifest import read_questions
+    from pal.eval.hearing import hearing_metrics, hearing_scores
+    from pal.inference.audio_llm import AudioLLM
+
+    results = out / "eval" / "curve.json"
+    if results.is_file():
+        return json.loads(results.read_text())
+    if not (data / "val_all.jsonl").is_file():
+        return None
+    say(f"[5/6] hearing after each stage: the validation scenes ({data / 'val_all.jsonl'})")
+    examples = [e for e in read_questions(data / "val_all.jsonl") if e.task == "classify"]
+    if not examples:
+        return None
+    curve, steps = [], 0
+    for stage in sorted(final.parent.parent.glob("stage*/final")):
+        log = stage.parent / "log.jsonl"
+        ends = [json.loads(line) for line in log.read_text().splitlines() if '"event": "end"' in line]
+        steps += ends[-1]["step"] if ends else 0
+        found = hearing_metrics(hearing_scores(AudioLLM.from_pretrained(stage), examples)).get("classify")
+        if found is None:  # no class sounds in any validation scene
+            return None
+        found = found["hearing_mAP"]
+        curve.append({"stage": stage.parent.name, "steps": steps, "hearing_mAP": found["value"],
+                      "ci95": found["ci95"], "chance": found["chance"]})
+    atomic_write_json(results, curve)
+    return curve
+
+
 # The fit check's verdict: training scenes below the classification goal's exact-set target are not learned; a test
 # score this far below the training one is not carried over (80 scenes each: about the width of either's interval).
 FIT_LEARNED, FIT_GAP = 0.60, 0.15
@@ -239,8 +272,13 @@ def fit_sentence(fit: dict, result: dict) -> str:
         verdict = "it learned its training scenes but carries less of it to recordings it never heard"
     else:
         verdict = "it learned its training scenes and carries that to recordings it never heard"
-    return (f"Fit: the exact label set of {trained['n']} training scenes {metric_cell(trained)}, of the held-out test "
+    said = (f"Fit: the exact label set of {trained['n']} training scenes {metric_cell(trained)}, of the held-out test "
             f"scenes {metric_cell(held_out)}; {verdict}.")
+    heard = [found["tasks"]["classify"]["metrics"].get("hearing_mAP") for found in (fit, result)]
+    if all(heard):  # the same order-free score on both: what the model learned against what it carries over
+        said += (f" The order-free hearing mAP of the training scenes {metric_cell(heard[0])}, of the test scenes "
+                 f"{metric_cell(heard[1])} (chance {heard[0]['chance']:.3f} and {heard[1]['chance']:.3f}).")
+    return said
 
 
 def probe_sentence(result: dict) -> str:
@@ -323,8 +361,9 @@ def step_export(out: Path, final: Path) -> Path:
     return export_model(final, model)
 
 
-def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, preset_name: str, seconds: float):
-    from pal.eval.report import Image, Section, Table, metrics_table, reliance_table, write_report
+def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, preset_name: str, seconds: float,
+                curve: list[dict] | None = None):
+    from pal.eval.report import Image, Section, Table, metric_cell, metrics_table, reliance_table, write_report
 
     card = json.loads((data / "card.json").read_text())
     curves = sorted((out / "curriculum").glob("stage*/loss.png"))
@@ -350,7 +389,13 @@ def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, pre
              "and with another clip's; the gap is the second minus the first. A task whose gap is near zero is "
              "answered from the question and the data's prior, however good its score."),
             reliance_table(result["reliance"])] if result.get("reliance") else ["not measured"]),
-        Section("Training", [Image(p, p.parent.name) for p in curves]),
+        Section("Training", [Image(p, p.parent.name) for p in curves] + ([
+            "The order-free hearing mAP of the validation scenes after each stage (each class's likelihood as the "
+            "answer, ranked over the scenes; chance is each class's prevalence): where the model's hearing grows "
+            "and where it stops.",
+            Table(["after stage", "steps so far", "validation hearing mAP [95% CI]", "chance"],
+                  [[c["stage"], str(c["steps"]), metric_cell({"value": c["hearing_mAP"], "ci95": c["ci95"]}),
+                    f"{c['chance']:.3f}"] for c in curve])] if curve else [])),
         Section("Examples from the test split", [Table(["clip", "question", "what it holds", "gold", "answer",
                                                         "with another clip's audio", "text-only trained model"],
                                                        examples(out, data))]),
@@ -374,8 +419,9 @@ def run_demo(args) -> int:
     probe = step_probe(out, data, encoders, features)
     result = step_eval(out, data, final, preset, text_only, workers=args.nproc, probe=probe)
     fit = step_fit(out, data, final, preset)
+    curve = step_curve(out, data, final)
     model = step_export(out, final)
-    md, page = step_report(out, data, result, fit, final, args.preset, time.time() - start)
+    md, page = step_report(out, data, result, fit, final, args.preset, time.time() - start, curve)
     say("[6/6] report: " + f"{md} and {page}")
     say("")
     from pal.eval.report import metrics_table
