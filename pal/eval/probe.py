@@ -59,8 +59,8 @@ def pooled_features(cache: FeatureCache, clips: list[str], batch: int = 64) -> d
     return {name: np.concatenate(p) for name, p in parts.items()}
 
 
-LINEAR_C = (0.001, 0.01, 0.1, 1.0)  # inverse L2 strength of the logistic read-out, chosen by cross-validation
-MLP_ALPHA = (1e-3, 1e-1, 1.0)  # L2 strength of the MLP read-out, chosen by cross-validation
+LINEAR_C = (0.001, 0.01, 0.1, 1.0, 10.0)  # inverse L2 strength of the logistic read-out, chosen by cross-validation
+MLP_ALPHA = (1e-3, 1e-1, 1.0, 10.0)  # L2 strength of the MLP read-out, chosen by cross-validation
 MLP_HIDDEN = 256
 FOLDS = 3  # cross-validation folds: the fits are the probe's cost (a few hundred per encoder)
 
