@@ -88,15 +88,25 @@ READOUTS = {"linear": (_linear, "C", LINEAR_C), "mlp": (_mlp, "alpha", MLP_ALPHA
 def _fit_scores(make, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
     """A read-out fitted on the classes that vary in training → per-class probabilities [n_test, L] (a class always,
     or never, present in training scores that constant)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
     varying = y_train.min(0) != y_train.max(0)
     scores = np.tile(y_train[0].astype(float), (len(x_test), 1))
     model = make()
     if "batch_size" in model.get_params():
         model.set_params(batch_size=len(x_train))
-    if varying.sum() == 1:  # one class: a binary read-out (a one-column target would be read as binary anyway)
-        scores[:, varying] = model.fit(x_train, y_train[:, varying].ravel().astype(int)).predict_proba(x_test)[:, 1:]
-    elif varying.any():
-        scores[:, varying] = model.fit(x_train, y_train[:, varying].astype(int)).predict_proba(x_test)
+    # An MLP stopped at its iteration limit is an early-stopped one: the cross-validated mAP judges it, so the
+    # library's warning (a screenful per probe) says nothing the probe's figures do not.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if varying.sum() == 1:  # one class: a binary read-out (a one-column target would be read as binary anyway)
+            found = model.fit(x_train, y_train[:, varying].ravel().astype(int)).predict_proba(x_test)[:, 1:]
+        else:
+            found = model.fit(x_train, y_train[:, varying].astype(int)).predict_proba(x_test) if varying.any() else None
+    if found is not None:
+        scores[:, varying] = found
     return scores
 
 
