@@ -105,25 +105,25 @@ def hearing_scores(llm, examples: list[Example], heard: dict[str, str | None] | 
             by_clip.setdefault(heard.get(e.id, e.audio) if with_audio else None, []).append(
                 (e.prompt, word, ("yes_no", q, k)))
     log_likelihood = {"class": np.zeros((len(items), len(classes))), "yes_no": np.zeros((len(questions), 4))}
-    memo: dict[str, float] = {}  # without audio, a row scores the same whichever clip it is about
     for clip, rows in by_clip.items():
         features = None
         if clip is not None:
             features, bad = llm.file_features([clip])
             if bad:
                 raise AudioError(next(iter(bad.values())))
-        keys = [json.dumps([llm.conversation(prompt, with_audio), answer]) for prompt, answer, _ in rows]
-        known = memo if clip is None else {}
-        todo = list({key: row for key, row in zip(keys, rows) if key not in known}.items())  # each distinct row once
-        for start in range(0, len(todo), ROWS_PER_PASS):
-            part = todo[start : start + ROWS_PER_PASS]
-            conversations = [llm.conversation(prompt, with_audio) + [{"role": "assistant", "content": answer}]
-                             for _, (prompt, answer, _) in part]
-            losses = answer_losses_about_one_clip(llm, conversations, features,
-                                                  [lengths[answer] for _, (_, answer, _) in part])
-            known.update({key: -loss for (key, _), loss in zip(part, losses.tolist())})
+        # Each distinct row once: without audio every row is in one group, and a class asked of any clip is one row.
+        conversations = [llm.conversation(prompt, with_audio) + [{"role": "assistant", "content": answer}]
+                         for prompt, answer, _ in rows]
+        keys = [json.dumps(c) for c in conversations]
+        distinct = {key: (c, row[1]) for key, c, row in zip(keys, conversations, rows)}
+        scored: dict[str, float] = {}
+        for start in range(0, len(distinct), ROWS_PER_PASS):
+            part = list(distinct)[start : start + ROWS_PER_PASS]
+            losses = answer_losses_about_one_clip(llm, [distinct[k][0] for k in part], features,
+                                                  [lengths[distinct[k][1]] for k in part])
+            scored.update({key: -loss for key, loss in zip(part, losses.tolist())})
         for key, (_, _, (kind, i, j)) in zip(keys, rows):
-            log_likelihood[kind][i, j] = known[key]
+            log_likelihood[kind][i, j] = scored[key]
     words = log_likelihood["yes_no"]
     return HearingScores(
         clips=[str(Path(e.audio).resolve()) for e in items], classes=classes, scores=log_likelihood["class"],

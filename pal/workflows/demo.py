@@ -173,8 +173,9 @@ def step_probe(out: Path, data: Path, encoders, features: Path) -> dict:
     from pal.eval.probe import run_probe
 
     results = check_writable(out / "eval") / "probe.json"
-    if results.is_file() and all("scores" in e for e in json.loads(results.read_text())["encoders"].values()):
-        return json.loads(results.read_text())
+    found = json.loads(results.read_text()) if results.is_file() else None
+    if found and all("scores" in e for e in found["encoders"].values()):
+        return found
     say(f"[5/6] probe ceiling of the encoders (linear and MLP read-outs, tuned by cross-validation): fitted on "
         f"{data / 'train.jsonl'}, tested on {data / 'test.jsonl'}")
     found = run_probe(features, encoders, data / "train.jsonl", data / "test.jsonl")
