@@ -101,8 +101,8 @@ class LALConfig:
         ViT-B encoder; see `LALProjection`).
     projection_rank: the rank of each layer's correction when `projection="lowrank"`.
     recompute_audio: in training, keep only each audio layer's keys/values and recompute P_l, the layer's norm and its
-        k/v projections in the backward pass (at N_a = 512 on SmolLM2: 528 instead of 730 MB of peak step memory for
-        an 11 % longer step, `pal bench efficiency`'s lal vs lal_stored).
+        k/v projections in the backward pass: less peak memory for a longer step (`pal bench efficiency`'s lal
+        against lal_stored; docs/efficiency.md gives both).
     """
 
     route: ClassVar[str] = "lal"

@@ -90,7 +90,13 @@ class PALPreTrainedModel(PreTrainedModel):
 
 
 class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
-    """The audio LLM: `self.llm` (any supported HF causal LM) plus `self.plits` and/or `self.lal` connectors."""
+    """The audio LLM: `self.llm` (any supported HF causal LM) plus `self.plits` and/or `self.lal` connectors.
+
+    An `llm` passed in is taken over, not copied (a copy would hold a large LLM twice), as PEFT's `get_peft_model`
+    takes over its model: it becomes `self.llm`, its attention implementation becomes LAL's (`enable_lal_attention`,
+    which without audio computes what the one it replaces computes), LoRA adapters are attached to it when
+    `config.lora` asks, and cross-attention layers are hooked into it when a route needs them. Pass
+    `copy.deepcopy(llm)` to keep a bare one."""
 
     def __init__(self, config: PALConfig, llm: nn.Module | None = None):
         super().__init__(config)

@@ -33,9 +33,31 @@ from pal import PALConfig, PALForConditionalGeneration
 from pal.presets import with_settings
 
 VOCAB = 97
-# The shared fixtures live in ../shared beside the checkout (CI puts them there); PAL_SHARED overrides.
+# The official implementations' outputs are too large for the repository (181 MB); they live in ../shared/fixtures
+# beside the checkout, where CI puts them, and PAL_SHARED names another folder that holds fixtures/.
 SHARED = Path(os.environ.get("PAL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL_FIXTURES = {
+    "sslam_reference": "the official SSLAM inference code's fbanks, block outputs and tokens for a random-weight "
+                       "encoder (its checkpoint included)",
+    "sslam_pretrain_reference": "one SSLAM pre-training step of the official code (weights, random draws, "
+                                "targets, losses and gradients)",
+}
+
+
+def official_fixture(name: str) -> Path:
+    """The folder of one official fixture; absent, the test is skipped with the reason in the summary, or fails
+    where PAL_REQUIRE_FIXTURES is set (CI has the fixtures, so a skip there would hide a lost parity test)."""
+    folder = SHARED / "fixtures" / name
+    if folder.is_dir():
+        return folder
+    reason = (f"parity test skipped: it needs {OFFICIAL_FIXTURES[name]}, and {folder} is absent. These fixtures are "
+              "not in the repository (181 MB of official outputs); set PAL_SHARED to the folder holding fixtures/ "
+              "(default: ../shared beside the checkout)")
+    if os.environ.get("PAL_REQUIRE_FIXTURES"):
+        pytest.fail(reason.replace("parity test skipped", "PAL_REQUIRE_FIXTURES is set") + ".", pytrace=False)
+    pytest.skip(reason)
+
 
 
 def run_pal(*args, nproc: int = 1, wait: bool = True, port: int = 29500, cwd: Path = ROOT, check: bool = True):

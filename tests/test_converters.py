@@ -130,3 +130,30 @@ def test_a_file_that_cannot_be_read_or_an_unknown_pattern_column_is_named(tmp_pa
     assert main(["data", "convert", "clotho", str(tmp_path / "bin.csv"), "--out", str(tmp_path / "m.jsonl")]) == 2
     assert "bin.csv: not UTF-8 text (byte 128" in capsys.readouterr().err
     assert not (tmp_path / "m.jsonl").exists()  # nothing written for a file that could not be read
+
+
+def test_a_converted_dataset_folder_moves_with_its_manifest_and_trains_from_there(tmp_path, audio, curriculum_env):
+    """Audio inside the manifest's folder is written relative to it (the folder moved elsewhere still trains);
+    audio outside it stays absolute."""
+    import shutil
+
+    from conftest import curriculum_dict, tone, train_in_process, write_yaml
+
+    dataset = tmp_path / "dataset"
+    (dataset / "clips").mkdir(parents=True)
+    for name, freq in (("low.wav", 220), ("high.wav", 880)):
+        tone(dataset / "clips" / name, freq)
+    (dataset / "captions.csv").write_text("file_name,caption_1\nlow.wav,A low tone.\nhigh.wav,A high tone.\n")
+    assert main(["data", "convert", "clotho", str(dataset / "captions.csv"), "--audio-dir", str(dataset / "clips"),
+                 "--out", str(dataset / "train.jsonl")]) == 0
+    assert [r["audio"] for r in _rows(dataset / "train.jsonl")] == ["clips/low.wav", "clips/high.wav"]
+    (dataset / "elsewhere.csv").write_text("file_name,caption_1\na.wav,Birds sing.\n")
+    assert main(["data", "convert", "clotho", str(dataset / "elsewhere.csv"), "--audio-dir", str(audio),
+                 "--out", str(dataset / "elsewhere.jsonl")]) == 0
+    assert [r["audio"] for r in _rows(dataset / "elsewhere.jsonl")] == [str(audio / "a.wav")]
+
+    moved = shutil.move(dataset, tmp_path / "another-machine" / "dataset")
+    config = curriculum_dict(curriculum_env, stages=1, steps=2, batch_size=2, val_manifest=None, num_samples=0,
+                             checkpoint_every=2, data=[{"manifest": str(moved / "train.jsonl")}])
+    (stage,) = train_in_process(write_yaml(tmp_path / "c.yaml", config), tmp_path / "run")
+    assert stage["steps"] == 2 and stage["bad_samples"] == 0 and stage["set_aside"] == 0

@@ -175,7 +175,7 @@ def test_batched_answers_equal_single_answers(curriculum_env, clips, connector):
     several questions sharing one encoding give the tokens of the batch with the clip repeated."""
     from transformers import LlamaForCausalLM
 
-    from pal import PALConfig, PALForConditionalGeneration
+    from pal import PALConfig, PALForConditionalGeneration, PALProcessor
     from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from pal.inference.audio_llm import AudioLLM, Decoding
     from pal.llm import load_tokenizer
@@ -187,7 +187,7 @@ def test_batched_answers_equal_single_answers(curriculum_env, clips, connector):
     llm = LlamaForCausalLM.from_pretrained(curriculum_env / "llm")
     model = PALForConditionalGeneration(PALConfig(text_config=llm.config.to_dict(), encoder_dims=ensemble.dims,
                                                   **CONNECTORS[connector]), llm=llm)
-    audio_llm = AudioLLM(model, load_tokenizer(curriculum_env / "llm"), ensemble)
+    audio_llm = AudioLLM(model, PALProcessor(load_tokenizer(curriculum_env / "llm"), model.config, ensemble=ensemble))
     questions = ["Describe the sound.", "Is there a bell? Answer yes or no.", "How many sounds are there?"]
     decoding = Decoding(max_new_tokens=6)
     model.generation_config.min_new_tokens = 6
@@ -206,7 +206,7 @@ def test_batched_answers_equal_single_answers(curriculum_env, clips, connector):
 
 
 def test_encoders_recorded_with_the_model_are_checked(trained_tiny, tmp_path):
-    from pal import PALForConditionalGeneration
+    from pal import PALForConditionalGeneration, PALProcessor
     from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from pal.inference.audio_llm import AudioLLM
     from pal.llm import load_tokenizer
@@ -226,7 +226,7 @@ def test_encoders_recorded_with_the_model_are_checked(trained_tiny, tmp_path):
                                                                                   "preset": "small"}}}))
     model = PALForConditionalGeneration.from_pretrained(trained_tiny)
     with pytest.raises(ValueError, match=r"built for encoders \{'sslam': 128\}.*given are \{'sslam': 384\}"):
-        AudioLLM(model, load_tokenizer(trained_tiny), other)
+        AudioLLM(model, PALProcessor(load_tokenizer(trained_tiny), model.config, ensemble=other))
 
 
 def test_device_map_auto_loads_on_cpu_with_the_same_answers(trained_tiny, curriculum_env):

@@ -169,3 +169,26 @@ def test_explicit_layer_list_injects_only_there():
         ours = model(input_ids=ids, audio=audio, output_hidden_states=True).hidden_states
         ref = bare(input_ids=ids, output_hidden_states=True).hidden_states
     assert torch.equal(ours[1], ref[1]) and not torch.allclose(ours[2], ref[2])
+
+
+def test_a_wrapped_llm_is_taken_over_as_the_docstring_says_and_a_deep_copy_stays_bare():
+    """PALForConditionalGeneration's docstring: the LLM passed in becomes `model.llm` (no second copy in memory), its
+    attention implementation becomes LAL's and LoRA is attached to it; a `copy.deepcopy` taken first stays bare."""
+    import copy
+
+    from conftest import tiny_llm
+
+    from pal import PALConfig, PALForConditionalGeneration
+
+    llm = tiny_llm("llama")
+    llm.config._attn_implementation = "sdpa"
+    kept = copy.deepcopy(llm)
+    config = PALConfig(text_config=llm.config.to_dict(), encoder_dims={"sslam": 24}, connector="lal",
+                       lal_config={"start_layer": 1}, lora={"r": 2, "alpha": 4, "target_modules": ["q_proj"]})
+    model = PALForConditionalGeneration(config, llm=llm)
+    assert model.llm is llm and llm.config._attn_implementation == "lal_sdpa"
+    assert any("lora_A" in name for name, _ in llm.named_parameters())
+    assert kept.config._attn_implementation == "sdpa" and not any("lora" in n for n, _ in kept.named_parameters())
+    ids = torch.tensor(random_texts([9]))
+    with torch.no_grad():  # LoRA starts as the identity (lora_B = 0) and LAL without audio is plain attention
+        assert torch.equal(model(input_ids=ids).logits, kept(input_ids=ids).logits)

@@ -1,4 +1,5 @@
-"""`pal sslam extract` end to end: audio files → .npz matching the official reference features."""
+"""`pal sslam extract` end to end: audio files → .npz matching the official reference features; its handling of bad
+files and a full disk, with a tiny random encoder of our own (plumbing, so it runs on a clone alone)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from conftest import SHARED
+import torch
+from conftest import SHARED, official_fixture
+from safetensors.torch import save_file
 
 from pal.cli.main import main
+from pal.encoders.sslam.model import PRESETS, SSLAMEncoder
 
 FIXTURE = SHARED / "fixtures" / "sslam_reference"
 
 
 def _write_inputs(tmp_path):
-    inputs = np.load(FIXTURE / "inputs.npz")
+    inputs = np.load(official_fixture("sslam_reference") / "inputs.npz")
     paths = []
     for name in inputs["names"]:
         path = tmp_path / f"{name}.wav"
@@ -23,9 +27,21 @@ def _write_inputs(tmp_path):
     return paths
 
 
+def _tiny_checkpoint_and_clips(tmp_path) -> tuple[str, list[str]]:
+    """A random 2-block SSLAM encoder's safetensors and two noise clips (2 s and 3 s)."""
+    torch.manual_seed(0)
+    save_file(SSLAMEncoder(PRESETS["tiny"]).state_dict(), str(tmp_path / "tiny.safetensors"))
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, seconds in (("first", 2.0), ("second", 3.0)):
+        soundfile.write(tmp_path / f"{name}.wav", rng.normal(scale=0.1, size=int(16000 * seconds)), 16000)
+        paths.append(str(tmp_path / f"{name}.wav"))
+    return str(tmp_path / "tiny.safetensors"), paths
+
+
 def test_extract_tokens_and_pooled(tmp_path):
-    ref = np.load(FIXTURE / "reference_outputs.npz")
     paths = _write_inputs(tmp_path)
+    ref = np.load(FIXTURE / "reference_outputs.npz")
     ckpt = str(FIXTURE / "encoder_state_dict.safetensors")
     assert main(["sslam", "extract", "--checkpoint", ckpt, "--audio", *paths, "--out", str(tmp_path / "t.npz")]) == 0
     tokens = np.load(tmp_path / "t.npz")
@@ -44,11 +60,10 @@ def test_extract_tokens_and_pooled(tmp_path):
 def test_extract_writes_the_good_files_lists_the_bad_and_exits_non_zero(tmp_path, capsys):
     """One corrupt file and one clip shorter than a 25 ms fbank frame among good ones: the good ones are written, the
     bad ones listed with their reason, exit status 1 (before: nothing written, or a bare ValueError)."""
-    good = _write_inputs(tmp_path)
+    ckpt, good = _tiny_checkpoint_and_clips(tmp_path)
     (tmp_path / "broken.wav").write_bytes(b"not audio at all")
     soundfile.write(tmp_path / "blip.wav", np.zeros(200, dtype=np.float32), 16000)  # 12.5 ms
     paths = [good[0], str(tmp_path / "broken.wav"), good[1], str(tmp_path / "blip.wav")]
-    ckpt = str(FIXTURE / "encoder_state_dict.safetensors")
     assert main(["sslam", "extract", "--checkpoint", ckpt, "--audio", *paths, "--out", str(tmp_path / "x.npz")]) == 1
     err = capsys.readouterr().err
     assert "broken.wav: unreadable or corrupt audio" in err
@@ -71,8 +86,7 @@ def test_extract_checks_the_output_before_encoding(tmp_path, capsys):
 def test_full_disk_is_said_in_words_and_keeps_the_earlier_file(tmp_path, capsys, monkeypatch):
     import errno
 
-    paths = _write_inputs(tmp_path)
-    ckpt = str(FIXTURE / "encoder_state_dict.safetensors")
+    ckpt, paths = _tiny_checkpoint_and_clips(tmp_path)
     out = tmp_path / "x.npz"
     out.write_bytes(b"an earlier result")
 

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, official_fixture
 
 from pal.encoders.kaldi_fbank import kaldi_fbank, mel_banks
 from pal.encoders.sslam.checkpoint import load_sslam
@@ -31,8 +31,7 @@ FIXTURE = SHARED / "fixtures" / "sslam_reference"
 
 @pytest.fixture(scope="module")
 def fixture():
-    if not FIXTURE.is_dir():
-        pytest.fail(f"the SSLAM parity fixture is missing at {FIXTURE}: CI checks out ../shared beside the repo")
+    official_fixture("sslam_reference")
     inputs = np.load(FIXTURE / "inputs.npz")
     ref = np.load(FIXTURE / "reference_outputs.npz")
     names = [str(n) for n in inputs["names"]]
@@ -42,6 +41,7 @@ def fixture():
 
 @pytest.fixture(scope="module")
 def encoder():
+    official_fixture("sslam_reference")
     return load_sslam(FIXTURE / "encoder_state_dict.safetensors")
 
 

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, official_fixture
 from safetensors.torch import load_file
 
 from pal.encoders.sslam.model import SSLAMConfig
@@ -23,8 +23,7 @@ FIXTURE = SHARED / "fixtures" / "sslam_pretrain_reference"
 
 @pytest.fixture(scope="module")
 def reference():
-    if not FIXTURE.is_dir():
-        pytest.fail(f"the SSLAM pre-training fixture is missing at {FIXTURE}")
+    official_fixture("sslam_pretrain_reference")
     ref = np.load(FIXTURE / "reference_outputs.npz")
     meta = json.loads(str(ref["meta_json"]))
     return np.load(FIXTURE / "inputs.npz"), np.load(FIXTURE / "random_draws.npz"), ref, meta

@@ -14,8 +14,8 @@ so nothing one variant allocated is counted for another:
     profiler, which records every allocation and free of the CPU allocator with its running total (`tensor_peak_mb`);
   - peak_rss_mb (CPU): the same step seen by the operating system, the kernel's peak resident set (VmHWM) reset just
     before it, with glibc told to map and unmap every block above 64 KiB so that freed memory leaves the resident set
-    (`StepMemory`). It adds what is not a tensor (allocator and library buffers, about 250-300 MB here, about the same
-    for every variant) and varies by some 10 % between runs;
+    (`StepMemory`). It adds what is not a tensor (allocator and library buffers, about the same for every variant,
+    docs/efficiency.md) and varies between runs;
   - prefill_s (the prompt pass) and decode_token_s (one cached decoding step), medians.
 Paired runs: in each of `pairs` rounds every variant runs back to back (the order reversed every other round, so a
 drift in machine load does not favour one side), each ratio to PLITS is taken within the round, and the report

@@ -56,12 +56,12 @@ def _clips(folder: Path, count: int, seconds: float) -> list[Path]:
 
 def measure(connector: str, clips: list[Path], questions: int, repeats: int, setting: dict, ensemble,
             tokenizer) -> dict:
-    from pal import PALForConditionalGeneration
+    from pal import PALForConditionalGeneration, PALProcessor
     from pal.inference.audio_llm import AudioLLM, Decoding
 
     torch.manual_seed(0)
     model = PALForConditionalGeneration.from_llm(setting["llm"], encoder_dims=ensemble.dims, **CONNECTORS[connector])
-    llm = AudioLLM(model, tokenizer, ensemble)
+    llm = AudioLLM(model, PALProcessor(tokenizer, model.config, ensemble=ensemble))
     decoding = Decoding(max_new_tokens=setting["new_tokens"])
     model.generation_config.min_new_tokens = decoding.max_new_tokens  # every variant generates as many tokens
     asked = [f"Question {i}: what do you hear?" for i in range(questions)]

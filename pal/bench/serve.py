@@ -36,7 +36,7 @@ PRESETS = {"full": {"sslam": "vitb", "llm": None, "seconds": 4.0},
 
 
 def _model(preset: str, folder: str | None):
-    from pal import PALConfig, PALForConditionalGeneration
+    from pal import PALConfig, PALForConditionalGeneration, PALProcessor
     from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
     from pal.inference.audio_llm import AudioLLM
     from pal.llm import load_llm, load_tokenizer, tiny_llama
@@ -54,7 +54,7 @@ def _model(preset: str, folder: str | None):
         llm, start = load_llm(setting["llm"]), 4
     config = PALConfig(text_config=llm.config.to_dict(), encoder_dims=ensemble.dims,
                        **connector_preset("lal", lal_config={"start_layer": start}))
-    return AudioLLM(PALForConditionalGeneration(config, llm=llm), tokenizer, ensemble)
+    return AudioLLM(PALForConditionalGeneration(config, llm=llm), PALProcessor(tokenizer, config, ensemble=ensemble))
 
 
 def _clip_payloads(count: int, seconds: float) -> list[str]:

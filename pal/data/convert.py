@@ -20,6 +20,17 @@ def formats() -> dict:
     return FORMATS | CONVERTERS
 
 
+def portable_audio(row: dict, folder: Path) -> dict:
+    """`row` with its absolute audio path made relative to `folder` (the manifest's) when the file lies inside it, so
+    the dataset folder can move with its manifest; audio elsewhere stays absolute, so the manifest alone can move."""
+    audio = row.get("audio")
+    if isinstance(audio, str) and os.path.isabs(audio):
+        relative = os.path.relpath(audio, folder)
+        if relative != os.curdir and not relative.startswith(os.pardir + os.sep) and relative != os.pardir:
+            return {**row, "audio": relative}
+    return row
+
+
 def convert(kind: str, source: str | Path, out: str | Path, audio_dir: str | Path, check_audio: bool = True,
             **options) -> dict:
     """Convert `source` to the manifest `out`; rows that cannot be converted, or that our validation refuses, are
@@ -32,9 +43,10 @@ def convert(kind: str, source: str | Path, out: str | Path, audio_dir: str | Pat
     source, out = Path(source), Path(out)
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist.")
-    # Audio paths are written absolute: a manifest's relative paths mean its own folder, not the working directory
-    # that `--audio-dir` (and a LibriSpeech split folder) was given against.
+    # The converters resolve audio against the working directory that `--audio-dir` (and a LibriSpeech split folder)
+    # was given in; the manifest then holds them relative to its own folder, where it can (`portable_audio`).
     rows, rejected = known[kind](Path(os.path.abspath(source)), Path(os.path.abspath(audio_dir)), **options)
+    rows = [portable_audio(row, Path(os.path.abspath(out.parent))) for row in rows]
     rejected = [(f"{source.name} {where}", why) for where, why in rejected]
     reasons = Counter(why for _, why in rejected)
     check_writable(out.parent)

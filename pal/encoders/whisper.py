@@ -5,8 +5,8 @@ the real audio, ceil(samples / 320), so the padding of a short clip never reache
 `long_audio`: its first 30 s ("truncate") or every 30 s window, their real tokens concatenated ("split").
 
 `context_seconds` < 30 encodes shorter windows (whisper.cpp's "audio_ctx"): the positional table is cut to the window
-and the features padded to it instead of 30 s. Much faster for short clips (a 4 s window: 7× on this CPU), at some
-distance from the 30 s encoding the model was trained with (cosine 0.96 on espeak speech); 30 is exact.
+and the features padded to it instead of 30 s: the encoder's cost falls with the window, at some distance from the
+30 s encoding the model was trained with (docs/encoders.md measures both); 30 is exact.
 
 Notation: B clips, N tokens (1500 for 30 s), D width.
 """

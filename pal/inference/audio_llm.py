@@ -58,9 +58,9 @@ class Decoding:
 class StopOnText(StoppingCriteria):
     """A stopping criterion: a row ends once its generated text holds one of `stops`.
 
-    Hugging Face's `stop_strings` builds a matcher over the whole vocabulary for every new set of strings (on
-    SmolLM2's 49k tokens: 4 s for four strings of 64 characters, 17 s for one of 2,000), a cost a server would pay
-    per request; decoding each row's last tokens costs microseconds a step. A character is at most 4 UTF-8 bytes
+    Hugging Face's `stop_strings` builds a matcher over the whole vocabulary for every new set of strings, a cost
+    a server would pay per request (docs/serving.md, "What one request may cost"); decoding each row's last tokens
+    is cheap. A character is at most 4 UTF-8 bytes
     and a byte-level token at least one byte, so a stop string of L characters lies within the last 4L + 1 tokens."""
 
     def __init__(self, tokenizer, stops: tuple[str, ...], prompt_length: int):
@@ -78,16 +78,24 @@ FEATURE_MEMO = 512  # files whose encoder outputs an AudioLLM keeps (`file_featu
 
 
 class AudioLLM:
-    def __init__(self, model: PALForConditionalGeneration, tokenizer, ensemble: AudioEncoderEnsemble | None,
-                 folder: str | Path | None = None):
+    """A model with its processor (tokenizer, chat template, encoders), ready to answer questions about audio.
+
+    What a user calls: `from_pretrained`, `ask`, `ask_many`, `ask_batch` (and `conversation` to build a prompt).
+    Below them, the batched parts that `pal eval` and `pal serve` build on: `features` / `file_features` (clips →
+    encoder outputs), `generate` / `generate_ids` / `chat` / `read_answer` (batches → answers), and
+    `generate_about_one_clip` / `shared_prefix` / `prefix_cache` (a clip's questions with their shared prompt run
+    once)."""
+
+    def __init__(self, model: PALForConditionalGeneration, processor: PALProcessor, folder: str | Path | None = None):
+        ensemble = processor.ensemble
         if ensemble is not None and ensemble.dims != model.config.encoder_dims:
             raise ValueError(
                 f"the model {folder or ''} was built for encoders {model.config.encoder_dims} ({{name: width}}), but "
                 f"the encoders given are {ensemble.dims}: use the encoders it was trained with."
             )
         self.model, self.ensemble, self.folder = model.eval(), ensemble, folder
-        # The one examples → batch path (pal/processing_pal.py): audio read and encoded, prompts templated, padded.
-        self.processor = PALProcessor(tokenizer, model.config, padding_side="left", ensemble=ensemble)
+        # The one examples → batch path (pal/processing_pal.py), left-padded to generate.
+        self.processor = processor if processor.padding_side == "left" else processor.with_settings(padding_side="left")
         self._memo: OrderedDict[str, dict] = OrderedDict()  # file → its encoder outputs (`file_features`)
 
     @classmethod
@@ -98,23 +106,23 @@ class AudioLLM:
         encoders: an ensemble YAML (or its loaded config), for folders without `encoders.json`; device_map: e.g.
         "auto" for accelerate.
         """
-        from transformers import AutoTokenizer
-
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not a model folder (no config.json): pass a stage's final/ folder.")
-        if isinstance(encoders, EnsembleConfig):
-            config = encoders
-        else:
-            config = EnsembleConfig.from_yaml(encoders) if encoders else read_ensemble_record(folder)[0]
+        settings = {"padding_side": "left"}
+        if encoders is not None:
+            config = encoders if isinstance(encoders, EnsembleConfig) else EnsembleConfig.from_yaml(encoders)
+            settings["ensemble"] = AudioEncoderEnsemble(config)
+        processor = PALProcessor.from_pretrained(folder, **settings)  # the one loader of a folder's tokenizer, encoders
+        if processor.ensemble is None:
+            read_ensemble_record(folder)  # raises: the folder names no encoders, and what to pass instead
         from .export import ADAPTER_RECORD, load_adapter_export
 
         if (folder / ADAPTER_RECORD).is_file():  # an adapter-only export
             model = load_adapter_export(folder, dtype)
         else:
             model = PALForConditionalGeneration.from_pretrained(folder, dtype=dtype, device_map=device_map)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        return cls(model, tokenizer, AudioEncoderEnsemble(config), folder)
+        return cls(model, processor, folder)
 
     @property
     def device(self) -> torch.device:

@@ -32,7 +32,7 @@ class RequestLimits:
     """What one request may ask, checked before any work starts; `pal serve` options set them."""
 
     max_stop_chars: int = 64  # each stop string: generation's stop-string matcher is built per request, its cost
-    #                           growing with the strings' length (2,000 characters took 17 s of the one worker)
+    #                           growing with the strings' length (docs/serving.md)
     max_stops: int = 4  # stop strings per request (OpenAI's limit)
     max_prompt_chars: int = 32_000  # all messages' text together, counted before anything tokenizes it
     max_messages: int = 256

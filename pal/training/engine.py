@@ -25,7 +25,7 @@ def free_port() -> int:
 
 def native_bf16() -> bool:
     """Whether bf16 runs at full speed here: a CUDA GPU with bf16, or a CPU whose oneDNN has bf16 kernels (AVX-512 /
-    AMX). Elsewhere torch emulates bf16 matmuls: on an AVX2-only EPYC a bf16 matmul is 50x slower than fp32."""
+    AMX). Elsewhere torch emulates bf16 matmuls, many times slower than fp32 (docs/training.md)."""
     if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

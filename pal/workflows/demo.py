@@ -59,9 +59,8 @@ def step_data(out: Path, preset: dict, seed: int) -> Path:
         say(f"[1/6] dataset: {data} is there")
         return data
     say(f"[1/6] dataset: building {preset['clips']} scenes in {data}")
-    # In a fresh child process: building the scenes in this process left the curriculum's steps 5x slower afterwards
-    # on this CPU (measured: 20 s/step instead of 4 s), and a child process gives its memory back. Its errors are
-    # raised here.
+    # In a fresh child process: building the scenes in this process left the curriculum's later steps several times
+    # slower (docs/efficiency.md), and a child process gives its memory back. Its errors are raised here.
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 

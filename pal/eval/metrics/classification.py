@@ -45,7 +45,7 @@ def nearest_labels(answers: list[str], label_set: list[str]) -> tuple[list[str],
 
 def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
     """scikit-learn's `average_precision_score` of one class (truth, scores [n]; at least one positive), written out
-    because the bootstraps call it tens of thousands of times and the library's checks cost 2 ms a call: the sum over
+    because the bootstraps call it tens of thousands of times and the library's input checks cost more than this: the sum over
     the distinct scores, highest first, of the recall gained there times the precision there (tied clips counted
     together, so a score that ties every clip gets the prevalence)."""
     order = np.argsort(-scores, kind="stable")
