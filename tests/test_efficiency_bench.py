@@ -146,3 +146,25 @@ def test_gpu_preset_on_a_machine_without_cuda_says_so(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device"):
         main(["bench", "efficiency", "--preset", "gpu"])
+
+
+def test_the_curriculum_configuration_is_measured_apart_from_the_papers(capsys, tmp_path):
+    """`--regimes paper curriculum`: each variant measured in both configurations and each ratio taken within one.
+    The curriculum's PLITS holds N_a / 4 audio tokens in its sequence (mlp_downsample 4) and only the connector
+    trains; the paper's PLITS holds all N_a and everything trains."""
+    assert main(["bench", "efficiency", "--preset", "tiny", "--audio-tokens", "32", "--pairs", "1", "--variants", "lal",
+                 "--regimes", "paper", "curriculum", "--json", "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {(r["regime"], r["variant"]): r for r in report["results"]}
+    assert sorted(rows) == [("curriculum", "lal"), ("curriculum", "plits"), ("paper", "lal"), ("paper", "plits")]
+    assert rows[("paper", "plits")]["sequence_tokens"] == 32 + 16 and rows[("curriculum", "plits")]["sequence_tokens"] == 8 + 16
+    assert rows[("paper", "lal")]["sequence_tokens"] == rows[("curriculum", "lal")]["sequence_tokens"] == 16
+    from pal.bench.efficiency import DIMS
+
+    llm = DIMS["tiny"]
+    embeddings = llm["vocab_size"] * llm["hidden_size"]  # tied: the smallest tensor every paper row trains
+    for variant in ("plits", "lal"):
+        assert rows[("curriculum", variant)]["trainable_params"] < embeddings < rows[("paper", variant)]["trainable_params"]
+    assert set(report["ratios"]) == {"lal/plits@32", "curriculum: lal/plits@32"}
+    assert report["ratios"]["curriculum: lal/plits@32"]["flop_bound"] is None
+    assert report["ratios"]["lal/plits@32"]["flop_bound"] > 1

@@ -2,8 +2,11 @@
 
 For each variant and audio length N_a, on an LLM with SmolLM2-135M's dimensions (random weights; `--preset gpu`:
 Llama-3.2-1B's, batch 8, bf16, CUDA), N_t = 128 text tokens of which the last `supervised_tokens` are the answer
-(the loss, and the LM head, see only those: `supervised_lm_loss`, the same for every variant), every parameter
-trainable. Variants: plits, lal (the paper's P_l, audio branch recomputed in backward: the default), lal_stored (the
+(the loss, and the LM head, see only those: `supervised_lm_loss`, the same for every variant), in each of two
+configurations (`REGIMES`), reported apart and never mixed in a ratio: "paper", PAL's cost setting, every parameter
+trainable and PLITS holding all N_a audio tokens in the sequence; "curriculum", what our curriculum's stage 1 trains,
+the LLM frozen (the connector trains) and PLITS downsampled 4× as the demo routes it. Variants:
+plits, lal (the paper's P_l, audio branch recomputed in backward: the default), lal_stored (the
 same with lal_config.recompute_audio off: faster, more memory), lal_lowrank (the cheaper P_l), pal (32 summary tokens
 via PLITS plus LAL), xattn (gated cross-attention before every 4th layer). Each measurement runs in a fresh process,
 so nothing one variant allocated is counted for another:
@@ -21,7 +24,9 @@ Paired runs: in each of `pairs` rounds every variant runs back to back (the orde
 drift in machine load does not favour one side), each ratio to PLITS is taken within the round, and the report
 gives the median over rounds with its min-max spread. The FLOP bound of the configuration measured (forward FLOPs of
 every layer, the connector's own projections, the LM head at supervised positions; a recomputation in backward is
-not in it) is printed beside each ratio, and pal-spec §4.4's per-layer ratio below them.
+not in it) is printed beside each ratio of the paper configuration, and pal-spec §4.4's per-layer ratio below them;
+with the LLM frozen the backward pass skips the weight gradients (and, for LAL, the layers before the audio), so no
+forward-FLOP bound is given for the curriculum configuration.
 """
 
 from __future__ import annotations
@@ -59,8 +64,8 @@ TINY = dict(
     num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
 )
 PRESETS = {
-    "full": dict(dims="smollm2-135m", audio_tokens=[64, 512, 1500], pairs=5),
-    "quick": dict(dims="smollm2-135m", audio_tokens=[64, 512], pairs=1, steps=1),
+    "full": dict(dims="smollm2-135m", audio_tokens=[64, 512, 1500], pairs=5, regimes=["paper", "curriculum"]),
+    "quick": dict(dims="smollm2-135m", audio_tokens=[64, 512], pairs=1, steps=1, regimes=["paper", "curriculum"]),
     "gpu": dict(dims="llama3.2-1b", audio_tokens=[64, 512, 1500], batch=8, pairs=5, steps=3, device="cuda",
                 precision="bf16"),
     # tiny: the machinery on toy dims (`pal compare --preset smoke`, tests); the four connectors, not their variants
@@ -69,6 +74,10 @@ PRESETS = {
 }
 DIMS = {"smollm2-135m": SMOLLM2_135M, "llama3.2-1b": LLAMA32_1B, "qwen2.5-1.5b": QWEN25_15B, "tiny": TINY}
 VARIANTS = ("plits", "lal", "lal_stored", "lal_lowrank", "pal", "xattn")  # lal_stored: recompute_audio off
+# What trains and how many audio tokens PLITS puts in the sequence: PAL's cost setting, and our curriculum's stage 1
+# (pal/configs/curriculum/demo-full.yaml: connector only, PLITS's mlp_downsample 4).
+REGIMES = {"paper": dict(trainable=None, plits_downsample=1),
+           "curriculum": dict(trainable=["connector"], plits_downsample=4)}
 
 
 @dataclass
@@ -88,6 +97,8 @@ class BenchSettings:
     device: str = "cpu"
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     full_logits: bool = False  # the loss from [B, T, V] logits, as before `supervised_lm_loss` (a before/after check)
+    regimes: list[str] = field(default_factory=lambda: ["paper"])  # which of REGIMES to run, each apart
+    regime: str = "paper"  # the one a worker measures
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -102,7 +113,8 @@ def _build(variant: str, s: BenchSettings):
     from pal.presets import connector_preset
 
     sizes = {"lal_lowrank": dict(lal_config={"projection_rank": s.lowrank_rank}),
-             "pal": dict(plits_config={"n_summary": s.n_summary})}
+             "pal": dict(plits_config={"n_summary": s.n_summary}),
+             "plits": dict(plits_config={"mlp_downsample": REGIMES[s.regime]["plits_downsample"]})}
     options = connector_preset(variant, **sizes.get(variant, {}))
     config = PALConfig(text_config=LlamaConfig(**DIMS[s.dims]).to_dict(), encoder_dims={"sslam": s.encoder_dim},
                        **options)
@@ -153,13 +165,18 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
         model = _build(variant, s)
     if device.type == "cuda":  # bf16 weights, as DeepSpeed's bf16 mode holds them; CPU: fp32 weights, bf16 autocast
         model = model.to(device, torch.bfloat16 if bf16 else torch.float32)
+    if REGIMES[s.regime]["trainable"]:
+        from pal import set_trainable
+
+        set_trainable(model, REGIMES[s.regime]["trainable"])
     model.train()
     inputs = _inputs(model, n_a, s)
     batch = {k: v.to(device) for k, v in inputs.items() if torch.is_tensor(v)}
     batch["audio"] = {n: (t.to(device), m.to(device)) for n, (t, m) in inputs["audio"].items()}
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and device.type == "cpu")
     for p in model.parameters():  # gradient buffers exist before the step, as from the second step on
-        p.grad = torch.zeros_like(p)
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
 
     def train_step():
         with autocast:
@@ -204,7 +221,9 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
         train_step()
     step = statistics.median(times)
     return dict(
-        variant=variant, audio_tokens=n_a, text_tokens=s.text_tokens, batch=s.batch,
+        variant=variant, regime=s.regime, audio_tokens=n_a, text_tokens=s.text_tokens, batch=s.batch,
+        sequence_tokens=int(inputs["input_ids"].shape[1]),
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         train_step_s=step, tokens_per_s=s.batch * (n_a + s.text_tokens) / step,
         peak_mem_mb=memory.peak if peak is None else peak, peak_rss_mb=None if device.type == "cuda" else memory.peak,
         static_mem_mb=static, prefill_s=statistics.median(prefill),
@@ -235,9 +254,23 @@ def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def ratio_name(regime: str, variant: str, n_a: int) -> str:
+    """The report's key of a ratio to PLITS: "lal/plits@512" in the paper configuration, "curriculum: lal/plits@512"
+    in another."""
+    return f"{'' if regime == 'paper' else regime + ': '}{variant}/plits@{n_a}"
+
+
 def compute_ratios(results: list[dict], s: BenchSettings) -> dict:
-    """Per N_a, every variant against PLITS within each round (`pair`), as median and min-max over rounds, beside the
-    FLOP bound of the configuration measured and pal-spec §4.4's bound (layers and full-sequence LM head only)."""
+    """Per configuration (`REGIMES`) and N_a, every variant against that configuration's PLITS within each round
+    (`pair`), as median and min-max over rounds; in the paper configuration beside the FLOP bound of what was measured
+    and pal-spec §4.4's bound (layers and full-sequence LM head only)."""
+    ratios = {}
+    for regime in s.regimes:
+        ratios.update(_regime_ratios([r for r in results if r.get("regime", "paper") == regime], s, regime))
+    return ratios
+
+
+def _regime_ratios(results: list[dict], s: BenchSettings, regime: str) -> dict:
     by = {(r["variant"], r["audio_tokens"], r.get("pair", 0)): r for r in results}
     dims = DIMS[s.dims]
     ratios = {}
@@ -255,24 +288,34 @@ def compute_ratios(results: list[dict], s: BenchSettings) -> dict:
                     base, r = by[("plits", n_a, p)][key], by[(other, n_a, p)][key]
                     values.append(base / r if speedup else (r / base if base > 0 else float("nan")))
                 entry[name] = _spread(values)
+            if regime != "paper":  # frozen weights: the forward-FLOP bound does not describe the step (module doc)
+                entry.update(flop_bound=None, spec_flop_bound=None, of_flop_bound=None)
+                ratios[ratio_name(regime, other, n_a)] = entry
+                continue
             bound = model_flops("plits", n_a, s.text_tokens, dims, 0, s.encoder_dim, s.supervised_tokens) / model_flops(
                 other, n_a, s.text_tokens, dims, s.n_summary, s.encoder_dim, s.supervised_tokens, s.lowrank_rank)
             entry["flop_bound"] = bound
             entry["spec_flop_bound"] = model_flops("plits", n_a, s.text_tokens, dims) / model_flops(
                 other, n_a, s.text_tokens, dims, s.n_summary)
             entry["of_flop_bound"] = entry["train_throughput"]["median"] / bound
-            ratios[f"{other}/plits@{n_a}"] = entry
+            ratios[ratio_name(regime, other, n_a)] = entry
     return ratios
 
 
 def run(s: BenchSettings, progress=print) -> dict:
+    from dataclasses import replace
+
+    unknown = [r for r in s.regimes if r not in REGIMES]
+    if unknown:
+        raise ValueError(f"regimes {unknown}: expected some of {sorted(REGIMES)}.")
     results = []
     for pair in range(s.pairs):
         order = s.variants if pair % 2 == 0 else s.variants[::-1]  # reversed every other round: drift cancels
-        for n_a in s.audio_tokens:
-            for variant in order:
-                progress(f"  round {pair + 1}/{s.pairs}: {variant:11s} N_a={n_a:5d} ...")
-                results.append({**_run_isolated(variant, n_a, s), "pair": pair})
+        for regime in s.regimes:
+            for n_a in s.audio_tokens:
+                for variant in order:
+                    progress(f"  round {pair + 1}/{s.pairs}: {regime:10s} {variant:11s} N_a={n_a:5d} ...")
+                    results.append({**_run_isolated(variant, n_a, replace(s, regime=regime)), "pair": pair})
     dims = DIMS[s.dims]
     d_kv = dims["num_key_value_heads"] * dims["hidden_size"] // dims["num_attention_heads"]
     per_layer = {str(n_a): layer_flops("lal", n_a, s.text_tokens, dims["hidden_size"], d_kv, dims["intermediate_size"])
@@ -305,24 +348,29 @@ def targets(report: dict) -> list[str]:
 
 def format_table(report: dict) -> str:
     rss = lambda r: "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}"  # noqa: E731
-    head = (f"{'variant':11s} {'N_a':>5s} {'round':>5s} {'step s':>8s} {'tok/s':>8s} {'peak MB':>8s} {'RSS MB':>7s} "
-            f"{'prefill s':>9s} {'decode ms/tok':>13s}")
+    head = (f"{'config':10s} {'variant':11s} {'N_a':>5s} {'round':>5s} {'step s':>8s} {'tok/s':>8s} {'peak MB':>8s} "
+            f"{'RSS MB':>7s} {'prefill s':>9s} {'decode ms/tok':>13s}")
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         lines.append(
-            f"{r['variant']:11s} {r['audio_tokens']:5d} {r.get('pair', 0) + 1:5d} {r['train_step_s']:8.3f} "
+            f"{r.get('regime', 'paper'):10s} {r['variant']:11s} {r['audio_tokens']:5d} {r.get('pair', 0) + 1:5d} "
+            f"{r['train_step_s']:8.3f} "
             f"{r['tokens_per_s']:8.0f} {r['peak_mem_mb']:8.0f} {rss(r):>7s} {r['prefill_s']:9.3f} "
             f"{1e3 * r['decode_token_s']:13.1f}"
         )
     lines.append("")
     lines.append("ratios to PLITS: median over rounds [min-max]; throughput as a speed-up, the rest as fractions")
+    lines.append("paper: every parameter trains, PLITS holds all N_a tokens (PAL's cost setting); curriculum: our stage "
+                 "1, the LLM frozen, PLITS downsampled 4x (no FLOP bound: frozen weights skip their gradients)")
     cell = lambda x: f"{x['median']:.2f} [{x['min']:.2f}-{x['max']:.2f}]" if x else "-"  # noqa: E731
-    lines.append(f"{'ratio':21s} {'throughput':>18s} {'memory':>18s} {'RSS':>18s} {'prefill':>18s} {'decode':>18s} "
+    bound = lambda x, f: "-" if x is None else f.format(x)  # noqa: E731
+    lines.append(f"{'ratio':33s} {'throughput':>18s} {'memory':>18s} {'RSS':>18s} {'prefill':>18s} {'decode':>18s} "
                  f"{'FLOP bound':>10s} {'/bound':>6s} {'§4.4':>6s}")
     for name, r in report["ratios"].items():
-        lines.append(f"{name:21s} {cell(r['train_throughput']):>18s} {cell(r['peak_mem']):>18s} "
+        lines.append(f"{name:33s} {cell(r['train_throughput']):>18s} {cell(r['peak_mem']):>18s} "
                      f"{cell(r.get('peak_rss')):>18s} {cell(r['prefill_time']):>18s} {cell(r['decode_latency']):>18s} "
-                     f"{r['flop_bound']:9.2f}x {r['of_flop_bound']:6.2f} {r['spec_flop_bound']:5.2f}x")
+                     f"{bound(r['flop_bound'], '{:9.2f}x'):>10s} {bound(r['of_flop_bound'], '{:6.2f}'):>6s} "
+                     f"{bound(r['spec_flop_bound'], '{:5.2f}x'):>6s}")
     lines.append("")
     for n_a, f in report["spec_layer_flop_ratio_lal_over_plits"].items():
         lines.append(f"pal-spec §4.4 per-layer FLOP ratio LAL/PLITS at N_a={n_a}: {f:.3f}")
@@ -339,12 +387,14 @@ def plot(report: dict, path: Path) -> Path:
     panels = [("train_step_s", "train step (s)"), ("peak_mem_mb", "peak step memory (MB)"),
               ("decode_token_s", "decode latency (s/token)")]
     for ax, (key, label) in zip(axes, panels):
-        for variant in VARIANTS:
-            rows = [r for r in report["results"] if r["variant"] == variant]
-            lengths = sorted({r["audio_tokens"] for r in rows})
-            if lengths:
-                medians = [statistics.median(r[key] for r in rows if r["audio_tokens"] == n) for n in lengths]
-                ax.plot(lengths, medians, marker="o", label=variant.upper().replace("_", " "))
+        for regime, style in zip(REGIMES, ("-", "--")):
+            for variant in VARIANTS:
+                rows = [r for r in report["results"] if r["variant"] == variant and r.get("regime", "paper") == regime]
+                lengths = sorted({r["audio_tokens"] for r in rows})
+                if lengths:
+                    medians = [statistics.median(r[key] for r in rows if r["audio_tokens"] == n) for n in lengths]
+                    name = variant.upper().replace("_", " ") + ("" if regime == "paper" else f" ({regime})")
+                    ax.plot(lengths, medians, marker="o", linestyle=style, label=name)
         ax.set_xlabel("audio tokens N_a")
         ax.set_title(label)
         ax.grid(alpha=0.3)
@@ -361,7 +411,7 @@ def plot(report: dict, path: Path) -> Path:
 
 def settings_from_args(args) -> BenchSettings:
     s = BenchSettings(**PRESETS[args.preset])
-    for key in ("audio_tokens", "pairs", "steps", "batch", "variants"):
+    for key in ("audio_tokens", "pairs", "steps", "batch", "variants", "regimes"):
         if getattr(args, key) is not None:
             setattr(s, key, getattr(args, key))
     if args.device is not None:
@@ -384,6 +434,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="timed steps per run, after one warm-up")
     parser.add_argument("--batch", type=int)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="which variants (PLITS always runs)")
+    parser.add_argument("--regimes", nargs="+", choices=sorted(REGIMES),
+                        help="paper: every parameter trains, PLITS un-downsampled (PAL's setting); curriculum: the LLM "
+                             "frozen, PLITS downsampled 4x (our stage 1). Default: both (tiny: paper)")
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--full-logits", action="store_true",
