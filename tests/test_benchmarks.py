@@ -205,17 +205,25 @@ def test_mmar_jsonl_scores_as_its_evaluation_script(tmp_path):
                 ("Which is louder?", ["the left", "the right"], "the left", "sound", "Signal Layer", "Loudness"),
                 ("What genre?", ["jazz", "rock", "folk"], "rock", "music", "Perception Layer", "Genre"),
                 ("Who speaks first?", ["man", "woman"], "woman", "mix-sound-speech", "Semantic Layer", "Order"),
+                # as 4 rows of the official release: a trailing empty choice; its scorer counts the row
+                ("How many beats?", ["two", "three", ""], "three", "music", "Signal Layer", "Counting"),
             ])]
-    for i in range(3):
+    for i in range(4):
         _clip(tmp_path / "audio" / f"m{i}.wav", 300 + 100 * i)
     write_jsonl(tmp_path / "MMAR-meta.jsonl", rows)
     assert _convert("mmar", tmp_path / "MMAR-meta.jsonl", "--out", tmp_path / "m.jsonl", "--audio-dir", tmp_path) == 0
-    answers = {"mmar-m0": "The left one is louder.", "mmar-m1": "rock or jazz", "mmar-m2": "The woman."}
+    converted = _rows(tmp_path / "m.jsonl")
+    assert len(converted) == 4 and not (tmp_path / "m.skipped.json").exists()
+    assert converted[3]["choices"] == ["two", "three"] and "- \n" not in converted[3]["messages"][0]["content"]
+    assert converted[3]["benchmark"]["row"] == rows[3] and "1 empty choice" in converted[3]["benchmark"]["notes"][0]
+    answers = {"mmar-m0": "The left one is louder.", "mmar-m1": "rock or jazz", "mmar-m2": "The woman.",
+               "mmar-m3": "Three."}
     ours = _score_and_export("mmar", tmp_path / "m.jsonl", answers, tmp_path / "R.mmar.jsonl")
     exported = _rows(tmp_path / "R.mmar.jsonl")
     assert [r["answer_prediction"] for r in exported] == list(answers.values())
     official = official_accuracy(exported, "answer_prediction", ("modality", "category", "sub-category"))
-    assert ours["accuracy"]["value"] == official["total"][""][0] == pytest.approx(2 / 3)
+    assert official["total"][""][1] == 4  # every row of the release is scored, the empty choice's included
+    assert ours["accuracy"]["value"] == official["total"][""][0] == pytest.approx(3 / 4)
     for axis in ("modality", "category", "sub-category"):
         assert {k: (v["value"], v["n"]) for k, v in ours["by"][axis].items()} == official[axis], axis
 

@@ -65,10 +65,10 @@ def _choice_problem(item: dict, question: str, answer: str | None) -> str | None
 
 
 def _benchmark_row(name: str, row: dict, breakdown: dict, question: str, answer: str | None, audio: Path,
-                   choices: list[str] | None = None, task: str = "qa") -> dict:
+                   choices: list[str] | None = None, task: str = "qa", notes: list[str] | None = None) -> dict:
     turns = _turns(question, answer) if answer is not None else _turns(question, "")[:1]
     out = {"id": f"{name}-{breakdown.pop('_id')}", "audio": str(audio), "task": task, "messages": turns,
-           "benchmark": {"name": name, "row": row, "breakdown": breakdown}}
+           "benchmark": {"name": name, "row": row, "breakdown": breakdown, **({"notes": notes} if notes else {})}}
     if choices:
         out["choices"] = choices
     return out
@@ -92,14 +92,21 @@ def _multiple_choice(name: str, path: Path, audio_dir: Path, audio_key: str) -> 
     rows = []
     for where, item in items:
         answer = item.get("answer") or None  # the test split withholds it
+        # An empty choice cannot be an answer, and the official string match gives it no tokens, so it changes no
+        # score: it is left out of the prompt, and the row (which the official scorer counts) is kept, saying so.
+        choices = item.get("choices")
+        offered = [c for c in choices if not (isinstance(c, str) and not c.strip())] if isinstance(choices, list) \
+            else choices
         problem = ("missing id" if not item.get("id") else f"missing {audio_key}" if not item.get(audio_key)
-                   else _choice_problem(item, item.get("question"), answer))
+                   else _choice_problem({"choices": offered}, item.get("question"), answer))
         if problem:
             rejected.append((f"{where} ({item.get('id', 'no id')})", problem))
             continue
+        notes = ([f"{len(choices) - len(offered)} empty choice(s) of the release left out of the prompt"]
+                 if len(offered) < len(choices) else None)
         breakdown = {key: str(item.get(key, "")) for key in BREAKDOWNS[name]} | {"_id": item["id"]}
-        rows.append(_benchmark_row(name, item, breakdown, choice_prompt(item["question"], item["choices"]), answer,
-                                   audio_dir / _relative(item[audio_key]), item["choices"]))
+        rows.append(_benchmark_row(name, item, breakdown, choice_prompt(item["question"], offered), answer,
+                                   audio_dir / _relative(item[audio_key]), offered, notes=notes))
     return rows, rejected
 
 
