@@ -64,7 +64,7 @@ class PLITSConfig:
     qformer_latents / qformer_layers / qformer_heads / qformer_dim: the latent-query projector's size (also that of
         PAL's summary projectors); `qformer_dim=None` uses the LLM hidden size.
     n_summary: PAL's single-encoder form (connector "pal"): this many latent summary tokens per LAL-routed encoder go
-        through PLITS while the full sequence goes through LAL (pal-spec §5). 0 turns summaries off.
+        through PLITS while the full sequence goes through LAL (docs/design.md#pal-hybrid). 0 turns summaries off.
     output_norm: PLITS tokens (and summary tokens) end in an RMSNorm whose gain starts at the RMS of the LLM's own
         input embeddings, so in-sequence audio starts, and stays, at the scale of the text around it.
     """
@@ -85,13 +85,13 @@ class LALConfig:
     r"""LAL (lal_injection.py): per-layer projections of the audio become extra keys/values of the LLM's attention.
 
     start_layer: first LLM layer (0-indexed) that receives audio keys/values; earlier layers are the untouched LLM
-        ("delayed integration", pal-spec §3 H1). Ignored when `layers` is given.
+        ("delayed integration", docs/design.md#audio-layers). Ignored when `layers` is given.
     layers: an explicit list of audio layers (0-indexed), instead of `start_layer`.
-    rope: "prefix" rotates audio keys as if the audio stood just before the text (the PLITS layout, pal-spec §4.3
-        option i); "none" leaves audio keys position-free (option ii).
+    rope: "prefix" rotates audio keys as if the audio stood just before the text (the PLITS layout);
+        "none" leaves audio keys position-free (docs/design.md#rope).
     audio_bias: "log_count" offsets each real audio key's attention logit by -log(n_b) (n_b real audio tokens of the
         example), so a fresh connector's audio block weighs what one key would; it still disturbs the LLM where the
-        keys' scores spread widely (lal_injection.py, "Start-up"). "none" is the plain pal-spec §4.2 formula.
+        keys' scores spread widely (lal_injection.py, "Start-up"). "none" is the plain formula (docs/design.md#formula).
     audio_offset: a further offset, in nats, subtracted from every real audio key's logit on top of `audio_bias`, so
         that a fresh connector starts with the LLM nearly intact (docs/findings.md); P_l learns to raise the audio's
         scores from there. 0 keeps the plain formula.
@@ -182,7 +182,7 @@ class PALConfig(PreTrainedConfig):
     encoder_dims: `{encoder name: D_e}`, the width of each encoder's output tokens, in a fixed order.
     connector: "plits" routes every encoder through PLITS, "lal" every encoder through LAL, "xattn" every encoder
         through gated cross-attention blocks (the Flamingo-style baseline), "pal" follows `routes` and/or
-        `plits_config.n_summary` (DESIGN.md "The connectors").
+        `plits_config.n_summary` (docs/design.md#pal-hybrid).
     routes: for "pal", `{encoder name: "plits" | "lal" | "xattn"}`; every encoder must be named.
     plits_config / lal_config / xattn_config: each connector's own settings (PLITSConfig, LALConfig, XAttnConfig
         above), given as a mapping or an instance; a connector no encoder takes keeps its defaults unused.

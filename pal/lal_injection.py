@@ -1,6 +1,6 @@
 """How LAL injects audio into a Hugging Face decoder: extra keys/values in the LLM's own self-attention.
 
-For each audio layer l (pal-spec §4.2):
+For each audio layer l (docs/design.md#formula):
     A_l = P_l(E)                                  layer-specific projection of the frozen encoder tokens
     K_a = k_proj_l(input_norm_l(A_l)),  V_a = v_proj_l(input_norm_l(A_l))      the layer's own norm and projections
     attention(Q_text, [K_a ; K_text], [V_a ; V_text]) with mask [all real audio | causal text], one softmax.
@@ -26,7 +26,7 @@ each did to the start of training is measured in docs/findings.md.
 
 RoPE. With `rope="prefix"` the b-th example's n_b real audio tokens sit at positions -n_b .. -1 and its text starts at
 0. Attention scores depend only on position differences, so this is exactly the layout "audio just before the text"
-(pal-spec §4.3, option i), while the text keeps the positions the bare LLM would give it.
+(docs/design.md#rope), while the text keeps the positions the bare LLM would give it.
 
 Notation: B batch, T text (query) length, S key length, N_a audio tokens, D_e encoder width, d LLM hidden size,
 H_kv key/value heads, D_h head dim.
@@ -72,10 +72,10 @@ class LALProjection(nn.Module):
     """P_l for one encoder and every audio layer l: `heads[str(l)](trunk(E))`.
 
     `kind="linear"`: the trunk is the identity and each head is an independent Linear(D_e, d), so each layer receives
-    its own projection of the original encoder features (pal-spec §4.2). `kind="mlp"`: a shared Linear-GELU-Linear
-    trunk to d, then a Linear(d, d) head per layer. `kind="lowrank"`: a shared Linear(D_e, d) trunk, then per layer
-    the trunk's output plus a rank-r correction (`LowRankHead`). Per audio token, "linear" costs L·D_e·d
-    multiply-adds and "lowrank" D_e·d + L·2·d·r: with L = 30, D_e = 768, d = 576, r = 64, 13.3M against 2.7M.
+    its own projection of the original encoder features (docs/design.md#projections). `kind="mlp"`: a shared
+    Linear-GELU-Linear trunk to d, then a Linear(d, d) head per layer. `kind="lowrank"`: a shared Linear(D_e, d)
+    trunk, then per layer the trunk's output plus a rank-r correction (`LowRankHead`). Per audio token, "linear" costs
+    L·D_e·d multiply-adds and "lowrank" D_e·d + L·2·d·r: with L = 30, D_e = 768, d = 576, r = 64, 13.3M against 2.7M.
     """
 
     def __init__(self, encoder_dim: int, hidden_size: int, layers: list[int], kind: str = "linear", rank: int = 64):

@@ -1,7 +1,8 @@
-"""PLITS: projected audio tokens take the place of the `<audio>` placeholder in the prompt (pal-spec §2).
+"""PLITS: projected audio tokens take the place of the `<audio>` placeholder in the prompt (docs/design.md#plits).
 
 The tokens then pass through every LLM layer, attention and FFN alike (the LLaVA / Pengi baseline). In PAL's
-single-encoder form the same path carries `n_summary` latent summary tokens of an LAL-routed encoder (pal-spec §5).
+single-encoder form the same path carries `n_summary` latent summary tokens of an LAL-routed encoder
+(docs/design.md#pal-hybrid).
 
 Placeholder convention: the processor expands each prompt's `<audio>` into exactly as many placeholder positions as
 the example has real PLITS tokens and marks them in `audio_token_mask`; the model writes the projected tokens there.

@@ -3,7 +3,8 @@
 - `MLPProjector`: LLaVA-1.5 / Pengi style Linear-GELU-Linear, optionally concatenating k consecutive tokens first
   (token downsampling, as Qwen2-Audio and SALMONN shorten their audio sequences).
 - `QFormerProjector`: a fixed number of learnable latent queries cross-attend to the encoder tokens (the
-  latent-token connector of PAL's v1 baseline, pal-spec §2; Perceiver / Q-Former family), then a linear map to d.
+  latent-token connector of PAL's v1 baseline, docs/design.md#plits; Perceiver / Q-Former family), then a linear map
+  to d.
 
 Both take padded tokens plus a mask and return tokens plus a mask; padding never leaks into real outputs, so a padded
 batch gives what each example gives alone.

@@ -297,7 +297,7 @@ def trained_tiny(curriculum_env, tmp_path_factory):
     """A tiny PAL model trained once per session (one stage, connector and LoRA) on the tone captions: a `final/`
     folder as `pal train` writes it, with its tokenizer and encoders.json."""
     root = tmp_path_factory.mktemp("trained")
-    # 100 steps: the reliance gap opens between 60 (0.12 nats) and 100 (0.53) on this task (README, "Does it hear?")
+    # 100 steps: the reliance gap opens between 60 (0.12 nats) and 100 (0.53) on this task (docs/findings.md)
     config = curriculum_dict(curriculum_env, stages=1, steps=100, val_manifest=None, num_samples=0,
                              checkpoint_every=100, log_every=10, group_by_length=False,
                              trainable=["connector", "llm"], optim={"lr": 5e-3, "warmup_steps": 2})

@@ -2,7 +2,7 @@
 our own tone clips at the paths the files name) → `pal data convert` → our manifest; our scores equal the official
 scorer's on the predictions file `pal eval score --export` writes. The official scorers cannot be installed (they
 are scripts in the benchmarks' repositories, not packages), so their rules are re-implemented below, in the test
-only, from the published scripts (../shared/reference/benchmarks.md): MMAU evaluation.py, MMAR code/evaluation.py,
+only, from the published scripts (docs/benchmarks.md): MMAU evaluation.py, MMAR code/evaluation.py,
 AIR-Bench score_foundation.py, lmms-eval's Clotho-AQA exact match."""
 
 from __future__ import annotations

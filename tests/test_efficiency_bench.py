@@ -1,5 +1,6 @@
-"""The benchmarks: the §4.4 FLOP formula against the spec's worked example, and each `pal bench` command running to a
-JSON report. Ratios are never checked in tests (they are measurements, read in the benchmarks' output)."""
+"""The benchmarks: the per-layer FLOP formulas against the worked example in docs/design.md#flops, and each `pal bench`
+command running to a JSON report. Ratios are never checked in tests (they are measurements, read in the benchmarks'
+output)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pal.cli.main import main
 
 
 @pytest.mark.parametrize("n_a,plits_gflop,lal_gflop", [(64, 23.7, 16.0), (512, 81.2, 18.4), (1500, 219.7, 23.6)])
-def test_layer_flops_match_pal_spec_worked_example(n_a, plits_gflop, lal_gflop):
-    """pal-spec §4.4 table: Llama-3.2-1B dimensions (d=2048, d_kv=512, d_ff=8192), N_t=128."""
+def test_layer_flops_match_the_worked_example(n_a, plits_gflop, lal_gflop):
+    """The docs/design.md#flops table: Llama-3.2-1B dimensions (d=2048, d_kv=512, d_ff=8192), N_t=128."""
     dims = dict(d=2048, d_kv=512, d_ff=8192)
     assert layer_flops("plits", n_a, 128, **dims) / 1e9 == pytest.approx(plits_gflop, abs=0.06)
     assert layer_flops("lal", n_a, 128, **dims) / 1e9 == pytest.approx(lal_gflop, abs=0.06)
@@ -89,7 +90,8 @@ def test_step_memory_is_the_high_water_mark_not_the_end_state():
 
 @pytest.mark.parametrize("kind,variant", [("linear", "lal"), ("lowrank", "lal_lowrank")])
 def test_lal_projection_flops_match_torch_flop_counter(kind, variant):
-    """The bench's P_l FLOPs (which pal-spec §4.4 leaves out) against torch's count of the projection's matmuls."""
+    """The bench's P_l FLOPs (which the per-layer formulas leave out) against torch's count of the projection's
+    matmuls."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -1,4 +1,4 @@
-"""LAL invariants (DESIGN.md "The connectors"), each checked against the bare HF LLM or a formula written here."""
+"""LAL invariants (docs/design.md#invariants), each checked against the bare HF LLM or a formula written here."""
 
 from __future__ import annotations
 
@@ -60,8 +60,9 @@ def _rope(x, positions, theta):
 
 
 def _reference_layer_attention(layer, x, audio, config, rope: bool, log_count: bool, offset: float = 0.0):
-    """pal-spec §4.2 for one example: softmax(Q [K_a; K_t]^T / sqrt(D_h) + mask) [V_a; V_t] W_o; with `log_count`
-    every audio logit is offset by -log(N_a) (lal_injection.py, "Start-up"), and by -`offset` (`audio_offset`).
+    """docs/design.md#formula for one example: softmax(Q [K_a; K_t]^T / sqrt(D_h) + mask) [V_a; V_t] W_o; with
+    `log_count` every audio logit is offset by -log(N_a) (lal_injection.py, "Start-up"), and by -`offset`
+    (`audio_offset`).
 
     x: normed text states [T, d]; audio: layer-projected, not yet normed [N_a, d]; rope: audio keys rotated
     ("prefix") or not ("none"). Float64 throughout.

@@ -1,4 +1,4 @@
-"""Each pre-training component against its definition in sslam-spec §4-7, on small hand-checkable cases."""
+"""Each pre-training component against its definition in docs/design.md#sslam, on small hand-checkable cases."""
 
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def test_decoder_shapes_and_residual():
 
 
 def test_loss_scaling():
-    """frame: Σ masked ℓ / S; utterance: Σ over sequences; SRL: ×2 / S (spec §7.5), on a tiny random model."""
+    """frame: Σ masked ℓ / S; utterance: Σ over sequences; SRL: ×2 / S (docs/design.md#losses); a tiny random
+    model."""
     objective = ObjectiveConfig(stage=2, clones=2, top_k_layers=2, mix_window=32)
     model = SSLAMPretrainer(PRESETS["tiny"], objective)
     teacher = EMATeacher(model.student, objective)

@@ -2,7 +2,8 @@
 
 With the recorded draws injected (masks, clean-window starts, decoder noise), our step must reproduce the mixtures,
 teacher inputs and targets, the student's predictions, every per-row loss, the normalised losses and the gradients,
-within the fixture README's tolerances. Then the faithful-reproduction switches move the loss as the spec says.
+within the fixture README's tolerances. Then the faithful-reproduction switches move the loss as the fixture README's
+sensitivity table says.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def test_loss_rows_and_normalised_losses(reference, step):
     _, out = step
     for key in ("loss_rows_eat_patch", "loss_rows_mix_patch"):
         _close(out[key], ref[key], rtol=1e-5, atol=1e-3)
-    # The official utterance rows carry the ×sample_size that turns the utterance term into a sum (§7.5).
+    # The official utterance rows carry the ×sample_size that turns the utterance term into a sum
+    # (docs/design.md#losses).
     _close(out["loss_rows_eat_cls"] * out["sample_size"], ref["loss_rows_eat_cls"], rtol=1e-5)
     # The fixture README's float64 values of the official normalised losses.
     assert int(out["sample_size"]) == 4920
@@ -113,6 +115,7 @@ def test_switches_fix_the_official_quirks(reference):
     """utterance target from the top-K layers and a mean utterance loss: the paper's description, not the code's."""
     _, _, ref, _ = reference
     _, out = _run(reference, utterance_target="top_k", utterance_reduction="mean")
-    # Spec sensitivity table: the all-layer utterance target gives 338.661248 (sum form); as a mean over 12 rows:
+    # The fixture README's sensitivity table: the all-layer utterance target gives 338.661248 (sum form); as a mean
+    # over 12 rows:
     assert float(out["loss_utterance"].detach()) == pytest.approx(338.661248 / 12, rel=1e-5)
     _close(out["target_utterance"], np.asarray(ref["target_frame"]).mean(1), atol=1e-5)

@@ -67,7 +67,8 @@ def test_every_shipped_yaml_loads_into_its_typed_config(path):
 
 @pytest.mark.parametrize("variant", sorted(p.name for p in (ROOT / "pal" / "configs" / "compare").glob("*.yaml")))
 def test_every_comparison_config_trains_the_same_curriculum(variant):
-    """pal-spec §7: the compared models differ in the connector (or the encoders), never in data or schedule."""
+    """PAL's identical curriculum (docs/design.md#curriculum): the compared models differ in the connector (or the
+    encoders), never in data or schedule."""
     from dataclasses import asdict
 
     from pal.curriculum.config import CurriculumConfig

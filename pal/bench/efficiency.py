@@ -24,9 +24,9 @@ Paired runs: in each of `pairs` rounds every variant runs back to back (the orde
 drift in machine load does not favour one side), each ratio to PLITS is taken within the round, and the report
 gives the median over rounds with its min-max spread. The FLOP bound of the configuration measured (forward FLOPs of
 every layer, the connector's own projections, the LM head at supervised positions; a recomputation in backward is
-not in it) is printed beside each ratio of the paper configuration, and pal-spec §4.4's per-layer ratio below them;
-with the LLM frozen the backward pass skips the weight gradients (and, for LAL, the layers before the audio), so no
-forward-FLOP bound is given for the curriculum configuration.
+not in it) is printed beside each ratio of the paper configuration, and the per-layer ratio of docs/design.md#flops
+below them; with the LLM frozen the backward pass skips the weight gradients (and, for LAL, the layers before the
+audio), so no forward-FLOP bound is given for the curriculum configuration.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def ratio_name(regime: str, variant: str, n_a: int) -> str:
 def compute_ratios(results: list[dict], s: BenchSettings) -> dict:
     """Per configuration (`REGIMES`) and N_a, every variant against that configuration's PLITS within each round
     (`pair`), as median and min-max over rounds; in the paper configuration beside the FLOP bound of what was measured
-    and pal-spec §4.4's bound (layers and full-sequence LM head only)."""
+    and the per-layer bound of docs/design.md#flops (layers and full-sequence LM head only)."""
     ratios = {}
     for regime in s.regimes:
         ratios.update(_regime_ratios([r for r in results if r.get("regime", "paper") == regime], s, regime))
@@ -365,7 +365,7 @@ def format_table(report: dict) -> str:
     cell = lambda x: f"{x['median']:.2f} [{x['min']:.2f}-{x['max']:.2f}]" if x else "-"  # noqa: E731
     bound = lambda x, f: "-" if x is None else f.format(x)  # noqa: E731
     lines.append(f"{'ratio':33s} {'throughput':>18s} {'memory':>18s} {'RSS':>18s} {'prefill':>18s} {'decode':>18s} "
-                 f"{'FLOP bound':>10s} {'/bound':>6s} {'§4.4':>6s}")
+                 f"{'FLOP bound':>10s} {'/bound':>6s} {'layers':>6s}")
     for name, r in report["ratios"].items():
         lines.append(f"{name:33s} {cell(r['train_throughput']):>18s} {cell(r['peak_mem']):>18s} "
                      f"{cell(r.get('peak_rss')):>18s} {cell(r['prefill_time']):>18s} {cell(r['decode_latency']):>18s} "
@@ -373,7 +373,7 @@ def format_table(report: dict) -> str:
                      f"{bound(r['spec_flop_bound'], '{:5.2f}x'):>6s}")
     lines.append("")
     for n_a, f in report["spec_layer_flop_ratio_lal_over_plits"].items():
-        lines.append(f"pal-spec §4.4 per-layer FLOP ratio LAL/PLITS at N_a={n_a}: {f:.3f}")
+        lines.append(f"per-layer FLOP ratio LAL/PLITS at N_a={n_a} (docs/design.md#flops): {f:.3f}")
     return "\n".join(lines)
 
 

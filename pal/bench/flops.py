@@ -1,4 +1,4 @@
-"""Predicted forward FLOPs of PLITS, LAL, PAL and the cross-attention baseline (pal-spec §4.4, plus the connector
+"""Predicted forward FLOPs of PLITS, LAL, PAL and the cross-attention baseline (docs/design.md#flops, plus the connector
 projections it leaves out): what `pal bench efficiency` prints beside each measured ratio.
 
 Notation: n_a audio tokens, n_t text tokens, n_s PAL summary tokens, d hidden size, d_kv key/value width, d_ff FFN
@@ -15,7 +15,7 @@ XATTN_FFN_MULT = XAttnConfig.ffn_mult  # its FFN width over the hidden size (the
 
 
 def layer_flops(connector: str, n_a: int, n_t: int, d: int, d_kv: int, d_ff: int, n_s: int = 0) -> float:
-    """Forward FLOPs of one audio layer (pal-spec §4.4); PAL: n_s summary tokens in sequence plus LAL audio."""
+    """Forward FLOPs of one audio layer (docs/design.md#flops); PAL: n_s summary tokens in sequence plus LAL audio."""
     per_token = 2 * (2 * d * d + 2 * d * d_kv + 3 * d * d_ff)
     if connector == "xattn":  # the LLM's own layer sees text only
         return n_t * per_token + 4 * n_t * n_t * d
@@ -33,9 +33,9 @@ def xattn_block_flops(n_a: int, n_t: int, d: int, ffn_mult: int = XATTN_FFN_MULT
 
 
 def connector_flops(variant: str, n_a: int, dims: dict, encoder_dim: int, rank: int = 64) -> float:
-    """Forward FLOPs of the connector's own projections, which §4.4 leaves out: the PLITS MLP (D_e→d→d, once);
-    LAL's P_l (D_e→d per audio layer, or for `lal_lowrank` D_e→d once plus d→r→d per layer); PAL's P_l plus its
-    summary latents' input projection and K/V; the cross-attention baseline's one projection to d."""
+    """Forward FLOPs of the connector's own projections, which the per-layer formulas leave out: the PLITS MLP
+    (D_e→d→d, once); LAL's P_l (D_e→d per audio layer, or for `lal_lowrank` D_e→d once plus d→r→d per layer); PAL's
+    P_l plus its summary latents' input projection and K/V; the cross-attention baseline's one projection to d."""
     d, layers = dims["hidden_size"], dims["num_hidden_layers"]
     if variant == "plits":
         return 2 * n_a * (encoder_dim * d + d * d)

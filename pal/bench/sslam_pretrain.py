@@ -2,7 +2,7 @@
 
 A step is the stage-2 objective (clean + mixed views, C clones each, teacher passes, decoder, all losses), backward
 and an AdamW update, on random 10 s spectrograms with the ViT-B configuration (or a smaller preset). Reported beside
-the official setup: 4 GPUs × 12 clips per update, 400k stage-1 + 200k stage-2 updates (sslam-spec §8).
+the official setup: 4 GPUs × 12 clips per update, 400k stage-1 + 200k stage-2 updates (docs/design.md#optimisation).
 """
 
 from __future__ import annotations

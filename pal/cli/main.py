@@ -1,4 +1,4 @@
-"""`pal`: the one command-line entry point (DESIGN.md "Commands"). Each command is a module of this package with
+"""`pal`: the one command-line entry point (README.md#commands). Each command is a module of this package with
 `register(commands)`, which adds its parser and sets `run`; the heavy imports (torch, transformers, DeepSpeed) happen
 inside the `run` functions, so `pal --help` answers at once."""
 

@@ -1,4 +1,4 @@
-"""The curriculum config: the model, then stages 1-3, each a YAML section (DESIGN.md "Curriculum").
+"""The curriculum config: the model, then stages 1-3, each a YAML section (docs/design.md#curriculum).
 
     model:
       llm: ../../models/Llama-3.2-1B     # a local HF causal-LM folder; "default" = the embedded SmolLM2-135M

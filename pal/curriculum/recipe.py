@@ -1,13 +1,13 @@
 """The three-stage curriculum recipe (`pal train`): one class, the same code for every stage; stages differ in data.
 
-Lifecycle (torchtune's, `Recipe` in recipes/lifecycle.py: `run()` is setup, train, save, cleanup): `setup()` validates
-everything every stage will need before any training (the model and connector settings against the LLM, every stage's
-manifests, validation manifests and DeepSpeed file, the lengths of the templated conversations, the output folder), then
-`train()` runs each stage (`run_stage`: set up, train, end): build the model (stage 1: the LLM plus fresh connectors;
-later stages: the previous stage's `final/`, loaded before DeepSpeed wraps the model), select the trainable groups, wrap
-with DeepSpeed (bf16 or fp32, ZeRO 0-3), train in train mode with warm-up + cosine, evaluate (validation loss and
-generated samples), checkpoint every N steps (trainable tensors and optimizer state only, atomically, keep last k;
-training/checkpointing.py), and write `<out>/stage<k>-<name>/final` (save_pretrained) from the fp32 master weights.
+Lifecycle (torchtune's, `Recipe` in pal/training/lifecycle.py: `run()` is setup, train, save, cleanup): `setup()`
+validates everything every stage will need before any training (the model and connector settings against the LLM, every
+stage's manifests, validation manifests and DeepSpeed file, the lengths of the templated conversations, the output
+folder), then `train()` runs each stage (`run_stage`: set up, train, end): build the model (stage 1: the LLM plus fresh
+connectors; later stages: the previous stage's `final/`, loaded before DeepSpeed wraps the model), select the trainable
+groups, wrap with DeepSpeed (bf16 or fp32, ZeRO 0-3), train in train mode with warm-up + cosine, evaluate (validation
+loss and generated samples), checkpoint every N steps (trainable tensors and optimizer state only, atomically, keep last
+k; training/checkpointing.py), and write `<out>/stage<k>-<name>/final` (save_pretrained) from the fp32 master weights.
 
 A run folder remembers what trained it: each stage records a hash of its effective config (the settings that change
 its weights, chained through the stages before it). A finished stage with the same hash is skipped; a different hash,

@@ -8,7 +8,7 @@
 
 Each row keeps the official row it came from under `benchmark.row`, unchanged, so that `pal eval score --export`
 writes back exactly what the benchmark's own scorer reads, plus the model's answer under the field it reads
-(../shared/reference/benchmarks.md). `benchmark.breakdown` names the fields results are broken down by (task,
+(docs/benchmarks.md). `benchmark.breakdown` names the fields results are broken down by (task,
 difficulty, category, ...). Multiple-choice questions carry their `choices`, and the prompt lists them in the
 benchmark's own wording. Field names are the official ones; the audio is released apart from the metadata and is
 looked up under `--audio-dir` at the path each release names.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pal.data.converters import Rejected, _json_items, _read_text, _turns
 
-# Results are broken down by these official fields (benchmarks.md): each benchmark's own reporting axes.
+# Results are broken down by these official fields (docs/benchmarks.md): each benchmark's own reporting axes.
 BREAKDOWNS = {
     "mmau": ("task", "difficulty", "category", "sub-category"),
     "mmar": ("modality", "category", "sub-category"),

@@ -1,4 +1,5 @@
-"""Curriculum manifests: JSONL in the DESIGN.md shape, validated up front, served as memory-mapped Arrow tables.
+"""Curriculum manifests: JSONL in the conversation shape of docs/design.md#manifests, validated up front, served as
+memory-mapped Arrow tables.
 
 One example per line:
     {"id": "...", "audio": "clips/dog.wav", "task": "caption|qa|classify|asr",

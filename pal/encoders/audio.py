@@ -1,8 +1,8 @@
 """Reading audio: any format soundfile reads (WAV, FLAC, OGG/Vorbis, MP3), mono, 16 kHz, DC removed.
 
 Resampling uses `scipy.signal.resample_poly` (a polyphase Kaiser-windowed FIR), a well-kept library; the official
-SSLAM code used torchaudio's sinc resampler, which does not run here (environment.md). Resampled features therefore
-differ slightly from the reference for non-16 kHz files; 16 kHz files are untouched.
+SSLAM code used torchaudio's sinc resampler, which does not run here (docs/design.md#environment). Resampled
+features therefore differ slightly from the reference for non-16 kHz files; 16 kHz files are untouched.
 
 Bad audio raises `AudioError` naming the file and the problem: missing, a folder, unreadable or corrupt, empty,
 NaN/inf samples, shorter than the caller's minimum (SSLAM needs one 25 ms fbank frame) or longer than `max_seconds`.
@@ -61,7 +61,7 @@ def audio_header_problem(path: str | Path, min_seconds: float = 0.0, max_seconds
 def load_audio(path: str | Path | bytes, sample_rate: int = TARGET_SAMPLE_RATE, max_seconds: float = MAX_SECONDS,
                remove_dc: bool = True, min_samples: int = 0, name: str = "the audio") -> torch.Tensor:
     """Read a file (or a file's bytes, called `name` in errors) → mono float32 waveform [S] at `sample_rate`, with
-    its mean removed (sslam-spec §2.1).
+    its mean removed (docs/design.md#front-end).
 
     `min_samples`: the shortest usable waveform at `sample_rate` (e.g. 400 for one 25 ms fbank frame at 16 kHz).
     """

@@ -1,8 +1,8 @@
 """Kaldi-compatible log-mel filterbank in torch, batched, on CPU or GPU.
 
 Written from the Kaldi definition (feat/feature-window.cc, feat/mel-computations.cc) with the defaults that
-`torchaudio.compliance.kaldi.fbank` uses, because no torchaudio works on our machines (environment.md) and the numpy
-path of transformers' `ASTFeatureExtractor` is slow and unbatched. Per frame:
+`torchaudio.compliance.kaldi.fbank` uses, because no torchaudio works on our machines (docs/design.md#environment)
+and the numpy path of transformers' `ASTFeatureExtractor` is slow and unbatched. Per frame:
     frame (25 ms, 10 ms hop, snip_edges) → remove DC → pre-emphasis 0.97 (first sample against itself) →
     Hann window (symmetric) → zero-pad to a power of two → |FFT|² → triangular mel banks on the mel scale
     1127·ln(1 + f/700) from low_freq to high_freq (0 = Nyquist) → log, floored at float32 epsilon.

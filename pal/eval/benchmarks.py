@@ -1,5 +1,5 @@
 """Benchmark scores by each benchmark's official rule, broken down by its own axes, and the predictions file its own
-scorer reads (`pal eval score --export NAME`). The rules and file layouts: ../shared/reference/benchmarks.md.
+scorer reads (`pal eval score --export NAME`). The rules and file layouts: docs/benchmarks.md.
 
     mmau, mmar   MMAU's / MMAR's string match (closed_qa.choice_match); accuracy overall and by task, difficulty,
                  category, sub-category (MMAR: modality, category, sub-category)

@@ -1,6 +1,6 @@
 """The SSLAM pre-training recipe (`pal sslam pretrain`): stage 1 (EAT) or stage 2 (SSLAM) on DeepSpeed.
 
-Lifecycle (torchtune's, `Recipe` in recipes/lifecycle.py; `run()` calls the steps in order): `__init__(config)`
+Lifecycle (torchtune's, `Recipe` in pal/training/lifecycle.py; `run()` calls the steps in order): `__init__(config)`
 validates, `setup()` builds data, model, teacher and engine, `train()` runs and saves a checkpoint every N steps
 (`checkpoint`), `save()` has the ranks finish together, `cleanup()` lets go of the engine and the data.
 
@@ -88,7 +88,8 @@ class OptimSection:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = bounded(1e-8, gt=0)
     weight_decay: float = bounded(0.05, ge=0)
-    # Official SSLAM decays every parameter (a fairseq quirk, sslam-spec §8); False exempts biases and norms.
+    # Official SSLAM decays every parameter (a fairseq quirk, docs/design.md#optimisation); False exempts biases and
+    # norms.
     decay_all_params: bool = True
     warmup_steps: int = bounded(25000, ge=0)
     max_steps: int = bounded(200000, ge=1)

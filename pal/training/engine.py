@@ -147,8 +147,8 @@ def cosine_lr(step: int, peak: float, warmup: int, total: int, min_lr: float = 0
 
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
     """The one weight-decay policy. `decay_all=True` decays every trainable tensor (the official SSLAM optimiser's
-    effective behaviour, sslam-spec §8); False exempts biases and vectors (norms, and single tokens such as CLS,
-    whose shape is [1, 1, D]), as intended there."""
+    effective behaviour, docs/design.md#optimisation); False exempts biases and vectors (norms, and single tokens such
+    as CLS, whose shape is [1, 1, D]), as intended there."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -1,4 +1,4 @@
-"""Load released SSLAM weights without fairseq (sslam-spec §9).
+"""Load released SSLAM weights without fairseq (docs/design.md#checkpoints).
 
 Accepted inputs:
   - a fairseq pre-training checkpoint `.pt` (student weights at the top of `ckpt["model"]`; the `_ema` teacher and the

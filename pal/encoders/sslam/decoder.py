@@ -1,4 +1,5 @@
-"""The lightweight CNN decoder of pre-training (sslam-spec §3.4), `modality_encoders.IMAGE.decoder` in checkpoints.
+"""The lightweight CNN decoder of pre-training (docs/design.md#decoder): `modality_encoders.IMAGE.decoder` in
+checkpoints.
 
 Input: the student's patch outputs at visible positions and N(0, σ²) noise tokens at masked positions, in patch order
 [B, N, D]. Reshaped to the patch grid [B, D, T_p, F_p], then per layer: grouped 3×3 conv → LayerNorm over channels

@@ -1,4 +1,4 @@
-"""SSLAM's input pipeline after the waveform (sslam-spec §2.2-2.3): Kaldi fbank, pad/truncate, normalise.
+"""SSLAM's input pipeline after the waveform (docs/design.md#front-end): Kaldi fbank, pad/truncate, normalise.
 
     log-mel [T, 128] → zero-pad or cut to `target_length` frames IN THE LOG DOMAIN (padded cells read 0 before
     normalisation, 0.467 after) → (x - mean) / (2·std) with the AudioSet statistics by default.
@@ -27,7 +27,7 @@ class FrontendConfig:
     sample_rate: int = 16000
     num_mel_bins: int = 128
     target_length: int = 1024  # frames per window (10.24 s); a multiple of the patch size
-    norm_mean: float = -4.268  # AudioSet statistics (sslam-spec §2.3)
+    norm_mean: float = -4.268  # AudioSet statistics (docs/design.md#front-end)
     norm_std: float = 4.569
     long_audio: str = "truncate"
 

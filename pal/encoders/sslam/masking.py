@@ -1,4 +1,5 @@
-"""Inverse block masking on the patch grid (sslam-spec §4): what the student sees during pre-training.
+"""Inverse block masking on the patch grid (docs/design.md#inverse-block-masking): what the student sees during
+pre-training.
 
 Per mask, on the T_p × F_p grid (64 × 8 for 10 s): the keep ratio is 1 − mask_prob (0.2). Draw
 int(N·(keep + adjust) / L²) random centres (duplicates allowed), keep an L × L block around each (clamped at the

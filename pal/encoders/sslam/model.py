@@ -1,9 +1,9 @@
-"""The SSLAM / EAT audio ViT (sslam-spec §3), with the released checkpoints' parameter names.
+"""The SSLAM / EAT audio ViT (docs/design.md#encoder), with the released checkpoints' parameter names.
 
 Module names are a contract with the released fairseq weights (`modality_encoders.IMAGE.local_encoder.proj.weight`,
 `blocks.N.attn.qkv.weight`, ...), so a released state dict loads with no renaming (see `checkpoint.py`).
 
-Forward (sslam-spec §3.1-3.2):
+Forward (docs/design.md#encoder):
     x = PatchEmbed(spec) + pos[:, :N]          conv 16×16 / 16 over (time, freq); tokens time-major, n = F·t + f
     x = [CLS ; x]                              the CLS token carries no position
     x = LayerNorm_ctx(x)                       applied once, before block 0
@@ -34,7 +34,7 @@ class SSLAMConfig:
     num_mel_bins: int = 128
     max_time_patches: int = 768  # positional table rows = max_time_patches · (num_mel_bins / patch_size)
     norm_eps: float = 1e-6
-    # Decoder (pre-training only): 6 grouped 3×3 convs (sslam-spec §3.4)
+    # Decoder (pre-training only): 6 grouped 3×3 convs (docs/design.md#decoder)
     decoder_layers: int = 6
     decoder_kernel: int = 3
     decoder_groups: int = 16
@@ -59,7 +59,8 @@ PRESETS = {
 
 
 def sincos_2d_positions(dim: int, time_patches: int, freq_patches: int) -> torch.Tensor:
-    """The fixed 2-D sin-cos table [1, T_p·F_p, D] (sslam-spec §3.3), frequency in the first half (MAE's meshgrid).
+    """The fixed 2-D sin-cos table [1, T_p·F_p, D] (docs/design.md#encoder), frequency in the first half (MAE's
+    meshgrid).
 
     For token n = F_p·t + f, with w_k = 10000^(-k / (D/4)): [sin(f·w), cos(f·w), sin(t·w), cos(t·w)].
     Released checkpoints carry their own (float16-rounded) table; load it rather than recompute it.

@@ -1,14 +1,15 @@
 """SSLAM / EAT pre-training objective: EMA teacher, multi-mask student, CNN decoder, frame, utterance and SRL losses.
 
-Stage 1 (EAT, sslam-spec §6): the student sees C masked clones of each clip; its decoder regresses the teacher's
-frame targets at masked patches, and its CLS regresses the teacher's utterance target.
-Stage 2 (SSLAM, §7): the batch is doubled with partial mixtures sharing the clean view's masks; the mixed half also
-regresses the source retention targets (`source_retention.py`).
+Stage 1 (EAT, arXiv 2401.03497; docs/design.md#stage-1-eat): the student sees C masked clones of each clip; its decoder
+regresses the teacher's frame targets at masked patches, and its CLS regresses the teacher's utterance target.
+Stage 2 (SSLAM, arXiv 2506.12222; docs/design.md#stage-2-mixtures-and-source-retention): the batch is doubled with
+partial mixtures sharing the clean view's masks; the mixed half also regresses the source retention targets
+(`source_retention.py`).
 
-Targets (§5.2): Tgt_K = LN(mean over the top K layers of IN(FFN tap_l)), IN over tokens, LN over channels, both
-without affine and eps 1e-5, in float32. Loss primitive (§5.3): ℓ(p, y) = (p − y)² / √D.
-Normalisation (§5.3, §7.5): the frame loss and the SRL are sums over masked patches divided by S (all masked patches
-of all student sequences); the SRL carries the official ×2; the utterance loss is a SUM over student sequences.
+Targets (docs/design.md#teacher-and-targets): Tgt_K = LN(mean over the top K layers of IN(FFN tap_l)), IN over tokens,
+LN over channels, both without affine and eps 1e-5, in float32. Loss primitive: ℓ(p, y) = (p − y)² / √D.
+Normalisation (docs/design.md#losses): the frame loss and the SRL are sums over masked patches divided by S (all masked
+patches of all student sequences); the SRL carries the official ×2; the utterance loss is a SUM over student sequences.
 
 Notation: B clips, V views (1 or 2), C clones, n = V·B·C student sequences, N patches, D width.
 Student sequence order: n = v·B·C + i·C + k (view, clip, clone), as the official code lays them out.
@@ -65,7 +66,7 @@ class ObjectiveConfig:
 
 
 def ema_decay_at(step: int, start: float, end: float, anneal_steps: int) -> float:
-    """Linear ramp of the teacher's decay from `start` to `end` over `anneal_steps` updates, then `end` (§5.1)."""
+    """Linear ramp of the teacher's decay from `start` to `end` over `anneal_steps` updates, then `end`."""
     if step >= anneal_steps:
         return end
     return end - (end - start) * (1 - step / anneal_steps)
@@ -94,7 +95,7 @@ class Draws:
 
 
 class EMATeacher:
-    """The EMA teacher (§5.1): a frozen float32 copy of the encoder, without the decoder.
+    """The EMA teacher (docs/design.md#teacher-and-targets): a frozen float32 copy of the encoder, without the decoder.
 
     Kept outside the trained module, so DeepSpeed neither partitions nor casts it (the official EMA is float32 too).
     """
@@ -202,7 +203,7 @@ class SSLAMPretrainer(nn.Module):
                 srl = srl_targets(frame_target[:batch], foreign, positions)
                 out.update(teacher_dropped_input=dropped, target_foreign=foreign, target_srl=srl)
 
-        # Losses (§7.5): sums over masked patches / S; the utterance term summed over sequences.
+        # Losses (docs/design.md#losses): sums over masked patches / S; the utterance term summed over sequences.
         sample_size = masks.sum()
         rep = lambda t: t.repeat_interleave(clones, dim=0)  # noqa: E731  one target row per clone
         frame_rows = d2v_loss(pred[masks], rep(frame_target)[masks]).sum(-1)

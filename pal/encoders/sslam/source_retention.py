@@ -1,10 +1,11 @@
-"""SSLAM stage 2: partial mixtures and the source retention loss targets (sslam-spec §7).
+"""SSLAM stage 2: partial mixtures and the source retention loss targets (SSLAM, arXiv 2506.12222,
+Algorithm 1; docs/design.md#stage-2-mixtures-and-source-retention).
 
-Partial mixture (§7.1): clip i is mixed with clip i−1 of the batch (a cyclic roll by +1) by the element-wise max of
+Partial mixture: clip i is mixed with clip i−1 of the batch (a cyclic roll by +1) by the element-wise max of
 the normalised log-mels, everywhere except two clean windows of W frames (start frames a < b, multiples of the patch
 size, shared by the batch), where clip i stays clean.
 
-Source retention (§7.3-7.4): the teacher encodes each source separately. For the foreign source it sees only the
+Source retention: the teacher encodes each source separately. For the foreign source it sees only the
 patches that were mixed in: the clean clip's tokens after patch embedding, positions, CLS and the context norm, with
 the clean-window rows removed. In mixed rows the SRL target is the mean of the two sources' targets,
 ½(Y_i + Z_{i−1}); in clean rows it is Y_i.
@@ -20,7 +21,7 @@ import torch
 
 
 def draw_window_starts(num_frames: int, window: int, patch: int, rng: random.Random) -> tuple[int, int]:
-    """Two clean-window start frames, one draw per batch, with the official ranges (§7.1).
+    """Two clean-window start frames, one draw per batch, with the official ranges.
 
     At T = 1024, W = 240 the official code draws a from range(0, 501, 16) and b from range(a + 240, 783, 16); in
     general a ≤ T − 2W − 44 and a + W ≤ b ≤ T − W − 2, both multiples of the patch size.

@@ -115,7 +115,7 @@ def captioning(candidates: list[str], references: list[list[str]], seed: int = 0
             spice = [s["All"]["f"] for s in spice]
             out["SPICE"] = mean_with_ci(spice, seed=seed)
             out["SPIDEr"] = mean_with_ci((np.asarray(cider) + np.asarray(spice)) / 2, seed=seed)
-        except Exception as err:  # SPICE's jar fails on some Java versions (ecosystem.md)
+        except Exception as err:  # SPICE's jar runs on Java 8-13 only (docs/design.md#environment)
             why = f"SPICE failed: {err}"
     if why is not None:
         out["SPICE"] = out["SPIDEr"] = {"unavailable": why}
