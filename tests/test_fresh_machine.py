@@ -58,8 +58,41 @@ def test_the_ranks_read_the_files_the_user_named_with_relative_paths(tmp_path, m
     per_rank = copy.deepcopy(config)  # what the launcher judged: each rank's half of the batch, paths as given
     for stage in per_rank.stages:
         stage.batch_size //= 2
-    assert [CurriculumRecipe(rank).stage_hash(k) for k in range(3)] == \
-        [CurriculumRecipe(per_rank).stage_hash(k) for k in range(3)]
+    assert [CurriculumRecipe(rank).folder.stage_hash(k) for k in range(3)] == \
+        [CurriculumRecipe(per_rank).folder.stage_hash(k) for k in range(3)]
+
+
+def test_a_run_killed_in_two_ranks_is_judged_for_two_ranks_before_they_start(tmp_path, monkeypatch):
+    """`pal demo` and `pal compare` rerun after a kill: the launcher reads each stage's state before it starts the
+    ranks, for the number of ranks it will start (it used to read a rank count that only exists inside a rank, and
+    failed with an AttributeError on any unfinished stage)."""
+    import pal.training.launch
+    from pal.curriculum import command
+    from pal.curriculum.config import CurriculumConfig
+    from pal.curriculum.recipe import CurriculumRecipe
+
+    config = CurriculumConfig.from_yaml(ROOT / "pal" / "configs" / "curriculum" / "demo-smoke.yaml")
+    config.out = str(tmp_path / "run")
+    per_rank = copy.deepcopy(config)
+    for stage in per_rank.stages:
+        stage.batch_size //= 2
+    folder = CurriculumRecipe(per_rank).folder
+
+    def killed_after_step_2(ranks: int) -> None:
+        (folder.stage_dir(0) / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (folder.stage_dir(0) / "checkpoints" / "latest").write_text("step-00000002")
+        (folder.stage_dir(0) / "stage.json").write_text(json.dumps(
+            {"hash": folder.stage_hash(0), "run": "r1", "previous_run": None, "world_size": ranks}))
+
+    launched = []
+    monkeypatch.setattr(pal.training.launch, "launch", lambda module, args, nproc: launched.append(nproc) or 0)
+    killed_after_step_2(2)
+    command.train_in_ranks(config, 2, "demo-smoke.yaml", tmp_path / "resolved.json")
+    assert launched == [2]
+    killed_after_step_2(4)
+    with pytest.raises(ValueError, match=r"started in 4 rank\(s\) and this run has 2"):
+        command.train_in_ranks(config, 2, "demo-smoke.yaml", tmp_path / "resolved.json")
+    assert launched == [2]
 
 
 # ---------------------------------------------------------------------------------------- first-use materialisation

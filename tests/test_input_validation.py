@@ -174,7 +174,7 @@ def test_shipped_configs_name_the_users_files_from_the_working_directory(tmp_pat
     from pal.common.typed_config import packaged_configs
     from pal.curriculum.config import CurriculumConfig
     from pal.encoders.ensemble import EnsembleConfig
-    from pal.pretraining.recipe import PretrainConfig
+    from pal.pretraining.config import PretrainConfig
 
     shipped = packaged_configs()
     monkeypatch.chdir(tmp_path)

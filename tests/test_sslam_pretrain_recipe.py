@@ -134,7 +134,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(corpus, tmp_path):
 
 
 def test_resume_without_checkpoint_and_missing_data_are_clear_errors(tmp_path):
-    from pal.pretraining.recipe import PretrainConfig, SSLAMPretrainRecipe
+    from pal.pretraining.config import PretrainConfig
+    from pal.pretraining.recipe import SSLAMPretrainRecipe
 
     config = PretrainConfig.from_yaml(TINY)
     with pytest.raises(ValueError, match="no training data"):

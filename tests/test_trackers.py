@@ -158,7 +158,7 @@ def test_an_sslam_run_reports_to_tensorboard(tmp_path, offline_wandb):
 @pytest.mark.parametrize("config_kind", ["curriculum", "sslam"])
 def test_an_unknown_tracker_is_an_error_naming_the_file_and_the_choices(config_kind, curriculum_env, tmp_path):
     from pal.curriculum.config import CurriculumConfig
-    from pal.pretraining.recipe import PretrainConfig
+    from pal.pretraining.config import PretrainConfig
 
     if config_kind == "curriculum":
         config, loader = curriculum_dict(curriculum_env, stages=1), CurriculumConfig

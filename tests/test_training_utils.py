@@ -9,7 +9,7 @@ import pytest
 
 from pal.encoders.sslam.model import PRESETS
 from pal.encoders.sslam.pretraining import SSLAMPretrainer
-from pal.pretraining.recipe import read_audio_manifest
+from pal.pretraining.data import read_audio_manifest
 from pal.training.engine import cosine_lr, param_groups
 
 
@@ -54,7 +54,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 def test_every_shipped_yaml_loads_into_its_typed_config(path):
     from pal.curriculum.config import CurriculumConfig
     from pal.encoders.ensemble import EnsembleConfig
-    from pal.pretraining.recipe import PretrainConfig
+    from pal.pretraining.config import PretrainConfig
 
     kind = {"curriculum": CurriculumConfig, "compare": CurriculumConfig, "encoders": EnsembleConfig,
             "sslam": PretrainConfig}[path.parent.name]
@@ -125,7 +125,7 @@ def test_a_clip_shorter_than_one_fbank_frame_is_a_reported_skip_not_a_crash(tmp_
     import torch
 
     from pal.encoders.sslam.frontend import FrontendConfig, batch_fbank
-    from pal.pretraining.recipe import ClipDataset
+    from pal.pretraining.data import ClipDataset
 
     soundfile.write(tmp_path / "blip.wav", np.zeros(160, dtype=np.float32), 16000)
     _, spec, error = ClipDataset([tmp_path / "blip.wav"], FrontendConfig())[0]

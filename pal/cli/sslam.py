@@ -40,7 +40,8 @@ def register(commands) -> None:
 
 
 def run_pretrain(args) -> int:
-    from pal.pretraining.recipe import PretrainConfig, SSLAMPretrainRecipe
+    from pal.pretraining.config import PretrainConfig
+    from pal.pretraining.recipe import SSLAMPretrainRecipe
 
     config = PretrainConfig.from_yaml(args.config)
     if args.manifest:
@@ -58,7 +59,7 @@ def run_pretrain(args) -> int:
 
 
 def run_export(args) -> int:
-    from pal.pretraining.recipe import export_student
+    from pal.pretraining.export import export_student
 
     print(f"exported the student encoder to {export_student(args.checkpoint, args.out)}")
     return 0

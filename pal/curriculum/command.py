@@ -75,11 +75,12 @@ def train_in_ranks(config, nproc: int, source: str | Path, resolved: Path, advic
                              "choose a number of ranks (--nproc) that divides it.")
         stage.batch_size //= nproc
     recipe = CurriculumRecipe(config, resume=True, source=source)
-    try:
-        states = [recipe.stage_state(k) for k in range(len(config.stages))]
+    try:  # as each of the `nproc` ranks will judge them
+        states = [recipe.folder.stage_state(k, resume=True, restart=False, world=nproc)
+                  for k in range(len(config.stages))]
     except ValueError as err:
         raise ValueError(f"{err} {advice}".strip()) from None
-    final = recipe.stage_dir(len(config.stages) - 1) / "final"
+    final = recipe.folder.stage_dir(len(config.stages) - 1) / "final"
     # The recipe's config, its paths absolute: the ranks resolve relative ones against this file's folder.
     with disk_errors(resolved):
         resolved.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,9 @@ loading (DataLoader workers); a progress bar; JSONL logs; atomic checkpoints (ke
 kill (data order, masks, windows and decoder noise are functions of (seed, step, clip), so nothing else needs
 restoring); unreadable audio skipped, counted and listed in `bad_files.jsonl`.
 
+What lives elsewhere: the config (config.py), the clips and their batches (data.py), `pal sslam export` (export.py),
+the model and objectives (pal/encoders/sslam/), the DeepSpeed and checkpoint plumbing (pal/training/).
+
 Randomness per clip, not per process: clip g of the global batch at step s gets the same masks and noise whatever the
 number of ranks, so a 2-rank run equals a 1-rank run of the same global batch (stage 1; stage-2 mixtures pair clips
 within each rank's batch, as the official code does per GPU).
@@ -20,22 +23,17 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from pal.common.manifest_lines import audio_paths
 from pal.common.safe_write import atomic_write_json, check_writable
-from pal.common.typed_config import YamlConfig, bounded, path_field
-from pal.encoders.audio import AudioError, load_audio
-from pal.encoders.sslam.frontend import FrontendConfig, model_inputs
+from pal.encoders.sslam.frontend import FrontendConfig
 from pal.encoders.sslam.masking import inverse_block_mask
-from pal.encoders.sslam.model import PRESETS, SSLAMConfig
-from pal.encoders.sslam.pretraining import Draws, EMATeacher, ObjectiveConfig, SSLAMPretrainer, load_pretraining_weights
+from pal.encoders.sslam.pretraining import Draws, EMATeacher, SSLAMPretrainer, load_pretraining_weights
 from pal.training.checkpointing import (
     CheckpointError,
     checkpoint_root,
@@ -48,154 +46,19 @@ from pal.training.checkpointing import (
 )
 from pal.training.engine import (
     JsonlLog,
-    check_deepspeed_config,
+    checked_deepspeed_config,
     cosine_lr,
-    deepspeed_config,
-    param_groups,
+    deepspeed_engine,
     peak_memory_mb,
     reset_peak_memory,
     setup_distributed,
     slow_bf16_note,
 )
 from pal.training.lifecycle import Recipe
-from pal.training.trackers import check_report_to, open_trackers
+from pal.training.trackers import open_trackers
 
-
-@dataclass
-class ModelSection:
-    preset: str = "vitb"  # vitb | small | tiny
-    overrides: dict = field(default_factory=dict)  # SSLAMConfig fields over the preset
-
-    def build(self) -> SSLAMConfig:
-        if self.preset not in PRESETS:
-            raise ValueError(f"model.preset = {self.preset!r}: expected one of {sorted(PRESETS)}.")
-        return SSLAMConfig(**{**asdict(PRESETS[self.preset]), **self.overrides})
-
-
-@dataclass
-class DataSection:
-    manifest: str | None = path_field(None)  # JSONL with {"audio": path} per line, or a fairseq tsv (first line: root)
-    batch_size: int = bounded(12, ge=1)  # clips per rank per micro-step
-    num_workers: int = bounded(2, ge=0)
-    target_length: int = bounded(1024, ge=16)  # frames per clip (10.24 s); the first window of longer clips
-    norm_mean: float = -4.268
-    norm_std: float = bounded(4.569, gt=0)
-
-
-@dataclass
-class OptimSection:
-    lr: float = bounded(5e-5, gt=0)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = bounded(1e-8, gt=0)
-    weight_decay: float = bounded(0.05, ge=0)
-    # Official SSLAM decays every parameter (a fairseq quirk, docs/design.md#optimisation); False exempts biases and
-    # norms.
-    decay_all_params: bool = True
-    warmup_steps: int = bounded(25000, ge=0)
-    max_steps: int = bounded(200000, ge=1)
-    min_lr: float = bounded(0.0, ge=0)
-    grad_clip: float = bounded(4.0, ge=0)
-
-
-@dataclass
-class DeepSpeedSection:
-    config: str | None = path_field(None)  # a DeepSpeed JSON (e.g. pal:deepspeed/zero2.json); None: DeepSpeed's defaults
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where native, else fp32
-    zero_stage: Literal[0, 1, 2] | None = None  # None: the file's zero_optimization.stage, else 2
-    gradient_accumulation_steps: int = bounded(1, ge=1)
-
-
-@dataclass
-class CheckpointSection:
-    every: int = bounded(1000, ge=1)
-    keep_last: int = bounded(3, ge=0)  # 0 keeps every checkpoint
-
-
-@dataclass
-class PretrainConfig(YamlConfig):
-    model: ModelSection = field(default_factory=ModelSection)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    data: DataSection = field(default_factory=DataSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
-    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    init: str | None = path_field(None)  # stage 2: a stage-1 run folder, or a released fairseq .pt (student + _ema)
-    trust_checkpoint: bool = False  # allow full unpickling of an `init` .pt that weights_only refuses
-    log_every: int = bounded(10, ge=1)
-    seed: int = bounded(0, ge=0)
-    # Experiment trackers the log is copied to (tensorboard, wandb, mlflow; training/trackers.py); the JSONL log is
-    # written either way. `tracker_project`: the W&B project and MLflow experiment (default: the output folder's name).
-    report_to: list[str] = field(default_factory=list)
-    tracker_project: str | None = None
-
-    def __post_init__(self):
-        check_report_to(self.report_to)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def read_audio_manifest(path: str | Path) -> list[Path]:
-    """JSONL (`{"audio": ...}` per line) or fairseq tsv (first line the root, then `relative<TAB>size`)."""
-    path = Path(path)
-    if path.suffix == ".tsv" and path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        root = Path(lines[0].strip())
-        return [root / line.split("\t")[0] for line in lines[1:]]
-    return audio_paths(path)
-
-
-class ClipDataset(torch.utils.data.Dataset):
-    """Clip g → (g, normalised log-mel [T, M] or None, error message or None)."""
-
-    def __init__(self, paths: list[Path], frontend: FrontendConfig):
-        self.paths, self.frontend = paths, frontend
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            waveform = load_audio(self.paths[index], min_samples=self.frontend.min_samples)
-            spec, _ = model_inputs([waveform], self.frontend)
-            return index, spec[0], None
-        except AudioError as err:
-            return index, None, str(err)
-
-
-def collate(items):
-    good = [(i, s) for i, s, _ in items if s is not None]
-    bad = [(i, e) for i, _, e in items if e is not None]
-    specs = torch.stack([s for _, s in good]) if good else None
-    return [i for i, _ in good], specs, bad
-
-
-class StepBatches(torch.utils.data.Sampler):
-    """Index lists for this rank, step after step from `start_step`: a fresh permutation per epoch (seeded), each
-    step's global batch cut into contiguous per-rank slices; the incomplete tail of an epoch is dropped."""
-
-    def __init__(self, size: int, per_rank: int, rank: int, world: int, seed: int, start_step: int, steps: int):
-        self.size, self.per_rank, self.rank, self.world = size, per_rank, rank, world
-        self.seed, self.start_step, self.steps = seed, start_step, steps
-        self.per_epoch = size // (per_rank * world)
-        if self.per_epoch == 0:
-            raise ValueError(f"{size} clips are fewer than one global batch of {per_rank * world}: add data.")
-
-    def global_indices(self, step: int) -> list[int]:
-        epoch, within = divmod(step, self.per_epoch)
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-        width = self.per_rank * self.world
-        return order[within * width : (within + 1) * width].tolist()
-
-    def __iter__(self):
-        for step in range(self.start_step, self.steps):
-            glob = self.global_indices(step)
-            yield glob[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
-
-    def __len__(self) -> int:
-        return max(0, self.steps - self.start_step)
+from .config import PretrainConfig
+from .data import ClipDataset, StepBatches, collate, read_audio_manifest
 
 
 def _seed(*parts) -> int:
@@ -221,8 +84,6 @@ class SSLAMPretrainRecipe(Recipe):
 
     # -------------------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        import deepspeed
-
         c = self.config
         self.rank, self.world = setup_distributed()
         torch.manual_seed(c.seed)
@@ -244,16 +105,16 @@ class SSLAMPretrainRecipe(Recipe):
             check_writable(self.out)
         if not self.resume and c.init:
             self._load_init(c.init)
-        optimizer = torch.optim.AdamW(param_groups(self.model, c.optim.weight_decay, c.optim.decay_all_params),
-                                      lr=c.optim.lr, betas=tuple(c.optim.betas), eps=c.optim.eps)
-        ds = deepspeed_config(c.deepspeed.config, micro_batch=c.data.batch_size,
-                              grad_accum=c.deepspeed.gradient_accumulation_steps, precision=c.deepspeed.precision,
-                              zero_stage=c.deepspeed.zero_stage, grad_clip=c.optim.grad_clip)
-        check_deepspeed_config(ds, f"DeepSpeed config {c.deepspeed.config or '(defaults)'}")
+        ds = checked_deepspeed_config(c.deepspeed.config, f"DeepSpeed config {c.deepspeed.config or '(defaults)'}",
+                                      micro_batch=c.data.batch_size, grad_accum=c.deepspeed.gradient_accumulation_steps,
+                                      precision=c.deepspeed.precision, zero_stage=c.deepspeed.zero_stage,
+                                      grad_clip=c.optim.grad_clip)
         note = slow_bf16_note(c.deepspeed.precision, "deepspeed")
         if note and self.rank == 0:
             print(f"pal sslam pretrain: {note}")
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, config=ds)
+        self.engine, self.optimizer = deepspeed_engine(self.model, ds, lr=c.optim.lr, betas=c.optim.betas,
+                                                       eps=c.optim.eps, weight_decay=c.optim.weight_decay,
+                                                       decay_all=c.optim.decay_all_params)
         if self.resume:
             tag_dir = load_latest_checkpoint(self.engine, self.out, self.rank)
             self.teacher.encoder.load_state_dict(load_file(tag_dir / "teacher.safetensors"))
@@ -394,21 +255,3 @@ class SSLAMPretrainRecipe(Recipe):
         """Let go of the engine, model, teacher and data loader, so that the next recipe in this process (`pal demo`
         runs stage 1, then stage 2) does not hold them beside its own."""
         self.engine = self.optimizer = self.model = self.teacher = self.loader = self.sampler = None
-
-
-def export_student(run: str | Path, out: str | Path) -> Path:
-    """`pal sslam export`: the latest (or given) checkpoint's student encoder, without decoder, as safetensors plus a
-    config.json that `load_sslam` reads directly."""
-    run = Path(run)
-    if (run / "student.safetensors").is_file():
-        tag_dir = run
-    else:
-        tag_dir = newest_intact(run)
-        if tag_dir is None:
-            raise FileNotFoundError(f"{run} is neither a checkpoint folder nor a run folder with an intact checkpoint.")
-    state = {k: v for k, v in load_file(tag_dir / "student.safetensors").items() if ".decoder." not in k}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / "model.safetensors"))
-    (out / "config.json").write_text((tag_dir / "encoder_config.json").read_text())
-    return out

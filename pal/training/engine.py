@@ -225,6 +225,27 @@ def check_deepspeed_config(config: dict, where: str) -> None:
         raise ValueError(f"{where} is not a valid DeepSpeed config: {' '.join(lines)[:600]}") from None
 
 
+def checked_deepspeed_config(base: str | Path | dict | None, where: str, *, micro_batch: int, grad_accum: int,
+                             precision: str, zero_stage: int | None, grad_clip: float) -> dict:
+    """`deepspeed_config`'s merge, checked by DeepSpeed's own parser (`check_deepspeed_config`; `where` names the
+    file in errors): what both recipes hand to `deepspeed_engine`."""
+    config = deepspeed_config(base, micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
+                              zero_stage=zero_stage, grad_clip=grad_clip)
+    check_deepspeed_config(config, where)
+    return config
+
+
+def deepspeed_engine(model: nn.Module, config: dict, *, lr: float, betas, eps: float, weight_decay: float,
+                     decay_all: bool):
+    """`model` wrapped by DeepSpeed with `config`, trained by AdamW over its trainable tensors under the one
+    weight-decay policy (`param_groups`) → (engine, optimizer). Both recipes set up their engine here."""
+    import deepspeed
+
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay, decay_all), lr=lr, betas=tuple(betas), eps=eps)
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine, optimizer
+
+
 class JsonlLog:
     """Append-only JSON-lines log, the run's record of truth (rank 0 writes; other ranks hold a no-op). The numbers
     of each record that carries a `step` are copied to the experiment trackers given (`report_to`, trackers.py)."""

@@ -75,7 +75,9 @@ def step_data(out: Path, preset: dict, seed: int) -> Path:
 def step_sslam(out: Path, data: Path, preset: dict, seed: int = 0) -> Path:
     """The SSLAM pre-trained on the demo clips (stage 1, then stage 2), exported → its folder. `seed`: the
     pre-training's (masks, data order, initialisation)."""
-    from pal.pretraining.recipe import PretrainConfig, SSLAMPretrainRecipe, export_student
+    from pal.pretraining.config import PretrainConfig
+    from pal.pretraining.export import export_student
+    from pal.pretraining.recipe import SSLAMPretrainRecipe
     from pal.training.checkpointing import has_checkpoints, trained_steps
 
     encoder = out / "sslam" / "encoder"
