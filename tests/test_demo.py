@@ -140,6 +140,12 @@ def test_demo_smoke_writes_a_report_with_the_evaluations_numbers(smoke, capsys):
     assert [c["steps"] for c in curve] == list(np.cumsum([s["steps"] for s in audio["stages"]]))
     assert all(0 <= c["chance"] <= 1 and 0 <= c["hearing_mAP"] <= 1 for c in curve)
     assert "validation hearing mAP [95% CI]" in report
+    # Where the time went: each step timed as it ran, in the report and in timings.json.
+    times = json.loads((smoke / "timings.json").read_text())
+    assert list(times) == ["dataset", "SSLAM pre-training", "features", "curriculum", "text-only baseline", "probe",
+                           "evaluation", "fit check", "stage curve", "export", "total"]
+    assert all(t >= 0 for t in times.values()) and sum(times.values()) - times["total"] <= times["total"]
+    assert "## Where the time went" in report
     for stage in text_only["stages"]:
         for source in stage["data"]:
             assert all("audio" not in json.loads(line) and "<audio>" not in line

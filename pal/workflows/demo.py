@@ -364,7 +364,7 @@ def step_export(out: Path, final: Path) -> Path:
 
 
 def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, preset_name: str, seconds: float,
-                curve: list[dict] | None = None):
+                curve: list[dict] | None = None, times: dict[str, float] | None = None):
     from pal.eval.report import Image, Section, Table, metric_cell, metrics_table, reliance_table, write_report
 
     card = json.loads((data / "card.json").read_text())
@@ -398,6 +398,10 @@ def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, pre
             Table(["after stage", "steps so far", "validation hearing mAP [95% CI]", "chance"],
                   [[c["stage"], str(c["steps"]), metric_cell({"value": c["hearing_mAP"], "ci95": c["ci95"]}),
                     f"{c['chance']:.3f}"] for c in curve])] if curve else [])),
+        *([Section("Where the time went", [
+            "Each step of this run, wall-clock (a step found done by an earlier run takes about none; "
+            "timings.json holds the same).",
+            Table(["step", "minutes"], [[name, f"{t / 60:.1f}"] for name, t in times.items()])])] if times else []),
         Section("Examples from the test split", [Table(["clip", "question", "what it holds", "gold", "answer",
                                                         "with another clip's audio", "text-only trained model"],
                                                        examples(out, data))]),
@@ -407,23 +411,40 @@ def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, pre
     return write_report(out, "PAL demo", sections)
 
 
+class StepTimes(dict):
+    """{step: seconds} of one `pal demo` run, each step timed as it runs (a step found done takes about none)."""
+
+    def __call__(self, name: str, step, *args, **kwargs):
+        started = time.time()
+        try:
+            return step(*args, **kwargs)
+        finally:
+            self[name] = self.get(name, 0.0) + time.time() - started
+
+
 def run_demo(args) -> int:
+    from pal.common.safe_write import atomic_write_json
+
     start = time.time()
     trained_model.cache_clear()  # a model folder retrained since an earlier run in this process is read again
     preset = PRESETS[args.preset]
     out = Path(args.out)
-    data = step_data(out, preset, args.seed)
-    encoder = step_sslam(out, data, preset)
+    timed = StepTimes()
+    data = timed("dataset", step_data, out, preset, args.seed)
+    encoder = timed("SSLAM pre-training", step_sslam, out, data, preset)
     encoders = ensemble_config(encoder)
-    features = step_features(out, data, encoders)
-    final = step_curriculum(out, data, preset, encoders, features, nproc=args.nproc)
-    text_only = step_curriculum(out, data, preset, encoders, features, text_only=True, nproc=args.nproc)
-    probe = step_probe(out, data, encoders, features)
-    result = step_eval(out, data, final, preset, text_only, workers=args.nproc, probe=probe)
-    fit = step_fit(out, data, final, preset)
-    curve = step_curve(out, data, final)
-    model = step_export(out, final)
-    md, page = step_report(out, data, result, fit, final, args.preset, time.time() - start, curve)
+    features = timed("features", step_features, out, data, encoders)
+    final = timed("curriculum", step_curriculum, out, data, preset, encoders, features, nproc=args.nproc)
+    text_only = timed("text-only baseline", step_curriculum, out, data, preset, encoders, features, text_only=True,
+                      nproc=args.nproc)
+    probe = timed("probe", step_probe, out, data, encoders, features)
+    result = timed("evaluation", step_eval, out, data, final, preset, text_only, workers=args.nproc, probe=probe)
+    fit = timed("fit check", step_fit, out, data, final, preset)
+    curve = timed("stage curve", step_curve, out, data, final)
+    model = timed("export", step_export, out, final)
+    timed["total"] = time.time() - start
+    atomic_write_json(out / "timings.json", dict(timed))
+    md, page = step_report(out, data, result, fit, final, args.preset, timed["total"], curve, timed)
     say("[6/6] report: " + f"{md} and {page}")
     say("")
     from pal.eval.report import metrics_table
