@@ -23,6 +23,17 @@ def register(commands) -> None:
     convert.add_argument("--audio-pattern", help="audio file name from CSV columns, e.g. '{youtube_id}.wav'")
     convert.add_argument("--ontology", help="audioset: ontology.json")
     convert.add_argument("--no-check-audio", action="store_true", help="do not require the audio files to exist")
+    hub = convert.add_argument_group("hf (a Hugging Face dataset folder: save_to_disk, or the Hub's Parquet/Arrow "
+                                     "files; its audio is read in place) — name the text one way")
+    hub.add_argument("--split", help="the split to convert (default: the only one)")
+    hub.add_argument("--audio-column", default="audio", help="the column of encoded audio or file names")
+    hub.add_argument("--id-column", help="the column of row ids (default: DATASET-SPLIT-ROW)")
+    hub.add_argument("--caption-columns", nargs="+", metavar="COLUMN", help="captions (each a row, all references)")
+    hub.add_argument("--question-column", help="questions (with --answer-column)")
+    hub.add_argument("--answer-column", help="answers to --question-column")
+    hub.add_argument("--label-column", help="event labels: a list or a string (classification)")
+    hub.add_argument("--transcript-column", help="transcripts (speech recognition)")
+    hub.add_argument("--messages-column", help="conversations, [{role, content}, ...]")
     convert.set_defaults(run=run_convert)
 
 
@@ -37,7 +48,10 @@ def run_demo(args) -> int:
 def run_convert(args) -> int:
     from pal.data.convert import convert, summary_lines
 
+    hub = {key: getattr(args, key) for key in ("split", "audio_column", "id_column", "caption_columns",
+                                                "question_column", "answer_column", "label_column",
+                                                "transcript_column", "messages_column")}
     summary = convert(args.format, args.input, args.out, args.audio_dir or ".", check_audio=not args.no_check_audio,
-                      ontology=args.ontology, pattern=args.audio_pattern)
+                      ontology=args.ontology, pattern=args.audio_pattern, **hub)
     print("\n".join(summary_lines(summary)))
     return 0 if summary["converted"] else 1

@@ -8,6 +8,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from .audio_source import audio_identity, resolve_audio  # noqa: F401 - resolve_audio: readers import it here
+
 
 class ManifestError(ValueError):
     """Every problem of a manifest, one per line of the message: `path:line: what is wrong`."""
@@ -38,9 +40,10 @@ def manifest_lines(path: str | Path) -> Iterator[tuple[int, object, str | None]]
                 yield number, None, f"not valid JSON ({err.msg} at column {err.colno})."
 
 
-def audio_paths(path: str | Path) -> list[Path]:
-    """The audio files of a JSONL manifest (`{"audio": ...}` per line; relative to the manifest's folder), for the
-    feature cache and SSLAM pre-training; ManifestError listing every line without an audio path string."""
+def audio_paths(path: str | Path) -> list[str]:
+    """The audio of a JSONL manifest (`{"audio": ...}` per line: a file relative to the manifest's folder, or a
+    dataset row, audio_source.py), each resolved once, for the feature cache and SSLAM pre-training; ManifestError
+    listing every line without an audio string."""
     audio, problems = [], []
     for number, row, problem in manifest_lines(path):
         if problem is None and not (isinstance(row, dict) and isinstance(row.get("audio"), str) and row["audio"].strip()):
@@ -48,13 +51,7 @@ def audio_paths(path: str | Path) -> list[Path]:
         if problem:
             problems.append(f"{path}:{number}: {problem}")
         else:
-            audio.append(resolve_audio(row["audio"], path).resolve())
+            audio.append(audio_identity(resolve_audio(row["audio"], path)))
     if problems:
         raise ManifestError(f"{len(problems)} problem(s) in manifest {path}:\n" + "\n".join(problems))
     return audio
-
-
-def resolve_audio(audio: str, manifest: str | Path) -> Path:
-    """An `audio` entry as a path: absolute as given (with ~ expanded), else relative to the manifest's folder."""
-    path = Path(audio).expanduser()
-    return path if path.is_absolute() else Path(manifest).parent / path

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pal.common.audio_source import AudioSourceError, audio_problem, audio_source, dataset_audio
+
 TARGET_SAMPLE_RATE = 16000
 MAX_SECONDS = 3600.0  # one hour: anything longer is almost surely a mistake (e.g. a wrong file in a manifest)
 
@@ -36,15 +38,18 @@ def resample(waveform: np.ndarray, orig_rate: int, target_rate: int = TARGET_SAM
 
 
 def audio_header_problem(path: str | Path, min_seconds: float = 0.0, max_seconds: float = MAX_SECONDS) -> str | None:
-    """What is wrong with an audio file judging by its header (no decoding), or None."""
+    """What is wrong with an audio file (or a dataset row's audio, pal/common/audio_source.py) judging by its header
+    (no decoding), or None."""
+    import io
+
     import soundfile
 
-    if Path(path).is_dir():
-        return f"audio {path} is a folder, not an audio file."
-    if not Path(path).is_file():
-        return f"audio file {path} does not exist."
+    problem = audio_problem(str(path))
+    if problem:
+        return problem
+    source = audio_source(str(path))
     try:
-        info = soundfile.info(str(path))
+        info = soundfile.info(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except Exception as err:  # LibsndfileError / RuntimeError / TypeError for bad bytes
         return f"audio {path} is not a readable audio file ({err})."
     if info.frames == 0 or info.samplerate <= 0:
@@ -69,6 +74,12 @@ def load_audio(path: str | Path | bytes, sample_rate: int = TARGET_SAMPLE_RATE, 
 
     import soundfile
 
+    if not isinstance(path, bytes) and dataset_audio(str(path)):  # a dataset row: its encoded bytes, named by the row
+        try:
+            found = audio_source(str(path))
+        except AudioSourceError as err:
+            raise AudioError(str(err)) from None
+        path, name = (found, str(path)) if isinstance(found, bytes) else (found, name)
     if isinstance(path, bytes):
         source, path = io.BytesIO(path), name
     else:

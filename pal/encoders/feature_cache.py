@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from pal.common.hashing import file_hash
+from pal.common.audio_source import audio_hash, audio_problem
 from pal.common.safe_write import atomic_write_json, check_writable, disk_errors
 
 from .audio import AudioError
@@ -43,7 +43,7 @@ from .outputs import EncoderOutputs, pad_rows
 INDEX = "index.json"
 
 
-def manifest_part(audio: list[Path], part: int, parts: int) -> list[Path]:
+def manifest_part(audio: list, part: int, parts: int) -> list:
     """Part `part` (0-based) of `parts` of a manifest's clips: clip k (in manifest order) goes to part k mod `parts`.
 
     The same on every machine that reads the same manifest, disjoint, together the whole manifest; lines appended
@@ -162,7 +162,7 @@ class FeatureCache:
 
     # ------------------------------------------------------------------------------------------------ building
 
-    def build(self, audio: list[Path], ensemble: AudioEncoderEnsemble | None = None, batch_size: int = 8,
+    def build(self, audio: list[str | Path], ensemble: AudioEncoderEnsemble | None = None, batch_size: int = 8,
               shard_size: int = 256, flush_every: int = 64, progress: bool = True) -> dict:
         """Encode every not-yet-cached file; returns {"cached", "added", "bad"} counts.
 
@@ -173,11 +173,11 @@ class FeatureCache:
         _drop_orphans(self.root, self.index)
         todo, seen = [], set(self.index["entries"])
         for path in audio:
-            problem = "is a folder, not an audio file" if path.is_dir() else None if path.is_file() else "no such file"
+            problem = audio_problem(str(path))
             if problem:
-                self.index["bad"][str(path)] = f"{path}: {problem}."
+                self.index["bad"][str(path)] = problem
                 continue
-            key = file_hash(path)
+            key = audio_hash(str(path))
             if key in seen:
                 self.index["bad"].pop(str(path), None)
             else:
@@ -240,13 +240,13 @@ class FeatureCache:
     # ------------------------------------------------------------------------------------------------- reading
 
     def __contains__(self, path) -> bool:
-        return Path(path).is_file() and file_hash(path) in self.index["entries"]
+        return audio_problem(str(path)) is None and audio_hash(str(path)) in self.index["entries"]
 
     def get(self, paths: list[str | Path]) -> EncoderOutputs:
         """Cached features of these files, padded into a batch: {name: (tokens [B, N_e, D_e], mask [B, N_e])}."""
         rows = []
         for path in paths:
-            key = file_hash(path) if Path(path).is_file() else None
+            key = audio_hash(str(path)) if audio_problem(str(path)) is None else None
             shard = self.index["entries"].get(key) if key else None
             if shard is None:
                 raise KeyError(f"{path} is not in the feature cache {self.root}: run `pal features build` on its manifest.")

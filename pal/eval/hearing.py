@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pal.common.audio_source import audio_identity
 from pal.data.manifest import Example, mismatched_audio
 from pal.encoders.audio import AudioError
 
@@ -126,7 +127,7 @@ def hearing_scores(llm, examples: list[Example], heard: dict[str, str | None] | 
             log_likelihood[kind][i, j] = scored[key]
     words = log_likelihood["yes_no"]
     return HearingScores(
-        clips=[str(Path(e.audio).resolve()) for e in items], classes=classes, scores=log_likelihood["class"],
+        clips=[audio_identity(e.audio) for e in items], classes=classes, scores=log_likelihood["class"],
         truth=np.array([[label in gold_labels(e) for label in classes] for e in items], dtype=bool).reshape(
             len(items), len(classes)),
         yes_no=np.logaddexp(words[:, 0], words[:, 1]) - np.logaddexp(words[:, 2], words[:, 3]),

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pal.common.audio_source import audio_identity
 from pal.data.manifest import Example, read_questions
 from pal.encoders.ensemble import EnsembleConfig
 from pal.encoders.feature_cache import FeatureCache
@@ -251,7 +252,7 @@ def answers_probe_fraction(examples: list[Example], answers: list[str], probe_re
     # different working directories.
     predicted = {str(Path(clip).resolve()): found
                  for clip, found in zip(probe_result["test"], probe_result["encoders"][name]["predicted"])}
-    kept = [(e, a, str(Path(e.audio).resolve())) for e, a in zip(examples, answers) if e.audio is not None]
+    kept = [(e, a, audio_identity(e.audio)) for e, a in zip(examples, answers) if e.audio is not None]
     kept = [(e, a, clip) for e, a, clip in kept if clip in predicted]
     if not kept:
         return None

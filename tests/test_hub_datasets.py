@@ -1,0 +1,122 @@
+"""Hugging Face datasets read in place: a `save_to_disk` folder and the Hub's Parquet files, each built here with the
+`datasets` library's own writers around real encoded audio (WAV at 16 kHz, FLAC at 48 kHz), converted by `pal data
+convert hf`, then read by the manifest's validation, the feature cache and training, the audio never written out."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from pal.cli.main import main
+
+
+def _encoded(freq: float, rate: int, fmt: str, seconds: float = 0.5) -> bytes:
+    t = np.arange(int(rate * seconds)) / rate
+    buffer = io.BytesIO()
+    soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format=fmt)
+    return buffer.getvalue()
+
+
+CLIPS = [_encoded(220, 16000, "WAV"), _encoded(880, 48000, "FLAC"), b"not audio at all", _encoded(440, 16000, "WAV")]
+CAPTIONS = ["A low tone.", "A high tone.", "Noise.", ""]
+
+
+def _dataset():
+    import datasets
+
+    features = datasets.Features({"audio": datasets.Audio(), "caption": datasets.Value("string"),
+                                  "clip_id": datasets.Value("string")})
+    return datasets.Dataset.from_dict({"audio": [{"bytes": b, "path": None} for b in CLIPS], "caption": CAPTIONS,
+                                       "clip_id": [f"c{i}" for i in range(len(CLIPS))]}, features=features)
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    import datasets
+
+    folder = tmp_path / "data" / "tones-hf"
+    datasets.DatasetDict({"train": _dataset(), "validation": _dataset().select([0])}).save_to_disk(str(folder))
+    return folder
+
+
+def test_a_saved_dataset_converts_with_its_audio_in_place_and_bad_rows_set_aside(saved, capsys):
+    out = saved.parent / "train.jsonl"
+    assert main(["data", "convert", "hf", str(saved), "--split", "train", "--caption-columns", "caption",
+                 "--id-column", "clip_id", "--out", str(out)]) == 0
+    rows = _rows(out)
+    # relative to the manifest's folder, so data/ moves as one; the rows point into the dataset
+    assert [r["audio"] for r in rows] == [f"dataset://tones-hf/train/audio/{i}" for i in (0, 1)]
+    assert [r["id"] for r in rows] == ["c0", "c1"] and rows[1]["references"] == ["A high tone."]
+    skipped = json.loads((saved.parent / "train.skipped.json").read_text())
+    # row 2's bytes are no audio (found by the manifest's validation, naming the row); row 3 has no caption
+    assert [s["where"] for s in skipped] == ["tones-hf train row 3", "c2"]
+    assert "no caption in columns ['caption']" in skipped[0]["why"]
+    assert "tones-hf/train/audio/2" in skipped[1]["why"] and "not a readable audio file" in skipped[1]["why"]
+    assert not list(saved.parent.rglob("*.wav")) and not list(saved.parent.rglob("*.flac"))  # nothing written out
+    assert "2 examples written" in capsys.readouterr().out
+
+
+def test_a_rows_audio_reads_as_the_same_bytes_in_a_file_would(saved, tmp_path):
+    from pal.common.audio_source import audio_hash, resolve_audio
+    from pal.common.hashing import file_hash
+    from pal.encoders.audio import load_audio
+
+    ref = resolve_audio("dataset://tones-hf/train/audio/1", saved.parent / "m.jsonl")
+    (tmp_path / "same.flac").write_bytes(CLIPS[1])
+    assert audio_hash(ref) == file_hash(tmp_path / "same.flac")  # the feature cache's key: where it lies is no part
+    for rate in (16000, 24000):  # resampled from 48 kHz once, exactly as the file is
+        assert torch.equal(load_audio(ref, sample_rate=rate), load_audio(tmp_path / "same.flac", sample_rate=rate))
+
+
+def test_missing_splits_columns_and_rows_are_named(saved, tmp_path):
+    from pal.common.audio_source import AudioSourceError, audio_source
+    from pal.data.convert import convert
+
+    with pytest.raises(ValueError, match=r"no split 'test'; its splits: \['train', 'validation'\]"):
+        convert("hf", saved, tmp_path / "m.jsonl", ".", split="test", caption_columns=["caption"])
+    with pytest.raises(ValueError, match=r"no column\(s\) \['text'\] in split train"):
+        convert("hf", saved, tmp_path / "m.jsonl", ".", split="train", transcript_column="text")
+    with pytest.raises(ValueError, match="name the text columns one way"):
+        convert("hf", saved, tmp_path / "m.jsonl", ".", split="train")
+    with pytest.raises(AudioSourceError, match=r"row 9 does not exist \(split train has 4 rows\)"):
+        audio_source(f"dataset://{saved}/train/audio/9")
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_the_hubs_parquet_files_convert_too(tmp_path):
+    folder = tmp_path / "hub-copy"
+    (folder / "data").mkdir(parents=True)
+    _dataset().select([0, 1]).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    out = tmp_path / "train.jsonl"
+    assert main(["data", "convert", "hf", str(folder), "--caption-columns", "caption", "--out", str(out)]) == 0
+    assert [r["audio"] for r in _rows(out)] == [f"dataset://hub-copy/train/audio/{i}" for i in (0, 1)]
+
+
+def test_a_converted_dataset_trains_and_fills_the_feature_cache(saved, curriculum_env, tmp_path):
+    from conftest import curriculum_dict, train_in_process, write_yaml
+
+    from pal.common.manifest_lines import audio_paths
+    from pal.encoders.ensemble import EnsembleConfig
+    from pal.encoders.feature_cache import FeatureCache
+
+    out = saved.parent / "train.jsonl"
+    assert main(["data", "convert", "hf", str(saved), "--split", "train", "--caption-columns", "caption",
+                 "--out", str(out)]) == 0
+    config = curriculum_dict(curriculum_env, stages=1, steps=2, batch_size=2, val_manifest=None, num_samples=0,
+                             checkpoint_every=2, data=[{"manifest": str(out)}])
+    (stage,) = train_in_process(write_yaml(tmp_path / "c.yaml", config), tmp_path / "run")
+    assert stage["steps"] == 2 and stage["bad_samples"] == 0
+    ensemble = EnsembleConfig.from_dict({"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}})
+    cache = FeatureCache(tmp_path / "cache", ensemble)
+    assert cache.build(audio_paths(out), progress=False) == {"cached": 2, "added": 2, "bad": 0}
+    tokens, mask = cache.get(audio_paths(out))["sslam"]
+    assert tokens.shape[0] == 2 and mask.any(dim=1).all()
