@@ -1,6 +1,7 @@
-"""Hugging Face datasets read in place: a `save_to_disk` folder and the Hub's Parquet files, each built here with the
-`datasets` library's own writers around real encoded audio (WAV at 16 kHz, FLAC at 48 kHz), converted by `pal data
-convert hf`, then read by the manifest's validation, the feature cache and training, the audio never written out."""
+"""Data as users have it, read in place: a Hugging Face `save_to_disk` folder, the Hub's Parquet files and WebDataset
+tar shards, each built here with its library's own writer (`datasets`, `webdataset`) around real encoded audio (WAV
+at 16 kHz, FLAC at 48 kHz), converted by `pal data convert hf` / `wds`, then read by the manifest's validation, the
+feature cache and training, the audio never written out as files."""
 
 from __future__ import annotations
 
@@ -101,22 +102,78 @@ def test_the_hubs_parquet_files_convert_too(tmp_path):
     assert [r["audio"] for r in _rows(out)] == [f"dataset://hub-copy/train/audio/{i}" for i in (0, 1)]
 
 
-def test_a_converted_dataset_trains_and_fills_the_feature_cache(saved, curriculum_env, tmp_path):
+@pytest.fixture
+def shards(tmp_path):
+    """Two shards written by webdataset's TarWriter: clips 0-1 in the first; in the second clip 2 (bytes that are no
+    audio), clip 3 (no caption) and a sample without audio."""
+    import webdataset
+
+    folder = tmp_path / "data" / "shards"
+    folder.mkdir(parents=True)
+    samples = [{"__key__": f"clip{i}", "flac" if i == 1 else "wav": CLIPS[i], "json": {"caption": CAPTIONS[i]}}
+               for i in range(4)] + [{"__key__": "silent", "json": {"caption": "Nothing."}}]
+    for name, part in (("train-000.tar", samples[:2]), ("train-001.tar", samples[2:])):
+        with webdataset.TarWriter(str(folder / name)) as sink:
+            for sample in part:
+                sink.write(sample)
+    return folder
+
+
+def test_webdataset_shards_convert_with_their_audio_in_place(shards):
+    from pal.common.audio_source import audio_hash, resolve_audio
+    from pal.common.hashing import file_hash
+    from pal.encoders.audio import load_audio
+
+    out = shards.parent / "train.jsonl"
+    assert main(["data", "convert", "wds", str(shards), "--caption-columns", "caption", "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert [(r["id"], r["audio"]) for r in rows] == [("clip0", "tar://shards/train-000.tar#clip0.wav"),
+                                                     ("clip1", "tar://shards/train-000.tar#clip1.flac")]
+    skipped = json.loads((shards.parent / "train.skipped.json").read_text())
+    assert [s["where"] for s in skipped] == ["train-001.tar clip3", "train-001.tar silent", "clip2"]
+    assert "no audio member" in skipped[1]["why"] and "not a readable audio file" in skipped[2]["why"]
+    ref = resolve_audio(rows[1]["audio"], out)
+    (shards.parent / "same.flac").write_bytes(CLIPS[1])
+    assert audio_hash(ref) == file_hash(shards.parent / "same.flac")
+    assert torch.equal(load_audio(ref), load_audio(shards.parent / "same.flac"))
+
+
+def test_a_shard_cut_short_keeps_the_samples_before_the_damage(shards, tmp_path):
+    import webdataset
+
+    from pal.data.convert import convert
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    with webdataset.TarWriter(str(damaged / "a.tar")) as sink:
+        for n in range(4):
+            sink.write({"__key__": f"s{n}", "wav": CLIPS[0], "json": {"caption": "A low tone."}})
+    whole = (damaged / "a.tar").read_bytes()
+    (damaged / "a.tar").write_bytes(whole[: len(whole) // 2])
+    summary = convert("wds", damaged, tmp_path / "m.jsonl", ".", caption_columns=["caption"])
+    assert summary["converted"] >= 1 and any("could not be read to its end" in r for r in summary["reasons"])
+
+
+def test_converted_datasets_and_shards_train_and_fill_the_feature_cache(saved, shards, curriculum_env, tmp_path):
     from conftest import curriculum_dict, train_in_process, write_yaml
 
     from pal.common.manifest_lines import audio_paths
     from pal.encoders.ensemble import EnsembleConfig
     from pal.encoders.feature_cache import FeatureCache
 
-    out = saved.parent / "train.jsonl"
+    hub, tars = saved.parent / "hub.jsonl", saved.parent / "tars.jsonl"
     assert main(["data", "convert", "hf", str(saved), "--split", "train", "--caption-columns", "caption",
-                 "--out", str(out)]) == 0
+                 "--out", str(hub)]) == 0
+    assert main(["data", "convert", "wds", str(shards), "--caption-columns", "caption", "--out", str(tars)]) == 0
     config = curriculum_dict(curriculum_env, stages=1, steps=2, batch_size=2, val_manifest=None, num_samples=0,
-                             checkpoint_every=2, data=[{"manifest": str(out)}])
+                             checkpoint_every=2, data=[{"manifest": str(hub)}, {"manifest": str(tars)}])
     (stage,) = train_in_process(write_yaml(tmp_path / "c.yaml", config), tmp_path / "run")
     assert stage["steps"] == 2 and stage["bad_samples"] == 0
     ensemble = EnsembleConfig.from_dict({"encoders": {"sslam": {"type": "sslam", "preset": "tiny"}}})
     cache = FeatureCache(tmp_path / "cache", ensemble)
-    assert cache.build(audio_paths(out), progress=False) == {"cached": 2, "added": 2, "bad": 0}
-    tokens, mask = cache.get(audio_paths(out))["sslam"]
-    assert tokens.shape[0] == 2 and mask.any(dim=1).all()
+    clips = audio_paths(hub) + audio_paths(tars)
+    # the same two clips in the dataset and in the shards: one cache entry each
+    assert cache.build(clips, progress=False) == {"cached": 2, "added": 2, "bad": 0}
+    tokens, mask = cache.get(clips)["sslam"]
+    assert tokens.shape[0] == 4 and mask.any(dim=1).all()
+    assert torch.equal(tokens[0], tokens[2]) and torch.equal(tokens[1], tokens[3])

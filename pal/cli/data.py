@@ -16,7 +16,8 @@ def register(commands) -> None:
     convert = which.add_parser("convert", help="a public dataset, a benchmark's release or a messages file → our "
                                                "manifest")
     convert.add_argument("format", choices=sorted(formats()))
-    convert.add_argument("input", help="the dataset's CSV / JSON / JSONL (librispeech: the split's folder)")
+    convert.add_argument("input", help="the dataset's CSV / JSON / JSONL (librispeech: the split's folder; hf: the "
+                                       "dataset's folder; wds: the shards' folder or one shard)")
     convert.add_argument("--out", required=True, help="manifest JSONL to write")
     convert.add_argument("--audio-dir", help="folder holding the audio files (default: the working directory; "
                                              "librispeech: the audio lies beside the transcripts)")
@@ -24,9 +25,11 @@ def register(commands) -> None:
     convert.add_argument("--ontology", help="audioset: ontology.json")
     convert.add_argument("--no-check-audio", action="store_true", help="do not require the audio files to exist")
     hub = convert.add_argument_group("hf (a Hugging Face dataset folder: save_to_disk, or the Hub's Parquet/Arrow "
-                                     "files; its audio is read in place) — name the text one way")
+                                     "files) and wds (a folder of WebDataset .tar shards, the text from each sample's "
+                                     ".json member): the audio is read in place; name the text one way")
     hub.add_argument("--split", help="the split to convert (default: the only one)")
-    hub.add_argument("--audio-column", default="audio", help="the column of encoded audio or file names")
+    hub.add_argument("--audio-column", default="audio", help="the column of encoded audio or file names (wds: the "
+                                                             "audio member's extension; default flac, wav, mp3, ...)")
     hub.add_argument("--id-column", help="the column of row ids (default: DATASET-SPLIT-ROW)")
     hub.add_argument("--caption-columns", nargs="+", metavar="COLUMN", help="captions (each a row, all references)")
     hub.add_argument("--question-column", help="questions (with --answer-column)")

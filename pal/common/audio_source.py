@@ -1,14 +1,18 @@
-"""Where a manifest's audio comes from: a file, or one row of a Hugging Face dataset read in place.
+"""Where a manifest's audio comes from: a file, one row of a Hugging Face dataset, or one member of a WebDataset
+shard, each read in place.
 
-A manifest's `audio` is a file path (relative to the manifest's folder, or absolute) or a dataset row,
+A manifest's `audio` is a file path (relative to the manifest's folder, or absolute), a dataset row or a shard member,
 
     dataset://LOCATION/SPLIT/COLUMN/ROW     e.g. "dataset://clotho-hf/development/audio/17"
+    tar://SHARD.tar#MEMBER                  e.g. "tar://shards/train-0003.tar#clip00042.flac"
 
-LOCATION a `save_to_disk` folder, or a folder of the Parquet or Arrow files a Hub dataset is distributed as (relative
-to the manifest's folder, or absolute); SPLIT, COLUMN and ROW the split, its audio column and the row's index.
-`pal data convert hf` writes such rows. The row's encoded bytes (an `Audio` column read with `decode=False`, or a
-binary column) are decoded by our own reader like a file's, so a dataset's audio is never copied out to files; a
-column holding paths names files relative to LOCATION. `datasets` is imported only when a row is read.
+LOCATION a `save_to_disk` folder, or a folder of the Parquet or Arrow files a Hub dataset is distributed as; SHARD a
+tar file (both relative to the manifest's folder, or absolute); SPLIT, COLUMN and ROW the split, its audio column and
+the row's index; MEMBER the audio file inside the shard. `pal data convert hf` and `pal data convert wds` write such
+rows. The encoded bytes (an `Audio` column read with `decode=False`, a binary column, a shard member) are decoded by
+our own reader like a file's, so a dataset's audio is never copied out to files; a column holding paths names files
+relative to LOCATION. `datasets` is imported only when a row is read; a shard's member list is read once per process
+(`tarfile`), and each member's bytes are read by seeking to them.
 
 Everything that touches a manifest's audio goes through here: resolving it (`resolve_audio`), whether it exists,
 its bytes or file (`audio_source`), its content hash (`audio_hash`: the same for a row and for a file holding the same
@@ -55,18 +59,63 @@ def dataset_audio(audio: str) -> DatasetAudio | None:
     return DatasetAudio(parts[0], parts[1], parts[2], int(parts[3]))
 
 
+@dataclass(frozen=True)
+class ShardMember:
+    """One member of a WebDataset shard (a tar file); `str()` gives its `tar://` form."""
+
+    shard: str
+    member: str
+
+    def __str__(self) -> str:
+        return f"{TAR_SCHEME}{self.shard}#{self.member}"
+
+
+TAR_SCHEME = "tar://"
+
+
+def shard_member(audio: str) -> ShardMember | None:
+    """The shard member an audio entry names, or None; AudioSourceError for a malformed one."""
+    if not audio.startswith(TAR_SCHEME):
+        return None
+    shard, found, member = audio[len(TAR_SCHEME):].rpartition(".tar#")
+    if not found or not shard or not member:
+        raise AudioSourceError(f"audio {audio!r}: expected {TAR_SCHEME}SHARD.tar#MEMBER.")
+    return ShardMember(shard + ".tar", member)
+
+
+def _container(audio: str) -> tuple[DatasetAudio | ShardMember | None, str]:
+    """(the dataset row or shard member an entry names, or None; the path it lies at: the file, folder or shard)."""
+    inside = dataset_audio(audio) or shard_member(audio)
+    return inside, inside.location if isinstance(inside, DatasetAudio) else inside.shard if inside else audio
+
+
+def with_path(audio: str, path: str) -> str:
+    """The same audio entry with its file, dataset folder or shard at `path`."""
+    inside, _ = _container(audio)
+    if isinstance(inside, DatasetAudio):
+        return str(replace(inside, location=path))
+    return str(replace(inside, shard=path)) if inside else path
+
+
 def resolve_audio(audio: str, manifest: str | Path) -> str:
-    """An `audio` entry with its file (or its dataset's folder) made absolute: as given (~ expanded) when absolute,
-    else relative to the manifest's folder."""
-    row = dataset_audio(audio)
-    path = Path(row.location if row else audio).expanduser()
+    """An `audio` entry with its file (or its dataset's folder, or its shard) made absolute: as given (~ expanded)
+    when absolute, else relative to the manifest's folder."""
+    inside, at = _container(audio)
+    path = Path(at).expanduser()
     path = path if path.is_absolute() else Path(manifest).parent / path
-    return str(replace(row, location=os.path.abspath(path))) if row else str(path)
+    return with_path(audio, os.path.abspath(path)) if inside else str(path)
+
+
+def audio_path(audio: str) -> str:
+    """Where an audio entry lies on disk: the file, the dataset's folder or the shard."""
+    return _container(audio)[1]
 
 
 def audio_identity(audio: str) -> str:
-    """A resolved audio entry as one name per clip wherever it was read from: a file's real path, or the row."""
-    return audio if dataset_audio(audio) else str(Path(audio).resolve())
+    """A resolved audio entry as one name per clip wherever it was read from: a file's real path, or the row or
+    member (its container's real path)."""
+    inside, at = _container(audio)
+    return with_path(audio, str(Path(at).resolve())) if inside else str(Path(audio).resolve())
 
 
 def open_dataset(location: str | Path, split: str | None = None):
@@ -110,9 +159,39 @@ def _split(location: str, split: str, column: str):
     return loaded
 
 
+@functools.lru_cache(maxsize=256)
+def _members(shard: str) -> dict[str, tuple[int, int]]:
+    """{member name: (offset of its bytes, size)} of a shard, read once per process by `tarfile`."""
+    import tarfile
+
+    if not Path(shard).is_file():
+        raise AudioSourceError(f"shard {shard} does not exist.")
+    try:
+        with tarfile.open(shard) as tar:
+            return {info.name: (info.offset_data, info.size) for info in tar.getmembers() if info.isfile()}
+    except (tarfile.TarError, OSError) as err:
+        raise AudioSourceError(f"shard {shard} is not a readable tar file ({err}).") from None
+
+
+def _member_bytes(shard: str, member: str) -> bytes:
+    members = _members(shard)
+    if member not in members:
+        raise AudioSourceError(f"shard {shard} has no member {member!r}.")
+    offset, size = members[member]
+    with open(shard, "rb") as handle:  # a handle per read: forked DataLoader workers share no file position
+        handle.seek(offset)
+        data = handle.read(size)
+    if len(data) != size:
+        raise AudioSourceError(f"shard {shard}: member {member!r} is cut short ({len(data)} of {size} bytes).")
+    return data
+
+
 def audio_source(audio: str) -> Path | bytes:
-    """A resolved audio entry → the file to read, or the dataset row's encoded bytes; AudioSourceError if the row
-    cannot be read."""
+    """A resolved audio entry → the file to read, or the dataset row's or shard member's encoded bytes;
+    AudioSourceError if the row or member cannot be read."""
+    member = shard_member(audio)
+    if member is not None:
+        return _member_bytes(member.shard, member.member)
     row = dataset_audio(audio)
     if row is None:
         return Path(audio)

@@ -14,30 +14,28 @@ from pal.common.safe_write import atomic_write_json, atomic_write_text, check_wr
 from .benchmarks import CONVERTERS
 from .converters import FORMATS
 from .hub import hf_dataset
+from .shards import webdataset_shards
 
 
 def formats() -> dict:
     """Every format `pal data convert` reads: the datasets (converters.py) and the benchmarks (benchmarks.py)."""
-    return FORMATS | CONVERTERS | {"hf": hf_dataset}
+    return FORMATS | CONVERTERS | {"hf": hf_dataset, "wds": webdataset_shards}
 
 
 def portable_audio(row: dict, folder: Path) -> dict:
     """`row` with its absolute audio path (or a dataset row's dataset folder) made relative to `folder` (the
     manifest's) when it lies inside it, so the dataset folder can move with its manifest; audio elsewhere stays
     absolute, so the manifest alone can move."""
-    from dataclasses import replace
-
-    from pal.common.audio_source import dataset_audio
+    from pal.common.audio_source import audio_path, with_path
 
     audio = row.get("audio")
     if not isinstance(audio, str):
         return row
-    dataset = dataset_audio(audio)
-    path = dataset.location if dataset else audio
+    path = audio_path(audio)
     if os.path.isabs(path):
         relative = os.path.relpath(path, folder)
         if not (relative == os.pardir or relative.startswith(os.pardir + os.sep)):
-            return {**row, "audio": str(replace(dataset, location=relative)) if dataset else relative}
+            return {**row, "audio": with_path(audio, relative)}
     return row
 
 
@@ -64,7 +62,7 @@ def convert(kind: str, source: str | Path, out: str | Path, audio_dir: str | Pat
     if rows:
         try:
             # A benchmark's test split may withhold its answers: those rows are questions to answer and export.
-            validate_manifest(out, check_audio=check_audio, require_answer=kind in FORMATS or kind == "hf")
+            validate_manifest(out, check_audio=check_audio, require_answer=kind in FORMATS or kind in ("hf", "wds"))
         except ManifestError as err:  # drop the lines our rules refuse, with their reasons
             bad = {}
             for line in str(err).splitlines()[1:]:
