@@ -106,6 +106,11 @@ def resolve_audio(audio: str, manifest: str | Path) -> str:
     return with_path(audio, os.path.abspath(path)) if inside else str(path)
 
 
+def read_in_place(audio: str) -> bool:
+    """Whether an audio entry names a dataset row or a shard member (its bytes come from `audio_source`)."""
+    return audio.startswith((SCHEME, TAR_SCHEME))
+
+
 def audio_path(audio: str) -> str:
     """Where an audio entry lies on disk: the file, the dataset's folder or the shard."""
     return _container(audio)[1]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pal.common.audio_source import AudioSourceError, audio_problem, audio_source, dataset_audio
+from pal.common.audio_source import AudioSourceError, audio_problem, audio_source, read_in_place
 
 TARGET_SAMPLE_RATE = 16000
 MAX_SECONDS = 3600.0  # one hour: anything longer is almost surely a mistake (e.g. a wrong file in a manifest)
@@ -74,7 +74,7 @@ def load_audio(path: str | Path | bytes, sample_rate: int = TARGET_SAMPLE_RATE, 
 
     import soundfile
 
-    if not isinstance(path, bytes) and dataset_audio(str(path)):  # a dataset row: its encoded bytes, named by the row
+    if not isinstance(path, bytes) and read_in_place(str(path)):  # a dataset row or shard member: its bytes
         try:
             found = audio_source(str(path))
         except AudioSourceError as err:
