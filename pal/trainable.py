@@ -104,3 +104,8 @@ def attach_lora(llm: nn.Module, lora: dict) -> None:
         target_modules=list(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])),
     )
     inject_adapter_in_model(config, llm)
+    # PEFT's initialisation (lora_B = 0: the adapted LLM starts as the LLM itself) is final; the wrapper's post_init
+    # must not draw the adapters again as if they were fresh layers.
+    for name, param in llm.named_parameters():
+        if ".lora_" in name:
+            param._is_hf_initialized = True

@@ -39,9 +39,9 @@ def test_cosine_schedule():
 def test_fairseq_tsv_and_jsonl_manifests(tmp_path):
     (tmp_path / "a.wav").write_bytes(b"")
     (tmp_path / "train.tsv").write_text(f"{tmp_path}\na.wav\t32000\nsub/b.wav\t32000\n")
-    assert read_audio_manifest(tmp_path / "train.tsv") == [tmp_path / "a.wav", tmp_path / "sub" / "b.wav"]
+    assert read_audio_manifest(tmp_path / "train.tsv") == [str(tmp_path / "a.wav"), str(tmp_path / "sub" / "b.wav")]
     (tmp_path / "train.jsonl").write_text('{"audio": "a.wav"}\n')
-    assert read_audio_manifest(tmp_path / "train.jsonl") == [(tmp_path / "a.wav").resolve()]
+    assert read_audio_manifest(tmp_path / "train.jsonl") == [str((tmp_path / "a.wav").resolve())]
     (tmp_path / "bad.jsonl").write_text('{"audio": "a.wav"}\n{"path": "x"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: each line needs an \"audio\" path string"):
         read_audio_manifest(tmp_path / "bad.jsonl")

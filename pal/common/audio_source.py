@@ -166,16 +166,22 @@ def _split(location: str, split: str, column: str):
 
 @functools.lru_cache(maxsize=256)
 def _members(shard: str) -> dict[str, tuple[int, int]]:
-    """{member name: (offset of its bytes, size)} of a shard, read once per process by `tarfile`."""
+    """{member name: (offset of its bytes, size)} of a shard, read once per process by `tarfile`; a shard damaged
+    part-way lists the members before the damage."""
     import tarfile
 
     if not Path(shard).is_file():
         raise AudioSourceError(f"shard {shard} does not exist.")
+    members = {}
     try:
         with tarfile.open(shard) as tar:
-            return {info.name: (info.offset_data, info.size) for info in tar.getmembers() if info.isfile()}
+            for info in tar:
+                if info.isfile():
+                    members[info.name] = (info.offset_data, info.size)
     except (tarfile.TarError, OSError) as err:
-        raise AudioSourceError(f"shard {shard} is not a readable tar file ({err}).") from None
+        if not members:
+            raise AudioSourceError(f"shard {shard} is not a readable tar file ({err}).") from None
+    return members
 
 
 def _member_bytes(shard: str, member: str) -> bytes:

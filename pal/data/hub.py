@@ -99,7 +99,7 @@ def hf_dataset(path: Path, audio_dir: Path, split: str | None = None, audio_colu
             continue
         audio = str(DatasetAudio(str(Path(path).resolve()), split_name, audio_column, index))
         name = str(row[id_column]) if id_column else f"{Path(path).name}-{split_name}-{index}"
-        for k, one in enumerate(fields if isinstance(fields, list) else [fields]):
-            suffix = f"-{k + 1}" if isinstance(fields, list) else ""
-            rows.append({"id": f"{name}{suffix}", "audio": audio, **one})
+        many = fields if isinstance(fields, list) else [fields]
+        for k, one in enumerate(many):  # several captions of one clip: a row each, numbered
+            rows.append({"id": f"{name}-{k + 1}" if len(many) > 1 else name, "audio": audio, **one})
     return rows, rejected

@@ -91,9 +91,9 @@ def webdataset_shards(path: Path, audio_dir: Path, audio_column: str | None = No
                 continue
             audio = str(ShardMember(str(shard.resolve()), f"{sample['__key__']}.{extension}"))
             name = str(fields[id_column]) if id_column and id_column in fields else sample["__key__"]
-            many = isinstance(conversation, list)
-            for k, one in enumerate(conversation if many else [conversation]):
-                rows.append({"id": f"{name}-{k + 1}" if many else name, "audio": audio, **one})
+            many = conversation if isinstance(conversation, list) else [conversation]
+            for k, one in enumerate(many):  # several captions of one clip: a row each, numbered
+                rows.append({"id": f"{name}-{k + 1}" if len(many) > 1 else name, "audio": audio, **one})
         if errors:
             rejected.append((shard.name, f"the shard could not be read to its end ({errors[0]}); the samples "
                                          "before the damage were kept"))

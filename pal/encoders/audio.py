@@ -48,10 +48,11 @@ def audio_header_problem(path: str | Path, min_seconds: float = 0.0, max_seconds
     if problem:
         return problem
     source = audio_source(str(path))
+    readable = io.BytesIO(source) if isinstance(source, bytes) else str(source)
     try:
-        info = soundfile.info(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+        info = soundfile.info(readable)
     except Exception as err:  # LibsndfileError / RuntimeError / TypeError for bad bytes
-        return f"audio {path} is not a readable audio file ({err})."
+        return f"audio {path} is not a readable audio file ({str(err).replace(repr(readable), 'its bytes')})."
     if info.frames == 0 or info.samplerate <= 0:
         return f"audio {path} holds no samples."
     seconds = info.frames / info.samplerate if info.frames > 0 else None  # -1: the header does not tell

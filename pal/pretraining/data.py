@@ -13,13 +13,13 @@ from pal.encoders.audio import AudioError, load_audio
 from pal.encoders.sslam.frontend import FrontendConfig, model_inputs
 
 
-def read_audio_manifest(path: str | Path) -> list[Path]:
+def read_audio_manifest(path: str | Path) -> list[str]:
     """JSONL (`{"audio": ...}` per line) or fairseq tsv (first line the root, then `relative<TAB>size`)."""
     path = Path(path)
     if path.suffix == ".tsv" and path.is_file():
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         root = Path(lines[0].strip())
-        return [root / line.split("\t")[0] for line in lines[1:]]
+        return [str(root / line.split("\t")[0]) for line in lines[1:]]
     return audio_paths(path)
 
 
