@@ -53,7 +53,11 @@ def test_a_frozen_lora_adapter_gets_no_dropout_and_a_training_one_its_own():
     frozen, so a connector-only step sees the function inference computes; the configured rate is back once LoRA
     trains."""
     lora = {"r": 4, "alpha": 8, "dropout": 0.3, "target_modules": ["q_proj", "k_proj", "v_proj"]}
-    model, _ = tiny_pal("lal", lora=lora)  # its lora_B is random, not zero: the adapters change the output
+    model, _ = tiny_pal("lal", lora=lora)
+    with torch.no_grad():  # trained adapters, as after a LoRA stage: a fresh one's lora_B = 0 would hide its dropout
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(std=0.05)
     dropouts = [m for n, m in model.named_modules() if ".lora_dropout." in n]
     assert len(dropouts) == 3 * model.config.text_config.num_hidden_layers
     batch = build_inputs(model, random_texts([8, 6]), audio := random_audio(model.config, [5, 4]))
