@@ -62,23 +62,29 @@ def _conversation(row: dict, mode: str, columns: dict) -> tuple[dict | list[dict
     return {"messages": turns}, None
 
 
+def text_mode(kind: str, what: str, **columns) -> tuple[str, dict]:
+    """The one way the user named the text (`columns`: caption, question, answer, label, transcript, messages →
+    the names given or None) → (the mode `_conversation` reads, the columns); ValueError unless exactly one way."""
+    given = {"caption": columns["caption"], "qa": columns["question"] or columns["answer"],
+             "classify": columns["label"], "asr": columns["transcript"], "messages": columns["messages"]}
+    chosen = [mode for mode, named in given.items() if named]
+    if len(chosen) != 1:
+        raise ValueError(f"{kind}: name the text {what} one way: --caption-columns, --question-column with "
+                         "--answer-column, --label-column, --transcript-column or --messages-column.")
+    if chosen[0] == "qa" and not (columns["question"] and columns["answer"]):
+        raise ValueError(f"{kind}: questions need both --question-column and --answer-column.")
+    return chosen[0], columns
+
+
 def hf_dataset(path: Path, audio_dir: Path, split: str | None = None, audio_column: str = "audio",
                id_column: str | None = None, caption_columns: list[str] | None = None,
                question_column: str | None = None, answer_column: str | None = None, label_column: str | None = None,
                transcript_column: str | None = None, messages_column: str | None = None,
                **_) -> tuple[list[dict], Rejected]:
     """The rows of one split of the dataset at `path` (audio_dir is not used: the audio is in the dataset)."""
-    modes = {"caption": caption_columns, "qa": question_column or answer_column, "classify": label_column,
-             "asr": transcript_column, "messages": messages_column}
-    chosen = [m for m, given in modes.items() if given]
-    if len(chosen) != 1:
-        raise ValueError("hf: name the text columns one way: --caption-columns, --question-column with "
-                         "--answer-column, --label-column, --transcript-column or --messages-column.")
-    mode = chosen[0]
-    if mode == "qa" and not (question_column and answer_column):
-        raise ValueError("hf: questions need both --question-column and --answer-column.")
-    columns = {"caption": caption_columns, "question": question_column, "answer": answer_column,
-               "label": label_column, "transcript": transcript_column, "messages": messages_column}
+    mode, columns = text_mode("hf", "columns", caption=caption_columns, question=question_column,
+                              answer=answer_column, label=label_column, transcript=transcript_column,
+                              messages=messages_column)
     try:
         data = open_dataset(path, split)
     except AudioSourceError as err:

@@ -20,7 +20,7 @@ from pathlib import Path
 from pal.common.audio_source import ShardMember
 
 from .converters import Rejected
-from .hub import _conversation
+from .hub import _conversation, text_mode
 
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "m4a")
 
@@ -63,14 +63,9 @@ def webdataset_shards(path: Path, audio_dir: Path, audio_column: str | None = No
     the audio member's extension (default: the first of AUDIO_EXTENSIONS the sample has)."""
     import webdataset
 
-    modes = {"caption": caption_columns, "qa": question_column or answer_column, "classify": label_column,
-             "asr": transcript_column, "messages": messages_column}
-    chosen = [m for m, given in modes.items() if given]
-    if len(chosen) != 1:
-        raise ValueError("wds: name the text fields one way: --caption-columns, --question-column with "
-                         "--answer-column, --label-column, --transcript-column or --messages-column.")
-    columns = {"caption": caption_columns, "question": question_column, "answer": answer_column,
-               "label": label_column, "transcript": transcript_column, "messages": messages_column}
+    mode, columns = text_mode("wds", "fields", caption=caption_columns, question=question_column,
+                              answer=answer_column, label=label_column, transcript=transcript_column,
+                              messages=messages_column)
     extensions = (audio_column,) if audio_column and audio_column != "audio" else AUDIO_EXTENSIONS
     rows, rejected = [], []
     for shard in _shards(path):
@@ -85,7 +80,7 @@ def webdataset_shards(path: Path, audio_dir: Path, audio_column: str | None = No
                 continue
             fields, problem = _fields(sample, json_key)
             if problem is None:
-                conversation, problem = _conversation(fields, chosen[0], columns)
+                conversation, problem = _conversation(fields, mode, columns)
             if problem:
                 rejected.append((where, problem))
                 continue
