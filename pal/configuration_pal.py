@@ -103,6 +103,9 @@ class LALConfig:
     recompute_audio: in training, keep only each audio layer's keys/values and recompute P_l, the layer's norm and its
         k/v projections in the backward pass: less peak memory for a longer step (`pal bench efficiency`'s lal
         against lal_stored; docs/efficiency.md gives both).
+    max_clips: the most clips one question may hold; clip c > 1 of a question has its tokens tagged with a learned
+        vector of its own before the norm and k/v projections (lal_injection.py, "Several clips"), the first clip
+        none, so a single clip is the plain formula.
     """
 
     route: ClassVar[str] = "lal"
@@ -114,6 +117,7 @@ class LALConfig:
     recompute_audio: bool = True
     audio_bias: Literal[LAL_AUDIO_BIASES] = "log_count"
     audio_offset: float = bounded(0.0, ge=0.0)
+    max_clips: int = bounded(8, ge=1)
 
     def check(self, text_config) -> None:
         """Raise a ValueError if the layers do not fit the LLM."""

@@ -86,10 +86,16 @@ class CrossAttentionConnector(nn.Module):
         self.blocks = nn.ModuleDict({str(l): GatedCrossAttentionBlock(hidden, heads, config.ffn_mult)
                                      for l in self.layers})
 
-    def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]], llm: nn.Module | None = None) -> AudioKV:
+    def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]], llm: nn.Module | None = None,
+                clips: dict[str, torch.Tensor] | None = None) -> AudioKV:
         """audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} → every block's keys/values over the concatenated
         projected tokens ([B, H, N_a, D_h] per layer) and their mask [B, N_a]. `llm` is not needed (the blocks have
-        their own projections); it is taken so that every side connector is called the same way."""
+        their own projections); it is taken so that every side connector is called the same way. `clips`: each
+        token's clip index (pal/clips.py); this baseline takes one clip per question, as Flamingo-style blocks
+        without clip markers would blur several."""
+        if clips is not None and any(bool((c > 0).any()) for c in clips.values()):
+            raise ValueError("the gated cross-attention baseline takes one clip per question; route the encoders "
+                             "through LAL or PLITS to ask about several clips at once.")
         projected = torch.cat([proj(audio[name][0]) for name, proj in self.projections.items()], dim=1)
         mask = torch.cat([audio[name][1] for name in self.projections], dim=1)
         keys, values = {}, {}

@@ -28,6 +28,12 @@ RoPE. With `rope="prefix"` the b-th example's n_b real audio tokens sit at posit
 0. Attention scores depend only on position differences, so this is exactly the layout "audio just before the text"
 (docs/design.md#rope), while the text keeps the positions the bare LLM would give it.
 
+Several clips. A question about several clips (pal/clips.py) reads them joined along the token axis, in the order of
+its `<audio>` placeholders, so with "prefix" RoPE the first clip lies farthest from the text, as in PLITS' layout.
+Positions alone do not say where one clip ends: A_l of the c-th clip's tokens (c > 1) gets a learned tag t_c added
+before the layer's norm and k/v projections, so its keys and values carry a clip-specific component a text query can
+select ("the second clip"); the first clip's tag is zero, so one clip is the plain formula (docs/model.md#several-clips).
+
 Notation: B batch, T text (query) length, S key length, N_a audio tokens, D_e encoder width, d LLM hidden size,
 H_kv key/value heads, D_h head dim.
 """
@@ -364,20 +370,38 @@ class LALConnector(nn.Module):
             name: LALProjection(dim, text_config.hidden_size, self.layers, config.projection, config.projection_rank)
             for name, dim in encoder_dims.items()
         })
+        # t_2 .. t_max_clips ("Several clips"), drawn as the LLM draws its embeddings; t_1 = 0 is not a parameter
+        self.clip_tags = nn.Parameter(torch.randn(config.max_clips - 1, text_config.hidden_size)
+                                      * getattr(text_config, "initializer_range", 0.02))
 
-    def _layer_kv(self, decoder_layer: nn.Module, layer: str, cos_sin, *shared: torch.Tensor):
-        """A_l = [P_l of each encoder] concatenated along tokens, then that layer's keys/values."""
+    def _layer_kv(self, decoder_layer: nn.Module, layer: str, cos_sin, tags: torch.Tensor, *shared: torch.Tensor):
+        """A_l = [P_l of each encoder] concatenated along tokens, plus each token's clip tag, then that layer's
+        keys/values."""
         projected = torch.cat([p.heads[layer](x) for p, x in zip(self.projections.values(), shared)], dim=1)
-        return layer_audio_kv(decoder_layer, projected, cos_sin)
+        return layer_audio_kv(decoder_layer, projected + tags.to(projected.dtype), cos_sin)
 
-    def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]], llm: nn.Module) -> AudioKV:
-        """audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} → audio K/V [B, H_kv, N_a, D_h] for every audio layer."""
+    def tags(self, clip: torch.Tensor) -> torch.Tensor:
+        """Each audio token's clip index [B, N_a] (0 = a question's first clip) → its tag [B, N_a, d]; exact zeros
+        for the first clip."""
+        if clip.numel() and int(clip.max()) >= len(self.clip_tags) + 1:
+            raise ValueError(f"a question holds {int(clip.max()) + 1} clips; this model takes at most "
+                             f"{len(self.clip_tags) + 1} (lal_config.max_clips).")
+        table = torch.cat([self.clip_tags.new_zeros(1, self.clip_tags.shape[1]), self.clip_tags])
+        return table[clip]
+
+    def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]], llm: nn.Module,
+                clips: dict[str, torch.Tensor] | None = None) -> AudioKV:
+        """audio {name: (tokens [B, N_e, D_e], mask [B, N_e])}, clips {name: [B, N_e] each token's clip index within
+        its question, pal/clips.py; None: one clip} → audio K/V [B, H_kv, N_a, D_h] for every audio layer."""
         shared = [projection.trunk(audio[name][0]) for name, projection in self.projections.items()]
         mask = torch.cat([audio[name][1] for name in self.projections], dim=1)  # [B, N_a]
+        clip = (torch.cat([clips[name] for name in self.projections], dim=1) if clips is not None
+                else torch.zeros(mask.shape, dtype=torch.long, device=mask.device))
+        tags = self.tags(clip.to(shared[0].device))
         cos_sin = audio_rope(llm, shared[0], mask, self.rope)
         keys, values = {}, {}
         for layer in self.layers:
-            run = functools.partial(self._layer_kv, llm.model.layers[layer], str(layer), cos_sin)
+            run = functools.partial(self._layer_kv, llm.model.layers[layer], str(layer), cos_sin, tags)
             if self.recompute and self.training and torch.is_grad_enabled():
                 keys[layer], values[layer] = checkpoint(run, *shared, use_reentrant=False)
             else:

@@ -23,6 +23,7 @@ from pal.encoders.outputs import EncoderOutputs
 
 from .audio_cache import PALCache
 from .audio_norm import AudioFeatureNorm
+from .clips import check_clip_rows, join_clips, repeat_clips
 from .configuration_pal import PALConfig
 from .cross_attention import CrossAttentionConnector
 from .lal_injection import LALConnector, enable_lal_attention
@@ -159,7 +160,8 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         return [c for c in (self.lal, self.xattn) if c is not None]
 
     def check_audio(self, audio: AudioFeatures, batch_size: int) -> AudioFeatures:
-        """Validate names, widths and batch sizes; zero padded tokens so they cannot leak (e.g. NaN) into outputs.
+        """Validate names, widths and the number of audio rows (`batch_size`: one per text row, or one per clip with
+        several clips per question, pal/clips.py); zero padded tokens so they cannot leak (e.g. NaN) into outputs.
 
         A row whose masks are all False is a text-only example: it sees no audio on any route."""
         expected = self.config.encoder_dims
@@ -180,8 +182,9 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                 )
             if tokens.shape[0] != batch_size or tuple(mask.shape) != tuple(tokens.shape[:2]):
                 raise ValueError(
-                    f"audio[{name!r}] has batch {tokens.shape[0]} and mask {tuple(mask.shape)}, but the text batch is "
-                    f"{batch_size}: give one audio row per text row and a [B, N] mask."
+                    f"audio[{name!r}] has batch {tokens.shape[0]} and mask {tuple(mask.shape)}, but {batch_size} audio "
+                    "rows are expected: give one audio row per text row (or per entry of `clip_rows`) and a [B, N] "
+                    "mask."
                 )
             mask = mask.to(device=tokens.device, dtype=torch.bool)  # an all-False row is a text-only example
             checked[name] = (tokens.masked_fill(~mask.unsqueeze(-1), 0).to(self.dtype), mask)
@@ -205,6 +208,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         audio: AudioFeatures | None = None,
         audio_token_mask: torch.Tensor | None = None,
+        clip_rows: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
@@ -220,6 +224,8 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                 mask (True: may attend) with `position_ids`, as packed questions have (pal/packing.py).
             audio: {encoder name: (tokens [B, N_e, D_e], mask [B, N_e])}; only needed on the first (prefill) call.
             audio_token_mask: [B, T], True at PLITS placeholder positions.
+            clip_rows: [C], the text row of each audio row when questions hold several clips (pal/clips.py); None:
+                audio row b belongs to text row b.
             labels: [B, T], -100 where no loss is taken (prompt, audio placeholders, padding).
         Returns:
             CausalLMOutputWithPast with logits [B, T, V] (or the last `logits_to_keep`) and a `PALCache`; with
@@ -227,14 +233,17 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         """
         if inputs_embeds is None:
             inputs_embeds = self.llm.get_input_embeddings()(input_ids)
+        batch = inputs_embeds.shape[0]
         if audio is not None:
-            audio = self.audio_inputs(audio, inputs_embeds.shape[0])
-        inputs_embeds = self._splice_plits(inputs_embeds, audio, audio_token_mask)
+            clip_rows = check_clip_rows(clip_rows, batch if clip_rows is None else len(clip_rows), batch)
+            audio = self.audio_inputs(audio, len(clip_rows))
+        inputs_embeds = self._splice_plits(inputs_embeds, audio, audio_token_mask, clip_rows)
         if use_cache is None:
             use_cache = self.config.text_config.use_cache
         if use_cache and past_key_values is None:
             past_key_values = PALCache(config=self.llm.config)
-        side = self._side_audio(audio, past_key_values, use_cache)
+        side = self._side_audio(None if audio is None else join_clips(audio, clip_rows, batch), past_key_values,
+                                use_cache)
         attention_mask, position_ids = self._text_mask(attention_mask, position_ids, inputs_embeds, kwargs)
 
         text_inputs = dict(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
@@ -250,8 +259,9 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
     def _splice_plits(self, inputs_embeds: torch.Tensor, audio: AudioFeatures | None,
-                      audio_token_mask: torch.Tensor | None) -> torch.Tensor:
-        """PLITS: projected tokens go where the prompt holds placeholders. inputs_embeds [B, T, d] → [B, T, d]."""
+                      audio_token_mask: torch.Tensor | None, clip_rows: torch.Tensor | None) -> torch.Tensor:
+        """PLITS: projected tokens go where the prompt holds placeholders, each clip's at its own placeholder (the
+        clips of a row in placeholder order). inputs_embeds [B, T, d] → [B, T, d]."""
         has_placeholders = audio_token_mask is not None and bool(audio_token_mask.any())
         if self.plits is None or audio is None:
             if has_placeholders:
@@ -270,12 +280,14 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
             )
         flags = (audio_token_mask.bool() if audio_token_mask is not None
                  else torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device))
-        return splice_audio_tokens(inputs_embeds, flags, tokens, mask)
+        return splice_audio_tokens(inputs_embeds, flags, tokens, mask, clip_rows)
 
-    def _side_audio(self, audio: AudioFeatures | None, past_key_values, use_cache: bool) -> dict:
+    def _side_audio(self, joined: tuple[AudioFeatures, dict] | None, past_key_values, use_cache: bool) -> dict:
         """LAL and cross-attention: each side connector's audio keys/values, {cache_key: AudioKV}, computed once and
-        kept in the cache while generating (read back from it on a decoding step)."""
+        kept in the cache while generating (read back from it on a decoding step). `joined`: `join_clips`'s output,
+        each text row's clips joined, and each token's clip index."""
         side = {c.cache_key: getattr(past_key_values, c.cache_key, None) for c in self.side_connectors()}
+        audio, clips = joined if joined is not None else (None, None)
         if audio is not None and any(kv is not None for kv in side.values()):
             self._check_prepared(past_key_values, audio)
         elif audio is not None:
@@ -286,7 +298,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
                     "let the model create it."
                 )
             for connector in self.side_connectors():
-                side[connector.cache_key] = connector(audio, self.llm)
+                side[connector.cache_key] = connector(audio, self.llm, clips)
                 if use_cache:
                     setattr(past_key_values, connector.cache_key, side[connector.cache_key])
         return {key: kv for key, kv in side.items() if kv is not None}
@@ -305,18 +317,22 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         return attention_mask, position_ids
 
     @torch.no_grad()
-    def prepare_audio(self, audio: AudioFeatures, repeats: int = 1) -> PALCache:
-        """A fresh PALCache holding the LAL and cross-attention keys/values of `audio` ([B] clips), computed once and
-        repeated for `repeats` prompts per clip (rows b·repeats .. b·repeats + repeats - 1 belong to clip b).
+    def prepare_audio(self, audio: AudioFeatures, repeats: int = 1, clip_rows: torch.Tensor | None = None) -> PALCache:
+        """A fresh PALCache holding the LAL and cross-attention keys/values of `audio` ([B] clips, or the clips of B
+        questions as `clip_rows` says), computed once and repeated for `repeats` prompts per question (rows
+        b·repeats .. b·repeats + repeats - 1 belong to question b).
 
-        Pass it as `past_key_values` together with the same audio repeated the same way (PLITS still needs it): several
-        questions about one clip then cost one P_l and one k/v projection per audio layer, not one per question.
+        Pass it as `past_key_values` together with the same audio repeated the same way (PLITS still needs it;
+        `clips.repeat_clips` repeats several clips per question): several prompts about one clip then cost one P_l
+        and one k/v projection per audio layer, not one per prompt.
         """
-        batch = next(iter(audio.values()))[0].shape[0]
+        rows = next(iter(audio.values()))[0].shape[0]
+        clip_rows = check_clip_rows(clip_rows, rows, rows if clip_rows is None else int(clip_rows.max()) + 1)
+        batch = int(clip_rows.max()) + 1 if len(clip_rows) else 0
         cache = PALCache(config=self.llm.config)
-        checked = self.audio_inputs(audio, batch)
+        checked, clips = join_clips(self.audio_inputs(audio, rows), clip_rows, batch)
         for connector in self.side_connectors():
-            kv = connector(checked, self.llm)
+            kv = connector(checked, self.llm, clips)
             # LAL's keys are stored once per clip and read once per decoding step for all its prompts
             setattr(cache, connector.cache_key, kv.shared_repeat(repeats) if connector.shares_rows
                     else kv.repeat_interleave(repeats))
@@ -350,10 +366,14 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
     # Generation: audio is consumed at prefill; LAL keys/values then live in the PALCache.
     # ------------------------------------------------------------------------------------------------------------------
 
-    def generate(self, input_ids=None, audio: AudioFeatures | None = None, audio_token_mask=None, **kwargs):
-        """`GenerationMixin.generate` with audio features (greedy, sampling and beam search all work)."""
+    def generate(self, input_ids=None, audio: AudioFeatures | None = None, audio_token_mask=None, clip_rows=None,
+                 **kwargs):
+        """`GenerationMixin.generate` with audio features (greedy, sampling and beam search all work); `clip_rows`
+        as `forward` takes it, for questions with several clips."""
         if kwargs.get("past_key_values") is None and kwargs.get("use_cache", True):
             kwargs["past_key_values"] = PALCache(config=self.llm.config)
+        if clip_rows is not None:  # a list: generate() repeats the tensors it is given per text row, not per clip
+            kwargs["clip_rows"] = torch.as_tensor(clip_rows).tolist()
         return super().generate(input_ids=input_ids, audio=audio, audio_token_mask=audio_token_mask, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, is_first_iteration=False, **kwargs):
@@ -362,8 +382,8 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         )
         if not is_first_iteration and inputs.get("past_key_values") is not None:
             # After prefill the audio lives in the cache (LAL) or in the cached sequence (PLITS).
-            inputs.pop("audio", None)
-            inputs.pop("audio_token_mask", None)
+            for name in ("audio", "audio_token_mask", "clip_rows"):
+                inputs.pop(name, None)
         elif inputs.get("audio_token_mask") is not None and inputs.get("input_ids") is not None:
             # Without a cache every step re-reads the whole sequence; generated tokens are never audio.
             flags = inputs["audio_token_mask"]
@@ -372,16 +392,23 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         return inputs
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
-        audio = model_kwargs.pop("audio", None)
+        audio, clip_rows = model_kwargs.pop("audio", None), model_kwargs.pop("clip_rows", None)
+        batch = input_ids.shape[0] if input_ids is not None else None
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
         )
-        if audio is not None:
+        if clip_rows is not None and expand_size > 1:  # each question's clips repeated with it, in order
+            take, rows = repeat_clips(torch.as_tensor(clip_rows), batch, expand_size)
+            audio = {name: (t[take.to(t.device)], m[take.to(m.device)]) for name, (t, m) in audio.items()}
+            clip_rows = rows.tolist()
+        elif audio is not None:
             audio = {
                 name: (t.repeat_interleave(expand_size, dim=0), m.repeat_interleave(expand_size, dim=0))
                 for name, (t, m) in audio.items()
             }
         model_kwargs["audio"] = audio
+        if clip_rows is not None:
+            model_kwargs["clip_rows"] = clip_rows
         return input_ids, model_kwargs
 
 

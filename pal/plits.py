@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .clips import row_totals
 from .configuration_pal import PALConfig, PLITSConfig
 from .projectors import MLPProjector, QFormerProjector
 
@@ -89,13 +90,19 @@ class PLITSConnector(nn.Module):
 
 
 def splice_audio_tokens(
-    inputs_embeds: torch.Tensor, audio_token_mask: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+    inputs_embeds: torch.Tensor, audio_token_mask: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+    clip_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Write each example's real PLITS tokens, in order, into its placeholder positions.
+    """Write each example's real PLITS tokens, in order, into its placeholder positions: with several clips per
+    example (`clip_rows`, pal/clips.py, the clips of a row in placeholder order) the first clip's tokens fill the first
+    placeholder's positions, and so on, since both are read in row-major order.
 
-    inputs_embeds [B, T, d], audio_token_mask [B, T], tokens [B, N_p, d], mask [B, N_p] → [B, T, d].
+    inputs_embeds [B, T, d], audio_token_mask [B, T], tokens [C, N_p, d], mask [C, N_p], clip_rows [C] (None: C = B,
+    one clip per row) → [B, T, d].
     """
     expected, found = mask.sum(-1), audio_token_mask.sum(-1)
+    if clip_rows is not None:
+        expected = row_totals(expected, clip_rows, found.shape[0])
     if not torch.equal(expected.cpu(), found.cpu()):
         row = int((expected != found).nonzero()[0])
         raise ValueError(

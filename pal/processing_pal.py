@@ -32,6 +32,7 @@ import torch
 
 from pal.encoders.audio import AudioError
 
+from .clips import check_clip_rows
 from .configuration_pal import PALConfig
 from .packing import IGNORE_INDEX, pack_rows, pad_packed
 from .plits import plits_token_counts
@@ -106,25 +107,35 @@ class PALProcessor:
         # A chat template writes its own BOS; raw prompts get the tokenizer's special tokens at the start only.
         return self.tokenizer(text, add_special_tokens=first and not chat)["input_ids"]
 
-    def encode(self, segments: list[tuple[str, bool]], audio_tokens: int, plits_names: list[str], row: int,
-               chat: bool = True) -> tuple[list[int], list[int], list[bool]]:
-        """Segments → (ids, labels, audio flags), `<audio>` expanded to `audio_tokens` placeholder positions."""
+    def encode(self, segments: list[tuple[str, bool]], audio_tokens: int | list[int], plits_names: list[str],
+               row: int, chat: bool = True) -> tuple[list[int], list[int], list[bool]]:
+        """Segments → (ids, labels, audio flags), `<audio>` expanded to `audio_tokens` placeholder positions; a list
+        gives each clip's count for an example with several clips, one `<audio>` per clip in order."""
         ids, labels, flags = [], [], []
         placeholders = sum(text.count(AUDIO_PLACEHOLDER) for text, target in segments if not target)
-        if placeholders > 1:
-            raise ValueError(f"prompt {row} holds {placeholders} `<audio>` placeholders; one audio per example.")
-        if audio_tokens and not placeholders:
-            raise ValueError(
-                f"prompt {row} has no `<audio>` placeholder, but this model routes {plits_names} through PLITS: "
-                "add `<audio>` where the audio belongs in the prompt."
-            )
+        if isinstance(audio_tokens, list):
+            if placeholders != len(audio_tokens):
+                raise ValueError(f"prompt {row} holds {placeholders} `<audio>` placeholders for {len(audio_tokens)} "
+                                 "clips: put one `<audio>` where each clip belongs, in the order of the clips.")
+            expansions = iter(audio_tokens)
+        else:
+            if placeholders > 1:
+                raise ValueError(f"prompt {row} holds {placeholders} `<audio>` placeholders for one clip: give one "
+                                 "clip per placeholder (a list of audio files), or one `<audio>`.")
+            if audio_tokens and not placeholders:
+                raise ValueError(
+                    f"prompt {row} has no `<audio>` placeholder, but this model routes {plits_names} through PLITS: "
+                    "add `<audio>` where the audio belongs in the prompt."
+                )
+            expansions = iter([audio_tokens] * placeholders)
         for text, target in segments:
             pieces = [text] if target else text.split(AUDIO_PLACEHOLDER)
             for k, piece in enumerate(pieces):
-                if k:  # the placeholder stood between piece k-1 and piece k
-                    ids += [self.pad_id] * audio_tokens
-                    labels += [IGNORE_INDEX] * audio_tokens
-                    flags += [True] * audio_tokens
+                if k:  # a placeholder stood between piece k-1 and piece k
+                    count = next(expansions)
+                    ids += [self.pad_id] * count
+                    labels += [IGNORE_INDEX] * count
+                    flags += [True] * count
                 part = self._encode(piece, first=not ids, chat=chat)
                 if target and not chat and self.tokenizer.eos_token_id is not None:
                     part = part + [self.tokenizer.eos_token_id]
@@ -153,13 +164,22 @@ class PALProcessor:
         return [tuple(lengths) for lengths in out]
 
     # ------------------------------------------------------------------------------------------------ batching
-    def audio_token_counts(self, audio, rows: int) -> list[int]:
-        """PLITS placeholder positions each of `rows` examples needs for these encoder outputs (0 without PLITS)."""
-        if audio is None or not (self.config.encoders_on("plits") or self.config.summary_encoders()):
+    def audio_token_counts(self, audio, rows: int, clip_rows=None) -> list[int] | list[list[int]]:
+        """PLITS placeholder positions each of `rows` examples needs for these encoder outputs (0 without PLITS);
+        with `clip_rows` (several clips per example, pal/clips.py), a list per example, one count per clip."""
+        if audio is None:
             return [0] * rows
-        return plits_token_counts(self.config, {n: m for n, (_, m) in audio.items()}).tolist()
+        audio_rows = next(iter(audio.values()))[0].shape[0]
+        if not (self.config.encoders_on("plits") or self.config.summary_encoders()):
+            counts = [0] * audio_rows
+        else:
+            counts = plits_token_counts(self.config, {n: m for n, (_, m) in audio.items()}).tolist()
+        if clip_rows is None:
+            return counts
+        clip_rows = check_clip_rows(clip_rows, audio_rows, rows).tolist()
+        return [[n for n, r in zip(counts, clip_rows) if r == row] for row in range(rows)]
 
-    def encode_example(self, prompt, audio_tokens: int, row: int = 0, answer: str | None = None,
+    def encode_example(self, prompt, audio_tokens: int | list[int], row: int = 0, answer: str | None = None,
                        chat: bool = True) -> tuple[list[int], list[int], list[bool]]:
         """One prompt (a string or a conversation) → (ids, labels, audio flags), `<audio>` expanded."""
         plits_names = self.config.encoders_on("plits") + self.config.summary_encoders()
@@ -189,22 +209,25 @@ class PALProcessor:
         return ids[:max_length], labels[:max_length], flags[:max_length]
 
     def __call__(self, prompts, audio=None, answers: list[str] | None = None, chat: bool = True,
-                 max_length: int | None = None) -> dict:
+                 max_length: int | None = None, clip_rows=None) -> dict:
         """prompts: strings or chat-message lists (a conversation's assistant turns become labels); answers: one
-        assistant reply per prompt, appended; audio: {name: (tokens, mask)} with one row per prompt; max_length: cut
-        longer rows (see `truncate`)."""
+        assistant reply per prompt, appended; audio: {name: (tokens, mask)} with one row per prompt, or one per clip
+        with `clip_rows` [C] naming each clip's prompt (several clips per prompt, one `<audio>` each, pal/clips.py);
+        max_length: cut longer rows (see `truncate`)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
             prompts = [prompts]
         if answers is not None and len(answers) != len(prompts):
             raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts: give one answer per prompt.")
-        counts = self.audio_token_counts(audio, len(prompts))
-        rows = [self.encode_example(prompt, int(counts[i]), i, answers[i] if answers is not None else None, chat)
+        counts = self.audio_token_counts(audio, len(prompts), clip_rows)
+        rows = [self.encode_example(prompt, counts[i], i, answers[i] if answers is not None else None, chat)
                 for i, prompt in enumerate(prompts)]
         if max_length is not None:
             rows = [self.truncate(row, max_length, i) for i, row in enumerate(rows)]
         batch = self.pad(rows)
         if audio is not None:
             batch["audio"] = audio
+        if clip_rows is not None:
+            batch["clip_rows"] = torch.as_tensor(clip_rows).long()
         return batch
 
     def pad(self, rows: list[tuple[list[int], list[int], list[bool]]]) -> dict:

@@ -220,8 +220,14 @@ def test_the_fit_sentence_tells_underfitting_from_not_generalising():
 
 
 def test_a_rerun_resumes_every_step(smoke, capsys):
+    before = json.loads((smoke / "timings.json").read_text())
     assert main(["demo", "--preset", "smoke", "--out", str(smoke)]) == 0
     said = capsys.readouterr().out
+    # The time each step's work took stays recorded: a rerun that finds it done adds about none (it once overwrote
+    # the record with those near-zero times).
+    after = json.loads((smoke / "timings.json").read_text())
+    assert list(after) == list(before) and all(after[k] >= before[k] for k in before)
+    assert after["curriculum"] - before["curriculum"] < 0.5 * before["curriculum"]
     assert "[1/6] dataset: " in said and "is there" in said
     assert "SSLAM: " in said and "evaluation: " in said and said.count("is there") >= 3
     assert "already finished with this config" in said

@@ -8,7 +8,9 @@ from .model_options import add_model_arguments, decoding, load_model
 def register(commands) -> None:
     infer = commands.add_parser("infer", help="ask a trained model about audio (one question, or a manifest)")
     add_model_arguments(infer)
-    infer.add_argument("--audio", help="an audio file")
+    infer.add_argument("--audio", action="append",
+                       help="an audio file; repeat it to ask about several clips (one `<audio>` each in --prompt, "
+                            "in order; put in front where the prompt has none)")
     infer.add_argument("--prompt", help="the question")
     infer.add_argument("--manifest", help="a JSONL manifest of questions (answers need not be there)")
     infer.add_argument("--out", help="answers JSONL for --manifest (resumable)")
@@ -26,7 +28,7 @@ def run(args) -> int:
     if args.audio:
         from transformers import TextStreamer
 
-        answer = llm.ask(args.audio, args.prompt, decoding(args),
+        answer = llm.ask(args.audio if len(args.audio) > 1 else args.audio[0], args.prompt, decoding(args),
                          streamer=TextStreamer(llm.processor.tokenizer, skip_prompt=True, skip_special_tokens=True))
         if not answer.strip():  # a blank line alone would look like a failure
             print("pal: the model's answer is empty (it ended the answer at once).", file=sys.stderr)

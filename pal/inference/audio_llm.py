@@ -167,13 +167,14 @@ class AudioLLM:
 
     # ----------------------------------------------------------------------------------------------------- asking
     @staticmethod
-    def conversation(question: str | list[dict], with_audio: bool = True) -> list[dict]:
-        """A question (or a conversation ending with the user's turn) with `<audio>` in front unless it has one;
-        `with_audio=False` removes the placeholder (the no-audio baseline)."""
+    def conversation(question: str | list[dict], with_audio: bool = True, clips: int = 1) -> list[dict]:
+        """A question (or a conversation ending with the user's turn) with `<audio>` in front unless it has one
+        (`clips` of them, one line each, for a question about several clips); `with_audio=False` removes the
+        placeholder (the no-audio baseline)."""
         messages = [{"role": "user", "content": question}] if isinstance(question, str) else [dict(m) for m in question]
         if with_audio and not any(AUDIO_PLACEHOLDER in m["content"] for m in messages if m["role"] == "user"):
             first = next(i for i, m in enumerate(messages) if m["role"] == "user")
-            messages[first]["content"] = f"{AUDIO_PLACEHOLDER}\n{messages[first]['content']}"
+            messages[first]["content"] = f"{AUDIO_PLACEHOLDER}\n" * clips + messages[first]["content"]
         if not with_audio:
             for m in messages:
                 m["content"] = m["content"].replace(f"{AUDIO_PLACEHOLDER}\n", "").replace(AUDIO_PLACEHOLDER, "").strip()
@@ -232,15 +233,34 @@ class AudioLLM:
             generated = next(j for j in range(1, generated + 1) if any(s in decode(ids[:j]) for s in decoding.stop))
         return decoding.cut(decode(ids[:generated])).strip(), generated
 
-    def ask_batch(self, audios: list[Audio], questions: list[str | list[dict]], decoding: Decoding | None = None
-                  ) -> list[str]:
-        """One question per clip, answered in one batch."""
+    def ask_batch(self, audios: list[Audio | list[Audio]], questions: list[str | list[dict]],
+                  decoding: Decoding | None = None) -> list[str]:
+        """One question per clip (or per list of clips: a question about several, one `<audio>` each in order),
+        answered in one batch."""
         if len(audios) != len(questions):
             raise ValueError(f"{len(audios)} clips for {len(questions)} questions: give one question per clip.")
-        audio = self.features([self.load(a) for a in audios])
-        return self.generate([self.conversation(q) for q in questions], audio, decoding)
+        clips = [list(a) if isinstance(a, (list, tuple)) else [a] for a in audios]
+        if any(not c for c in clips):
+            raise ValueError("a question with an empty list of clips: give at least one audio file per question.")
+        audio = self.features([self.load(a) for c in clips for a in c])
+        conversations = [self.conversation(q, clips=len(c)) for q, c in zip(questions, clips)]
+        if all(len(c) == 1 for c in clips):
+            return self.generate(conversations, audio, decoding)
+        clip_rows = [row for row, c in enumerate(clips) for _ in c]
+        inputs = self.processor(conversations, audio, clip_rows=clip_rows)
+        return self._generate(inputs, decoding or Decoding())
 
-    def ask(self, audio: Audio, question: str | list[dict], decoding: Decoding | None = None, streamer=None) -> str:
+    def ask(self, audio: Audio | list[Audio], question: str | list[dict], decoding: Decoding | None = None,
+            streamer=None) -> str:
+        """One question about a clip, or about several (a list: one `<audio>` per clip in the question, in order;
+        put in front, one per line, where it has none)."""
+        if isinstance(audio, (list, tuple)):
+            if len(audio) != 1:
+                clips = self.features([self.load(a) for a in audio])
+                inputs = self.processor([self.conversation(question, clips=len(audio))], clips,
+                                        clip_rows=[0] * len(audio))
+                return self._generate(inputs, decoding or Decoding(), streamer=streamer)[0]
+            audio = audio[0]
         audio = self.features([self.load(audio)])
         return self.generate([self.conversation(question)], audio, decoding, streamer=streamer)[0]
 

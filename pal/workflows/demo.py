@@ -399,8 +399,8 @@ def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, pre
                   [[c["stage"], str(c["steps"]), metric_cell({"value": c["hearing_mAP"], "ci95": c["ci95"]}),
                     f"{c['chance']:.3f}"] for c in curve])] if curve else [])),
         *([Section("Where the time went", [
-            "Each step of this run, wall-clock (a step found done by an earlier run takes about none; "
-            "timings.json holds the same).",
+            "Each step's wall-clock time, over every run that worked in this folder (a rerun that finds a step done "
+            "adds about none; timings.json holds the same).",
             Table(["step", "minutes"], [[name, f"{t / 60:.1f}"] for name, t in times.items()])])] if times else []),
         Section("Examples from the test split", [Table(["clip", "question", "what it holds", "gold", "answer",
                                                         "with another clip's audio", "text-only trained model"],
@@ -412,7 +412,19 @@ def step_report(out: Path, data: Path, result: dict, fit: dict, final: Path, pre
 
 
 class StepTimes(dict):
-    """{step: seconds} of one `pal demo` run, each step timed as it runs (a step found done takes about none)."""
+    """{step: seconds} spent on each step of `pal demo` in one output folder, over every run that worked on it: each
+    step timed as it runs and added to what earlier runs recorded, so a rerun that finds a step done (about no time)
+    or a resumed one (the rest of the work) leaves the time the work took."""
+
+    @classmethod
+    def of_folder(cls, path: Path) -> StepTimes:
+        """The times recorded in `path` (timings.json) by earlier runs; none when there is no readable record."""
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls()
+        return cls({k: float(v) for k, v in recorded.items() if isinstance(v, (int, float))}
+                   if isinstance(recorded, dict) else {})
 
     def __call__(self, name: str, step, *args, **kwargs):
         started = time.time()
@@ -429,7 +441,7 @@ def run_demo(args) -> int:
     trained_model.cache_clear()  # a model folder retrained since an earlier run in this process is read again
     preset = PRESETS[args.preset]
     out = Path(args.out)
-    timed = StepTimes()
+    timed = StepTimes.of_folder(out / "timings.json")
     data = timed("dataset", step_data, out, preset, args.seed)
     encoder = timed("SSLAM pre-training", step_sslam, out, data, preset)
     encoders = ensemble_config(encoder)
@@ -442,7 +454,7 @@ def run_demo(args) -> int:
     fit = timed("fit check", step_fit, out, data, final, preset)
     curve = timed("stage curve", step_curve, out, data, final)
     model = timed("export", step_export, out, final)
-    timed["total"] = time.time() - start
+    timed["total"] = timed.get("total", 0.0) + time.time() - start
     atomic_write_json(out / "timings.json", dict(timed))
     md, page = step_report(out, data, result, fit, final, args.preset, timed["total"], curve, timed)
     say("[6/6] report: " + f"{md} and {page}")
