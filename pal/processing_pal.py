@@ -177,7 +177,8 @@ class PALProcessor:
         if clip_rows is None:
             return counts
         clip_rows = check_clip_rows(clip_rows, audio_rows, rows).tolist()
-        return [[n for n, r in zip(counts, clip_rows) if r == row] for row in range(rows)]
+        heard = torch.stack([m.any(-1) for _, m in audio.values()]).any(0).tolist()  # a text-only row's is all False
+        return [[n for n, r, h in zip(counts, clip_rows, heard) if r == row and h] for row in range(rows)]
 
     def encode_example(self, prompt, audio_tokens: int | list[int], row: int = 0, answer: str | None = None,
                        chat: bool = True) -> tuple[list[int], list[int], list[bool]]:

@@ -133,9 +133,10 @@ def test_every_bad_request_gets_an_openai_error_that_names_the_field(served, cur
            "holds no samples")
     _error(post({"model": "tiny", "messages": [_audio_message(_wav_bytes(np.zeros(16000 * 6)))]}), 400, "messages",
            "6 s long, over the 5 s limit")
-    two = _audio_message(good)
-    two["content"].append(two["content"][1])
-    _error(post({"model": "tiny", "messages": [two]}), 400, "messages[0].content", "one clip per conversation")
+    many = _audio_message(good)
+    many["content"] += [many["content"][1]] * 8  # nine clips in one turn
+    _error(post({"model": "tiny", "messages": [many]}), 400, "messages[0].content", "clip 9 of the conversation",
+           "over this server's 8 (`pal serve --max-clips`)")
     _error(post({"model": "gpt-4o", "messages": [_audio_message(good)]}), 404, "model", "holds 'tiny'")
     _error(post({"model": "tiny", "messages": [_audio_message(good)], "max_tokens": "many"}), 400, "max_tokens",
            "expected an integer")
@@ -183,12 +184,18 @@ def test_requests_that_arrive_together_are_batched_and_answered_as_alone(served,
               for clip, n in zip(clips, (8, 3, 8, 6))]
     bodies.append({"model": "tiny", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 5})
     bodies[2]["stop"] = ["e"]
+    pair = _audio_message(_b64(clips[0]), "Which is higher?")
+    pair["content"].append({"type": "input_audio", "input_audio": {"data": _b64(clips[3]), "format": "wav"}})
+    bodies.append({"model": "tiny", "messages": [pair], "max_tokens": 6})  # two clips in one question
     requests = [parse_chat_request(__import__("json").dumps(b).encode()) for b in bodies]
     prepared = [service.prepare(r) for r in requests]
     alone = [service.complete(r, prepared=p) for r, p in zip(requests, prepared)]
+    from pal.inference.audio_llm import Decoding
+
+    assert service.llm.ask([clips[0], clips[3]], "Which is higher?", Decoding(max_new_tokens=6)) == alone[-1]["text"]
     before = len(batcher.batches)
     together = [f.result(timeout=120) for f in [batcher.submit(r, p) for r, p in zip(requests, prepared)]]
-    assert batcher.batches[before:] == [5]  # one batch of the five
+    assert batcher.batches[before:] == [6]  # one batch of the six
     assert together == alone
 
 

@@ -23,6 +23,8 @@ def register(commands) -> None:
                         help="longest stop string a request may send (default 64; docs/serving.md)")
     server.add_argument("--max-prompt-chars", type=int, default=32000,
                         help="most text, all messages together, a request may send (default 32000)")
+    server.add_argument("--max-clips", type=int, default=8,
+                        help="input_audio parts (clips) one conversation may hold (default 8)")
     server.set_defaults(run=run)
 
 
@@ -33,5 +35,6 @@ def run(args) -> int:
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("PAL_API_KEY"),
           model_id=args.name, max_audio_seconds=args.max_audio_seconds, cache_clips=args.cache_clips,
           max_request_mb=args.max_request_mb, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-          limits=RequestLimits(max_stop_chars=args.max_stop_chars, max_prompt_chars=args.max_prompt_chars))
+          limits=RequestLimits(max_stop_chars=args.max_stop_chars, max_prompt_chars=args.max_prompt_chars,
+                               max_clips=args.max_clips))
     return 0

@@ -206,11 +206,12 @@ class AudioLLM:
     @torch.no_grad()
     def chat(self, conversation: list[dict], features: dict | None, decoding: Decoding, cache=None, streamer=None,
              cancel=None) -> tuple[str, int, int]:
-        """One conversation (with `<audio>` where the clip belongs, or none) and its clip's features [1, ...] →
+        """One conversation (with `<audio>` where each clip belongs, or none) and its clips' features [k, ...] →
         (the answer, prompt positions including audio placeholders, generated tokens). `cache`: a PALCache prepared
         for these features (`prepare_audio`), reused instead of computing the audio keys/values again; `cancel`: a
         threading.Event that stops the generation at its next token once set."""
-        inputs = self.processor([conversation], features)
+        clips = 0 if features is None else next(iter(features.values()))[0].shape[0]
+        inputs = self.processor([conversation], features, clip_rows=[0] * clips if clips > 1 else None)
         extra = {}
         if cancel is not None:
             class Cancelled(StoppingCriteria):

@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException
 from pal.encoders.audio import AudioError
 from pal.inference.audio_llm import AudioLLM, Decoding
 
-from .batching import Batcher
+from .batching import Batcher, clip_rows_of, stack_features
 from .clip_cache import ClipCache, cached_clip, prepared_cache
 from .requests import ChatRequest, RequestError, RequestLimits, parse_chat_request
 
@@ -99,33 +99,44 @@ class ChatService:
                         stop=tuple(request.stop))
 
     def prepare(self, request: ChatRequest):
-        """The request checked against this server (its model, its length with the audio) and its clip, from the
-        cache or encoded now → (features or None, a prepared PALCache or None)."""
+        """The request checked against this server (its model, its length with the audio) and its clips, each from
+        the cache or encoded now → (features or None, with one row per clip; a prepared PALCache or None)."""
         if request.model != self.settings.model_id:
             raise RequestError(f"model = {request.model!r}: this server holds {self.settings.model_id!r} "
                                "(GET /v1/models).", "model", status=404, code="model_not_found")
-        if request.audio is None:
+        if not request.audios:
             self.check_length(request, None)
             return None, None
 
-        def encode():
-            try:
-                loaded = self.llm.processor.load_audio(request.audio, max_seconds=self.settings.max_audio_seconds,
-                                                       name=f"the {request.audio_format} audio")
-            except AudioError as err:
-                raise RequestError(f"{err} Send a {request.audio_format} file's bytes in base64.",
-                                   "messages", code="invalid_audio") from None
-            return cached_clip(self.llm.model, self.llm.features([loaded]))
+        def encoder(data: bytes, kind: str, number: int):
+            def encode():
+                name = f"the {kind} audio" + (f" of clip {number}" if len(request.audios) > 1 else "")
+                try:
+                    loaded = self.llm.processor.load_audio(data, max_seconds=self.settings.max_audio_seconds,
+                                                           name=name)
+                except AudioError as err:
+                    raise RequestError(f"{err} Send a {kind} file's bytes in base64.", "messages",
+                                       code="invalid_audio") from None
+                return cached_clip(self.llm.features([loaded]))
+            return encode
 
         with self.generation:
-            clip, _ = self.clips.get_or_make(request.audio, encode)
-        self.check_length(request, clip.features)
-        return clip.features, prepared_cache(self.llm.model, clip)
+            clips = [self.clips.get_or_make(data, encoder(data, kind, k + 1))[0]
+                     for k, (data, kind) in enumerate(request.audios)]
+            # one clip: its audio keys/values are the clip's own, kept for the next question about it
+            cache = prepared_cache(self.llm.model, clips[0]) if len(clips) == 1 else None
+        if cache is not None:
+            self.check_length(request, clips[0].features)
+            return clips[0].features, cache
+        features = stack_features([c.features for c in clips], self.llm.model.config.encoder_dims)
+        self.check_length(request, features)
+        return features, None  # several clips: their keys/values are the question's own (tags, positions)
 
     def check_length(self, request: ChatRequest, features) -> None:
         if self.max_positions is None:
             return
-        prompt = self.llm.processor([request.messages], features)["input_ids"].shape[1]
+        prompt = self.llm.processor([request.messages], features, clip_rows=clip_rows_of(features))[
+            "input_ids"].shape[1]
         if prompt + request.max_tokens > self.max_positions:
             raise RequestError(f"the prompt is {prompt} tokens (audio included) and max_tokens asks "
                                f"{request.max_tokens} more, over the model's {self.max_positions}: shorten the "

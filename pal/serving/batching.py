@@ -26,19 +26,36 @@ from .requests import ChatRequest
 
 
 def stack_features(rows: list[dict | None], dims: dict[str, int]) -> dict | None:
-    """Per-request features ({name: (tokens [1, N_e, D_e], mask [1, N_e])} or None for a text-only request) →
-    one batch {name: (tokens [B, N_max, D_e], mask [B, N_max])}; a text-only row has no real token."""
+    """Per-request features ({name: (tokens [k, N_e, D_e], mask [k, N_e])}, k clips, or None for a text-only
+    request) → one batch {name: (tokens [C, N_max, D_e], mask [C, N_max])}, every request's clips in order (a
+    text-only request one row without a real token); `clip_rows_for` says whose each row is."""
     if all(r is None for r in rows):
         return None
     out = {}
     for name, dim in dims.items():
         sample = next(r[name][0] for r in rows if r is not None)
-        tokens = [r[name][0][0][r[name][1][0]] if r is not None else sample.new_zeros(0, dim) for r in rows]
+        tokens = []  # each clip's real tokens [n, D_e]
+        for r in rows:
+            if r is None:
+                tokens.append(sample.new_zeros(0, dim))
+            else:
+                tokens += [t[m] for t, m in zip(*r[name])]
         padded, mask = pad_rows(tokens)
         if padded.shape[1] == 0:  # every row text-only on this encoder: one masked-out token keeps the shapes valid
-            padded, mask = sample.new_zeros(len(rows), 1, dim), torch.zeros(len(rows), 1, dtype=torch.bool)
+            padded, mask = sample.new_zeros(len(tokens), 1, dim), torch.zeros(len(tokens), 1, dtype=torch.bool)
         out[name] = (padded, mask.to(padded.device))
     return out
+
+
+def clip_rows_for(rows: list[dict | None]) -> list[int] | None:
+    """The request (text row) of each row of `stack_features(rows)`; None when every request has one row."""
+    counts = [1 if r is None else next(iter(r.values()))[0].shape[0] for r in rows]
+    return None if all(k == 1 for k in counts) else [i for i, k in enumerate(counts) for _ in range(k)]
+
+
+def clip_rows_of(features: dict | None) -> list[int] | None:
+    """One request's features → its clip_rows (None for one clip or none)."""
+    return clip_rows_for([features])
 
 
 class Batcher:
@@ -95,8 +112,9 @@ class Batcher:
 
         llm = self.service.llm
         requests = [request for request, _, _ in items]
-        features = stack_features([prepared[0] for _, prepared, _ in items], llm.model.config.encoder_dims)
-        inputs = llm.processor([r.messages for r in requests], features)
+        rows = [prepared[0] for _, prepared, _ in items]
+        features = stack_features(rows, llm.model.config.encoder_dims)
+        inputs = llm.processor([r.messages for r in requests], features, clip_rows=clip_rows_for(rows))
         longest = max(r.max_tokens for r in requests)
         with self.service.generation:
             new = llm.generate_ids(inputs, Decoding(max_new_tokens=longest))
@@ -111,4 +129,4 @@ class Batcher:
         return results
 
 
-__all__ = ["Batcher", "stack_features"]
+__all__ = ["Batcher", "clip_rows_for", "clip_rows_of", "stack_features"]

@@ -20,7 +20,8 @@ from pal import PALCache
 @dataclass
 class CachedClip:
     features: dict  # {name: (tokens [1, N_e, D_e], mask [1, N_e])} on the model's device
-    side: dict  # {cache attribute: value} from `prepare_audio` (audio keys/values, their source)
+    side: dict | None = None  # {cache attribute: value} from `prepare_audio` (audio keys/values, their source),
+    #                           computed when a question about this clip alone first needs them
 
 
 class ClipCache:
@@ -60,21 +61,24 @@ class ClipCache:
 
 
 def prepared_cache(model, clip: CachedClip) -> PALCache:
-    """A fresh PALCache holding the clip's audio keys/values (the text cache empty), for one request."""
+    """A fresh PALCache holding the clip's audio keys/values (the text cache empty), for one request about it
+    alone; the keys/values are computed by `prepare_audio` the first time and kept with the clip."""
+    if clip.side is None:
+        side = {}
+        if model.side_connectors():
+            prepared = model.prepare_audio(clip.features)
+            side = {c.cache_key: getattr(prepared, c.cache_key) for c in model.side_connectors()}
+            side["audio_source"] = prepared.audio_source
+        clip.side = side
     cache = PALCache(config=model.llm.config)
     for key, value in clip.side.items():
         setattr(cache, key, value)
     return cache
 
 
-def cached_clip(model, features: dict) -> CachedClip:
-    """Features [1, ...] → what the cache keeps: them, and the audio keys/values `prepare_audio` computes."""
-    side = {}
-    if model.side_connectors():
-        prepared = model.prepare_audio(features)
-        side = {c.cache_key: getattr(prepared, c.cache_key) for c in model.side_connectors()}
-        side["audio_source"] = prepared.audio_source
-    return CachedClip(features, side)
+def cached_clip(features: dict) -> CachedClip:
+    """Features [1, ...] → what the cache keeps (the audio keys/values follow with `prepared_cache`)."""
+    return CachedClip(features)
 
 
 __all__ = ["CachedClip", "ClipCache", "cached_clip", "prepared_cache"]

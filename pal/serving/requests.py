@@ -5,8 +5,9 @@ Accepted (OpenAI's chat format, the audio parts as their `input_audio`):
         {"type": "text", "text": "What do you hear?"},
         {"type": "input_audio", "input_audio": {"data": "<base64>", "format": "wav"}}]}, ...],
      "max_tokens": 64, "temperature": 0, "top_p": 1, "seed": 0, "stop": ["\n"], "stream": false}
-One audio per conversation (the model takes one clip); it may stand in any user turn, and the prompt is built as in
-training: `<audio>` in front of that turn's text. `audio_url` parts, and URLs of any kind, are refused: the server
+Each `input_audio` part is one clip; a conversation may hold several (a question about two clips: "which of them
+has a dog?"), in any user turns, and the prompt is built as in training: one `<audio>` per clip in front of its turn's
+text, in the order of the parts (pal/clips.py). `audio_url` parts, and URLs of any kind, are refused: the server
 never reads its own files or the network on a client's behalf.
 
 Every problem is a `RequestError` carrying OpenAI's error object and a 4xx status that names the field and what is
@@ -36,6 +37,7 @@ class RequestLimits:
     max_stops: int = 4  # stop strings per request (OpenAI's limit)
     max_prompt_chars: int = 32_000  # all messages' text together, counted before anything tokenizes it
     max_messages: int = 256
+    max_clips: int = 8  # input_audio parts per conversation (each one is encoded; LAL's lal_config.max_clips caps it)
 
 
 class RequestError(ValueError):
@@ -52,12 +54,11 @@ class RequestError(ValueError):
 
 @dataclass
 class ChatRequest:
-    """A checked request: the conversation (text only, with `<audio>` where the clip belongs) and the clip's bytes."""
+    """A checked request: the conversation (text only, with `<audio>` where each clip belongs) and the clips' bytes."""
 
     model: str
-    messages: list[dict]  # [{"role", "content": str}], the audio's turn starting with "<audio>\n"
-    audio: bytes | None = None
-    audio_format: str | None = None
+    messages: list[dict]  # [{"role", "content": str}], each audio's turn starting with "<audio>\n" per clip
+    audios: list[tuple[bytes, str]] = field(default_factory=list)  # (bytes, format) of each clip, in order
     max_tokens: int = 64
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
@@ -155,7 +156,7 @@ def parse_chat_request(raw: bytes, audio_placeholder: str = "<audio>",
     if len(messages) > limits.max_messages:
         raise RequestError(f"messages: {len(messages)} messages, over this server's {limits.max_messages}.",
                            "messages", code="context_length_exceeded")
-    turns, audio = [], None
+    turns, audio = [], []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict) or message.get("role") not in ROLES:
@@ -167,11 +168,11 @@ def parse_chat_request(raw: bytes, audio_placeholder: str = "<audio>",
         if audios:
             if message["role"] != "user":
                 raise RequestError(f"{where}: audio is only accepted in user messages.", f"{where}.content")
-            if audio is not None or len(audios) > 1:
-                raise RequestError(f"{where}: a second audio; this model takes one clip per conversation.",
-                                   f"{where}.content")
-            audio = audios[0]
-            text = f"{audio_placeholder}\n{text}"
+            if len(audio) + len(audios) > limits.max_clips:
+                raise RequestError(f"{where}: clip {len(audio) + len(audios)} of the conversation, over this "
+                                   f"server's {limits.max_clips} (`pal serve --max-clips`).", f"{where}.content")
+            audio += audios
+            text = f"{audio_placeholder}\n" * len(audios) + text
         turns.append({"role": message["role"], "content": text})
     if turns[-1]["role"] != "user":
         raise RequestError("messages: the last message must be the user's (the model answers it).", "messages")
@@ -201,7 +202,7 @@ def parse_chat_request(raw: bytes, audio_placeholder: str = "<audio>",
     if body.get("n") not in (None, 1):
         raise RequestError(f"n = {body.get('n')!r}: this server gives one choice per request (n = 1).", "n")
     return ChatRequest(
-        model=model, messages=turns, audio=audio[0] if audio else None, audio_format=audio[1] if audio else None,
+        model=model, messages=turns, audios=audio,
         max_tokens=_number({"max_tokens": max_tokens}, "max_tokens", int, 64, low=1),
         temperature=_number(body, "temperature", float, 0.0, low=0, high=2),
         top_p=_number(body, "top_p", float, 1.0, low=0, high=1),
