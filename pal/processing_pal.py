@@ -48,7 +48,7 @@ class Prepared:
 
     examples: list  # the kept examples (data.manifest.Example)
     bad: list  # [(example, problem)]: set aside, with why
-    rows: list  # each kept example's row in `clips` or `cached`; None for an example without audio
+    rows: list  # each kept example's clips' rows in `clips` or `cached`, in placeholder order; [] without audio
     clips: list  # clips read at the encoders' rates, one per distinct audio file (without a feature cache)
     cached: dict | None  # {name: (tokens, mask)} read from the feature cache, one row per distinct file
     segments: list  # each kept example's conversation, templated into pieces
@@ -313,26 +313,32 @@ class PALProcessor:
         may hold groups of examples about one clip (a list each), which `collate` packs into one sequence each."""
         bad, kept, rows, clips, paths, segments, groups, counts = [], [], [], [], [], [], [], Counter()
         read: dict[str, int] = {}  # audio path → its row in clips / paths
+
+        def row_of(audio: str) -> int:
+            if audio in read:
+                return read[audio]
+            if self.cache is not None:
+                if audio not in self.cache:
+                    raise AudioError(f"{audio} is not in the feature cache {self.cache.root}")
+                paths.append(audio)
+                read[audio] = len(paths) - 1
+            else:
+                clip = self.load_audio(audio)
+                counts.update(self.ensemble.long_audio_events(clip))
+                clips.append(clip)
+                read[audio] = len(clips) - 1
+            return read[audio]
+
         items = [(g, e) for g, item in enumerate(examples) for e in (item if isinstance(item, list) else [item])]
         for group, example in items:
             try:  # AudioError is a ValueError; so is a conversation the chat template cannot split
                 pieces = self.segments(example.messages)
-                row = read.get(example.audio) if example.audio is not None else None
-                if example.audio is not None and row is None and self.cache is not None:
-                    if example.audio not in self.cache:
-                        raise AudioError(f"{example.audio} is not in the feature cache {self.cache.root}")
-                    paths.append(example.audio)
-                    row = read[example.audio] = len(paths) - 1
-                elif example.audio is not None and row is None:
-                    clip = self.load_audio(example.audio)
-                    counts.update(self.ensemble.long_audio_events(clip))
-                    clips.append(clip)
-                    row = read[example.audio] = len(clips) - 1
+                own = [row_of(audio) for audio in example.audios]
             except ValueError as err:
                 bad.append((example, str(err)))
                 continue
             kept.append(example)
-            rows.append(row)
+            rows.append(own)
             segments.append(pieces)
             groups.append(group)
         return Prepared(examples=kept, bad=bad, rows=rows, clips=clips, cached=self.cache.get(paths) if paths else None,
@@ -340,11 +346,19 @@ class PALProcessor:
                         counts=counts)
 
     def prepared_audio(self, prepared: Prepared) -> dict | None:
-        """Encoder outputs with one row per kept example of `prepare`'s output (the encoders run here, batched)."""
+        """Encoder outputs with one row per kept example of `prepare`'s output, or one per clip when an example holds
+        several (`prepared_clip_rows` says whose each row is); the encoders run here, batched."""
         if prepared.cached is None and not prepared.clips:
             return self.no_audio(len(prepared.examples))
         features = prepared.cached if prepared.cached is not None else self.encode_audio(prepared.clips)
-        return scatter_rows(features, prepared.rows)
+        return scatter_rows(features, [r for own in prepared.rows for r in (own or [None])])
+
+    @staticmethod
+    def prepared_clip_rows(prepared: Prepared) -> list[int] | None:
+        """The example of each row of `prepared_audio` (pal/clips.py's clip_rows); None when none holds several."""
+        if all(len(own) <= 1 for own in prepared.rows):
+            return None
+        return [i for i, own in enumerate(prepared.rows) for _ in (own or [None])]
 
     def collate(self, prepared: Prepared) -> tuple[dict | None, list]:
         """The training process's part, on what `prepare` gave: → (batch, or None when nothing usable is left;
@@ -353,12 +367,13 @@ class PALProcessor:
         assistant token. batch["examples"]: the question-answer examples in it (a packed row holds several)."""
         self.counts.update(prepared.counts)
         audio, kept, bad = self.prepared_audio(prepared), prepared.examples, list(prepared.bad)
-        counts = self.audio_token_counts(audio, len(kept))
+        clip_rows = self.prepared_clip_rows(prepared)
+        counts = self.audio_token_counts(audio, len(kept), clip_rows)
         plits = self.config.encoders_on("plits") + self.config.summary_encoders()
         rows, keep = [], []
         for i, example in enumerate(kept):
             try:
-                row = self.encode(prepared.segments[i], int(counts[i]), plits, i)
+                row = self.encode(prepared.segments[i], counts[i], plits, i)
                 if self.max_length is not None and len(row[0]) > self.max_length:
                     if self.too_long != "truncate":
                         raise ValueError(f"{len(row[0])} tokens with its audio, over max_length {self.max_length}.")
@@ -378,8 +393,13 @@ class PALProcessor:
             batch, keep = self._pack(rows, keep, prepared.groups)
         else:
             batch = self.pad(rows)
-        if audio is not None:
-            batch["audio"] = {n: (t[keep], m[keep]) for n, (t, m) in audio.items()}
+        if audio is not None:  # the audio rows of each row's example, in order
+            own = [[i] for i in range(len(kept))] if clip_rows is None else \
+                [[c for c, r in enumerate(clip_rows) if r == i] for i in range(len(kept))]
+            take = [c for i in keep for c in own[i]]
+            batch["audio"] = {n: (t[take], m[take]) for n, (t, m) in audio.items()}
+            if clip_rows is not None:
+                batch["clip_rows"] = torch.tensor([row for row, i in enumerate(keep) for _ in own[i]])
         batch["examples"] = len(rows)
         return batch, bad
 

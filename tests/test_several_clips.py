@@ -3,9 +3,22 @@ mixed clip counts as each question alone, generation, and the errors."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
-from conftest import VOCAB, random_audio, random_texts, slice_audio, tiny_pal
+from conftest import (
+    VOCAB,
+    curriculum_dict,
+    random_audio,
+    random_texts,
+    slice_audio,
+    tiny_pal,
+    train_in_process,
+    write_jsonl,
+    write_yaml,
+)
 from test_lal_invariants import _reference_layer_attention
 
 from pal.cli.main import main
@@ -186,7 +199,7 @@ def test_several_clips_errors_name_what_to_do():
 
 
 def test_ask_about_several_clips_answers_as_the_model_does_with_their_placeholders(trained_tiny, curriculum_env,
-                                                                                  capsys):
+                                                                                  capsys, tmp_path):
     """`AudioLLM.ask` with a list of clips: one `<audio>` per clip in front of the question, the clips' features in
     order; a batch of questions with mixed clip counts answers as each question alone; a question whose
     placeholders do not match its clips is an error that says so."""
@@ -211,3 +224,93 @@ def test_ask_about_several_clips_answers_as_the_model_does_with_their_placeholde
     assert capsys.readouterr().out.strip() == asked
     with pytest.raises(ValueError, match="1 `<audio>` placeholders for 2 clips"):
         llm.ask(tones[:2], "<audio> Which clip is higher?", decoding)
+    # `pal infer --manifest`: lines with `audios` (placeholders put in front where the prompt has none) and one clip
+    rows = [{"id": "pair", "audios": [str(t) for t in tones[:2]],
+             "messages": [{"role": "user", "content": "Which clip is higher?"}]},
+            {"id": "pair-again", "audios": [str(t) for t in tones[:2]],
+             "messages": [{"role": "user", "content": "Which?"}]},
+            {"id": "one", "audio": str(tones[2]), "messages": [{"role": "user", "content": "What?"}]}]
+    manifest, out = write_jsonl(tmp_path / "q.jsonl", rows), tmp_path / "answers.jsonl"
+    assert main(["infer", "--model", str(trained_tiny), "--manifest", str(manifest), "--out", str(out),
+                 "--max-new-tokens", "6"]) == 0
+    answers = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert answers["pair"]["answer"] == asked and answers["pair"]["audios"] == rows[0]["audios"]
+    assert answers["pair-again"]["answer"] == together[0] and answers["one"]["answer"] == together[1]
+
+
+def _pair_rows(env) -> list[dict]:
+    """Questions about two tones (LLaMA-Factory's `audios` key), mixed with one-clip and text-only rows."""
+    pairs = [{"id": f"pair{i}", "task": "qa", "audios": [str(env / f"tone{i}.wav"), str(env / f"tone{i + 1}.wav")],
+              "messages": [{"role": "user", "content": "The first: <audio>\nThe second: <audio>\nWhich is higher?"},
+                           {"role": "assistant", "content": "the second"}]} for i in range(3)]
+    single = [json.loads(line) for line in (env / "train.jsonl").read_text().splitlines()]
+    single = [dict(r, audio=str(env / r["audio"])) if "audio" in r else r for r in single]
+    return [pairs[0], single[0], pairs[1], single[-1], pairs[2], single[1]]
+
+
+def test_a_manifests_questions_about_two_clips_batch_for_training_as_for_inference(trained_tiny, curriculum_env,
+                                                                                   tmp_path):
+    """`audios` lines read back with every clip; the batch training collates from them (worker `prepare`, then
+    `collate`) is the one inference builds from the same conversations and clips; its loss is each row's alone."""
+    from pal.data.manifest import validate_manifest
+    from pal.inference.audio_llm import AudioLLM
+    from pal.processing_pal import to_device
+
+    manifest = write_jsonl(tmp_path / "pairs.jsonl", _pair_rows(curriculum_env))
+    examples = validate_manifest(manifest)
+    assert [len(e.audios) for e in examples] == [2, 1, 2, 0, 2, 1]
+    assert examples[0].audios == (str(curriculum_env / "tone0.wav"), str(curriculum_env / "tone1.wav"))
+    llm = AudioLLM.from_pretrained(trained_tiny)
+    training = llm.processor.with_settings(padding_side="right")
+    batch, bad = training.collate(training.prepare(examples))
+    assert not bad and batch["examples"] == 6
+    assert batch["clip_rows"].tolist() == [0, 0, 1, 2, 2, 3, 4, 4, 5]
+    features = llm.features([llm.load(a) for e in examples for a in e.audios])
+    # the text-only row (the fourth question) has no clip: it gets one all-masked row, after the first five clips
+    text_only = {n: (t[:1] * 0, m[:1] & False) for n, (t, m) in features.items()}
+    stacked = {n: (torch.cat([t[:5], text_only[n][0], t[5:]]), torch.cat([m[:5], text_only[n][1], m[5:]]))
+               for n, (t, m) in features.items()}
+    asked = training([e.messages for e in examples], stacked, clip_rows=[0, 0, 1, 2, 2, 3, 4, 4, 5])
+    for key in ("input_ids", "attention_mask", "audio_token_mask", "labels", "clip_rows"):
+        assert torch.equal(batch[key], asked[key]), key
+    for name, (tokens, mask) in stacked.items():
+        assert torch.equal(batch["audio"][name][1], mask) and torch.equal(batch["audio"][name][0], tokens)
+    with torch.no_grad():
+        together = llm.model(**to_device(batch, llm.device)).loss
+        alone = []
+        for example in examples:
+            one, _ = training.collate(training.prepare([example]))
+            alone.append((float(llm.model(**to_device(one, llm.device)).loss), int((one["labels"] != -100).sum())))
+    # the batch's mean over its answer tokens is the rows' losses weighted by their answer tokens
+    weights = [n for _, n in alone]
+    assert math.isclose(float(together), sum(l * w for (l, _), w in zip(alone, weights)) / sum(weights), rel_tol=1e-4)
+
+
+def test_a_manifest_line_whose_placeholders_do_not_match_its_clips_is_named(curriculum_env, tmp_path):
+    from pal.data.manifest import ManifestError, validate_manifest
+
+    rows = _pair_rows(curriculum_env)[:1]
+    wrong = dict(rows[0], messages=[{"role": "user", "content": "<audio>\nWhich is higher?"},
+                                    {"role": "assistant", "content": "the second"}])
+    both = dict(rows[0], id="both", audio=rows[0]["audios"][0])
+    bad_path = dict(rows[0], id="bad", audios=[rows[0]["audios"][0], 7])
+    manifest = write_jsonl(tmp_path / "bad.jsonl", [wrong, both, bad_path])
+    with pytest.raises(ManifestError) as err:
+        validate_manifest(manifest)
+    said = str(err.value)
+    assert f"{manifest}:1: the prompt holds 1 `<audio>` placeholder(s) for 2 clip(s)" in said
+    assert f"{manifest}:2: the line has both \"audio\" and \"audios\"" in said
+    assert f"{manifest}:3: \"audios\" holds 7" in said
+
+
+def test_the_curriculum_trains_on_questions_about_two_clips(curriculum_env, tmp_path):
+    """A stage whose manifest mixes questions about two clips with one-clip and text-only rows trains, validates
+    and generates its samples (the tiny PAL: LAL with tags, summary tokens via PLITS, LoRA)."""
+    manifest = write_jsonl(tmp_path / "pairs.jsonl", _pair_rows(curriculum_env))
+    config = curriculum_dict(curriculum_env, stages=1, steps=4, checkpoint_every=4, eval_every=4, num_samples=2)
+    config["stages"][0]["data"] = [{"manifest": str(manifest)}]
+    config["stages"][0]["val_manifest"] = str(manifest)
+    stages = train_in_process(write_yaml(tmp_path / "c.yaml", config), tmp_path / "run")
+    assert stages[0]["steps"] == 4 and stages[0]["bad_samples"] == 0 and math.isfinite(stages[0]["loss"])
+    samples = (tmp_path / "run" / "stage1-connector" / "samples.jsonl").read_text().splitlines()
+    assert {json.loads(s)["id"] for s in samples} <= {f"pair{i}" for i in range(3)} | {"t0", "t1", "text"}

@@ -97,12 +97,14 @@ class StageData(torch.utils.data.Dataset):
 def clip_groups(table, size: int) -> list[np.ndarray]:
     """The table's rows grouped by clip, in first-seen order: lists of at most `size` row indices that share one
     packing key, the row's `group` or else its audio path (a clip with more questions gives several groups). A row
-    with neither is a group of its own. The text-only baseline's rows keep their clip as `group`."""
+    with neither, or a question about several clips, is a group of its own. The text-only baseline's rows keep their
+    clip as `group`."""
     named = table.data.column("group").to_pylist()
+    several = table.data.column("more_audio").to_pylist()
     by_clip: dict[str, list[int]] = {}
     alone: list[list[int]] = []
     for row, audio in enumerate(table.data.column("audio").to_pylist()):
-        key = named[row] if named[row] is not None else audio
+        key = None if several[row] is not None else named[row] if named[row] is not None else audio
         (alone.append([row]) if key is None else by_clip.setdefault(key, []).append(row))
     groups = [rows[i : i + size] for rows in by_clip.values() for i in range(0, len(rows), size)] + alone
     return [np.asarray(g, dtype=np.int64) for g in sorted(groups, key=lambda g: g[0])]

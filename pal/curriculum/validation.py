@@ -38,7 +38,8 @@ def validate_stage(run, val, step: int, forward, rank: int, world: int) -> dict 
     kept = prepared.examples
     if kept:  # on every rank: under ZeRO-3 each forward is a collective; rank 0 writes
         gen = processor.with_settings(padding_side="left")
-        inputs = to_device(gen([e.messages[:-1] for e in kept], processor.prepared_audio(prepared)), engine.device)
+        inputs = to_device(gen([e.messages[:-1] for e in kept], processor.prepared_audio(prepared),
+                               clip_rows=processor.prepared_clip_rows(prepared)), engine.device)
         out = engine.module.generate(**inputs, max_new_tokens=32, do_sample=False, pad_token_id=gen.pad_id,
                                      synced_gpus=run.zero3 and world > 1)
         if rank == 0:

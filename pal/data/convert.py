@@ -28,15 +28,19 @@ def portable_audio(row: dict, folder: Path) -> dict:
     absolute, so the manifest alone can move."""
     from pal.common.audio_source import audio_path, with_path
 
-    audio = row.get("audio")
-    if not isinstance(audio, str):
-        return row
-    path = audio_path(audio)
-    if os.path.isabs(path):
-        relative = os.path.relpath(path, folder)
-        if not (relative == os.pardir or relative.startswith(os.pardir + os.sep)):
-            return {**row, "audio": with_path(audio, relative)}
-    return row
+    def portable(audio):
+        if not isinstance(audio, str):
+            return audio
+        path = audio_path(audio)
+        if os.path.isabs(path):
+            relative = os.path.relpath(path, folder)
+            if not (relative == os.pardir or relative.startswith(os.pardir + os.sep)):
+                return with_path(audio, relative)
+        return audio
+
+    if isinstance(row.get("audios"), list):  # a question about several clips
+        return {**row, "audios": [portable(a) for a in row["audios"]]}
+    return {**row, "audio": portable(row["audio"])} if "audio" in row else row
 
 
 def convert(kind: str, source: str | Path, out: str | Path, audio_dir: str | Path, check_audio: bool = True,

@@ -219,14 +219,13 @@ def messages(path: Path, audio_dir: Path, **_) -> tuple[list[dict], Rejected]:
         if not isinstance(audios, list) or not all(isinstance(a, str) and a for a in audios):
             rejected.append((where, f"audios = {audios!r}: expected a list of audio file paths"))
             continue
-        if len(audios) > 1:
-            rejected.append((where, f"{len(audios)} audios; one audio per example"))
-            continue
         turns = [{"role": m.get("role"), "content": m.get("content")} for m in item["messages"]]
         row = {"id": str(item.get("id", f"messages-{i}")), "messages": turns}
-        if audios:
-            audio = Path(audios[0])
-            row["audio"] = str(audio if audio.is_absolute() else audio_dir / audio)
+        paths = [str(Path(a) if Path(a).is_absolute() else audio_dir / a) for a in audios]
+        if len(paths) == 1:
+            row["audio"] = paths[0]
+        elif paths:  # a question about several clips (docs/model.md#several-clips)
+            row["audios"] = paths
         if item.get("task"):
             row["task"] = item["task"]
         rows.append(row)

@@ -4,13 +4,15 @@ memory-mapped Arrow tables.
 One example per line:
     {"id": "...", "audio": "clips/dog.wav", "task": "caption|qa|classify|asr",
      "messages": [{"role": "user", "content": "<audio>\\nWhat can you hear?"}, {"role": "assistant", "content": "..."}]}
-`audio` is relative to the manifest's folder (or absolute); it may be missing or null for a text-only example.
+`audio` is relative to the manifest's folder (or absolute); it may be missing or null for a text-only example. A
+question about several clips lists them as `"audios": ["a.wav", "b.wav"]` (LLaMA-Factory's key) with one `<audio>` per
+clip in its prompt, in the same order (docs/model.md#several-clips).
 
 Before training every line is checked and every problem reported with its line number: UTF-8 and JSON, ids (unique),
 task, the conversation (an optional system turn, then user and assistant alternating, ending with a non-empty
-answer), the audio (a string path to a readable audio file, not a folder, long enough for the encoders; exactly one
-`<audio>` placeholder in the prompt when there is audio, none when there is not), and the length of the templated
-text against the LLM's context.
+answer), the audio (string paths to readable audio files, not folders, long enough for the encoders; one `<audio>`
+placeholder in the prompt per clip, none when there is no audio), and the length of the templated text against the
+LLM's context.
 
 Training reads a manifest as an Arrow file (`manifest_table`) written once by a streaming pass and memory-mapped by
 every rank and every DataLoader worker (Hugging Face `datasets`), so no process holds a Python copy of every row: a
@@ -54,6 +56,12 @@ class Example:
     references: list[str] | None = None  # captioning: every reference caption, for evaluation
     group: str | None = None  # rows packed together (`pack_questions`): this key, else the audio path
     benchmark: dict | None = None  # a converted benchmark row: {"name", "row" (the official fields), "breakdown"}
+    more_audio: tuple[str, ...] = ()  # a question about several clips: the second and later, in placeholder order
+
+    @property
+    def audios(self) -> tuple[str, ...]:
+        """Every clip of the question, in placeholder order (none for a text-only example)."""
+        return () if self.audio is None else (self.audio, *self.more_audio)
 
     @property
     def prompt(self) -> list[dict]:
@@ -73,13 +81,15 @@ class Example:
 def mismatched_audio(examples: list[Example]) -> list[Example] | None:
     """The same examples, each asked with another clip's audio: the distinct clips, in order of first appearance, are
     shifted by one (clip j → clip j + 1, the last → the first), a fixed derangement, so no example keeps its own audio
-    and a clip's several questions all move to the same other clip. Text-only examples stay as they are.
-    → None when fewer than two distinct clips are there (no derangement exists)."""
-    clips = list(dict.fromkeys(e.audio for e in examples if e.audio is not None))
+    and a clip's several questions all move to the same other clip. Text-only examples stay as they are; each clip of
+    a question about several moves the same way (so every position holds another clip, though one of the question's
+    own may land in another position). → None when fewer than two distinct clips are there (no derangement exists)."""
+    clips = list(dict.fromkeys(a for e in examples for a in e.audios))
     if len(clips) < 2:
         return None
     other = {clip: clips[(j + 1) % len(clips)] for j, clip in enumerate(clips)}
-    return [e if e.audio is None else replace(e, audio=other[e.audio]) for e in examples]
+    return [e if e.audio is None else replace(e, audio=other[e.audio], more_audio=tuple(other[a] for a in e.more_audio))
+            for e in examples]
 
 
 def without_audio(row: dict) -> dict:
@@ -142,37 +152,54 @@ def _benchmark_problem(value) -> str | None:
     return None
 
 
-def _row_problem(row, path: Path, require_answer: bool = True) -> tuple[str | None, str | None]:
-    """(problem, resolved audio path) for one parsed line."""
+def _row_problem(row, path: Path, require_answer: bool = True) -> tuple[str | None, list[str]]:
+    """(problem, resolved audio paths, one per clip) for one parsed line."""
     if not isinstance(row, dict):
-        return f"expected a JSON object, got {type(row).__name__}.", None
+        return f"expected a JSON object, got {type(row).__name__}.", []
     if "id" in row and (isinstance(row["id"], bool) or not isinstance(row["id"], (str, int))):
-        return f"id {row['id']!r}: expected a string or an integer.", None
+        return f"id {row['id']!r}: expected a string or an integer.", []
     task = row.get("task")
     if task is not None and task not in TASKS:
-        return f"task {task!r}: expected one of {list(TASKS)} (or leave it out).", None
+        return f"task {task!r}: expected one of {list(TASKS)} (or leave it out).", []
     problem = _conversation_problem(row.get("messages"), require_answer) or _string_list_problem(row, "labels", 1) \
         or _string_list_problem(row, "choices", 2) or _string_list_problem(row, "references", 1) \
         or _benchmark_problem(row.get("benchmark"))
     if problem:
-        return problem, None
+        return problem, []
     messages = row["messages"]
     placeholders = sum(m["content"].count(AUDIO) for m in messages if m["role"] != "assistant")
     if any(AUDIO in m["content"] for m in messages if m["role"] == "assistant"):
-        return f"an assistant turn holds {AUDIO}: the placeholder belongs in the prompt.", None
-    audio = row.get("audio")
-    if audio is None:
+        return f"an assistant turn holds {AUDIO}: the placeholder belongs in the prompt.", []
+    audios, problem = _clips(row)
+    if problem:
+        return problem, []
+    if not audios:
         if placeholders:
             return (f"the prompt holds {AUDIO} but the line has no \"audio\" file: add the file or remove the "
-                    "placeholder."), None
-        return None, None
-    if not isinstance(audio, str) or not audio.strip():
-        return f"\"audio\" = {audio!r}: expected a path string to an audio file (or null for text-only).", None
-    if placeholders > 1:
-        return f"the prompt holds {placeholders} `{AUDIO}` placeholders; one audio per example takes exactly one.", None
-    if not placeholders and require_answer:  # (inference puts `<audio>` in front of the first user turn)
-        return f"has audio but no `{AUDIO}` placeholder in its prompt.", None
-    return None, str(resolve_audio(audio, path))  # the file itself: checked with its header (_checked_chunks)
+                    "placeholder."), []
+        return None, []
+    if placeholders != len(audios) and (placeholders or require_answer):
+        # (inference puts one `<audio>` per clip in front of the first user turn when the prompt has none)
+        return (f"the prompt holds {placeholders} `{AUDIO}` placeholder(s) for {len(audios)} clip(s): put one "
+                f"`{AUDIO}` where each clip belongs, in the order of the clips."), []
+    return None, [str(resolve_audio(a, path)) for a in audios]  # the files: checked with their headers
+
+
+def _clips(row: dict) -> tuple[list[str], str | None]:
+    """The line's clips, from `audio` (one, or null) or `audios` (a list, LLaMA-Factory's key) → (paths as written,
+    problem)."""
+    if "audios" in row and row.get("audio") is not None:
+        return [], "the line has both \"audio\" and \"audios\": give one clip as \"audio\" or a list as \"audios\"."
+    audios = row.get("audios") if "audios" in row else row.get("audio")
+    if audios is None:
+        return [], None
+    many = isinstance(audios, list)
+    for audio in audios if many else [audios]:
+        if not isinstance(audio, str) or not audio.strip():
+            key = "audios" if many else "audio"
+            return [], (f"\"{key}\" holds {audio!r}: expected a path string to an audio file"
+                        + (" per clip." if many else " (or null for text-only)."))
+    return (audios if many else [audios]), None
 
 
 CHUNK = 4096  # lines validated, header-checked and measured together: bounds memory whatever the manifest's size
@@ -191,25 +218,27 @@ def _checked_chunks(path: Path, check_audio: bool, min_seconds: float, require_a
     def header_checked(chunk: list[Example]) -> list[Example]:
         if not check_audio:
             return chunk
-        files = sorted({e.audio for e in chunk if e.audio is not None})
+        files = sorted({a for e in chunk for a in e.audios})
         with ThreadPoolExecutor(max_workers=16) as pool:
             found = dict(zip(files, pool.map(lambda f: audio_header_problem(f, min_seconds), files)))
+        bad = {e.line: next(found[a] for a in e.audios if found[a]) for e in chunk if any(found[a] for a in e.audios)}
         (problems if bad_audio is None else bad_audio).extend(
-            (e.line, f"{path}:{e.line}: {found[e.audio]}") for e in chunk if e.audio and found[e.audio])
-        return [e for e in chunk if not (e.audio and found[e.audio])]
+            (line, f"{path}:{line}: {problem}") for line, problem in bad.items())
+        return [e for e in chunk if e.line not in bad]
 
     for number, row, problem in manifest_lines(path):
-        audio = None
+        audios = []
         if problem is None:
-            problem, audio = _row_problem(row, path, require_answer)
+            problem, audios = _row_problem(row, path, require_answer)
         if problem:
             problems.append((number, f"{path}:{number}: {problem}"))
             continue
         messages = row["messages"]
-        chunk.append(Example(str(row.get("id", f"{path.stem}-{number}")), audio, messages, row.get("task") or "",
-                             sum(len(m["content"]) for m in messages), str(path), number, row.get("labels"),
-                             row.get("choices"), row.get("references"),
-                             None if row.get("group") is None else str(row["group"]), row.get("benchmark")))
+        chunk.append(Example(str(row.get("id", f"{path.stem}-{number}")), audios[0] if audios else None, messages,
+                             row.get("task") or "", sum(len(m["content"]) for m in messages), str(path), number,
+                             row.get("labels"), row.get("choices"), row.get("references"),
+                             None if row.get("group") is None else str(row["group"]), row.get("benchmark"),
+                             tuple(audios[1:])))
         if len(chunk) == CHUNK:
             yield header_checked(chunk)
             chunk = []
@@ -324,8 +353,8 @@ def check_lengths(examples: list[Example], processor, max_length: int, too_long:
 # ----------------------------------------------------------------------------------------------------------------------
 
 # Bump when the table's columns or the checks change, so tables written by older code are rebuilt.
-TABLE_VERSION = 4
-_JSON_COLUMNS = ("messages", "labels", "choices", "references", "benchmark")
+TABLE_VERSION = 5
+_JSON_COLUMNS = ("messages", "labels", "choices", "references", "benchmark", "more_audio")
 
 
 def _schema():
@@ -342,7 +371,8 @@ def _record_batch(examples: list[Example]):
                "length": [e.length for e in examples], "line": [e.line for e in examples],
                "group": [e.group for e in examples]}
     for name in _JSON_COLUMNS:  # nested lists as JSON text: one cheap column type, decoded per row on access
-        columns[name] = [None if getattr(e, name) is None else json.dumps(getattr(e, name)) for e in examples]
+        values = [getattr(e, name) for e in examples]  # (more_audio: () for one clip, stored as null)
+        columns[name] = [None if v is None or v == () else json.dumps(v) for v in values]
     return pa.RecordBatch.from_pydict(columns, schema=_schema())
 
 
@@ -357,7 +387,8 @@ def example_from_row(row: dict, source: str) -> Example:
     """A table row (a dict, as `datasets` returns it) → Example."""
     decoded = {name: None if row.get(name) is None else json.loads(row[name]) for name in _JSON_COLUMNS}
     return Example(row["id"], row["audio"], decoded["messages"], row["task"], row["length"], source, row["line"],
-                   decoded["labels"], decoded["choices"], decoded["references"], row.get("group"), decoded["benchmark"])
+                   decoded["labels"], decoded["choices"], decoded["references"], row.get("group"), decoded["benchmark"],
+                   tuple(decoded["more_audio"] or ()))
 
 
 def _table_key(path: Path, processor, max_length: int, too_long: str, min_seconds: float, bad_audio: str,

@@ -84,11 +84,11 @@ def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str |
     # (AudioLLM.file_features, which the mismatched control's pass reuses) and the prompt prefix its questions share,
     # audio included, runs through the LLM once (generate_about_one_clip). Rows without audio go in batches of one
     # task, so short answers are not held to a caption's length. A batch answers as its rows would alone.
-    by_clip: dict[str, list[Example]] = {}
+    by_clip: dict[tuple[str, ...], list[Example]] = {}  # (questions about several clips: keyed by all of them)
     textual = []
     for e in todo:
         if with_audio and e.audio is not None:
-            by_clip.setdefault(e.audio, []).append(e)
+            by_clip.setdefault(e.audios, []).append(e)
         else:
             textual.append(e)
     textual.sort(key=lambda e: e.task)
@@ -99,20 +99,22 @@ def run_manifest(llm: AudioLLM, manifest: str | Path | list[Example], out: str |
                disable=not progress)
     for batch in batches:
         began = time.perf_counter()
-        conversations = [llm.conversation(e.prompt, with_audio and e.audio is not None) for e in batch]
+        conversations = [llm.conversation(e.prompt, with_audio and e.audio is not None, len(e.audios)) for e in batch]
         if with_audio and batch[0].audio is not None:
-            features, bad = llm.file_features([batch[0].audio])
+            features, bad = llm.file_features(list(batch[0].audios))
             if bad:
-                skipped.update({e.id: bad[e.audio] for e in batch})
+                skipped.update({e.id: next(iter(bad.values())) for e in batch})
                 bar.update(len(batch))
                 continue
-            answers = llm.generate_about_one_clip(conversations, features, decoding)
+            answers = (llm.generate_about_one_clip(conversations, features, decoding) if len(batch[0].audios) == 1
+                       else llm.generate_about_clips(conversations, features, decoding))
         else:
             answers = llm.generate(conversations, None, decoding)
         seconds += time.perf_counter() - began
         with disk_errors(out), open(out, "a") as f:
             for e, answer in zip(batch, answers):
-                f.write(json.dumps({"id": e.id, "audio": e.audio, "task": e.task, "line": e.line,
+                clips = {"audio": e.audio} if len(e.audios) <= 1 else {"audios": list(e.audios)}
+                f.write(json.dumps({"id": e.id, **clips, "task": e.task, "line": e.line,
                                     "question": e.prompt[-1]["content"], "answer": answer,
                                     "reference": e.answer}) + "\n")
         new += len(batch)

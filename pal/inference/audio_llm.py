@@ -270,6 +270,15 @@ class AudioLLM:
         features = self.features([self.load(audio)])
         return self.generate_about_one_clip([self.conversation(q) for q in questions], features, decoding)
 
+    def generate_about_clips(self, conversations: list[list[dict]], features: dict,
+                             decoding: Decoding | None = None) -> list[str]:
+        """The answers to B conversations about the same k clips (`features`: {name: (tokens [k, N_e, D_e], mask
+        [k, N_e])}, one `<audio>` per clip in each conversation), in one batch."""
+        clips, rows = next(iter(features.values()))[0].shape[0], len(conversations)
+        audio = {n: (t.repeat(rows, 1, 1), m.repeat(rows, 1)) for n, (t, m) in features.items()}
+        inputs = self.processor(conversations, audio, clip_rows=[r for r in range(rows) for _ in range(clips)])
+        return self._generate(inputs, decoding or Decoding())
+
     def generate_about_one_clip(self, conversations: list[list[dict]], features: dict,
                                 decoding: Decoding | None = None) -> list[str]:
         """The answers to B conversations about one clip (`features`: {name: (tokens [1, N_e, D_e], mask [1, N_e])}).
