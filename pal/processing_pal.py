@@ -24,6 +24,7 @@ assistant turns), audio {name: (tokens [B, N_e, D_e], mask [B, N_e])} when there
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,15 +289,42 @@ class PALProcessor:
         return cls(tokenizer, PALConfig.from_pretrained(folder), **{**saved, **settings})
 
     # --------------------------------------------------------------------------------------------- audio front-ends
-    def load_audio(self, audio, **limits) -> dict[int, torch.Tensor]:
+    def load_audio(self, audio, warn: bool = True, **limits) -> dict[int, torch.Tensor]:
         """A file, a file's bytes, or a mono 16 kHz waveform [S] → the clip at each encoder's sample rate
-        ({rate: [S_rate]}); AudioError names a file that cannot be read. limits: `max_seconds`, and `name` (what
-        errors call bytes), as `AudioEncoderEnsemble.load` takes them."""
+        ({rate: [S_rate]}); AudioError names a file that cannot be read, or one whose PLITS tokens would not fit the
+        LLM (`check_fits`). limits: `max_seconds`, `setting` (what raises it) and `name` (what errors call bytes), as
+        `AudioEncoderEnsemble.load` takes them. `warn`: a warning for each encoder that drops the clip's end
+        (`long_audio: truncate`; training counts them instead)."""
         if self.ensemble is None:
             raise ValueError("this processor has no encoders to read audio for: build it with ensemble=...")
-        if torch.is_tensor(audio):
-            return self.ensemble.at_member_rates(audio, 16000)
-        return self.ensemble.load(audio, **limits)
+        name = limits.get("name", audio if isinstance(audio, (str, Path)) else "the audio")
+        clip = self.ensemble.at_member_rates(audio, 16000) if torch.is_tensor(audio) else \
+            self.ensemble.load(audio, **limits)
+        self.check_fits(clip, name)
+        events = self.ensemble.long_audio_events(clip) if warn else {}
+        for member in [k[len("long_audio_"):-len("_truncated")] for k in events if k.endswith("_truncated")]:
+            warnings.warn(f"{name}: {member} keeps its first window only (long_audio: truncate) and drops "
+                          f"{events[f'long_audio_{member}_truncated_seconds']:.1f} s; set long_audio: split in the "
+                          "encoders' config to hear all of it.", stacklevel=2)
+        return clip
+
+    def check_fits(self, clip: dict[int, torch.Tensor], name) -> None:
+        """AudioError, before any encoder runs, when a loaded clip's PLITS tokens alone would not fit the LLM's
+        context (LAL's audio never enters the sequence, so only PLITS routes count)."""
+        context = getattr(self.config.text_config, "max_position_embeddings", None)
+        routed = self.config.encoders_on("plits") + self.config.summary_encoders()
+        if not context or not routed or not all(hasattr(m, "token_count") for m in self.ensemble.members.values()):
+            return
+        counts = self.ensemble.token_counts(clip)
+        needed = int(plits_token_counts(self.config, {n: torch.ones(1, max(counts[n], 1), dtype=torch.bool)
+                                                      for n in self.config.encoder_dims})[0])
+        if needed >= context:
+            seconds = max(c.shape[-1] / rate for rate, c in clip.items())
+            raise AudioError(
+                f"{name}: {seconds:.0f} s of audio would take {needed} positions of the LLM's sequence through PLITS "
+                f"({', '.join(f'{n}: {counts[n]} tokens' for n in routed)}), over its context of {context}: cut the "
+                "audio, raise plits_config.mlp_downsample, or route that encoder through LAL, whose audio does not "
+                "enter the sequence.")
 
     def encode_audio(self, clips: list[dict[int, torch.Tensor]], device=None) -> dict:
         """Loaded clips → {name: (tokens [B, N_e, D_e], mask [B, N_e])}, the frozen encoders run batched (on
@@ -323,7 +351,7 @@ class PALProcessor:
                 paths.append(audio)
                 read[audio] = len(paths) - 1
             else:
-                clip = self.load_audio(audio)
+                clip = self.load_audio(audio, warn=False)
                 counts.update(self.ensemble.long_audio_events(clip))
                 clips.append(clip)
                 read[audio] = len(clips) - 1

@@ -109,7 +109,42 @@ def test_whisper_audio_over_30_s_follows_the_policy(hf_folders, policy):
     assert tokens.shape[1] == expected.shape[0] == int(mask.sum()) == (1750 if policy == "split" else 1500)
     torch.testing.assert_close(tokens[0], expected)
     events = ensemble.long_audio_events({16000: wave})
-    assert events == [f"long_audio_whisper_{'truncated' if policy == 'truncate' else 'split'}"]
+    # a truncation is counted with the seconds it drops: 35 s - 30 s
+    assert events == ({"long_audio_whisper_truncated": 1, "long_audio_whisper_truncated_seconds": 5.0}
+                      if policy == "truncate" else {"long_audio_whisper_split": 1})
+    assert ensemble.token_counts({16000: wave}) == {"whisper": int(mask.sum())}
+
+
+def test_a_ten_minute_recording_is_encoded_window_by_window_in_time_order(hf_folders):
+    """The default (`long_audio: split`): every window of a 10-minute recording, each window's tokens those of the
+    window encoded alone, joined in time order; the token count known from the length before any encoder runs; a
+    clip shorter than one window gives exactly what the unwindowed encoder gives."""
+    from pal.encoders.sslam.frontend import FrontendConfig, model_inputs
+
+    config = EnsembleConfig.from_dict({"encoders": {
+        "sslam": {"type": "sslam", "preset": "tiny", "window_frames": 400},
+        "whisper": {"type": "whisper", "path": str(hf_folders / "whisper")},
+        "clap": {"type": "clap", "path": str(hf_folders / "clap")}}})
+    assert {s.long_audio for s in config.encoders.values()} == {"split"}
+    ensemble = AudioEncoderEnsemble(config)
+    rng = np.random.default_rng(1)
+    ten_minutes = torch.from_numpy(rng.standard_normal(16000 * 600).astype(np.float32)) * 0.1
+    clip = ensemble.at_member_rates(ten_minutes)
+    counts = ensemble.token_counts(clip)
+    out = ensemble.encode_loaded([clip])
+    assert counts == {name: int(mask.sum()) for name, (_, mask) in out.items()}
+    # SSLAM: 150 windows of 4 s (400 frames), each its CLS and 200 patches, in time order
+    sslam = ensemble.members["sslam"]
+    assert counts["sslam"] == 150 * 201
+    for k in (0, 77, 149):  # a window of the recording encoded alone equals its slice of the joined tokens
+        alone, _ = sslam([ten_minutes[k * 64000: (k + 1) * 64000 + 240]])  # the window's 400 frames
+        torch.testing.assert_close(out["sslam"][0][0, k * 201: (k + 1) * 201], alone[0])  # exact: the same ops
+    assert counts["whisper"] == 20 * 1500  # 20 windows of 30 s, every 20 ms a token
+    # shorter than one window: the unwindowed (truncating) encoder's tokens exactly
+    short = ten_minutes[: 16000 * 3]
+    reference = FrontendConfig(target_length=400, long_audio="truncate")
+    spec, _ = model_inputs([short], reference)
+    torch.testing.assert_close(ensemble([short])["sslam"][0][0], sslam.windows(spec)[0], rtol=0, atol=0)
 
 
 def test_members_are_frozen(ensemble):

@@ -41,7 +41,7 @@ def test_mismatched_encoder_dimension():
 def test_mismatched_batch_size():
     model, _ = tiny_pal("lal")
     audio = random_audio(model.config, [4, 4])
-    with pytest.raises(ValueError, match="text batch is 1"):
+    with pytest.raises(ValueError, match="but 1 audio rows are expected"):
         model(input_ids=torch.tensor(random_texts([6])), audio=audio)
 
 

@@ -12,7 +12,8 @@ def register(commands) -> None:
     server.add_argument("--api-key", help="clients must send `Authorization: Bearer KEY` (default: the "
                         "PAL_API_KEY environment variable, else none)")
     server.add_argument("--name", help="the model id clients ask for (default: the run's stage folder name)")
-    server.add_argument("--max-audio-seconds", type=float, default=60.0, help="longest clip accepted (default 60)")
+    server.add_argument("--max-audio-seconds", type=float, default=600.0,
+                        help="longest clip accepted (default 600: ten minutes)")
     server.add_argument("--cache-clips", type=int, default=64,
                         help="clips kept with their encoder outputs and audio keys/values (default 64)")
     server.add_argument("--max-request-mb", type=float, default=25.0, help="largest request body (default 25)")

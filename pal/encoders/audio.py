@@ -11,6 +11,7 @@ NaN/inf samples, shorter than the caller's minimum (SSLAM needs one 25 ms fbank 
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,7 +21,27 @@ import torch
 from pal.common.audio_source import AudioSourceError, audio_problem, audio_source, read_in_place
 
 TARGET_SAMPLE_RATE = 16000
-MAX_SECONDS = 3600.0  # one hour: anything longer is almost surely a mistake (e.g. a wrong file in a manifest)
+MAX_SECONDS = 3600.0  # one hour by default: anything longer is more likely a wrong file than a recording to hear
+LIMIT_SETTING = "PAL_MAX_AUDIO_SECONDS"  # the environment variable that sets the limit for every command
+
+
+def max_audio_seconds() -> float:
+    """The longest audio accepted: $PAL_MAX_AUDIO_SECONDS when set, else MAX_SECONDS."""
+    value = os.environ.get(LIMIT_SETTING)
+    if value is None:
+        return MAX_SECONDS
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = -1.0
+    if not limit > 0:
+        raise ValueError(f"{LIMIT_SETTING}={value!r}: expected a number of seconds > 0.")
+    return limit
+
+
+def too_long(where, seconds: float, limit: float, setting: str) -> str:
+    return (f"{where}: {seconds:.0f} s long, over the {limit:.0f} s limit ({setting} raises it); cut it, or raise the "
+            "limit if this is intended.")
 
 
 class AudioError(ValueError):
@@ -37,7 +58,7 @@ def resample(waveform: np.ndarray, orig_rate: int, target_rate: int = TARGET_SAM
     return resample_poly(waveform, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
-def audio_header_problem(path: str | Path, min_seconds: float = 0.0, max_seconds: float = MAX_SECONDS) -> str | None:
+def audio_header_problem(path: str | Path, min_seconds: float = 0.0, max_seconds: float | None = None) -> str | None:
     """What is wrong with an audio file (or a dataset row's audio, pal/common/audio_source.py) judging by its header
     (no decoding), or None."""
     import io
@@ -56,20 +77,23 @@ def audio_header_problem(path: str | Path, min_seconds: float = 0.0, max_seconds
     if info.frames == 0 or info.samplerate <= 0:
         return f"audio {path} holds no samples."
     seconds = info.frames / info.samplerate if info.frames > 0 else None  # -1: the header does not tell
-    if seconds is not None and seconds > max_seconds:
-        return f"audio {path} is {seconds:.0f} s long, over the {max_seconds:.0f} s limit; cut it."
+    limit = max_audio_seconds() if max_seconds is None else max_seconds
+    if seconds is not None and seconds > limit:
+        return "audio " + too_long(path, seconds, limit, f"{LIMIT_SETTING}=SECONDS")
     if seconds is not None and seconds < min_seconds:
         return (f"audio {path} is {seconds * 1000:.1f} ms long, shorter than the {min_seconds * 1000:.0f} ms the "
                 "encoders need (SSLAM: one 25 ms fbank frame).")
     return None
 
 
-def load_audio(path: str | Path | bytes, sample_rate: int = TARGET_SAMPLE_RATE, max_seconds: float = MAX_SECONDS,
-               remove_dc: bool = True, min_samples: int = 0, name: str = "the audio") -> torch.Tensor:
+def load_audio(path: str | Path | bytes, sample_rate: int = TARGET_SAMPLE_RATE, max_seconds: float | None = None,
+               remove_dc: bool = True, min_samples: int = 0, name: str = "the audio",
+               setting: str = f"{LIMIT_SETTING}=SECONDS") -> torch.Tensor:
     """Read a file (or a file's bytes, called `name` in errors) → mono float32 waveform [S] at `sample_rate`, with
     its mean removed (docs/design.md#front-end).
 
-    `min_samples`: the shortest usable waveform at `sample_rate` (e.g. 400 for one 25 ms fbank frame at 16 kHz).
+    `min_samples`: the shortest usable waveform at `sample_rate` (e.g. 400 for one 25 ms fbank frame at 16 kHz);
+    `max_seconds`: the longest (default `max_audio_seconds()`), `setting` what raises it, named in the error.
     """
     import io
 
@@ -94,11 +118,9 @@ def load_audio(path: str | Path | bytes, sample_rate: int = TARGET_SAMPLE_RATE, 
         info = soundfile.info(source)
         if isinstance(source, io.BytesIO):
             source.seek(0)
-        if info.frames > 0 and info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
-            raise AudioError(
-                f"{path}: {info.frames / info.samplerate:.0f} s long, over the {max_seconds:.0f} s limit; "
-                "cut it, or raise max_seconds if this is intended."
-            )
+        limit = max_audio_seconds() if max_seconds is None else max_seconds
+        if info.frames > 0 and info.samplerate > 0 and info.frames / info.samplerate > limit:
+            raise AudioError(too_long(path, info.frames / info.samplerate, limit, setting))
         data, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except AudioError:
         raise

@@ -34,6 +34,14 @@ class ClapEncoder(nn.Module):
         model = ClapModel.from_pretrained(path, local_files_only=True)
         return cls(model.audio_model, ClapFeatureExtractor.from_pretrained(path, local_files_only=True), long_audio)
 
+    def token_count(self, samples: int) -> int:
+        """Tokens a clip of `samples` gives: its windows times the model's fixed tokens per window (measured once on
+        a second of silence)."""
+        if not hasattr(self, "_per_window"):
+            self._per_window = int(self([torch.zeros(self.sample_rate)])[0].shape[1])
+        windows = len(split_windows(torch.empty(samples), self.window_samples, self.long_audio))
+        return windows * self._per_window
+
     @torch.no_grad()
     def forward(self, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mono clips at the extractor's rate → (tokens [B, N, D], all-True mask [B, N])."""

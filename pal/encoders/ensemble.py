@@ -25,7 +25,7 @@ from torch import nn
 
 from pal.common.typed_config import YamlConfig, bounded, path_field
 
-from .audio import MAX_SECONDS, load_audio, resample
+from .audio import load_audio, resample
 from .outputs import EncoderOutputs
 
 
@@ -39,8 +39,9 @@ class EncoderSpec:
     layer: int | None = bounded(None, ge=0)  # hidden state to use (None = last)
     window_frames: int = bounded(1024, ge=16)  # SSLAM: fbank frames per window (1024 = 10.24 s, the released models)
     context_seconds: int = bounded(30, ge=1, le=30)  # Whisper: encoder window (30 = exact; shorter is faster)
-    # Audio past the encoder's window (SSLAM 10.24 s, Whisper 30 s): keep the first window, or encode every window.
-    long_audio: Literal["truncate", "split"] = "truncate"
+    # Audio past the encoder's window (SSLAM 10.24 s, Whisper 30 s): encode every window, their tokens joined in time
+    # order ("split"), or keep the first window ("truncate", counted and reported with the seconds dropped).
+    long_audio: Literal["truncate", "split"] = "split"
     trust_checkpoint: bool = False  # SSLAM .pt files that need full unpickling
 
 
@@ -136,25 +137,38 @@ class AudioEncoderEnsemble:
         """The shortest clip every member can encode (SSLAM: one 25 ms fbank frame)."""
         return max(getattr(m, "min_samples", 1) / m.sample_rate for m in self.members.values())
 
-    def load(self, path: str | Path | bytes, max_seconds: float = MAX_SECONDS, name: str = "the audio"
-             ) -> dict[int, torch.Tensor]:
+    def load(self, path: str | Path | bytes, max_seconds: float | None = None, name: str = "the audio",
+             **limit) -> dict[int, torch.Tensor]:
         """One file (or a file's bytes, called `name` in errors) read at each encoder's own sample rate (one
         resampling from the source); AudioError if bad, including a clip too short for one of the members or longer
-        than `max_seconds`."""
+        than `max_seconds` (default: `audio.max_audio_seconds()`; `setting=`: what raises it, for the error)."""
         clip = {}
         for rate in {m.sample_rate for m in self.members.values()}:
             shortest = max(getattr(m, "min_samples", 1) for m in self.members.values() if m.sample_rate == rate)
-            clip[rate] = load_audio(path, sample_rate=rate, min_samples=shortest, max_seconds=max_seconds, name=name)
+            clip[rate] = load_audio(path, sample_rate=rate, min_samples=shortest, max_seconds=max_seconds, name=name,
+                                    **limit)
         return clip
 
-    def long_audio_events(self, clip: dict[int, torch.Tensor]) -> list[str]:
-        """What happens to a loaded clip past a member's window, as counter keys, e.g. "long_audio_whisper_split"."""
-        events = []
+    def long_audio_events(self, clip: dict[int, torch.Tensor]) -> dict[str, float]:
+        """What happens to a loaded clip past a member's window, as counts: e.g. {"long_audio_whisper_split": 1}, or
+        for a member that keeps its first window only (`long_audio: truncate`), {"long_audio_sslam_truncated": 1,
+        "long_audio_sslam_truncated_seconds": the seconds it drops}."""
+        events = {}
         for name, member in self.members.items():
-            window = getattr(member, "window_samples", None)
-            if window and clip[member.sample_rate].shape[-1] > window:
-                events.append(f"long_audio_{name}_{'truncated' if member.long_audio == 'truncate' else 'split'}")
+            window, samples = getattr(member, "window_samples", None), clip[member.sample_rate].shape[-1]
+            if not window or samples <= window:
+                continue
+            if member.long_audio == "truncate":
+                events[f"long_audio_{name}_truncated"] = 1
+                events[f"long_audio_{name}_truncated_seconds"] = (samples - window) / member.sample_rate
+            else:
+                events[f"long_audio_{name}_split"] = 1
         return events
+
+    def token_counts(self, clip: dict[int, torch.Tensor]) -> dict[str, int]:
+        """{name: the tokens each member gives this loaded clip}, from its length alone (no encoder runs)."""
+        return {name: int(member.token_count(clip[member.sample_rate].shape[-1]))
+                for name, member in self.members.items()}
 
     def encode_loaded(self, clips: list[dict[int, torch.Tensor]]) -> EncoderOutputs:
         """Clips as returned by `load` → {name: (tokens [B, N_e, D_e], mask [B, N_e])}."""

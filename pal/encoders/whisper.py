@@ -66,6 +66,14 @@ class WhisperEncoder(nn.Module):
         return cls(model.get_encoder(), WhisperFeatureExtractor.from_pretrained(path, local_files_only=True), layer,
                    long_audio, context_seconds)
 
+    def token_count(self, samples: int) -> int:
+        """Real tokens a clip of `samples` gives (one per 20 ms of each window it encodes), no encoder run."""
+        window = self.window_samples
+        kept = samples if self.long_audio == "split" else min(samples, window)
+        whole, rest = divmod(kept, window)
+        per_window = math.ceil(window / SAMPLES_PER_TOKEN)
+        return whole * per_window + math.ceil(rest / SAMPLES_PER_TOKEN)
+
     @torch.no_grad()
     def forward(self, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mono 16 kHz clips → (tokens [B, N, D], mask [B, N]); N = 1500 per 30 s window."""

@@ -52,7 +52,7 @@ class ServeSettings:
     model_id: str = "pal"
     api_key: str | None = None
     max_request_mb: float = 25.0  # a 10-minute 16 kHz 16-bit WAV is about 19 MB, 25 MB of base64 JSON
-    max_audio_seconds: float = 60.0  # the longest clip accepted (the encoders' windows split or cut longer audio)
+    max_audio_seconds: float = 600.0  # the longest clip accepted (the encoders encode every window of it)
     cache_clips: int = 64  # clips kept with their encoder outputs and audio keys/values
     max_batch: int = 8  # requests answered together at most (serving/batching.py); 1: one at a time
     batch_wait_ms: float = 10.0  # how long the first request of a batch waits for company
@@ -113,7 +113,7 @@ class ChatService:
                 name = f"the {kind} audio" + (f" of clip {number}" if len(request.audios) > 1 else "")
                 try:
                     loaded = self.llm.processor.load_audio(data, max_seconds=self.settings.max_audio_seconds,
-                                                           name=name)
+                                                           name=name, setting="pal serve --max-audio-seconds")
                 except AudioError as err:
                     raise RequestError(f"{err} Send a {kind} file's bytes in base64.", "messages",
                                        code="invalid_audio") from None
@@ -340,7 +340,7 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          model_id: str | None = None, max_audio_seconds: float = 60.0, cache_clips: int = 64,
+          model_id: str | None = None, max_audio_seconds: float = 600.0, cache_clips: int = 64,
           max_request_mb: float = 25.0, max_batch: int = 8, batch_wait_ms: float = 10.0,
           limits: RequestLimits | None = None) -> None:
     """Load the model folder and serve it until interrupted."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..kaldi_fbank import num_frames
 from ..outputs import join_windows
 from .frontend import FrontendConfig, model_inputs
 from .model import SSLAMEncoder, pool_tokens
@@ -52,6 +53,13 @@ class SSLAMFeatures:
     @property
     def long_audio(self) -> str:
         return self.frontend.long_audio
+
+    def token_count(self, samples: int) -> int:
+        """Tokens a clip of `samples` gives (`model_inputs`' windows, each 1 + its patches), no encoder run."""
+        frames, window = num_frames(samples), self.frontend.target_length
+        windows = -(-frames // window) if self.frontend.long_audio == "split" and frames > window else 1
+        patch = self.model.config.patch_size
+        return windows * (1 + (window // patch) * (self.frontend.num_mel_bins // patch))
 
     @torch.no_grad()
     def windows(self, spec: torch.Tensor) -> torch.Tensor:
