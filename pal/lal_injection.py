@@ -346,6 +346,26 @@ def enable_lal_attention(llm: nn.Module, backend: str | None = None) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+class ClipTags(nn.Module):
+    """t_2 .. t_max_clips ("Several clips"), drawn as the LLM draws its embeddings; t_1 = 0 is not a parameter.
+    A module of its own (not a bare parameter of the connector), so that ZeRO-3 gathers it for the backward pass
+    through its tensor output."""
+
+    def __init__(self, max_clips: int, hidden_size: int, std: float):
+        super().__init__()
+        self.max_clips = max_clips
+        self.weight = nn.Parameter(torch.randn(max_clips - 1, hidden_size) * std)
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        """Each audio token's clip index [B, N_a] (0 = a question's first clip) → its tag [B, N_a, d]; exact zeros
+        for the first clip."""
+        if clip.numel() and int(clip.max()) >= self.max_clips:
+            raise ValueError(f"a question holds {int(clip.max()) + 1} clips; this model takes at most "
+                             f"{self.max_clips} (lal_config.max_clips).")
+        table = torch.cat([self.weight.new_zeros(1, self.weight.shape[1]), self.weight])
+        return table[clip]
+
+
 class LALConnector(nn.Module):
     """Per-encoder per-layer projections P_l; produces the audio K/V for every audio layer.
 
@@ -370,24 +390,14 @@ class LALConnector(nn.Module):
             name: LALProjection(dim, text_config.hidden_size, self.layers, config.projection, config.projection_rank)
             for name, dim in encoder_dims.items()
         })
-        # t_2 .. t_max_clips ("Several clips"), drawn as the LLM draws its embeddings; t_1 = 0 is not a parameter
-        self.clip_tags = nn.Parameter(torch.randn(config.max_clips - 1, text_config.hidden_size)
-                                      * getattr(text_config, "initializer_range", 0.02))
+        self.clip_tags = ClipTags(config.max_clips, text_config.hidden_size,
+                                  getattr(text_config, "initializer_range", 0.02))
 
     def _layer_kv(self, decoder_layer: nn.Module, layer: str, cos_sin, tags: torch.Tensor, *shared: torch.Tensor):
         """A_l = [P_l of each encoder] concatenated along tokens, plus each token's clip tag, then that layer's
         keys/values."""
         projected = torch.cat([p.heads[layer](x) for p, x in zip(self.projections.values(), shared)], dim=1)
         return layer_audio_kv(decoder_layer, projected + tags.to(projected.dtype), cos_sin)
-
-    def tags(self, clip: torch.Tensor) -> torch.Tensor:
-        """Each audio token's clip index [B, N_a] (0 = a question's first clip) → its tag [B, N_a, d]; exact zeros
-        for the first clip."""
-        if clip.numel() and int(clip.max()) >= len(self.clip_tags) + 1:
-            raise ValueError(f"a question holds {int(clip.max()) + 1} clips; this model takes at most "
-                             f"{len(self.clip_tags) + 1} (lal_config.max_clips).")
-        table = torch.cat([self.clip_tags.new_zeros(1, self.clip_tags.shape[1]), self.clip_tags])
-        return table[clip]
 
     def forward(self, audio: dict[str, tuple[torch.Tensor, torch.Tensor]], llm: nn.Module,
                 clips: dict[str, torch.Tensor] | None = None) -> AudioKV:
@@ -397,7 +407,7 @@ class LALConnector(nn.Module):
         mask = torch.cat([audio[name][1] for name in self.projections], dim=1)  # [B, N_a]
         clip = (torch.cat([clips[name] for name in self.projections], dim=1) if clips is not None
                 else torch.zeros(mask.shape, dtype=torch.long, device=mask.device))
-        tags = self.tags(clip.to(shared[0].device))
+        tags = self.clip_tags(clip.to(shared[0].device))
         cos_sin = audio_rope(llm, shared[0], mask, self.rope)
         keys, values = {}, {}
         for layer in self.layers:

@@ -30,3 +30,8 @@ def test_the_gpu_check_runs_dry_on_the_cpu(tmp_path):
     for row in bench["results"]:
         assert row["tokens_per_s"] > 0 and row["peak_mem_mb"] > 0 and row["decode_token_s"] > 0
     assert "CUDA tests: 14 passed, 0 failed, 2 skipped" in done.stdout and "lal/plits@32" in done.stdout
+    # the cost against length, on the same tiny dims: 1 s and 3 s, every connector against PLITS
+    lengths = report["length"]
+    assert lengths["settings"]["dims"] == "tiny" and set(lengths["ratios"]) == {
+        "lal/plits@1s", "pal/plits@1s", "lal/plits@3s", "pal/plits@3s"}
+    assert "cost against length at tiny shapes" in done.stdout and "lal/plits@3s" in done.stdout

@@ -122,3 +122,30 @@ def test_a_truncating_encoder_says_how_much_it_drops(tmp_path):
         warnings.simplefilter("error")  # the default, split, hears all of it without a word
         loaded = _processor("split").load_audio(clip)
     assert torch.is_tensor(loaded[16000])
+
+
+def test_bench_length_measures_each_connector_against_plits_and_finds_where_plits_cannot_run(tmp_path, capsys):
+    """`pal bench length` on toy dims: every (length, connector) measured in its own process, ratios to PLITS at the
+    same length, and a length whose PLITS sequence passes the context (60 s: 540 audio tokens + 64 text over 512)
+    reported as such while LAL and PAL still run."""
+    from pal.bench.length import PRESETS, LengthSettings, audio_tokens
+
+    s = LengthSettings(**PRESETS["tiny"])
+    assert [audio_tokens(x, s) for x in (1, 3, 60)] == [9, 27, 540]  # 98, 298, 5998 frames in windows of 100
+    assert main(["bench", "length", "--preset", "tiny", "--seconds", "3", "60", "--json",
+                 "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    results = {(r["connector"], r["seconds"]): r for r in report["results"]}
+    assert results[("plits", 60)]["over_context"] and results[("plits", 60)]["sequence_tokens"] == 604
+    assert not results[("lal", 60)]["over_context"] and results[("lal", 60)]["sequence_tokens"] == 64
+    assert results[("plits", 3)]["sequence_tokens"] == 27 + 64 and results[("pal", 3)]["sequence_tokens"] == 4 + 64
+    for name in ("lal/plits@3s", "pal/plits@3s"):
+        connector = name.split("/")[0]
+        assert report["ratios"][name]["prefill_s"] == pytest.approx(
+            results[(connector, 3)]["prefill_s"] / results[("plits", 3)]["prefill_s"])
+    assert all(r["prefill_s"] > 0 and r["decode_token_s"] > 0 for r in report["results"] if not r["over_context"])
+    lal, plits = results[("lal", 3)]["prefill_s"], results[("plits", 3)]["prefill_s"]
+    # cheaper at 3 s already, or from 60 s, where PLITS cannot run at all
+    assert report["crossover"]["lal"] == ({"seconds": 3, "prefill_ratio": lal / plits} if lal < plits else
+                                          {"seconds": 60, "prefill_ratio": None, "plits": "over the context"})
+    assert json.loads((tmp_path / "length.json").read_text())["ratios"] == report["ratios"]

@@ -84,7 +84,7 @@ def test_lal_with_two_clips_matches_the_formula_with_the_second_clips_tag(family
     """Question 0 holds two clips, question 1 one: each question's audio layer is docs/design.md#formula over its
     clips' A_l joined in order, the second clip's with its tag t_2 added, the first's with none."""
     model, _ = tiny_pal("lal", family)
-    torch.nn.init.normal_(model.lal.clip_tags, std=0.5)  # drawn small; make the tag count
+    torch.nn.init.normal_(model.lal.clip_tags.weight, std=0.5)  # drawn small; make the tag count
     layer_idx = 2
     layer = model.llm.model.layers[layer_idx]
     audio = random_audio(model.config, [4, 6, 5])
@@ -103,7 +103,7 @@ def test_lal_with_two_clips_matches_the_formula_with_the_second_clips_tag(family
     head = model.lal.projections["sslam"].heads[str(layer_idx)]
     with torch.no_grad():
         clips = [head(tokens[c, : int(mask[c].sum())]).double() for c in range(3)]
-        tag = model.lal.clip_tags[0].double()  # t_2
+        tag = model.lal.clip_tags.weight[0].double()  # t_2
     expected = {0: torch.cat([clips[0], clips[1] + tag]), 1: clips[2]}
     for row, projected in expected.items():
         reference = _reference_layer_attention(layer, captured["x"][row].double(), projected, model.config.text_config,

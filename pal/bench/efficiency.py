@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ import torch
 
 from .flops import layer_flops, model_flops
 from .memory import StepMemory, rss_mb, tensor_peak_mb
+from .worker import module_main, run_isolated
 
 # SmolLM2-135M-Instruct's and Llama-3.2-1B's dimensions (their config.json); weights are random.
 SMOLLM2_135M = dict(
@@ -157,6 +157,30 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def generation_times(model, prompt: dict, decode_tokens: int, repeats: int, device: torch.device
+                     ) -> tuple[list[float], list[float]]:
+    """The prompt pass (prefill, with the audio) and cached greedy decoding steps, each timed `repeats` times after a
+    warm-up → (prefill seconds, seconds per decoded token), one per repeat."""
+    def prefill():
+        out = model(**prompt, use_cache=True, logits_to_keep=1)
+        return out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+    def decode(cache, token):
+        mask = prompt["attention_mask"]
+        for _ in range(decode_tokens):
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+    prefills, decodes = [], []
+    decode(*prefill())  # warm-up
+    for _ in range(repeats):
+        state = {}
+        prefills.append(_timed(lambda state=state: state.update(kv=prefill()), device))
+        decodes.append(_timed(lambda state=state: decode(*state["kv"]), device) / decode_tokens)
+    return prefills, decodes
+
+
 def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
     """Train-step time and memory, prefill and decode latency of one (variant, N_a) in this process."""
     device = torch.device(s.device)
@@ -195,25 +219,8 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
 
     model.eval()
     prompt = {k: v for k, v in batch.items() if k != "labels"}
-    prefill, decode = [], []
-
-    def generate_once():
-        out = model(**prompt, use_cache=True, logits_to_keep=1)
-        return out.past_key_values, out.logits[:, -1:].argmax(-1)
-
-    def decode_steps(cache, token):
-        mask = prompt["attention_mask"]
-        for _ in range(s.decode_tokens):
-            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-            out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-
     with torch.inference_mode(), autocast:
-        decode_steps(*generate_once())  # warm-up
-        for _ in range(s.steps):
-            state = {}
-            prefill.append(_timed(lambda state=state: state.update(kv=generate_once()), device))
-            decode.append(_timed(lambda state=state: decode_steps(*state["kv"]), device) / s.decode_tokens)
+        prefill, decode = generation_times(model, prompt, s.decode_tokens, s.steps, device)
 
     model.train()  # memory last: on CPU, StepMemory changes how the allocator maps memory for the rest of the process
     peak = None if device.type == "cuda" else tensor_peak_mb(train_step)
@@ -234,14 +241,6 @@ def measure(variant: str, n_a: int, s: BenchSettings) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 # The side-by-side run
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _run_isolated(variant: str, n_a: int, s: BenchSettings) -> dict:
-    cmd = [sys.executable, "-m", "pal.bench.efficiency", "--worker", variant, str(n_a), json.dumps(asdict(s))]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark worker {variant} N_a={n_a} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 RATIO_KEYS = {  # ratio name: (result key, True when PLITS / variant, i.e. a speed-up)
@@ -315,7 +314,8 @@ def run(s: BenchSettings, progress=print) -> dict:
             for n_a in s.audio_tokens:
                 for variant in order:
                     progress(f"  round {pair + 1}/{s.pairs}: {regime:10s} {variant:11s} N_a={n_a:5d} ...")
-                    results.append({**_run_isolated(variant, n_a, replace(s, regime=regime)), "pair": pair})
+                    measured = run_isolated("pal.bench.efficiency", variant, n_a, replace(s, regime=regime))
+                    results.append({**measured, "pair": pair})
     dims = DIMS[s.dims]
     d_kv = dims["num_key_value_heads"] * dims["hidden_size"] // dims["num_attention_heads"]
     per_layer = {str(n_a): layer_flops("lal", n_a, s.text_tokens, dims["hidden_size"], d_kv, dims["intermediate_size"])
@@ -471,10 +471,4 @@ def main(args) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "--worker":
-        variant, n_a, settings = sys.argv[2], int(sys.argv[3]), BenchSettings(**json.loads(sys.argv[4]))
-        print(json.dumps(measure(variant, n_a, settings)))
-    else:
-        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        add_arguments(parser)
-        sys.exit(main(parser.parse_args()))
+    module_main(__doc__, BenchSettings, measure, add_arguments, main)

@@ -7,7 +7,9 @@ Two parts, printed on one screen and written to `OUT/gpu-check.json`:
      checkpoint and resumed;
   2. the efficiency benchmark (bench/efficiency.py) at real dims with random weights: Llama-3.2-1B and Qwen2.5-1.5B
      shapes, N_a 512 and 1500, PLITS / LAL / PAL, batch 8, bf16: training tokens/s, peak memory, prefill and
-     per-token decode latency, their ratios to PLITS and the fraction of the FLOP bound each speed-up reaches.
+     per-token decode latency, their ratios to PLITS and the fraction of the FLOP bound each speed-up reaches;
+  3. the cost against length (bench/length.py) at Llama-3.2-1B shapes: PLITS / LAL / PAL from 10 s to 10 minutes of
+     audio, prefill, per-token decode and peak memory as ratios to PLITS, and the length from which LAL is cheaper.
 `--device cpu` is the dry run: the same tests and the same benchmark code on tiny dims, run by the suite
 (tests/test_gpu_check.py) so the check cannot rot while no GPU is lent. It needs the repository (it runs its tests);
 on the GPU machine the packages it lacks travel as wheels (`make gpu-wheels`, docs/efficiency.md).
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from . import length
 from .efficiency import PRESETS, BenchSettings, format_table, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +41,7 @@ BENCH = {
              for dims in ("llama3.2-1b", "qwen2.5-1.5b")],
     "cpu": [{**PRESETS["tiny"], **CHECKED, "batch": 2, "device": "cpu", "precision": "fp32"}],
 }
+LENGTH = {"cuda": length.PRESETS["gpu"], "cpu": {**length.PRESETS["tiny"], "precision": "fp32"}}
 
 
 def machine(device: str) -> dict:
@@ -93,6 +97,12 @@ def run_benchmarks(device: str, progress=print) -> list[dict]:
     return reports
 
 
+def run_length(device: str, progress=print) -> dict:
+    s = length.LengthSettings(**LENGTH[device])
+    progress(f"cost against length: {s.dims} dims, {s.seconds} s")
+    return length.run(s, progress=progress)
+
+
 def summary_lines(report: dict) -> list[str]:
     m = report["machine"]
     lines = [f"GPU check on {m.get('gpu', m['device'])} (torch {m['torch']}, transformers {m['transformers']}, "
@@ -106,6 +116,9 @@ def summary_lines(report: dict) -> list[str]:
         s = bench["settings"]
         lines += ["", f"efficiency at {s['dims']} shapes, batch {s['batch']}, {s['precision']}, N_t {s['text_tokens']}:",
                   format_table(bench)]
+    if report.get("length"):
+        s = report["length"]["settings"]
+        lines += ["", f"cost against length at {s['dims']} shapes:", length.format_table(report["length"])]
     return lines
 
 
@@ -122,8 +135,9 @@ def main(args) -> int:
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(args.device), "tests": run_tests(args.device, args.out.resolve())}
-    report["efficiency"] = [] if args.skip_benchmark else run_benchmarks(args.device,
-                                                                        lambda *a: print(*a, file=sys.stderr))
+    progress = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
+    report["efficiency"] = [] if args.skip_benchmark else run_benchmarks(args.device, progress)
+    report["length"] = None if args.skip_benchmark else run_length(args.device, progress)
     report["seconds"] = time.perf_counter() - started
     report["settings"] = [asdict(BenchSettings(**s)) for s in BENCH[args.device]]
     (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2))

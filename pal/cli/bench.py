@@ -11,6 +11,7 @@ BENCHMARKS = {
     "sslam": ("pal.bench.sslam_pretrain", "SSLAM pre-training throughput (clips/s) of one training step"),
     "curriculum": ("pal.bench.curriculum", "one curriculum step: PLITS/LAL/PAL, with/without cache"),
     "data": ("pal.bench.data", "peak memory of a rank reading a 1M-row manifest through DataLoader workers"),
+    "length": ("pal.bench.length", "LAL vs PLITS vs PAL from 10 s to 10 min of audio: prefill, decode, memory"),
     "inference": ("pal.bench.inference", "questions/s for 1 vs 8 questions per clip (one encoding shared)"),
     "serve": ("pal.bench.serve", "pal serve: requests/s batched vs one at a time, the same answers"),
     "gpu": ("pal.bench.gpu_check", "the GPU check: CUDA tests, ZeRO-2/3 steps, efficiency at 1B-1.5B dims (make gpu-check)"),
