@@ -180,3 +180,33 @@ def test_converted_datasets_and_shards_train_and_fill_the_feature_cache(saved, s
     tokens, mask = cache.get(clips)["sslam"]
     assert tokens.shape[0] == 4 and mask.any(dim=1).all()
     assert torch.equal(tokens[0], tokens[2]) and torch.equal(tokens[1], tokens[3])
+
+
+def test_a_dataset_with_two_audio_columns_converts_to_questions_about_two_clips(tmp_path, capsys):
+    """`--audio-column a b`: each row a question about its two clips (`audios`, in column order), one `<audio>` per
+    clip in front of the question; the manifest validates and each clip reads as its own bytes."""
+    import datasets
+
+    from pal.common.audio_source import audio_source
+    from pal.data.manifest import validate_manifest
+
+    stored = datasets.Features({"first": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+                                "second": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+                                "q": datasets.Value("string"), "a": datasets.Value("string")})
+    pairs = datasets.Dataset.from_dict({"first": [{"bytes": CLIPS[0], "path": None}, {"bytes": CLIPS[3], "path": None}],
+                                        "second": [{"bytes": CLIPS[1], "path": None}, {"bytes": CLIPS[0], "path": None}],
+                                        "q": ["Which is higher?", "Which is lower?"], "a": ["the second", "the first"]},
+                                       features=stored)
+    folder = tmp_path / "pairs-hf"
+    pairs.cast_column("first", datasets.Audio()).cast_column("second", datasets.Audio()).save_to_disk(str(folder))
+    out = tmp_path / "pairs.jsonl"
+    assert main(["data", "convert", "hf", str(folder), "--audio-column", "first", "second", "--question-column", "q",
+                 "--answer-column", "a", "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert [r["audios"] for r in rows] == [[f"dataset://pairs-hf/train/{c}/{i}" for c in ("first", "second")]
+                                           for i in (0, 1)]
+    assert rows[0]["messages"][0]["content"] == "<audio>\n<audio>\nWhich is higher?"
+    examples = validate_manifest(out)
+    assert [audio_source(a) for a in examples[1].audios] == [CLIPS[3], CLIPS[0]]
+    assert main(["data", "convert", "wds", str(tmp_path), "--audio-column", "wav", "flac", "--out", str(out)]) == 2
+    assert "several audio columns are read from a Hugging Face dataset (hf) only" in capsys.readouterr().err

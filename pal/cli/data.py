@@ -28,8 +28,9 @@ def register(commands) -> None:
                                      "files) and wds (a folder of WebDataset .tar shards, the text from each sample's "
                                      ".json member): the audio is read in place; name the text one way")
     hub.add_argument("--split", help="the split to convert (default: the only one)")
-    hub.add_argument("--audio-column", default="audio", help="the column of encoded audio or file names (wds: the "
-                                                             "audio member's extension; default flac, wav, mp3, ...)")
+    hub.add_argument("--audio-column", nargs="+", default=["audio"],
+                     help="the column of encoded audio or file names; several (hf): a question about a clip from each, "
+                          "in order (wds: the audio member's extension; default flac, wav, mp3, ...)")
     hub.add_argument("--id-column", help="the column of row ids (default: DATASET-SPLIT-ROW)")
     hub.add_argument("--caption-columns", nargs="+", metavar="COLUMN", help="captions (each a row, all references)")
     hub.add_argument("--question-column", help="questions (with --answer-column)")
@@ -51,9 +52,13 @@ def run_demo(args) -> int:
 def run_convert(args) -> int:
     from pal.data.convert import convert, summary_lines
 
-    hub = {key: getattr(args, key) for key in ("split", "audio_column", "id_column", "caption_columns",
+    hub = {key: getattr(args, key) for key in ("split", "id_column", "caption_columns",
                                                 "question_column", "answer_column", "label_column",
                                                 "transcript_column", "messages_column")}
+    if len(args.audio_column) > 1 and args.format != "hf":
+        raise ValueError(f"--audio-column {' '.join(args.audio_column)}: several audio columns are read from a Hugging "
+                         "Face dataset (hf) only; give one.")
+    hub["audio_column"] = args.audio_column[0] if len(args.audio_column) == 1 else args.audio_column
     summary = convert(args.format, args.input, args.out, args.audio_dir or ".", check_audio=not args.no_check_audio,
                       ontology=args.ontology, pattern=args.audio_pattern, **hub)
     print("\n".join(summary_lines(summary)))

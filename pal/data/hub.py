@@ -76,12 +76,26 @@ def text_mode(kind: str, what: str, **columns) -> tuple[str, dict]:
     return chosen[0], columns
 
 
-def hf_dataset(path: Path, audio_dir: Path, split: str | None = None, audio_column: str = "audio",
+def with_placeholders(messages: list[dict], clips: int) -> list[dict]:
+    """A conversation about `clips` clips: the one `<audio>` a converter put in front of the first question becomes
+    one per clip, in column order; a conversation that already holds a placeholder per clip stays as it is (any other
+    count is named by the manifest's validation)."""
+    placed = sum(str(m["content"]).count("<audio>") for m in messages if m["role"] != "assistant")
+    if clips == 1 or placed != 1:
+        return messages
+    first = next(i for i, m in enumerate(messages) if "<audio>" in str(m["content"]))
+    turn = dict(messages[first], content=messages[first]["content"].replace("<audio>\n", "<audio>\n" * clips, 1))
+    return messages[:first] + [turn] + messages[first + 1:]
+
+
+def hf_dataset(path: Path, audio_dir: Path, split: str | None = None, audio_column: str | list[str] = "audio",
                id_column: str | None = None, caption_columns: list[str] | None = None,
                question_column: str | None = None, answer_column: str | None = None, label_column: str | None = None,
                transcript_column: str | None = None, messages_column: str | None = None,
                **_) -> tuple[list[dict], Rejected]:
-    """The rows of one split of the dataset at `path` (audio_dir is not used: the audio is in the dataset)."""
+    """The rows of one split of the dataset at `path` (audio_dir is not used: the audio is in the dataset). Several
+    `audio_column`s: each row a question about several clips, one per column, in that order (`"audios"`)."""
+    audio_columns = [audio_column] if isinstance(audio_column, str) else list(audio_column)
     mode, columns = text_mode("hf", "columns", caption=caption_columns, question=question_column,
                               answer=answer_column, label=label_column, transcript=transcript_column,
                               messages=messages_column)
@@ -89,23 +103,25 @@ def hf_dataset(path: Path, audio_dir: Path, split: str | None = None, audio_colu
         data = open_dataset(path, split)
     except AudioSourceError as err:
         raise ValueError(str(err)) from None
-    named = [c for c in ([audio_column, id_column] + [v for k, v in columns.items() if k != "caption"]
+    named = [c for c in ([*audio_columns, id_column] + [v for k, v in columns.items() if k != "caption"]
                          + (caption_columns or [])) if c]
     missing = [c for c in named if c not in data.column_names]
     if missing:
         raise ValueError(f"{path}: no column(s) {missing} in split {split or data.split}; its columns: "
                          f"{data.column_names}.")
     split_name = split or str(data.split or "train")
-    text = data.remove_columns([audio_column])  # the text alone: the audio stays where it is, read per row later
+    text = data.remove_columns(audio_columns)  # the text alone: the audio stays where it is, read per row later
     rows, rejected = [], []
     for index, row in enumerate(text):
         fields, problem = _conversation(row, mode, columns)
         if problem:
             rejected.append((f"{split_name} row {index}", problem))
             continue
-        audio = str(DatasetAudio(str(Path(path).resolve()), split_name, audio_column, index))
+        audios = [str(DatasetAudio(str(Path(path).resolve()), split_name, c, index)) for c in audio_columns]
+        clips = {"audio": audios[0]} if len(audios) == 1 else {"audios": audios}
         name = str(row[id_column]) if id_column else f"{Path(path).name}-{split_name}-{index}"
         many = fields if isinstance(fields, list) else [fields]
         for k, one in enumerate(many):  # several captions of one clip: a row each, numbered
-            rows.append({"id": f"{name}-{k + 1}" if len(many) > 1 else name, "audio": audio, **one})
+            one = {**one, "messages": with_placeholders(one["messages"], len(audios))}
+            rows.append({"id": f"{name}-{k + 1}" if len(many) > 1 else name, **clips, **one})
     return rows, rejected
