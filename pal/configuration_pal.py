@@ -195,6 +195,8 @@ class PALConfig(PreTrainedConfig):
         clip, and a connector trained on them raw can learn to ignore them); "none" passes the features as they are.
         The statistics are fitted by the curriculum at the start of its first stage and saved with the model.
     audio_norm_positions: `{encoder name: P}`, the token positions whose means were fitted (set by the fit).
+    audio_norm_periods: `{encoder name: W}`, the encoder's tokens per window (set by the fit): each window of a long
+        recording is standardised as a one-window clip is.
     lora: PEFT LoRA settings attached to the LLM, `{"r", "alpha", "dropout", "target_modules"}`; None for none.
     """
 
@@ -210,6 +212,7 @@ class PALConfig(PreTrainedConfig):
     xattn_config: dict | XAttnConfig | None = None
     audio_norm: Literal[AUDIO_NORMS] = "none"
     audio_norm_positions: dict | None = None
+    audio_norm_periods: dict | None = None
     lora: dict | None = None
     tie_word_embeddings: bool = False
 

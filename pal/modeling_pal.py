@@ -106,7 +106,7 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         enable_lal_attention(self.llm)
         if config.lora:
             attach_lora(self.llm, config.lora)
-        self.audio_norm = (AudioFeatureNorm(config.encoder_dims, config.audio_norm_positions)
+        self.audio_norm = (AudioFeatureNorm(config.encoder_dims, config.audio_norm_positions, config.audio_norm_periods)
                            if config.audio_norm == "standardize" else None)
         # The connectors, each built from its sub-config for the encoders on its route, and present only when some
         # encoder takes that route.
@@ -195,12 +195,14 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         audio = self.check_audio(audio, batch_size)
         return self.audio_norm(audio) if self.audio_norm is not None else audio
 
-    def fit_audio_norm(self, batches: list[AudioFeatures]) -> None:
+    def fit_audio_norm(self, batches: list[AudioFeatures], periods: dict[str, int] | None = None) -> None:
         """Fit the feature standardisation on training features (a list of {name: (tokens, mask)}) and record the
-        fitted shapes in the config, so that `from_pretrained` builds matching buffers."""
+        fitted shapes in the config, so that `from_pretrained` builds matching buffers. `periods`: each encoder's
+        tokens per window (`AudioEncoderEnsemble.window_tokens`)."""
         if self.audio_norm is None:
             raise ValueError("this model has audio_norm = 'none': nothing to fit.")
-        self.config.audio_norm_positions = self.audio_norm.fit(batches)
+        self.config.audio_norm_positions = self.audio_norm.fit(batches, periods)
+        self.config.audio_norm_periods = dict(self.audio_norm.periods) or None
 
     def forward(
         self,

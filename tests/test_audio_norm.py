@@ -77,3 +77,28 @@ def test_a_fitted_model_saves_and_loads_the_same(tmp_path):
             assert torch.equal(value, loaded.audio_norm.stats[name].state_dict()[key]), (name, key)
     with torch.no_grad():
         assert torch.equal(model(**batch, audio=two).logits, loaded(**batch, audio=two).logits)
+
+
+def test_each_window_of_a_long_recording_is_standardised_as_a_one_window_clip():
+    """Fitted on one-window clips (W = 7 tokens per window), a recording of three windows joined in time order: each
+    window's standardised tokens equal that window's alone (without the period, windows 2 and 3 took the mean over
+    positions and kept the encoder's per-position constant); fitted on long recordings, the statistics fold by
+    position within the window, as numpy computes them."""
+    batches = _clips()
+    norm = AudioFeatureNorm({"x": 5})
+    norm.fit(batches, periods={"x": 7})
+    windows = batches[0]["x"][0][:3]  # three full windows of 7 (clips 0..2 of the first batch: 7, 6, 6 real)
+    full = torch.ones(1, 21, dtype=torch.bool)
+    joined, _ = norm({"x": (windows.reshape(1, 21, 5), full)})["x"]
+    alone, _ = norm({"x": (windows, torch.ones(3, 7, dtype=torch.bool))})["x"]
+    torch.testing.assert_close(joined[0], alone.reshape(21, 5), rtol=0, atol=0)  # exact: the same arithmetic
+    no_period = AudioFeatureNorm({"x": 5})
+    no_period.fit(batches)
+    unrepeated, _ = no_period({"x": (windows.reshape(1, 21, 5), full)})["x"]
+    assert (unrepeated[0, 7:] - alone[1:].reshape(14, 5)).abs().max() > 1  # the constant left in windows 2 and 3
+
+    long = {"x": (torch.cat([b["x"][0][:2].reshape(1, 14, 5) for b in batches]), torch.ones(2, 14, dtype=torch.bool))}
+    folded = AudioFeatureNorm({"x": 5})
+    assert folded.fit([long], periods={"x": 7}) == {"x": 7}  # two recordings of two windows: 4 windows a position
+    tokens = long["x"][0].reshape(4, 7, 5).numpy().astype(np.float64)
+    np.testing.assert_allclose(folded.stats["x"].mean.numpy(), tokens.mean(0), rtol=1e-5, atol=1e-5)  # reorder

@@ -183,7 +183,8 @@ class CurriculumRecipe(Recipe):
         path = self.folder.stage_dir(0) / "audio_norm.safetensors"
         if path.is_file():
             model.audio_norm, model.config.audio_norm_positions = AudioFeatureNorm.from_statistics(
-                path, model.config.encoder_dims)
+                path, model.config.encoder_dims, self.ensemble.window_tokens())
+            model.config.audio_norm_periods = self.ensemble.window_tokens() or None
             return
         data, seen, clips = self.plan.data[0], set(), []
         for index in data.epoch(0).reshape(-1):
@@ -196,7 +197,7 @@ class CurriculumRecipe(Recipe):
                 break
         processor = PALProcessor(self.folder.tokenizer(0), model.config, ensemble=self.ensemble, cache=self.cache)
         batches = [processor.prepared_audio(processor.prepare(clips[i : i + 16])) for i in range(0, len(clips), 16)]
-        model.fit_audio_norm([b for b in batches if b is not None])
+        model.fit_audio_norm([b for b in batches if b is not None], self.ensemble.window_tokens())
         if self.rank == 0:
             with disk_errors(path):
                 model.audio_norm.save_statistics(path)

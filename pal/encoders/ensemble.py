@@ -165,6 +165,12 @@ class AudioEncoderEnsemble:
                 events[f"long_audio_{name}_split"] = 1
         return events
 
+    def window_tokens(self) -> dict[str, int]:
+        """{name: the tokens one full window gives} for the members that encode in windows: a long recording's
+        tokens repeat the encoder's positions with that period (audio_norm.py)."""
+        return {name: int(m.token_count(m.window_samples)) for name, m in self.members.items()
+                if getattr(m, "window_samples", None) and hasattr(m, "token_count")}
+
     def token_counts(self, clip: dict[int, torch.Tensor]) -> dict[str, int]:
         """{name: the tokens each member gives this loaded clip}, from its length alone (no encoder runs)."""
         return {name: int(member.token_count(clip[member.sample_rate].shape[-1]))
