@@ -354,7 +354,10 @@ class ClipTags(nn.Module):
     def __init__(self, max_clips: int, hidden_size: int, std: float):
         super().__init__()
         self.max_clips = max_clips
-        self.weight = nn.Parameter(torch.randn(max_clips - 1, hidden_size) * std)
+        # Drawn from a generator of its own (seeded from the run's seed), so that adding the tags left every other
+        # parameter's initialisation, and a run of an earlier version, as they were.
+        draw = torch.Generator().manual_seed((torch.initial_seed() + 7919) % 2**63)
+        self.weight = nn.Parameter(torch.randn(max_clips - 1, hidden_size, generator=draw) * std)
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         """Each audio token's clip index [B, N_a] (0 = a question's first clip) → its tag [B, N_a, d]; exact zeros

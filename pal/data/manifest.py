@@ -178,6 +178,8 @@ def _row_problem(row, path: Path, require_answer: bool = True) -> tuple[str | No
             return (f"the prompt holds {AUDIO} but the line has no \"audio\" file: add the file or remove the "
                     "placeholder."), []
         return None, []
+    if len(audios) == 1 and not placeholders and require_answer:
+        return f"has audio but no `{AUDIO}` placeholder in its prompt.", []
     if placeholders != len(audios) and (placeholders or require_answer):
         # (inference puts one `<audio>` per clip in front of the first user turn when the prompt has none)
         return (f"the prompt holds {placeholders} `{AUDIO}` placeholder(s) for {len(audios)} clip(s): put one "
@@ -196,9 +198,8 @@ def _clips(row: dict) -> tuple[list[str], str | None]:
     many = isinstance(audios, list)
     for audio in audios if many else [audios]:
         if not isinstance(audio, str) or not audio.strip():
-            key = "audios" if many else "audio"
-            return [], (f"\"{key}\" holds {audio!r}: expected a path string to an audio file"
-                        + (" per clip." if many else " (or null for text-only)."))
+            return [], (f"\"audios\" holds {audio!r}: expected a path string to an audio file per clip." if many
+                        else f"\"audio\" = {audio!r}: expected a path string to an audio file (or null for text-only).")
     return (audios if many else [audios]), None
 
 
