@@ -33,11 +33,18 @@ def check_clip_rows(clip_rows: torch.Tensor | None, clips: int, batch: int) -> t
     if clip_rows.shape != (clips,):
         raise ValueError(f"clip_rows has shape {tuple(clip_rows.shape)}, but there are {clips} audio rows: give one "
                          "text row per audio row.")
-    if clips and (bool((clip_rows[1:] < clip_rows[:-1]).any()) or int(clip_rows[0]) != 0
-                  or int(clip_rows[-1]) != batch - 1 or bool((clip_rows.diff() > 1).any())):
+    steps = clip_rows.diff()  # 0: the same question's next clip, 1: the next question
+    if clips and (int(clip_rows[0]) != 0 or int(clip_rows[-1]) != batch - 1 or bool(((steps < 0) | (steps > 1)).any())):
         raise ValueError(f"clip_rows {clip_rows.tolist()} must run through the {batch} text rows in order, each "
                          "holding at least one audio row (its clips in the order of its `<audio>` placeholders).")
     return clip_rows
+
+
+def clip_rows_for(features: list[dict | None]) -> list[int] | None:
+    """Questions' features, each {name: (tokens [k, N_e, D_e], mask [k, N_e])} for its k clips or None without audio,
+    stacked one question after another → the question of each stacked row; None when every question has one row."""
+    counts = [1 if f is None else next(iter(f.values()))[0].shape[0] for f in features]
+    return None if all(k == 1 for k in counts) else [i for i, k in enumerate(counts) for _ in range(k)]
 
 
 def clip_index(clip_rows: torch.Tensor) -> torch.Tensor:

@@ -329,8 +329,8 @@ class PALForConditionalGeneration(PALPreTrainedModel, GenerationMixin):
         and one k/v projection per audio layer, not one per prompt.
         """
         rows = next(iter(audio.values()))[0].shape[0]
-        clip_rows = check_clip_rows(clip_rows, rows, rows if clip_rows is None else int(clip_rows.max()) + 1)
-        batch = int(clip_rows.max()) + 1 if len(clip_rows) else 0
+        batch = rows if clip_rows is None else int(torch.as_tensor(clip_rows).max()) + 1
+        clip_rows = check_clip_rows(clip_rows, rows, batch)
         cache = PALCache(config=self.llm.config)
         checked, clips = join_clips(self.audio_inputs(audio, rows), clip_rows, batch)
         for connector in self.side_connectors():

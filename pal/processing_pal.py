@@ -301,11 +301,10 @@ class PALProcessor:
         clip = self.ensemble.at_member_rates(audio, 16000) if torch.is_tensor(audio) else \
             self.ensemble.load(audio, **limits)
         self.check_fits(clip, name)
-        events = self.ensemble.long_audio_events(clip) if warn else {}
-        for member in [k[len("long_audio_"):-len("_truncated")] for k in events if k.endswith("_truncated")]:
+        for member, seconds in (self.ensemble.dropped_seconds(clip) if warn else {}).items():
             warnings.warn(f"{name}: {member} keeps its first window only (long_audio: truncate) and drops "
-                          f"{events[f'long_audio_{member}_truncated_seconds']:.1f} s; set long_audio: split in the "
-                          "encoders' config to hear all of it.", stacklevel=2)
+                          f"{seconds:.1f} s; set long_audio: split in the encoders' config to hear all of it.",
+                          stacklevel=2)
         return clip
 
     def check_fits(self, clip: dict[int, torch.Tensor], name) -> None:
@@ -388,6 +387,16 @@ class PALProcessor:
             return None
         return [i for i, own in enumerate(prepared.rows) for _ in (own or [None])]
 
+    @staticmethod
+    def _example_audio_rows(prepared: Prepared) -> list[list[int]]:
+        """Each kept example's rows of `prepared_audio`: one per clip, or the one all-masked row of a text-only one."""
+        out, start = [], 0
+        for own in prepared.rows:
+            width = max(len(own), 1)
+            out.append(list(range(start, start + width)))
+            start += width
+        return out
+
     def collate(self, prepared: Prepared) -> tuple[dict | None, list]:
         """The training process's part, on what `prepare` gave: → (batch, or None when nothing usable is left;
         [(example, problem)] of the skipped examples). A sample is skipped for audio that does not decode, a row over
@@ -422,8 +431,7 @@ class PALProcessor:
         else:
             batch = self.pad(rows)
         if audio is not None:  # the audio rows of each row's example, in order
-            own = [[i] for i in range(len(kept))] if clip_rows is None else \
-                [[c for c, r in enumerate(clip_rows) if r == i] for i in range(len(kept))]
+            own = self._example_audio_rows(prepared)
             take = [c for i in keep for c in own[i]]
             batch["audio"] = {n: (t[take], m[take]) for n, (t, m) in audio.items()}
             if clip_rows is not None:

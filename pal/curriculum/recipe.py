@@ -182,9 +182,10 @@ class CurriculumRecipe(Recipe):
         the model (the engine's, final/'s, a resumed run's, on every rank) reads the same statistics."""
         path = self.folder.stage_dir(0) / "audio_norm.safetensors"
         if path.is_file():
+            periods = self.ensemble.window_tokens()
             model.audio_norm, model.config.audio_norm_positions = AudioFeatureNorm.from_statistics(
-                path, model.config.encoder_dims, self.ensemble.window_tokens())
-            model.config.audio_norm_periods = self.ensemble.window_tokens() or None
+                path, model.config.encoder_dims, periods)
+            model.config.audio_norm_periods = periods or None
             return
         data, seen, clips = self.plan.data[0], set(), []
         for index in data.epoch(0).reshape(-1):

@@ -39,8 +39,8 @@ class ClapEncoder(nn.Module):
         a second of silence)."""
         if not hasattr(self, "_per_window"):
             self._per_window = int(self([torch.zeros(self.sample_rate)])[0].shape[1])
-        windows = len(split_windows(torch.empty(samples), self.window_samples, self.long_audio))
-        return windows * self._per_window
+        windows = -(-samples // self.window_samples) if self.long_audio == "split" else 1  # as split_windows cuts
+        return max(windows, 1) * self._per_window
 
     @torch.no_grad()
     def forward(self, waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

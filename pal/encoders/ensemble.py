@@ -153,17 +153,25 @@ class AudioEncoderEnsemble:
         """What happens to a loaded clip past a member's window, as counts: e.g. {"long_audio_whisper_split": 1}, or
         for a member that keeps its first window only (`long_audio: truncate`), {"long_audio_sslam_truncated": 1,
         "long_audio_sslam_truncated_seconds": the seconds it drops}."""
-        events = {}
+        events, dropped = {}, self.dropped_seconds(clip)
         for name, member in self.members.items():
-            window, samples = getattr(member, "window_samples", None), clip[member.sample_rate].shape[-1]
-            if not window or samples <= window:
-                continue
-            if member.long_audio == "truncate":
+            window = getattr(member, "window_samples", None)
+            if name in dropped:
                 events[f"long_audio_{name}_truncated"] = 1
-                events[f"long_audio_{name}_truncated_seconds"] = (samples - window) / member.sample_rate
-            else:
+                events[f"long_audio_{name}_truncated_seconds"] = dropped[name]
+            elif window and clip[member.sample_rate].shape[-1] > window:
                 events[f"long_audio_{name}_split"] = 1
         return events
+
+    def dropped_seconds(self, clip: dict[int, torch.Tensor]) -> dict[str, float]:
+        """{name: seconds of this loaded clip past its window} for the members that keep their first window only
+        (`long_audio: truncate`); the others hear all of it."""
+        dropped = {}
+        for name, member in self.members.items():
+            window, samples = getattr(member, "window_samples", None), clip[member.sample_rate].shape[-1]
+            if window and samples > window and member.long_audio == "truncate":
+                dropped[name] = (samples - window) / member.sample_rate
+        return dropped
 
     def window_tokens(self) -> dict[str, int]:
         """{name: the tokens one full window gives} for the members that encode in windows: a long recording's

@@ -24,6 +24,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from pal import AUDIO_PLACEHOLDER, PALForConditionalGeneration, PALProcessor
+from pal.clips import clip_rows_for
 from pal.encoders.audio import AudioError
 from pal.encoders.ensemble import AudioEncoderEnsemble, EnsembleConfig
 from pal.encoders.identity import read_ensemble_record
@@ -210,8 +211,7 @@ class AudioLLM:
         (the answer, prompt positions including audio placeholders, generated tokens). `cache`: a PALCache prepared
         for these features (`prepare_audio`), reused instead of computing the audio keys/values again; `cancel`: a
         threading.Event that stops the generation at its next token once set."""
-        clips = 0 if features is None else next(iter(features.values()))[0].shape[0]
-        inputs = self.processor([conversation], features, clip_rows=[0] * clips if clips > 1 else None)
+        inputs = self.processor([conversation], features, clip_rows=clip_rows_for([features]))
         extra = {}
         if cancel is not None:
             class Cancelled(StoppingCriteria):

@@ -35,10 +35,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from pal.clips import clip_rows_for
 from pal.encoders.audio import AudioError
 from pal.inference.audio_llm import AudioLLM, Decoding
 
-from .batching import Batcher, clip_rows_of, stack_features
+from .batching import Batcher, stack_features
 from .clip_cache import ClipCache, cached_clip, prepared_cache
 from .requests import ChatRequest, RequestError, RequestLimits, parse_chat_request
 
@@ -135,7 +136,7 @@ class ChatService:
     def check_length(self, request: ChatRequest, features) -> None:
         if self.max_positions is None:
             return
-        prompt = self.llm.processor([request.messages], features, clip_rows=clip_rows_of(features))[
+        prompt = self.llm.processor([request.messages], features, clip_rows=clip_rows_for([features]))[
             "input_ids"].shape[1]
         if prompt + request.max_tokens > self.max_positions:
             raise RequestError(f"the prompt is {prompt} tokens (audio included) and max_tokens asks "

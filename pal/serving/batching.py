@@ -20,6 +20,7 @@ from concurrent.futures import Future
 
 import torch
 
+from pal.clips import clip_rows_for
 from pal.encoders.outputs import pad_rows
 
 from .requests import ChatRequest
@@ -28,7 +29,7 @@ from .requests import ChatRequest
 def stack_features(rows: list[dict | None], dims: dict[str, int]) -> dict | None:
     """Per-request features ({name: (tokens [k, N_e, D_e], mask [k, N_e])}, k clips, or None for a text-only
     request) → one batch {name: (tokens [C, N_max, D_e], mask [C, N_max])}, every request's clips in order (a
-    text-only request one row without a real token); `clip_rows_for` says whose each row is."""
+    text-only request one row without a real token); `pal.clips.clip_rows_for` says whose each row is."""
     if all(r is None for r in rows):
         return None
     out = {}
@@ -45,17 +46,6 @@ def stack_features(rows: list[dict | None], dims: dict[str, int]) -> dict | None
             padded, mask = sample.new_zeros(len(tokens), 1, dim), torch.zeros(len(tokens), 1, dtype=torch.bool)
         out[name] = (padded, mask.to(padded.device))
     return out
-
-
-def clip_rows_for(rows: list[dict | None]) -> list[int] | None:
-    """The request (text row) of each row of `stack_features(rows)`; None when every request has one row."""
-    counts = [1 if r is None else next(iter(r.values()))[0].shape[0] for r in rows]
-    return None if all(k == 1 for k in counts) else [i for i, k in enumerate(counts) for _ in range(k)]
-
-
-def clip_rows_of(features: dict | None) -> list[int] | None:
-    """One request's features → its clip_rows (None for one clip or none)."""
-    return clip_rows_for([features])
 
 
 class Batcher:
@@ -129,4 +119,4 @@ class Batcher:
         return results
 
 
-__all__ = ["Batcher", "clip_rows_for", "clip_rows_of", "stack_features"]
+__all__ = ["Batcher", "stack_features"]
